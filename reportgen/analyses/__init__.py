@@ -1,0 +1,96 @@
+"""Report units and their registry.
+
+An analysis is a class with a ``name``, a ``title``, the ``section`` it belongs to, a ``Params`` dataclass (its
+``[analysis.NAME]`` config table, a docstring per field) and one entry point ``run(ctx, params, reduced) ->
+Result``. It may ask for a share of the build's single pass over the image set by returning reducers from
+``reducers(ctx, params)``: each reducer names the layers it needs and sees every batch once (``update(batch, acts,
+logits)``), keeping only bounded state (running top-N, histograms, a capped sample of features). It never writes
+files or HTML: it returns arrays and numbers (see `reportgen.artifacts`).
+
+Modules in this package register their analyses with `@register` and are imported by `all_analyses()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+SECTIONS = {
+    "model": "Model card",
+    "parameters": "Parameters",
+    "activations": "Activations",
+    "influence": "The input's influence",
+    "optimized": "Optimized inputs",
+}
+
+REGISTRY: dict[str, "Analysis"] = {}
+
+
+@dataclass
+class NoParams:
+    """This analysis has no parameters."""
+
+
+class Reducer:
+    """Sees every batch of the one pass. ``layers``: dotted names whose outputs it needs (captured once for all)."""
+
+    layers: list[str] = []
+
+    def update(self, batch: Any, acts: dict, logits: Any) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Analysis:
+    """Base class; subclasses set the class attributes and implement `run` (and optionally `reducers`)."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    section: ClassVar[str] = "model"
+    summary: ClassVar[str] = ""  # one line for `reportgen analyses`
+    paper: ClassVar[str] = ""  # "Authors, Title, Venue Year" of the method's source
+    paper_url: ClassVar[str] = ""
+    order: ClassVar[int] = 50  # position within its section
+    needs_images: ClassVar[bool] = True  # False for analyses that also apply to 2-D point models
+    Params: ClassVar[type] = NoParams
+
+    def reducers(self, ctx: Any, params: Any) -> dict[str, Reducer]:
+        return {}
+
+    def run(self, ctx: Any, params: Any, reduced: dict[str, Reducer]) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check(self, ctx: Any, params: Any) -> None:
+        """Raise `NotApplicable` (with the reason) or `ConfigError` before any work when this cannot run."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "title": self.title, "section": self.section, "summary": self.summary,
+                "paper": self.paper, "paper_url": self.paper_url}
+
+
+def register(cls: type) -> type:
+    """Class decorator: add an analysis to the registry (names must be unique)."""
+    if cls.name in REGISTRY and type(REGISTRY[cls.name]) is not cls:
+        raise RuntimeError(f"two analyses are called '{cls.name}'")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def all_analyses() -> list["Analysis"]:
+    """Every registered analysis in report order (section, then ``order``, then name)."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+    section_rank = {s: i for i, s in enumerate(SECTIONS)}
+    return sorted(REGISTRY.values(), key=lambda a: (section_rank.get(a.section, 99), a.order, a.name))
+
+
+def param_fields(analysis: "Analysis") -> list[str]:
+    return [f.name for f in dataclasses.fields(analysis.Params)]
+
+
+def get(name: str) -> Optional["Analysis"]:
+    all_analyses()
+    return REGISTRY.get(name)

@@ -1,0 +1,313 @@
+"""The command line. Each command is thin and imports its implementation lazily, so `--help` answers at once."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import click
+
+from .errors import ReportgenError
+
+
+class Output:
+    """Where messages go, by verbosity: -q shows only errors and the last line, -v adds details and tracebacks."""
+
+    def __init__(self, verbose: int = 0, quiet: bool = False) -> None:
+        self.verbose = verbose
+        self.quiet = quiet
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(msg)
+
+    def detail(self, msg: str) -> None:
+        if self.verbose and not self.quiet:
+            click.echo(msg)
+
+    def warn(self, msg: str) -> None:
+        click.echo(click.style("warning: ", fg="yellow") + msg, err=True)
+
+    def progress(self, iterable: Any, length: Optional[int] = None, label: str = "") -> Any:
+        if self.quiet or not sys.stdout.isatty():
+            return iterable
+        return _ProgressIter(iterable, length, label)
+
+
+class _ProgressIter:
+    def __init__(self, iterable: Any, length: Optional[int], label: str) -> None:
+        self.iterable, self.length, self.label = iterable, length, label
+
+    def __iter__(self):
+        with click.progressbar(self.iterable, length=self.length, label=self.label.ljust(22), width=30) as bar:
+            yield from bar
+
+
+def common(fn: Callable) -> Callable:
+    """-v/--verbose and -q/--quiet on every command; user errors become one line, anything else one line too."""
+
+    @click.option("-v", "--verbose", count=True, help="More detail; tracebacks on errors.")
+    @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final line.")
+    @functools.wraps(fn)
+    def wrapper(*args, verbose: int = 0, quiet: bool = False, **kwargs):
+        out = Output(verbose, quiet)
+        try:
+            return fn(*args, output=out, **kwargs)
+        except ReportgenError:
+            if verbose:
+                import traceback
+
+                traceback.print_exc()
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if verbose:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {first} (run again with -v for the "
+                                       "traceback, and please report it)") from None
+
+    return wrapper
+
+
+def split_names(values: tuple[str, ...]) -> Optional[list[str]]:
+    """Names given as repeated options and/or comma-separated lists; None when none were given."""
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    return names or None
+
+
+def parse_size(value: Optional[str]) -> Optional[list[int]]:
+    if value is None:
+        return None
+    parts = value.lower().replace(",", "x").split("x")
+    try:
+        nums = [int(p) for p in parts if p]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a size: write HxW, e.g. 64x64", param_hint="--input-size")
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) <= 0:
+        raise click.BadParameter(f"'{value}' is not a size: write HxW, e.g. 64x64", param_hint="--input-size")
+    return nums
+
+
+def parse_floats(value: Optional[str], name: str) -> Optional[list[float]]:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint=name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="reportgen", prog_name="reportgen")
+def main() -> None:
+    """reportgen: look inside a trained PyTorch image model and publish what you see as a static site."""
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights: .safetensors or a state dict (.pt).")
+@click.option("--images", help="Image folder (class sub-folders give labels) or zoo:NAME. Default: the zoo "
+                                "model's test split.")
+@click.option("--out", help="Output folder (default: site).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config with any build option.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to compute (default: auto).")
+@click.option("--seed", type=int, help="Seed of every random choice (default: 0).")
+@click.option("--only", multiple=True, help="Run only these analyses (comma-separated; see `reportgen analyses`).")
+@click.option("--skip", multiple=True, help="Skip these analyses (comma-separated).")
+@click.option("--layers", multiple=True, help="Dotted layer names to analyse (see `reportgen layers MODEL`).")
+@click.option("--max-images", type=int, help="Use at most this many images.")
+@click.option("--batch-size", type=int, help="Images per forward pass (default: 64).")
+@click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8).")
+@click.option("--input-size", help="Model input size HxW, for models that do not say it (e.g. 224x224).")
+@click.option("--channels", type=int, help="Model input channels, 1 or 3.")
+@click.option("--mean", help="Per-channel normalization mean, comma-separated (0..1 scale).")
+@click.option("--std", help="Per-channel normalization std, comma-separated.")
+@click.option("--class-names", help="Class names in output order, comma-separated.")
+@common
+def build(model, weights, images, out, config_path, device, seed, only, skip, layers, max_images, batch_size,
+          samples, input_size, channels, mean, std, class_names, output: Output):
+    """Build the report of MODEL (default: the zoo's default model) into a static site."""
+    from .build import build as run_build
+    from .config import load_config
+
+    cfg = load_config(
+        config_path, model=model, weights=weights, images=images, out=out, device=device, seed=seed,
+        only=split_names(only), skip=split_names(skip), layers=split_names(layers), max_images=max_images,
+        batch_size=batch_size, samples=samples, input_size=parse_size(input_size), channels=channels,
+        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+        class_names=split_names((class_names,)) if class_names else None,
+    )
+    report = run_build(cfg, log=output.detail, warn=output.warn, progress=output.progress,
+                       verbose=bool(output.verbose))
+    index = report.out / "index.html"
+    if report.failed:
+        output.warn(f"{len(report.failed)} analysis(es) failed: {', '.join(report.failed)} (shown on their pages)")
+    click.echo(f"Report written to {index} in {report.seconds:.1f} s: open it in a browser, "
+               f"or run `reportgen serve {report.out}`")
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command("layers")
+@click.argument("model")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file, as for build.")
+@click.option("--input-size", help="Model input size HxW, for models that do not say it.")
+@click.option("--channels", type=int, help="Model input channels, 1 or 3.")
+@common
+def layers_cmd(model, weights, input_size, channels, output: Output):
+    """List MODEL's layers: dotted names, types, output shapes and parameter counts."""
+    from .config import load_config
+    from .layers import default_layers, layer_table
+    from .models import load_model
+
+    cfg = load_config(None, model=model, weights=weights, input_size=parse_size(input_size), channels=channels)
+    loaded = load_model(cfg)
+    rows = layer_table(loaded.model, loaded.input.shape)
+    chosen = set(default_layers(rows))
+    width = max([len(r.name) for r in rows] + [5])
+    click.echo(f"{'layer'.ljust(width)}  {'type':<20} {'output shape':<18} {'params':>10}  calls")
+    for r in rows:
+        shape = " x ".join(map(str, r.out_shape)) if r.out_shape else "-"
+        mark = " *" if r.name in chosen else ""
+        click.echo(f"{r.name.ljust(width)}  {r.type:<20} {shape:<18} {r.params:>10,}  {r.calls}{mark}")
+    total = sum(p.numel() for p in loaded.model.parameters())
+    output.info(f"{len(rows)} layers, {total:,} parameters; * = analysed by default")
+
+
+@main.command("analyses")
+@common
+def analyses_cmd(output: Output):
+    """List the analyses, one line each, with their config keys."""
+    from .analyses import all_analyses
+    from .config import describe_params
+
+    for a in all_analyses():
+        click.echo(f"{a.name:<20} {a.section:<12} {a.summary}")
+        if output.verbose:
+            for key, tp, default, doc in describe_params(a.Params):
+                click.echo(f"    {key} = {default!r}  ({tp}) {doc}")
+
+
+@main.group()
+def zoo() -> None:
+    """Reference models trained here on offline data."""
+
+
+@zoo.command("list")
+@common
+def zoo_list(output: Output):
+    """List the zoo's models."""
+    import models_zoo
+
+    for name, entry in models_zoo.ZOO.items():
+        default = " (default)" if name == models_zoo.DEFAULT_MODEL else ""
+        click.echo(f"{name:<16} {entry.summary}{default}")
+
+
+@zoo.command("train")
+@click.argument("name")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the per-epoch checkpoints (default: checkpoints/NAME).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Override the recipe's number of epochs.")
+@common
+def zoo_train(name, out_dir, seed, epochs, output: Output):
+    """Retrain zoo model NAME (seeded), saving a checkpoint after every epoch."""
+    from pathlib import Path
+
+    import models_zoo
+
+    entry = _zoo_entry(name)
+    target = Path(out_dir or f"checkpoints/{name}")
+    if target.exists() and not target.is_dir():
+        raise ReportgenError(f"--out '{target}' is a file: give a folder for the checkpoints")
+    target.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    report = entry.train(target, seed=seed, epochs=epochs, log=output.info)
+    click.echo(f"trained {name}: test accuracy {report.test_accuracy:.2%} in {time.perf_counter() - t0:.0f} s; "
+               f"{len(report.checkpoints)} checkpoints in {target}")
+
+
+@zoo.command("export")
+@click.argument("name")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="Write at most this many images.")
+@common
+def zoo_export(name, folder, split, limit, output: Output):
+    """Write zoo data set NAME as an image folder with one sub-folder per class."""
+    from pathlib import Path
+
+    import models_zoo
+
+    entry = _zoo_entry(name)
+    if entry.kind != "image":
+        raise ReportgenError(f"zoo model '{name}' is trained on 2-D points, not images: nothing to export")
+    try:
+        n = models_zoo.export_dataset(name, Path(folder), split=split, limit=limit)
+    except ValueError as exc:
+        raise ReportgenError(str(exc)) from None
+    click.echo(f"wrote {n} images of {name} ({split}) to {folder}")
+
+
+def _zoo_entry(name: str) -> Any:
+    import models_zoo
+
+    if name not in models_zoo.ZOO:
+        raise ReportgenError(f"unknown zoo model '{name}': choose one of {', '.join(models_zoo.ZOO)}")
+    return models_zoo.ZOO[name]
+
+
+@main.command()
+@click.argument("directory", default="site", type=click.Path(file_okay=False))
+@click.option("--port", type=int, default=8000, show_default=True)
+@common
+def serve(directory, port, output: Output):
+    """Serve a built site on http://127.0.0.1:PORT for viewing (Ctrl-C stops)."""
+    import functools as ft
+    import http.server
+    from pathlib import Path
+
+    from .build import is_report_folder
+
+    if not is_report_folder(Path(directory)):
+        raise ReportgenError(f"'{directory}' is not a reportgen site: run `reportgen build` first or give its folder")
+    handler = ft.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as exc:
+        raise ReportgenError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}): choose another --port") from None
+    click.echo(f"serving {directory} at http://127.0.0.1:{port}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@main.command()
+@click.argument("directory", default="site", type=click.Path(file_okay=False))
+@common
+def render(directory, output: Output):
+    """Render the pages of a built site again from its manifest.json (after a template change)."""
+    from pathlib import Path
+
+    from .build import is_report_folder
+    from .site import rerender
+
+    if not is_report_folder(Path(directory)):
+        raise ReportgenError(f"'{directory}' is not a reportgen site (no manifest.json of ours)")
+    pages = rerender(Path(directory))
+    click.echo(f"rendered {len(pages)} pages in {directory}")

@@ -1,0 +1,203 @@
+"""One typed build configuration: a TOML file, then command-line flags on top.
+
+Every key has a type and a docstring (``field(metadata={"doc": ...})``); validation collects every problem with its
+key path and reports them together. Unknown keys are errors that list the known ones. Each analysis declares its own
+parameter dataclass, configured under ``[analysis.NAME]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+
+def doc(text: str, **limits: Any) -> dict:
+    """Field metadata: a docstring and optional ``min``/``max``/``choices`` limits."""
+    return {"doc": text, **limits}
+
+
+@dataclass
+class BuildConfig:
+    """Everything a build needs; same config + seed = same report."""
+
+    model: Optional[str] = field(default=None, metadata=doc(
+        "Model spec: a zoo name, torchvision:ARCH, a TorchScript file or package.module:factory. "
+        "Empty = the default zoo model."))
+    weights: Optional[str] = field(default=None, metadata=doc(
+        "Weights file: .safetensors or a PyTorch state dict (loaded with weights_only=True)."))
+    images: Optional[str] = field(default=None, metadata=doc(
+        "Image set: a folder (class sub-folders give labels) or zoo:NAME for a zoo data set. "
+        "Empty = the zoo model's own test split."))
+    out: str = field(default="site", metadata=doc("Output folder of the site."))
+    device: str = field(default="auto", metadata=doc("auto, cpu or cuda.", choices=("auto", "cpu", "cuda")))
+    seed: int = field(default=0, metadata=doc("Seed of every random choice; same seed = same report.", min=0))
+    only: list[str] = field(default_factory=list, metadata=doc("Run only these analyses (names)."))
+    skip: list[str] = field(default_factory=list, metadata=doc("Skip these analyses (names)."))
+    layers: list[str] = field(default_factory=list, metadata=doc(
+        "Dotted layer names to analyse; empty = every conv/linear layer (at most 8, evenly spread)."))
+    max_images: Optional[int] = field(default=None, metadata=doc(
+        "Use at most this many images of the set (a seeded, class-balanced pick is not made: the first N).", min=1))
+    batch_size: int = field(default=64, metadata=doc("Images per forward pass.", min=1, max=4096))
+    samples: int = field(default=8, metadata=doc(
+        "Number of sample images for per-image analyses (a seeded pick).", min=1, max=200))
+    classes: list[str] = field(default_factory=list, metadata=doc(
+        "Extra target classes (names) for attribution maps, beside the predicted and the true class."))
+    input_size: Optional[list[int]] = field(default=None, metadata=doc(
+        "Model input size [height, width] (non-zoo models)."))
+    channels: Optional[int] = field(default=None, metadata=doc("Model input channels, 1 or 3.", choices=(1, 3)))
+    mean: Optional[list[float]] = field(default=None, metadata=doc("Per-channel normalization mean (0..1 scale)."))
+    std: Optional[list[float]] = field(default=None, metadata=doc("Per-channel normalization std (0..1 scale)."))
+    class_names: Optional[list[str]] = field(default=None, metadata=doc("Class names, in output order."))
+    analysis: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=doc(
+        "Per-analysis parameters: [analysis.NAME] tables; `reportgen analyses` lists names and keys."))
+
+
+def known_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a table"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _check_limits(value: Any, meta: dict) -> Optional[str]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if "min" in meta and v < meta["min"]:
+                return f"must be >= {meta['min']}"
+            if "max" in meta and v > meta["max"]:
+                return f"must be <= {meta['max']}"
+    if "choices" in meta and value is not None and value not in meta["choices"]:
+        return "must be one of " + ", ".join(map(str, meta["choices"]))
+    return None
+
+
+def validate_dataclass(cls: type, data: dict, prefix: str, errors: list[str]) -> dict:
+    """Check ``data`` against the fields of ``cls``: unknown keys, types and limits; return the clean values.
+
+    Problems are appended to ``errors`` as "key.path: what is wrong"; nothing is raised here so that every problem
+    can be reported at once.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            errors.append(f"{path}: unknown key{hint}; known keys: {', '.join(fields)}")
+            continue
+        tp = hints[key]
+        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(float(value), tp) \
+                and not _type_ok(value, tp):
+            value = float(value)
+        if not _type_ok(value, tp):
+            errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            continue
+        problem = _check_limits(value, fields[key].metadata)
+        if problem:
+            errors.append(f"{path}: {problem}, got {value!r}")
+            continue
+        clean[key] = list(value) if isinstance(value, tuple) else value
+    return clean
+
+
+def raise_errors(errors: list[str], source: str) -> None:
+    if errors:
+        more = f" (and {len(errors) - 1} more: " + "; ".join(errors[1:]) + ")" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {errors[0]}{more}")
+
+
+def read_toml(path: Path) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist: give the path of a TOML file")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {exc}") from None
+
+
+def load_config(path: Optional[str | Path] = None, **overrides: Any) -> BuildConfig:
+    """The config from a TOML file (optional) with ``overrides`` on top; ``None`` overrides are ignored.
+
+    Raises `ConfigError` listing every problem with its key path.
+    """
+    data: dict[str, Any] = {}
+    source = "options"
+    if path is not None:
+        data = read_toml(Path(path))
+        source = f"config file '{path}'"
+    errors: list[str] = []
+    clean = validate_dataclass(BuildConfig, data, "", errors)
+    raise_errors(errors, source)
+    flag_values = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    clean.update(validate_dataclass(BuildConfig, flag_values, "--", errors))
+    raise_errors(errors, "options")
+    return BuildConfig(**clean)
+
+
+def analysis_params(cls: type, name: str, values: dict, errors: list[str]) -> Any:
+    """Build an analysis's ``Params`` dataclass from ``[analysis.NAME]`` values, collecting problems in ``errors``."""
+    clean = validate_dataclass(cls, values, f"analysis.{name}.", errors)
+    return cls(**clean)
+
+
+def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, doc) for every field of a params dataclass: for `reportgen analyses` and the pages."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+    return rows
+
+
+def config_dict(cfg: Any) -> dict:
+    """A JSON-ready dict of a config dataclass (for the manifest)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,104 @@
+"""The build context: everything an analysis may use, passed explicitly (no hidden globals)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .config import BuildConfig
+from .data import ImageSet
+from .models import LoadedModel
+
+
+@dataclass
+class PassResult:
+    """What the one pass of the image set through the model always yields, for every readable image.
+
+    ``indices`` (M,) positions in the image set, ``logits`` (M, K) float32, ``labels`` (M,) int64 (-1 unknown).
+    """
+
+    indices: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def probs(self) -> np.ndarray:
+        z = self.logits - self.logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    def row(self, image_index: int) -> int:
+        """The row of image ``image_index`` in these arrays."""
+        pos = int(np.searchsorted(self.indices, image_index))
+        if pos >= len(self.indices) or self.indices[pos] != image_index:
+            raise KeyError(image_index)
+        return pos
+
+
+@dataclass
+class Context:
+    """Shared by every analysis of one build.
+
+    ``model`` is in eval mode on ``device``; ``layers`` are the selected dotted layer names; ``passed`` holds the
+    predictions of the one pass; ``samples`` are the seeded pick of image indices for per-image analyses.
+    """
+
+    config: BuildConfig
+    loaded: LoadedModel
+    images: ImageSet
+    device: Any
+    layers: list[str]
+    passed: Optional[PassResult] = None
+    samples: list[int] = field(default_factory=list)
+    log: Callable[[str], None] = lambda msg: None
+    progress: Callable[..., Any] = None  # progress(iterable, length=, label=) -> iterable
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.class_names
+
+    @property
+    def is_image_model(self) -> bool:
+        return self.loaded.input.kind == "image"
+
+    def _sub_seed(self, name: str) -> int:
+        # a seed per analysis, so adding or skipping one analysis does not change the others' random draws
+        digest = hashlib.sha256(f"{self.config.seed}:{name}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+    def generator(self, name: str) -> Any:
+        """A torch.Generator (on the CPU) seeded by the build seed and ``name``."""
+        import torch
+
+        return torch.Generator().manual_seed(self._sub_seed(name))
+
+    def rng(self, name: str) -> np.random.Generator:
+        """A numpy Generator seeded by the build seed and ``name``."""
+        return np.random.default_rng(self._sub_seed(name))
+
+    def sample_inputs(self) -> Any:
+        """The sample images as normalized inputs (S, C, H, W) on the device."""
+        return self.images.load_inputs(self.samples, self.device)
+
+    def sample_display(self) -> np.ndarray:
+        """The sample images' display copies as floats (S, H, W, 3) in [0, 1]."""
+        arr = np.stack([self.images.display(i) for i in self.samples]).astype(np.float64) / 255.0
+        return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
+
+    def iterate(self, iterable: Any, length: int, label: str) -> Any:
+        return self.progress(iterable, length=length, label=label) if self.progress else iterable

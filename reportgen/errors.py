@@ -1,0 +1,31 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback unless -v."""
+
+from __future__ import annotations
+
+import click
+
+
+class ReportgenError(click.ClickException):
+    """A mistake the user can fix: the message says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(ReportgenError):
+    """A config file or option holds an unknown key, a wrong type or a value out of range."""
+
+
+class ModelError(ReportgenError):
+    """A model spec, weights file or model output that cannot be used."""
+
+
+class DataError(ReportgenError):
+    """An image set that cannot be read."""
+
+
+class LayerError(ReportgenError):
+    """A layer name that the model does not have."""
+
+
+class OutputError(ReportgenError):
+    """An output folder that cannot be written safely."""

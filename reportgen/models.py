@@ -1,0 +1,360 @@
+"""Model specs: one string names a model, and this module turns it into a module plus what it expects as input.
+
+Forms: a zoo name (``shapes-cnn``), ``torchvision:ARCH`` (weights from ``--weights``, the number of classes taken
+from them), a TorchScript file, or ``package.module:factory`` (a callable returning an ``nn.Module``). Weights are
+safetensors or a PyTorch state dict read with ``torch.load(weights_only=True)``: arbitrary pickles are never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model takes: ``kind`` "image" (N, C, H, W) or "points" (N, 2); normalization (x/255 - mean) / std."""
+
+    kind: str
+    size: Optional[tuple[int, int]]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one input without the batch dimension."""
+        return (self.channels, *self.size) if self.kind == "image" else (self.channels,)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the report: in eval mode on its device, with its input spec and class names."""
+
+    model: Any
+    spec: str
+    form: str  # "zoo", "torchvision", "torchscript", "factory"
+    input: InputSpec
+    class_names: list[str]
+    weights_path: Optional[str] = None
+    weights_sha256: Optional[str] = None
+    zoo_name: Optional[str] = None
+    history: list = field(default_factory=list)  # [(iteration, state_dict)] for perceptron training snapshots
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A flat {name: tensor} dict from a .safetensors file or a torch state dict (``weights_only=True``).
+
+    A training checkpoint dict holding the state dict under ``state_dict`` or ``model`` is unwrapped. Anything that
+    would need arbitrary unpickling is refused with a `ModelError`.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file '{path}' does not exist: check the --weights path")
+    if path.stat().st_size == 0:
+        raise ModelError(f"weights file '{path}' is empty: give a .safetensors or .pt state dict")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    is_safetensors = path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
+    if is_safetensors:
+        try:
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise ModelError(f"weights file '{path}' is not a valid safetensors file ({exc}): re-export it") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise ModelError(
+                f"weights file '{path}' holds pickled objects beyond tensors, which reportgen refuses to load "
+                "(it could run code): save model.state_dict() or use safetensors"
+            ) from None
+        raise ModelError(f"weights file '{path}' cannot be read as a state dict ({msg}): give a .pt state dict "
+                         "or a .safetensors file") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"weights file '{path}' is not a state dict of tensors: save model.state_dict()")
+    return dict(obj)
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} when there is none or the file is another format)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception:
+        return {}
+
+
+def apply_weights(model: Any, state: dict, path: str | Path) -> None:
+    """Load ``state`` strictly into ``model``; a `ModelError` lists missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+                parts.append(f"{label}: {shown}")
+        raise ModelError(f"weights '{path}' do not fit the architecture ({'; '.join(parts)}): "
+                         "check that the weights belong to this model")
+    model.load_state_dict(state, strict=True)
+
+
+def _infer_num_classes(state: dict) -> Optional[int]:
+    """Output classes from a state dict: the first dimension of its last 2-D weight (the classifier)."""
+    last = None
+    for key, value in state.items():
+        if key.endswith("weight") and getattr(value, "ndim", 0) == 2:
+            last = value
+    return int(last.shape[0]) if last is not None else None
+
+
+def _side_json(weights: Optional[str]) -> dict:
+    """Input facts from a small JSON file beside the weights: ``<weights>.json`` or ``model.json``."""
+    if not weights:
+        return {}
+    w = Path(weights)
+    for candidate in (w.with_suffix(w.suffix + ".json"), w.with_suffix(".json"), w.parent / "model.json"):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"model info file '{candidate}' is not valid JSON ({exc}): fix or remove it") from None
+            if not isinstance(data, dict):
+                raise ModelError(f"model info file '{candidate}' must hold a JSON object")
+            return data
+    return {}
+
+
+def _input_spec(cfg: Any, side: dict, defaults: Optional[dict], spec: str) -> InputSpec:
+    def pick(key: str, cfg_value: Any):
+        if cfg_value is not None:
+            return cfg_value
+        if key in side:
+            return side[key]
+        return (defaults or {}).get(key)
+
+    size = pick("input_size", cfg.input_size)
+    channels = pick("channels", cfg.channels)
+    if size is None:
+        raise ModelError(f"model '{spec}' does not say its input size: give --input-size HxW "
+                         "(or input_size in the config or in a model.json beside the weights)")
+    if channels is None:
+        raise ModelError(f"model '{spec}' does not say its input channels: give --channels 1 or 3")
+    if isinstance(size, int):
+        size = [size, size]
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ModelError(f"input size {size!r} is not [height, width] of positive integers: fix --input-size")
+    if channels not in (1, 3):
+        raise ModelError(f"input channels {channels!r} must be 1 or 3: fix --channels")
+    mean = pick("mean", cfg.mean) or [0.0] * channels
+    std = pick("std", cfg.std) or [1.0] * channels
+    for label, values in (("mean", mean), ("std", std)):
+        if len(values) == 1:
+            values = list(values) * channels
+        if len(values) != channels:
+            raise ModelError(f"--{label} has {len(values)} values for {channels} channels: give one per channel")
+    mean = tuple(float(m) for m in (mean * channels if len(mean) == 1 else mean))
+    std = tuple(float(s) for s in (std * channels if len(std) == 1 else std))
+    if any(s <= 0 for s in std):
+        raise ModelError("--std values must be positive")
+    return InputSpec("image", (int(size[0]), int(size[1])), int(channels), mean, std)
+
+
+def _load_factory(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(f"cannot import '{module_name}' for model spec '{spec}' ({type(exc).__name__}: {exc}): "
+                         "check the module path and that it is importable (PYTHONPATH)") from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ModelError(f"'{module_name}' has no attribute '{attr}': name a callable returning an nn.Module")
+    if not callable(factory):
+        raise ModelError(f"'{spec}' is not callable: name a function or class returning an nn.Module")
+    try:
+        return factory()
+    except Exception as exc:
+        raise ModelError(f"model factory '{spec}' raised {type(exc).__name__}: {exc}") from None
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but CUDA is not available here: use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+SPEC_HELP = ("a zoo name (`reportgen zoo list`), torchvision:ARCH, a TorchScript file, "
+             "or package.module:factory")
+
+
+def load_model(cfg: Any, image_class_names: Optional[list[str]] = None) -> LoadedModel:
+    """Load the model that ``cfg.model`` names, with ``cfg.weights`` and its input spec; eval mode, on the CPU.
+
+    ``image_class_names`` (the class folders of an image set) name the classes when nothing else does.
+    """
+    import torch
+    from torch import nn
+
+    import models_zoo
+
+    spec = cfg.model or models_zoo.DEFAULT_MODEL
+    weights = cfg.weights
+    side = _side_json(weights)
+    history: list = []
+    notes: list[str] = []
+    zoo_name = None
+    if spec in models_zoo.ZOO:
+        entry = models_zoo.ZOO[spec]
+        zoo_name = spec
+        form = "zoo"
+        if weights:
+            model = entry.build_model()
+            apply_weights(model, read_state_dict(weights), weights)
+        else:
+            model = entry.load_pretrained()
+            weights = str(entry.weights_path())
+            history = entry.history()
+        if entry.kind == "points":
+            inp = InputSpec("points", None, entry.channels, tuple(entry.mean), tuple(entry.std))
+        else:
+            inp = InputSpec("image", tuple(entry.input_size), entry.channels, tuple(entry.mean), tuple(entry.std))
+        class_names = list(cfg.class_names or entry.class_names)
+    elif spec.startswith("torchvision:"):
+        import torchvision
+
+        arch = spec.split(":", 1)[1]
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            import difflib
+
+            close = difflib.get_close_matches(arch, torchvision.models.list_models(module=torchvision.models), n=3)
+            raise ModelError(f"torchvision has no classification model '{arch}'"
+                             + (f" (closest: {', '.join(close)})" if close else "")
+                             + ": see torchvision.models.list_models()")
+        state = read_state_dict(weights) if weights else None
+        num_classes = (_infer_num_classes(state) if state else None) or side.get("num_classes") or 1000
+        kwargs = {"num_classes": num_classes}
+        if arch.startswith("inception") or arch.startswith("googlenet"):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = False
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        if state is not None:
+            apply_weights(model, state, weights)
+        else:
+            notes.append("no --weights given: the model has random weights, so its report shows an untrained net")
+        form = "torchvision"
+        inp = _input_spec(cfg, side, {"input_size": [224, 224], "channels": 3, "mean": list(IMAGENET_MEAN),
+                                      "std": list(IMAGENET_STD)}, spec)
+        class_names = list(cfg.class_names or side.get("class_names") or [])
+    elif re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec) and not Path(spec).exists():
+        model = _load_factory(spec)
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model factory '{spec}' returned {type(model).__name__}, not an nn.Module")
+        if weights:
+            apply_weights(model, read_state_dict(weights), weights)
+        form = "factory"
+        inp = _input_spec(cfg, side, None, spec)
+        class_names = list(cfg.class_names or side.get("class_names") or [])
+    elif Path(spec).exists():
+        path = Path(spec)
+        if path.is_dir():
+            raise ModelError(f"model '{spec}' is a folder: give a TorchScript file, a zoo name or module:factory")
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}): export it with "
+                             "torch.jit.script(model).save(path), or give a zoo name / module:factory") from None
+        weights = str(path)
+        form = "torchscript"
+        inp = _input_spec(cfg, side or _side_json(str(path)), None, spec)
+        class_names = list(cfg.class_names or side.get("class_names") or [])
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(spec, list(models_zoo.ZOO), n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ModelError(f"model spec '{spec}' names nothing{hint}: give {SPEC_HELP}")
+
+    model.eval()
+    loaded = LoadedModel(
+        model=model, spec=spec, form=form, input=inp, class_names=class_names, weights_path=weights,
+        weights_sha256=sha256_file(weights) if weights else None, zoo_name=zoo_name, history=history, notes=notes,
+    )
+    check_output(loaded, image_class_names)
+    return loaded
+
+
+def check_output(loaded: LoadedModel, image_class_names: Optional[list[str]] = None) -> None:
+    """Probe the model with one zero input: the output must be (1, classes); fills missing class names.
+
+    Without names from the zoo, the config or a model.json, an image set's class folders name the classes when
+    there are as many folders as outputs; else the classes are called "class 0", "class 1", ...
+    """
+    import torch
+
+    probe = torch.zeros((1, *loaded.input.shape))
+    try:
+        with torch.no_grad():
+            out = loaded.model(probe)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} ({first}): "
+                         "check --input-size and --channels") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"model '{loaded.spec}' returns {shape}, not (N, classes) logits: "
+                         "wrap it so forward returns class scores")
+    k = int(out.shape[1])
+    if not loaded.class_names:
+        if image_class_names and len(image_class_names) == k:
+            loaded.class_names = list(image_class_names)
+        else:
+            loaded.class_names = [f"class {i}" for i in range(k)]
+    elif len(loaded.class_names) != k:
+        raise ModelError(f"model '{loaded.spec}' has {k} outputs but {len(loaded.class_names)} class names were "
+                         "given: fix --class-names (or the image set's class folders)")

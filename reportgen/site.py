@@ -1,0 +1,198 @@
+"""Pages from the manifest alone: the Jinja2 environment, navigation, relative links.
+
+This module never imports torch, so a site can be re-rendered from its manifest.json in about a second
+(`reportgen render DIR`). Every link goes through the ``url`` filter, which makes it relative to the page, so the
+site works opened from disk (file://) and served under any sub-path.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Optional
+
+from .artifacts import ArtifactWriter, slug
+
+SECTION_TITLES = OrderedDict([
+    ("model", "Model card"),
+    ("parameters", "Parameters"),
+    ("activations", "Activations"),
+    ("influence", "The input's influence"),
+    ("optimized", "Optimized inputs"),
+])
+
+
+def templates_dir() -> Path:
+    """The templates folder: the repo's top-level templates/ in a checkout, reportgen/_templates when installed."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "templates", here / "_templates"):
+        if (candidate / "base.html").is_file():
+            return candidate
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("reportgen._templates")))
+
+
+def make_env() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=jinja2.select_autoescape(["html"], default_for_string=True, default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["num"] = format_number
+    env.filters["slug"] = slug
+    return env
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """Numbers for people: ints with thousands separators, floats with ``digits`` significant digits."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:
+            return "–"
+        if 0 < abs(value) < 1e-3 or abs(value) >= 1e6:
+            return f"{value:.{digits}g}"
+        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
+    return str(value)
+
+
+class Page:
+    """One HTML page: its path in the site, title, breadcrumbs, template and context."""
+
+    def __init__(self, path: str, title: str, template: str, crumbs: list[tuple[str, Optional[str]]], **context):
+        self.path = path
+        self.title = title
+        self.template = template
+        self.crumbs = crumbs
+        self.context = context
+        self.prev: Optional[Page] = None
+        self.next: Optional[Page] = None
+
+
+def layer_page(name: str) -> str:
+    return f"layers/{slug(name)}.html"
+
+
+def image_page(index: int) -> str:
+    return f"images/{index:05d}.html"
+
+
+def analysis_page(name: str) -> str:
+    return f"analyses/{slug(name)}.html"
+
+
+def plan_pages(manifest: dict) -> list[Page]:
+    """Every page of the site, in navigation order, with previous/next links inside each series."""
+    sections = manifest["sections"]
+    pages: list[Page] = [Page("index.html", "Model card", "index.html", [("Model card", None)])]
+    pages.append(Page("data.html", "Image set", "data.html", [("Model card", "index.html"), ("Image set", None)]))
+    series: list[list[Page]] = []
+    analysis_pages = []
+    for s in sections:
+        group = SECTION_TITLES.get(s["section"], s["section"])
+        analysis_pages.append(Page(analysis_page(s["name"]), s["title"], "analysis.html",
+                                   [("Model card", "index.html"), (group, None), (s["title"], None)], section=s))
+    series.append(analysis_pages)
+
+    layers = manifest["model"]["selected_layers"]
+    by_layer: dict[str, list] = {}
+    by_image: dict[int, list] = {}
+    for s in sections:
+        for item in s["items"]:
+            if item.get("layer") is not None:
+                by_layer.setdefault(item["layer"], []).append((s, item))
+            if item.get("image") is not None:
+                by_image.setdefault(item["image"], []).append((s, item))
+    ordered_layers = [l for l in layers if l in by_layer] + [l for l in by_layer if l not in layers]
+    layer_pages = [Page(layer_page(l), f"Layer {l}", "layer.html",
+                        [("Model card", "index.html"), ("Layers", None), (l, None)], layer=l,
+                        groups=group_items(by_layer[l])) for l in ordered_layers]
+    series.append(layer_pages)
+    samples = {s["index"]: s for s in manifest["images"]["samples"]}
+    image_pages = []
+    for idx in sorted(by_image):
+        info = samples.get(idx, {"index": idx, "name": str(idx), "label": None, "pred": None, "prob": None})
+        image_pages.append(Page(image_page(idx), f"Image {info['name']}", "image.html",
+                                [("Model card", "index.html"), ("Images", None), (info["name"], None)],
+                                info=info, groups=group_items(by_image[idx])))
+    series.append(image_pages)
+    for run in series:
+        for a, b in zip(run, run[1:]):
+            a.next, b.prev = b, a
+        pages.extend(run)
+    return pages
+
+
+def group_items(pairs: list) -> list[dict]:
+    """[(section, item)] -> [{"section": ..., "items": [...]}] keeping the report order of sections."""
+    groups: "OrderedDict[str, dict]" = OrderedDict()
+    for s, item in pairs:
+        groups.setdefault(s["name"], {"section": s, "items": []})["items"].append(item)
+    return list(groups.values())
+
+
+def nav_tree(manifest: dict, pages: list[Page]) -> dict:
+    by_section: "OrderedDict[str, list]" = OrderedDict((k, []) for k in SECTION_TITLES)
+    for s in manifest["sections"]:
+        by_section.setdefault(s["section"], []).append(
+            {"title": s["title"], "path": analysis_page(s["name"]), "status": s["status"]})
+    return {
+        "sections": [{"title": SECTION_TITLES.get(k, k), "entries": v} for k, v in by_section.items() if v],
+        "layers": [{"title": p.context["layer"], "path": p.path} for p in pages if p.template == "layer.html"],
+        "images": [{"title": p.context["info"]["name"], "path": p.path} for p in pages if p.template == "image.html"],
+    }
+
+
+def render_site(manifest: dict, root: Path, writer: Optional[ArtifactWriter] = None) -> list[str]:
+    """Write every page, the static assets and manifest.json into ``root``; returns the page paths."""
+    env = make_env()
+    writer = writer or ArtifactWriter(root)
+    pages = plan_pages(manifest)
+    nav = nav_tree(manifest, pages)
+    static = templates_dir() / "static"
+    for asset in sorted(static.iterdir()):
+        if asset.is_file():
+            writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
+    sections = {s["name"]: s for s in manifest["sections"]}
+    for page in pages:
+        depth = page.path.count("/")
+
+        def url(target: str, _here=page.path) -> str:
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                return target
+            rel = posixpath.relpath(target, posixpath.dirname(_here) or ".")
+            return rel
+
+        template = env.get_template(page.template)
+        html = template.render(page=page, manifest=manifest, nav=nav, url=url, sections=sections,
+                               section_titles=SECTION_TITLES, root="../" * depth,
+                               analysis_page=analysis_page, layer_page=layer_page, image_page=image_page,
+                               **page.context)
+        writer.write_text(page.path, html)
+    manifest["files"] = dict(sorted(writer.hashes.items()))
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=False))
+    return [p.path for p in pages]
+
+
+def rerender(site_dir: Path) -> list[str]:
+    """Render the pages of an existing site again from its manifest (after a template change)."""
+    manifest = json.loads((site_dir / "manifest.json").read_text())
+    writer = ArtifactWriter(site_dir)
+    for rel in list(manifest.get("files", {})):
+        if rel.endswith(".html") or rel.startswith("static/"):
+            (site_dir / rel).unlink(missing_ok=True)
+    keep = {k: v for k, v in manifest.get("files", {}).items() if not (k.endswith(".html") or k.startswith("static/"))}
+    writer.hashes.update(keep)
+    return render_site(manifest, site_dir, writer)
