@@ -1,0 +1,297 @@
+"""Modified backward rules through ReLUs (deconvnet, guided backprop), and a check of which rules apply exactly.
+
+Deconvnet and guided backpropagation differ from the plain gradient only in how the gradient passes a ReLU.
+Swapping ``nn.ReLU`` modules (what most libraries do) misses functional calls (``F.relu``, ``x.relu_()``) and, when
+one module is reused (torchvision's BasicBlock), is easy to get wrong. Here every ReLU call is rerouted instead,
+whatever form it takes, by a `torch.overrides.TorchFunctionMode` that is active only inside `relu_rule`: no module
+is swapped and no hook is registered, so there is nothing to put back.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+Rule = Literal["guided", "deconv"]
+
+# Every public spelling of ReLU. nn.ReLU.forward calls F.relu, so modules are covered too. The value says whether
+# the call is in place by itself (F.relu decides through its ``inplace`` argument).
+_RELU_FUNCS: dict[object, bool] = {
+    F.relu: False,
+    torch.relu: False,
+    torch.Tensor.relu: False,
+    torch.relu_: True,
+    torch.Tensor.relu_: True,
+    F.relu_: True,
+}
+
+
+def _relu_call(func, args, kwargs) -> tuple[torch.Tensor, bool] | None:
+    """``(input, inplace)`` when ``func(*args, **kwargs)`` is a ReLU on one tensor, else None."""
+    try:
+        fixed_inplace = _RELU_FUNCS[func]
+    except (KeyError, TypeError):  # TypeError: an unhashable callable
+        return None
+    if not args or not isinstance(args[0], torch.Tensor) or set(kwargs) - {"inplace"}:
+        return None
+    if func is F.relu:
+        inplace = bool(args[1]) if len(args) > 1 else bool(kwargs.get("inplace", False))
+    else:
+        inplace = fixed_inplace
+    return args[0], inplace
+
+
+class _RuleReLU(torch.autograd.Function):
+    """ReLU forward, modified backward: ``deconv`` passes max(grad, 0) whatever the input was (Zeiler & Fergus);
+    ``guided`` also keeps the forward mask, so only positive gradient through active units passes (Springenberg)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, guided: bool, inplace: bool) -> torch.Tensor:
+        if inplace:
+            out = torch.relu_(x)
+            ctx.mark_dirty(x)
+        else:
+            out = torch.relu(x)
+        ctx.guided = guided
+        if guided:
+            # In place, the input is gone; the output has the same positive set, so save that.
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_in = grad_out.clamp(min=0)
+        if ctx.guided:
+            (out,) = ctx.saved_tensors
+            grad_in = grad_in * (out > 0).to(grad_in.dtype)
+        return grad_in, None, None
+
+
+class _RuleMode(TorchFunctionMode):
+    def __init__(self, guided: bool) -> None:
+        super().__init__()
+        self.guided = guided
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        call = _relu_call(func, args, kwargs)
+        if call is not None:
+            x, inplace = call
+            return _RuleReLU.apply(x, self.guided, inplace)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def relu_rule(rule: Rule) -> Iterator[None]:
+    """Inside the block, every ReLU computed in this thread backpropagates with ``rule`` ("guided" or "deconv").
+
+    Covers ``nn.ReLU`` (also reused and ``inplace=True``), ``F.relu``, ``F.relu_``, ``torch.relu``, ``torch.relu_``,
+    ``Tensor.relu`` and ``Tensor.relu_``. Keep the backward pass inside the block too: code that recomputes the
+    forward during backward (activation checkpointing) then gets the same rule. Other non-linearities keep their
+    ordinary gradient; `inspect_nonlinearities` tells whether a model has any.
+    """
+    if rule not in ("guided", "deconv"):
+        raise ValueError(f"unknown ReLU rule {rule!r}: use 'guided' or 'deconv'")
+    with _RuleMode(guided=rule == "guided"):
+        yield
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which non-linearities does a model use, and how?
+
+_OTHER_MODULES: tuple[type[nn.Module], ...] = (
+    nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ReLU6, nn.Hardtanh,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.LogSigmoid,
+    nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.GLU, nn.Softmax, nn.LogSoftmax, nn.Softmin,
+    nn.MultiheadAttention,
+)
+
+
+def _other_functions() -> dict[object, str]:
+    names = {
+        F: ["gelu", "silu", "elu", "elu_", "celu", "celu_", "selu", "selu_", "leaky_relu", "leaky_relu_", "prelu",
+            "rrelu", "rrelu_", "relu6", "hardtanh", "hardtanh_", "tanh", "sigmoid", "softplus", "softsign",
+            "hardswish", "hardsigmoid", "mish", "logsigmoid", "tanhshrink", "softshrink", "hardshrink",
+            "threshold", "threshold_", "glu", "softmax", "log_softmax", "softmin",
+            "scaled_dot_product_attention"],
+        torch: ["tanh", "tanh_", "sigmoid", "sigmoid_", "selu", "selu_", "celu", "celu_", "prelu", "rrelu",
+                "threshold", "threshold_", "softmax", "log_softmax", "clamp", "clamp_", "clamp_min", "clamp_min_",
+                "clip", "clip_"],
+        torch.Tensor: ["tanh", "tanh_", "sigmoid", "sigmoid_", "softmax", "log_softmax", "clamp", "clamp_",
+                       "clamp_min", "clamp_min_", "clip", "clip_"],
+        torch.special: ["expit"],
+    }
+    table: dict[object, str] = {}
+    for owner, attrs in names.items():
+        prefix = {F: "F.", torch: "torch.", torch.Tensor: "Tensor."}.get(owner, "torch.special.")
+        for attr in attrs:
+            fn = getattr(owner, attr, None)
+            if fn is not None:
+                table.setdefault(fn, prefix + attr)
+    return table
+
+
+_OTHER_FUNCS = _other_functions()
+
+
+@dataclass
+class NonlinearityReport:
+    """How a model computed its non-linearities in one forward pass; module names are dotted paths.
+
+    ``exact_methods`` says, per method name, whether it is computed as its paper defines it on this model, and
+    ``reasons`` says why not. Deconvnet and guided backprop only change the backward rule of ReLUs: any other
+    non-linearity (GELU, SiLU, sigmoid gates, softmax attention...) keeps its plain gradient, so the maps are a
+    hybrid. Whether CAM applies (global average pooling + one linear layer) is `reportgen.methods.cams`'s call.
+    """
+
+    relu_modules: list[str] = field(default_factory=list)  # nn.ReLU modules called exactly once
+    reused_relu_modules: dict[str, int] = field(default_factory=dict)  # name -> calls in one forward pass
+    inplace_relus: list[str] = field(default_factory=list)  # where an in-place ReLU ran (module or caller)
+    functional_relus: dict[str, int] = field(default_factory=dict)  # calling module -> functional ReLU calls
+    other_nonlinearities: dict[str, int] = field(default_factory=dict)  # "where (kind)" -> calls
+    exact_methods: dict[str, bool] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_functional_relus(self) -> int:
+        return sum(self.functional_relus.values())
+
+    @property
+    def n_relu_calls(self) -> int:
+        return len(self.relu_modules) + sum(self.reused_relu_modules.values()) + self.n_functional_relus
+
+    def lines(self) -> list[str]:
+        """Short human-readable lines for a report page."""
+
+        def listing(items, limit=6):
+            items = list(items)
+            more = f", ... (+{len(items) - limit})" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+
+        out = [f"ReLU calls in one forward pass: {self.n_relu_calls}"]
+        if self.relu_modules:
+            out.append(f"ReLU modules used once: {len(self.relu_modules)}")
+        if self.reused_relu_modules:
+            out.append("ReLU modules reused: "
+                       + listing(f"{k} (x{v})" for k, v in self.reused_relu_modules.items()))
+        if self.inplace_relus:
+            out.append(f"in-place ReLUs: {len(self.inplace_relus)} ({listing(self.inplace_relus)})")
+        if self.functional_relus:
+            out.append(f"functional ReLU calls: {self.n_functional_relus} in "
+                       + listing(f"{k} (x{v})" for k, v in self.functional_relus.items()))
+        if self.other_nonlinearities:
+            out.append("other non-linearities: "
+                       + listing(f"{k} x{v}" for k, v in self.other_nonlinearities.items()))
+        for method, exact in self.exact_methods.items():
+            out.append(f"{method}: " + ("exact" if exact else f"approximate: {self.reasons.get(method, '')}"))
+        return out
+
+
+class _RecordMode(TorchFunctionMode):
+    """Records every ReLU and known non-linearity call together with the innermost running module."""
+
+    def __init__(self, stack: list[nn.Module]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.calls: list[tuple[str, nn.Module | None, bool]] = []  # (kind, innermost module, inplace)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        top = self.stack[-1] if self.stack else None
+        call = _relu_call(func, args, kwargs)
+        if call is not None:
+            self.calls.append(("relu", top, call[1]))
+        else:
+            try:
+                kind = _OTHER_FUNCS.get(func)
+            except TypeError:
+                kind = None
+            if kind is not None:
+                self.calls.append((kind, top, False))
+        return func(*args, **kwargs)
+
+
+def inspect_nonlinearities(model: nn.Module, example_input: torch.Tensor) -> NonlinearityReport:
+    """Run ``model`` once on ``example_input`` (N, C, H, W) and report how it uses ReLUs and other non-linearities.
+
+    Module calls are followed with forward hooks that are removed before returning (also after an error); function
+    calls are seen by a `TorchFunctionMode`, so ``F.relu`` inside a ``forward`` is found and credited to the
+    innermost module running it. Runs under ``torch.no_grad``; the model's mode is left as the caller set it.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    stack: list[nn.Module] = []
+    module_calls: dict[nn.Module, int] = {}
+    handles = []
+
+    def pre_hook(module, _args):
+        stack.append(module)
+        module_calls[module] = module_calls.get(module, 0) + 1
+
+    def post_hook(module, _args, _output):
+        if stack and stack[-1] is module:
+            stack.pop()
+
+    recorder = _RecordMode(stack)
+    try:
+        for module in names:
+            handles.append(module.register_forward_pre_hook(pre_hook))
+            handles.append(module.register_forward_hook(post_hook))
+        with torch.no_grad(), recorder:
+            model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    report = NonlinearityReport()
+    label = lambda m: names.get(m) or "<model>"  # noqa: E731
+    seen_modules: set[nn.Module] = set()
+    for kind, top, inplace in recorder.calls:
+        is_module = top is not None and not any(True for _ in top.children())
+        if kind == "relu":
+            if is_module and isinstance(top, nn.ReLU):
+                if top not in seen_modules:
+                    seen_modules.add(top)
+                    calls = module_calls.get(top, 1)
+                    if calls > 1:
+                        report.reused_relu_modules[label(top)] = calls
+                    else:
+                        report.relu_modules.append(label(top))
+                    if inplace:
+                        report.inplace_relus.append(label(top))
+            else:
+                where = label(top)
+                report.functional_relus[where] = report.functional_relus.get(where, 0) + 1
+                if inplace and f"functional in {where}" not in report.inplace_relus:
+                    report.inplace_relus.append(f"functional in {where}")
+        else:
+            if is_module and isinstance(top, _OTHER_MODULES):
+                key = f"{label(top)} ({type(top).__name__})"
+            else:
+                key = f"{kind} in {label(top)}"
+            report.other_nonlinearities[key] = report.other_nonlinearities.get(key, 0) + 1
+    # Modules that compute their non-linearity without a Python-visible call (e.g. fused or scripted ones).
+    for module, calls in module_calls.items():
+        if isinstance(module, _OTHER_MODULES) and not any(k.startswith(label(module) + " (")
+                                                           for k in report.other_nonlinearities):
+            report.other_nonlinearities[f"{label(module)} ({type(module).__name__})"] = calls
+
+    if report.other_nonlinearities:
+        kinds = sorted({k.rsplit("(", 1)[-1].rstrip(")") if k.endswith(")") else k.split(" in ")[0]
+                        for k in report.other_nonlinearities})
+        reason = (f"non-ReLU non-linearities ({', '.join(kinds)}) keep their plain gradient, "
+                  "so the map mixes the modified rule with the gradient")
+    elif report.n_relu_calls == 0:
+        reason = "the model has no ReLU: the map is the plain gradient"
+    else:
+        reason = ""
+    for method in ("deconvnet", "guided_backprop", "guided_grad_cam"):
+        report.exact_methods[method] = not reason
+        if reason:
+            report.reasons[method] = reason
+    return report
