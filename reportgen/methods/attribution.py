@@ -1,0 +1,320 @@
+"""Attribution: how much each input pixel matters to one class score, as plain functions on tensors.
+
+Shared arguments, the same in every function here and in `reportgen.methods.cams`:
+
+- ``model``: an image classifier returning logits (N, K). It is used in whatever mode the caller put it in (the
+  report uses eval mode, which also makes every image's map independent of the others in the batch). It comes
+  back unchanged: no hook, no swapped module, the same parameters, ``requires_grad`` flags and train/eval mode,
+  and no parameter ``.grad`` is ever written (gradients are taken with `torch.autograd.grad` w.r.t. the input).
+- ``inputs``: float tensor (N, C, H, W), already normalized the way the model expects. It is not modified.
+- ``target``: the class whose score is explained: an int (the same for all images), a sequence of N ints or a
+  LongTensor (N,). A class outside ``[0, K)`` raises `ValueError`.
+
+The score is the target's logit (pre-softmax), as in the papers: softmax would mix in the other classes.
+Returned maps are raw (signed or not as documented, never normalized): normalization is a display matter.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Literal, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .relu_rules import relu_rule
+
+Target = Union[int, Sequence[int], torch.Tensor]
+GradientMethod = Callable[[nn.Module, torch.Tensor, Target], torch.Tensor]
+
+
+def as_targets(target: Target, n: int, device: torch.device | None = None) -> torch.Tensor:
+    """``target`` as a LongTensor (N,); a single int is repeated for every image."""
+    if isinstance(target, torch.Tensor):
+        t = target.reshape(-1).to(dtype=torch.long)
+        if t.numel() == 1:
+            t = t.expand(n)
+    elif isinstance(target, numbers.Integral):
+        t = torch.full((n,), int(target), dtype=torch.long)
+    else:
+        t = torch.as_tensor(list(target), dtype=torch.long)
+    if t.shape != (n,):
+        raise ValueError(f"target has {t.numel()} entries for {n} images: give one int or one class per image")
+    return t.to(device) if device is not None else t
+
+
+def _check_inputs(inputs: torch.Tensor) -> None:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be a float tensor (N, C, H, W), got {got}")
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = "logit") -> torch.Tensor:
+    """The (N,) scores ``logits[i, targets[i]]`` (or their softmax probabilities), checking the class range."""
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return logits (N, classes), got shape {tuple(logits.shape)}")
+    k = logits.shape[1]
+    bad = (targets < 0) | (targets >= k)
+    if bool(bad.any()):
+        raise ValueError(f"target class {int(targets[bad][0])} is out of range for a model with {k} classes")
+    if score == "prob":
+        logits = logits.softmax(dim=1)
+    elif score != "logit":
+        raise ValueError(f"unknown score {score!r}: use 'logit' or 'prob'")
+    return logits.gather(1, targets.to(logits.device)[:, None]).squeeze(1)
+
+
+def gradient(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """d score_target / d input, signed, (N, C, H, W) (Simonyan et al. 2013, https://arxiv.org/abs/1312.6034)."""
+    _check_inputs(inputs)
+    targets = as_targets(target, inputs.shape[0], inputs.device)
+    x = inputs.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        scores = target_scores(model(x), targets)
+        # Images are independent (eval mode), so the gradient of the sum gives every image its own gradient.
+        (grad,) = torch.autograd.grad(scores.sum(), x)
+    return grad
+
+
+def saliency(model: nn.Module, inputs: torch.Tensor, target: Target,
+             reduce: Literal["max", "sum", "none"] = "max") -> torch.Tensor:
+    """Vanilla gradient saliency (Simonyan et al. 2013, https://arxiv.org/abs/1312.6034).
+
+    Returns |gradient| reduced over channels: "max" (the paper) or "sum" give (N, H, W) >= 0; "none" returns the
+    signed gradient (N, C, H, W) unchanged.
+    """
+    grad = gradient(model, inputs, target)
+    return reduce_channels(grad, reduce)
+
+
+def reduce_channels(attr: torch.Tensor, reduce: Literal["max", "sum", "none"] = "max") -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W): max ("max") or sum ("sum") of the absolute value over channels; "none": as is."""
+    if reduce == "max":
+        return attr.abs().amax(dim=1)
+    if reduce == "sum":
+        return attr.abs().sum(dim=1)
+    if reduce == "none":
+        return attr
+    raise ValueError(f"unknown reduce {reduce!r}: use 'max', 'sum' or 'none'")
+
+
+def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """Guided backpropagation, signed (N, C, H, W) (Springenberg et al. 2015, https://arxiv.org/abs/1412.6806).
+
+    The gradient, except that each ReLU passes back only positive gradient, and only where its input was positive.
+    Applies to every ReLU call (modules, reused modules, in-place and functional); other non-linearities keep
+    their gradient (see `reportgen.methods.relu_rules.inspect_nonlinearities`).
+    """
+    with relu_rule("guided"):
+        return gradient(model, inputs, target)
+
+
+def deconvnet(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """Deconvnet reconstruction, signed (N, C, H, W) (Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901).
+
+    The gradient, except that each ReLU passes back the positive part of the gradient whatever its forward input
+    was (the deconvnet's "unpooling + rectification" for conv nets, as formulated by Springenberg et al.).
+    """
+    with relu_rule("deconv"):
+        return gradient(model, inputs, target)
+
+
+def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target, *, method: GradientMethod = gradient,
+               n: int = 50, sigma: float = 0.15, batch_size: int = 64,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """SmoothGrad: the mean of ``method`` over ``n`` noisy copies of each image (Smilkov et al. 2017,
+    https://arxiv.org/abs/1706.03825). Same shape as ``method``'s output, e.g. signed (N, C, H, W).
+
+    ``method`` is any function with the call shape ``method(model, inputs, target)`` (`gradient`,
+    `guided_backprop`, `deconvnet`, or a ``functools.partial`` of a CAM); its result is averaged as is, so take
+    absolute values or squares afterwards, not before. The noise std is ``sigma * (max - min)`` of each image.
+    Copies of several images are evaluated together, ``batch_size`` per forward pass.
+
+    The same ``n`` standard-normal noise tensors are used for every image (scaled by that image's std): each map is
+    still a fair SmoothGrad estimate, and an image gets the same map alone as in a batch for the same generator
+    seed. ``generator=None`` uses torch's global generator.
+    """
+    _check_inputs(inputs)
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"smoothgrad needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    if sigma < 0:
+        raise ValueError(f"smoothgrad needs sigma >= 0, got {sigma}")
+    num = inputs.shape[0]
+    targets = as_targets(target, num, inputs.device)
+    x = inputs.detach()
+    flat = x.reshape(num, -1)
+    std = sigma * (flat.amax(dim=1) - flat.amin(dim=1))  # (N,)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn((n, *x.shape[1:]), generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+
+    total = None
+    pairs = torch.arange(num * n, device=x.device)  # pair k is image k // n with noise k % n
+    for chunk in pairs.split(batch_size):
+        img, copy = chunk // n, chunk % n
+        noisy = x[img] + std[img].view(-1, 1, 1, 1) * noise[copy]
+        attr = method(model, noisy, targets[img]).detach()
+        if total is None:
+            total = attr.new_zeros((num, *attr.shape[1:]))
+        total.index_add_(0, img.to(attr.device), attr)
+    return total / n
+
+
+def _positions(size: int, window: int, stride: int) -> int:
+    return (size - window) // stride + 1
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"occlusion {name} must be an int or (height, width), got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def default_occlusion_params(h: int, w: int) -> dict[str, tuple[int, int]]:
+    """Occlusion window ~ 1/4 of each side and stride half the window, for an image of h x w pixels.
+
+    224 x 224 gives window (56, 56) stride (28, 28): 7 x 7 positions, whatever the resolution.
+    """
+    wh, ww = max(1, round(h / 4)), max(1, round(w / 4))
+    return {"window": (wh, ww), "stride": (max(1, wh // 2), max(1, ww // 2))}
+
+
+def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target, *,
+              window: int | tuple[int, int] = (8, 8), stride: int | tuple[int, int] = (4, 4),
+              fill: float | torch.Tensor = 0.0, batch_size: int = 128, per_pixel: bool = False,
+              score: Literal["logit", "prob"] = "logit") -> torch.Tensor:
+    """Occlusion sensitivity (Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901).
+
+    A ``window`` (h, w) patch set to ``fill`` (a float, or a tensor broadcastable to (C, H, W) such as the
+    per-channel mean) slides with ``stride`` (sh, sw); the drop ``score(image) - score(occluded)`` of the target's
+    logit (``score="prob"``: softmax probability) is recorded at each position. Positive = the patch supported the
+    class. Returns (N, h', w') drops with h' = (H - h) // sh + 1, or with ``per_pixel=True`` (N, H, W): the mean drop
+    over all windows covering each pixel (0 where none does, at the bottom/right edge when the stride does not
+    tile the image). Occluded copies of all images are evaluated ``batch_size`` per forward pass, under no_grad.
+    See `default_occlusion_params` for a window that scales with the image.
+    """
+    _check_inputs(inputs)
+    num, channels, height, width = inputs.shape
+    (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
+    if not (1 <= wh <= height and 1 <= ww <= width):
+        raise ValueError(f"occlusion window {(wh, ww)} must be at least 1 and fit the {height}x{width} image")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"occlusion stride must be >= 1, got {(sh, sw)}")
+    if batch_size < 1:
+        raise ValueError(f"occlusion batch_size must be >= 1, got {batch_size}")
+    targets = as_targets(target, num, inputs.device)
+    rows, cols = _positions(height, wh, sh), _positions(width, ww, sw)
+    x = inputs.detach()
+    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    fill_t = torch.broadcast_to(fill_t, (channels, height, width))
+
+    top = torch.arange(rows, device=x.device) * sh
+    left = torch.arange(cols, device=x.device) * sw
+    ys, xs = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+    in_rows = (ys[None, :] >= top[:, None]) & (ys[None, :] < top[:, None] + wh)  # (rows, H)
+    in_cols = (xs[None, :] >= left[:, None]) & (xs[None, :] < left[:, None] + ww)  # (cols, W)
+    positions = rows * cols
+
+    with torch.no_grad():
+        base = target_scores(model(x), targets, score)  # (N,)
+        drops = x.new_empty(num * positions)
+        for chunk in torch.arange(num * positions, device=x.device).split(batch_size):
+            img, pos = chunk // positions, chunk % positions
+            # Masks are built per chunk: all of them at once would be P x H x W (2.5 G for 1x1 windows at 224).
+            mask = in_rows[pos // cols][:, None, :, None] & in_cols[pos % cols][:, None, None, :]
+            occluded = torch.where(mask, fill_t, x[img])
+            drops[chunk] = base[img] - target_scores(model(occluded), targets[img], score)
+    drops = drops.view(num, rows, cols)
+    if not per_pixel:
+        return drops
+    # Spreading each drop over its window and counting windows per pixel is a transposed convolution with ones.
+    ones = x.new_ones(1, 1, wh, ww)
+    summed = F.conv_transpose2d(drops[:, None], ones, stride=(sh, sw))
+    counts = F.conv_transpose2d(torch.ones_like(drops[:1, None]), ones, stride=(sh, sw))
+    covered_h, covered_w = summed.shape[-2:]
+    out = x.new_zeros(num, height, width)
+    out[:, :covered_h, :covered_w] = (summed / counts)[:, 0]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A uniform registry for reports: every entry returns (N, H, W) maps for display, raw (not normalized).
+
+def _show_gradient(model, inputs, target, **params):
+    return saliency(model, inputs, target, reduce=params.pop("reduce", "max"), **params)
+
+
+def _show_smoothgrad(model, inputs, target, **params):
+    reduce = params.pop("reduce", "max")
+    return reduce_channels(smoothgrad(model, inputs, target, **params), reduce)
+
+
+def _show_guided(model, inputs, target, reduce="max"):
+    return reduce_channels(guided_backprop(model, inputs, target), reduce)
+
+
+def _show_deconv(model, inputs, target, reduce="max"):
+    return reduce_channels(deconvnet(model, inputs, target), reduce)
+
+
+def _show_occlusion(model, inputs, target, **params):
+    if "window" not in params:
+        params = {**default_occlusion_params(*inputs.shape[-2:]), **params}
+    params.setdefault("per_pixel", True)
+    return occlusion(model, inputs, target, **params)
+
+
+def _show_cam(model, inputs, target, layer=None, fc=None):
+    from . import cams
+
+    if layer is None or fc is None:
+        found = cams.find_cam_layers(model, inputs[:1])
+        if found is None:
+            raise ValueError("CAM needs a model that ends in global average pooling + one linear layer; "
+                             "this one does not (use grad_cam)")
+        layer, fc = layer or found[0], fc or found[1]
+    return cams.cam(model, inputs, target, layer, fc)
+
+
+def _show_grad_cam(model, inputs, target, layer=None):
+    from . import cams
+
+    layer = layer or cams.default_cam_layer(model, inputs[:1])
+    return cams.grad_cam(model, inputs, target, layer)
+
+
+def _show_guided_grad_cam(model, inputs, target, layer=None, reduce="max"):
+    from . import cams
+
+    layer = layer or cams.default_cam_layer(model, inputs[:1])
+    return reduce_channels(cams.guided_grad_cam(model, inputs, target, layer), reduce)
+
+
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "occlusion": _show_occlusion,  # per-pixel mean logit drop, default window ~1/4 of the side; signed
+    "gradient": _show_gradient,  # max over channels of |gradient|
+    "smoothgrad": _show_smoothgrad,  # max over channels of |SmoothGrad of the gradient|
+    "deconvnet": _show_deconv,  # max over channels of |deconvnet|
+    "guided_backprop": _show_guided,  # max over channels of |guided backprop|
+    "cam": _show_cam,  # ReLU(CAM) upsampled, layers found by find_cam_layers unless given
+    "grad_cam": _show_grad_cam,  # ReLU(Grad-CAM) upsampled, default layer: the last conv block
+    "guided_grad_cam": _show_guided_grad_cam,  # max over channels of |guided backprop x Grad-CAM|
+}
+"""Method name -> ``fn(model, inputs, target, **params) -> (N, H, W)``, a display-ready (but not normalized) map.
+
+Gradient-like methods (gradient, smoothgrad, deconvnet, guided_backprop, guided_grad_cam) are reduced over channels
+by the max of the absolute value (``reduce="sum"`` for the sum); CAMs are >= 0 by construction; occlusion is the
+signed per-pixel drop.
+"""
+
+
+def explain(method_name: str, model: nn.Module, inputs: torch.Tensor, target: Target, **params) -> torch.Tensor:
+    """Run the registered method ``method_name`` and return its (N, H, W) display map (see `METHODS`)."""
+    try:
+        fn = METHODS[method_name]
+    except KeyError:
+        raise ValueError(f"unknown attribution method {method_name!r}: choose from {', '.join(METHODS)}") from None
+    return fn(model, inputs, target, **params)
