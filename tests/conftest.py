@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny seeded models and image folders; everything CPU-only, offline and fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))  # so that "tiny_models:NAME" works as a module:factory spec
+
+
+@pytest.fixture(autouse=True)
+def _tests_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "bird"), per_class=6, size=(40, 48), seed=0) -> Path:
+    """Class sub-folders of random RGB PNGs whose mean colour depends on the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 80, (*size, 3)).astype(np.uint8)
+            arr[..., c % 3] += 150
+            Image.fromarray(arr).save(folder / f"img {i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "images")
+
+
+TINY_ARGS = ["tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3"]

@@ -1,0 +1,199 @@
+"""End-to-end builds through the CLI: model-spec forms, image sets, manifest hashes, safe output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import TINY_ARGS, write_image_folder
+from reportgen.cli import main
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def build_args(out, images, *extra):
+    return ["build", *TINY_ARGS, "--images", images, "--out", out, "--only", "predictions", *extra]
+
+
+def test_build_writes_index_and_manifest_with_true_hashes(tmp_path, image_folder):
+    out = tmp_path / "site"
+    (image_folder / "cat" / "broken.png").write_bytes(b"not a png at all")
+    result = run(*build_args(out, image_folder))
+    assert "index.html" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generator"] == "reportgen"
+    assert manifest["model"]["spec"] == "tiny_models:tiny_cnn"
+    assert manifest["config"]["seed"] == 0 and manifest["seed"] == 0
+    assert {"torch", "torchvision", "reportgen"} <= set(manifest["created_with"])
+    # every file the manifest lists exists with that hash, and every page is listed
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
+    assert "index.html" in manifest["files"]
+    assert manifest["images"]["count"] == 19 and manifest["images"]["used"] == 18
+    assert manifest["images"]["skipped"][0]["name"] == "cat/broken.png"
+    assert manifest["model"]["classes"] == ["bird", "cat", "dog"]  # from the class folders
+    pred = next(s for s in manifest["sections"] if s["name"] == "predictions")
+    assert pred["status"] == "ok" and 0.0 <= pred["metrics"]["accuracy"] <= 1.0
+    assert "timings" in manifest and "forward pass" in manifest["timings"]
+
+
+def test_only_runs_only_the_named_analyses(tmp_path, image_folder):
+    out = tmp_path / "site"
+    run(*build_args(out, image_folder))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["sections"]] == ["predictions"]
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path, image_folder):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    result = run(*build_args(out, image_folder), ok=False)
+    assert result.exit_code != 0
+    assert "not a reportgen site" in result.output
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert "Traceback" not in result.output
+
+
+def test_refuses_root_and_a_file(tmp_path, image_folder):
+    for bad in ("/", str(Path.home())):
+        result = run(*build_args(bad, image_folder), ok=False)
+        assert result.exit_code != 0 and "refusing" in result.output
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    result = run(*build_args(target, image_folder), ok=False)
+    assert result.exit_code != 0 and "is a file" in result.output
+
+
+def test_previous_site_survives_a_build_that_fails_midway(tmp_path, image_folder, monkeypatch):
+    out = tmp_path / "site"
+    run(*build_args(out, image_folder))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def explode(*a, **k):
+        raise KeyboardInterrupt  # as if Ctrl-C arrived while pages were written
+
+    monkeypatch.setattr("reportgen.site.render_site", explode)
+    result = run(*build_args(out, image_folder, "--seed", "3"), ok=False)
+    assert result.exit_code == 130
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")]
+    assert leftovers == []
+
+
+def test_rebuild_replaces_a_previous_report(tmp_path, image_folder):
+    out = tmp_path / "site"
+    run(*build_args(out, image_folder))
+    run(*build_args(out, image_folder, "--seed", "5"))
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 5
+
+
+def save_state(model, path: Path, fmt: str) -> Path:
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return path
+
+
+def test_model_spec_forms(tmp_path, image_folder):
+    """zoo name, torchvision arch + state dict (.pt and .safetensors), TorchScript file, module:factory."""
+    import torchvision
+
+    from reportgen.config import load_config
+    from reportgen.models import load_model
+
+    # torchvision arch: the number of classes is read from the weights
+    tv = torchvision.models.get_model("resnet18", weights=None, num_classes=5)
+    for fmt in ("pt", "safetensors"):
+        weights = save_state(tv, tmp_path / f"r18.{fmt}", fmt)
+        loaded = load_model(load_config(None, model="torchvision:resnet18", weights=str(weights), input_size=[64, 64]))
+        assert loaded.num_classes == 5 and loaded.form == "torchvision"
+        assert torch.equal(loaded.model.fc.weight, tv.fc.weight)
+    # TorchScript
+    import tiny_models
+
+    net = tiny_models.tiny_cnn().eval()
+    script = tmp_path / "net.pt"
+    torch.jit.script(net).save(str(script))
+    loaded = load_model(load_config(None, model=str(script), input_size=[32, 32], channels=3))
+    x = torch.randn(2, 3, 32, 32)
+    assert loaded.form == "torchscript" and torch.allclose(loaded.model(x), net(x), atol=1e-6)
+    # module:factory with weights
+    weights = save_state(net, tmp_path / "tiny.safetensors", "safetensors")
+    loaded = load_model(load_config(None, model="tiny_models:tiny_cnn", weights=str(weights), input_size=[32, 32],
+                                    channels=3))
+    assert loaded.form == "factory" and loaded.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # zoo name
+    loaded = load_model(load_config(None, model="lenet-digits"))
+    assert loaded.form == "zoo" and loaded.input.size == (28, 28) and loaded.num_classes == 10
+
+
+def test_build_with_torchvision_state_dict_and_folder_images(tmp_path, image_folder):
+    import torchvision
+
+    tv = torchvision.models.get_model("resnet18", weights=None, num_classes=3)
+    weights = save_state(tv, tmp_path / "r18.pt", "pt")
+    out = tmp_path / "site"
+    run("build", "torchvision:resnet18", "--weights", weights, "--input-size", "48x48", "--images", image_folder,
+        "--out", out, "--only", "predictions", "-q")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["form"] == "torchvision"
+    assert manifest["model"]["input"]["size"] == [48, 48]
+
+
+def test_zoo_image_set_form(tmp_path):
+    out = tmp_path / "site"
+    run("build", "lenet-digits", "--images", "zoo:lenet-digits", "--max-images", "40", "--out", out,
+        "--only", "predictions", "-q")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["images"]["used"] == 40 and manifest["images"]["labelled"]
+    pred = manifest["sections"][0]
+    assert pred["metrics"]["accuracy"] > 0.9
+
+
+def test_config_file_with_flags_on_top(tmp_path, image_folder):
+    cfg = tmp_path / "report.toml"
+    cfg.write_text(f'model = "tiny_models:tiny_cnn"\ninput_size = [32, 32]\nchannels = 3\n'
+                   f'images = "{image_folder.as_posix()}"\nseed = 7\nonly = ["predictions"]\n'
+                   '[analysis.predictions]\nworst = 2\n')
+    out = tmp_path / "site"
+    run("build", "--config", cfg, "--out", out, "--seed", "9")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 9  # the flag wins over the file
+    assert manifest["sections"][0]["params"] == {"worst": 2}
+    worst = [i for i in manifest["sections"][0]["items"] if i["group"] == "Worst predictions"]
+    assert len(worst) == 2
+
+
+def test_unknown_config_keys_are_listed(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('modle = "x"\nseed = "zero"\n[analysis.predictions]\nworstt = 3\n')
+    result = run("build", "--config", cfg, "--out", tmp_path / "s", ok=False)
+    assert result.exit_code == 2
+    assert "modle: unknown key (did you mean 'model'?)" in result.output
+    assert "known keys:" in result.output and "seed: expected an integer" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("bad", [
+    ["--only", "nosuch"],
+    ["--layers", "0.weight.nope"],
+])
+def test_bad_names_give_one_line(tmp_path, image_folder, bad):
+    result = run("build", *TINY_ARGS, "--images", image_folder, "--out", tmp_path / "s", *bad, ok=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1

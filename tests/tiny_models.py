@@ -1,0 +1,31 @@
+"""Tiny seeded models used as ``module:factory`` specs in the tests."""
+
+import torch
+from torch import nn
+
+
+def tiny_cnn() -> nn.Module:
+    """3x32x32 -> 3 classes; ends in global average pooling + one linear layer."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
+    )
+
+
+def raising_factory() -> nn.Module:
+    raise RuntimeError("factory exploded on purpose")
+
+
+def not_a_module():
+    return 42
+
+
+class BadOutput(nn.Module):
+    def forward(self, x):
+        return x  # (N, C, H, W), not (N, classes)
+
+
+def bad_output() -> nn.Module:
+    return BadOutput()
