@@ -293,7 +293,7 @@ def _build_into(cfg, analyses, params, tmp: Path, log, warn, progress, verbose, 
     sections = []
     failed = []
     for a in analyses:
-        entry = {**a.describe(), "status": "ok", "seconds": 0.0, "items": [], "metrics": {}, "notes": [],
+        entry = {**a.describe(), "status": "ok", "reason": None, "seconds": 0.0, "items": [], "metrics": {}, "notes": [],
                  "params": to_jsonable(dataclasses.asdict(params[a.name]))}
         if a.name in skipped:
             entry.update(status="not applicable", reason=skipped[a.name])
