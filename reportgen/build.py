@@ -237,7 +237,9 @@ def build(cfg: BuildConfig, *, log: Callable[[str], None] = print, warn: Callabl
     return report
 
 
-def _build_into(cfg, analyses, params, tmp: Path, log, warn, progress, verbose, t0) -> BuildReport:
+def _build_into(cfg, analyses, params, tmp: Path, log, warn, progress, verbose, t0,
+                extra: Optional[dict] = None) -> BuildReport:
+    """Build one report into the existing, empty folder ``tmp``; ``extra`` is merged into its manifest."""
     import torch
 
     from .capture import resolve_layer
@@ -322,6 +324,7 @@ def _build_into(cfg, analyses, params, tmp: Path, log, warn, progress, verbose, 
         sections.append(entry)
 
     manifest = make_manifest(cfg, ctx, rows, sections, timings, writer, time.perf_counter() - t0)
+    manifest.update(extra or {})
     from .site import render_site
 
     render_site(manifest, tmp, writer)

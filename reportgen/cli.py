@@ -108,6 +108,25 @@ def parse_floats(value: Optional[str], name: str) -> Optional[list[float]]:
         raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint=name)
 
 
+def input_options(fn: Callable) -> Callable:
+    """The options that describe a non-zoo model's input; shared by build, archive and layers."""
+    for decorator in reversed([
+        click.option("--input-size", help="Model input size HxW, for models that do not say it (e.g. 224x224)."),
+        click.option("--channels", type=int, help="Model input channels, 1 or 3."),
+        click.option("--mean", help="Per-channel normalization mean, comma-separated (0..1 scale)."),
+        click.option("--std", help="Per-channel normalization std, comma-separated."),
+        click.option("--class-names", help="Class names in output order, comma-separated."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def input_overrides(input_size, channels, mean, std, class_names) -> dict:
+    return {"input_size": parse_size(input_size), "channels": channels, "mean": parse_floats(mean, "--mean"),
+            "std": parse_floats(std, "--std"),
+            "class_names": split_names((class_names,)) if class_names else None}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="reportgen", prog_name="reportgen")
 def main() -> None:
@@ -129,11 +148,7 @@ def main() -> None:
 @click.option("--max-images", type=int, help="Use at most this many images.")
 @click.option("--batch-size", type=int, help="Images per forward pass (default: 64).")
 @click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8).")
-@click.option("--input-size", help="Model input size HxW, for models that do not say it (e.g. 224x224).")
-@click.option("--channels", type=int, help="Model input channels, 1 or 3.")
-@click.option("--mean", help="Per-channel normalization mean, comma-separated (0..1 scale).")
-@click.option("--std", help="Per-channel normalization std, comma-separated.")
-@click.option("--class-names", help="Class names in output order, comma-separated.")
+@input_options
 @common
 def build(model, weights, images, out, config_path, device, seed, only, skip, layers, max_images, batch_size,
           samples, input_size, channels, mean, std, class_names, output: Output):
@@ -144,9 +159,7 @@ def build(model, weights, images, out, config_path, device, seed, only, skip, la
     cfg = load_config(
         config_path, model=model, weights=weights, images=images, out=out, device=device, seed=seed,
         only=split_names(only), skip=split_names(skip), layers=split_names(layers), max_images=max_images,
-        batch_size=batch_size, samples=samples, input_size=parse_size(input_size), channels=channels,
-        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
-        class_names=split_names((class_names,)) if class_names else None,
+        batch_size=batch_size, samples=samples, **input_overrides(input_size, channels, mean, std, class_names),
     )
     report = run_build(cfg, log=output.detail, warn=output.warn, progress=output.progress,
                        verbose=bool(output.verbose))
@@ -162,16 +175,16 @@ def build(model, weights, images, out, config_path, device, seed, only, skip, la
 @main.command("layers")
 @click.argument("model")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights file, as for build.")
-@click.option("--input-size", help="Model input size HxW, for models that do not say it.")
-@click.option("--channels", type=int, help="Model input channels, 1 or 3.")
+@input_options
 @common
-def layers_cmd(model, weights, input_size, channels, output: Output):
+def layers_cmd(model, weights, input_size, channels, mean, std, class_names, output: Output):
     """List MODEL's layers: dotted names, types, output shapes and parameter counts."""
     from .config import load_config
     from .layers import default_layers, layer_table
     from .models import load_model
 
-    cfg = load_config(None, model=model, weights=weights, input_size=parse_size(input_size), channels=channels)
+    cfg = load_config(None, model=model, weights=weights,
+                      **input_overrides(input_size, channels, mean, std, class_names))
     loaded = load_model(cfg)
     rows = layer_table(loaded.model, loaded.input.shape)
     chosen = set(default_layers(rows))
@@ -311,3 +324,35 @@ def render(directory, output: Output):
         raise ReportgenError(f"'{directory}' is not a reportgen site (no manifest.json of ours)")
     pages = rerender(Path(directory))
     click.echo(f"rendered {len(pages)} pages in {directory}")
+
+
+@main.command("archive")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--model", help="Model spec of the checkpoints (default: the zoo model named in their metadata).")
+@click.option("--images", help="Image folder or zoo:NAME (default: the zoo model's test split).")
+@click.option("--out", help="Output folder (default: site).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config, as for build.")
+@click.option("--seed", type=int, help="Seed of every random choice (default: 0).")
+@click.option("--only", multiple=True, help="Run only these analyses in each snapshot.")
+@click.option("--skip", multiple=True, help="Skip these analyses in each snapshot.")
+@click.option("--max-images", type=int, help="Use at most this many images.")
+@click.option("--samples", type=int, help="Number of sample images for per-image analyses.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to compute (default: auto).")
+@input_options
+@common
+def archive_cmd(checkpoints, model, images, out, config_path, seed, only, skip, max_images, samples, device,
+                input_size, channels, mean, std, class_names, output: Output):
+    """One report per checkpoint (files or folders of them, ordered by epoch) and an index comparing them.
+
+    Snapshots whose checkpoint, image set and config are unchanged are reused, not recomputed.
+    """
+    from .archive import archive
+    from .config import load_config
+
+    cfg = load_config(config_path, model=model, images=images, out=out, seed=seed, only=split_names(only),
+                      skip=split_names(skip), max_images=max_images, samples=samples, device=device,
+                      **input_overrides(input_size, channels, mean, std, class_names))
+    summary = archive(cfg, list(checkpoints), log=output.info, warn=output.warn, progress=output.progress,
+                      verbose=bool(output.verbose))
+    click.echo(f"Archive written to {summary['out'] / 'index.html'} in {summary['seconds']:.1f} s "
+               f"({len(summary['built'])} snapshots built, {len(summary['reused'])} reused)")

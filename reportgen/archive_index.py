@@ -1,0 +1,114 @@
+"""The archive's top index: numbers and pictures of every snapshot side by side, read from their manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .artifacts import ArtifactWriter, Plot, to_jsonable
+from .build import GENERATOR
+
+# (title, analysis name, how many items per snapshot, which items): pictures already in each snapshot shown in one
+# row per checkpoint. "image" picks items tagged with a sample image (the same images in every snapshot, since the
+# sample pick depends only on the seed and the labels); "first" the first items of the analysis.
+STRIPS = [
+    ("Hidden units of the perceptron", "perceptron", 1, "first"),
+    ("First-layer filters", "filters", 1, "first"),
+    ("Grad-CAM on fixed images", "grad-cam", 6, "image"),
+    ("Class-maximizing images", "class-max", 10, "first"),
+]
+
+
+def _section(manifest: dict, name: str) -> dict:
+    return next((s for s in manifest.get("sections", []) if s["name"] == name and s.get("status") == "ok"), {})
+
+
+def strip_rows(snapshots: list[dict], analysis: str, count: int, mode: str) -> list[dict]:
+    rows = []
+    for snap in snapshots:
+        section = _section(snap["manifest"], analysis)
+        items = [i for i in section.get("items", []) if i.get("file") and i.get("type") != "table"]
+        if mode == "image":
+            items = [i for i in items if i.get("image") is not None]
+        items = items[:count]
+        if items:
+            prefix = f"snapshots/{snap['label']}/"
+            rows.append({"label": snap["label"], "items": [
+                {"file": prefix + (i.get("animation") or i["file"]), "thumb": prefix + i.get("thumb", i["file"]),
+                 "alt": f"{snap['label']}: {i.get('alt', '')}", "caption": i.get("label") or i.get("caption", "")}
+                for i in items]})
+    return rows
+
+
+def knn_series(snapshots: list[dict]) -> tuple[list[str], dict[str, list]]:
+    """Per-layer k-NN accuracy of each snapshot from the embeddings analysis metrics ("k-NN <layer>")."""
+    layers: list[str] = []
+    series = {}
+    for snap in snapshots:
+        metrics = _section(snap["manifest"], "embeddings").get("metrics", {})
+        values = {k[len("k-NN "):]: v for k, v in metrics.items() if k.startswith("k-NN ")}
+        for layer in values:
+            if layer not in layers:
+                layers.append(layer)
+        if values:
+            series[snap["label"]] = values
+    return layers, {label: [vals.get(l) for l in layers] for label, vals in series.items()}
+
+
+def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
+    """Write the archive index (index.html, charts, manifest.json) into ``root`` beside ``snapshots/``."""
+    from . import imaging
+    from .site import make_env
+
+    writer = ArtifactWriter(root)
+    rows = []
+    for snap in snapshots:
+        pred = _section(snap["manifest"], "predictions").get("metrics", {})
+        rows.append({"label": snap["label"], "step": snap["step"], "checkpoint": snap["checkpoint"],
+                     "path": snap["path"], "accuracy": pred.get("accuracy"), "loss": pred.get("loss"),
+                     "build_seconds": snap["manifest"].get("build_seconds")})
+    charts = []
+    steps = [r["step"] if r["step"] is not None else i for i, r in enumerate(rows)]
+    if any(r["accuracy"] is not None for r in rows):
+        charts.append(imaging.render_item(Plot(
+            key="accuracy", kind="lines", label="Accuracy and loss per checkpoint",
+            caption="Accuracy (left) and mean cross-entropy loss on the image set, per checkpoint.",
+            data={"x": steps, "series": {"accuracy": [r["accuracy"] for r in rows],
+                                         "loss": [r["loss"] for r in rows]},
+                  "xlabel": "epoch / step", "ylabel": "value", "marker": True}), writer, "img/archive"))
+    layers, series = knn_series(snapshots)
+    if series:
+        charts.append(imaging.render_item(Plot(
+            key="knn", kind="lines", label="Class separation per layer",
+            caption="Held-out 5-nearest-neighbour accuracy in each layer's feature space, one line per checkpoint: "
+                    "how well the classes separate as the input moves through the network.",
+            data={"x": list(range(len(layers))), "xticklabels": layers, "series": series, "ylabel": "k-NN accuracy",
+                  "marker": True, "ylim": [0, 1.02]}), writer, "img/archive"))
+    strips = []
+    for title, analysis, count, mode in STRIPS:
+        strip = strip_rows(snapshots, analysis, count, mode)
+        if strip:
+            strips.append({"title": title, "analysis": analysis, "rows": strip})
+    first = snapshots[0]["manifest"] if snapshots else {}
+    manifest = to_jsonable({
+        "generator": GENERATOR, "kind": "archive", "version": first.get("version"),
+        "model": first.get("model", {}).get("spec"), "images": first.get("images", {}).get("source"),
+        "config": first.get("config"), "seed": cfg.seed,
+        "snapshots": [{k: v for k, v in r.items()} | {"fingerprint": s["manifest"].get("snapshot", {}).get(
+            "fingerprint")} for r, s in zip(rows, snapshots)],
+    })
+    env = make_env()
+
+    def url(target: str) -> str:
+        return target
+
+    html = env.get_template("archive.html").render(rows=rows, charts=charts, strips=strips, manifest=manifest,
+                                                   url=url)
+    writer.write_text("index.html", html)
+    static = Path(env.loader.searchpath[0]) / "static"
+    for asset in sorted(static.iterdir()):
+        if asset.is_file():
+            writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
+    manifest["files"] = dict(sorted(writer.hashes.items()))
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
