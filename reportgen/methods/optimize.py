@@ -1,0 +1,471 @@
+"""Inputs optimized to excite a model: activation maximization and DeepDream.
+
+Every function takes and returns NORMALIZED model inputs ``(N, C, H, W)`` (what the model's first layer sees). To keep
+images in a displayable pixel range pass ``clamp=pixel_bounds(mean, std)``: the per-channel bounds of ``[0, 1]``
+pixels after the model's normalization.
+
+Objectives are small objects that read a forward pass and return one score per image, ``(N,)``. They compose with
+``+ - *`` so that ``class_logit(3) - 1e-3 * edge_energy()`` reads like the maths (the idea comes from Lucent's
+``objectives.py``). An objective is called as ``objective(logits, rec, inputs)``: ``logits`` is the model output,
+``rec`` the `reportgen.capture.Recorder` of a ``capture(model, objective.layers, keep_live=True)`` pass and
+``inputs`` the images being optimized (only the penalties `l2` and `edge_energy` read them).
+
+The model is never changed: weights are frozen only for the duration of a call (under `reportgen.capture.preserved`),
+the model runs in eval mode so that batch-norm and dropout treat each image on its own, gradients are taken with
+``torch.autograd.grad`` with respect to the images only, and no hook outlives a call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.capture import Recorder, capture, preserved
+
+Index = Union[int, Sequence[int], torch.Tensor]
+Bounds = Union[float, Sequence[float], torch.Tensor]
+
+__all__ = [
+    "DEFAULTS",
+    "MaxDefaults",
+    "MaxResult",
+    "Objective",
+    "blur",
+    "channel",
+    "class_logit",
+    "class_prob",
+    "deepdream",
+    "edge_energy",
+    "edge_energy_penalty",
+    "l2",
+    "l2_penalty",
+    "layer_energy",
+    "maximize",
+    "pixel_bounds",
+    "unit",
+    "zero_small_pixels",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Objectives
+
+
+class Objective:
+    """A differentiable score per image: ``objective(logits, rec, inputs) -> (N,)``.
+
+    Build objectives with the factories below and combine them with ``+``, ``-``, unary ``-`` and multiplication by a
+    number. ``layers`` is the set of dotted layer names the objective reads from ``rec.live``; a sum needs the union.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], layers: Sequence[str] = (), name: str = "objective") -> None:
+        self.fn = fn
+        self.layers = tuple(dict.fromkeys(layers))
+        self.name = name
+
+    def __call__(self, logits: torch.Tensor, rec: Recorder | None = None, inputs: torch.Tensor | None = None):
+        return self.fn(logits, rec, inputs)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name})"
+
+    def __add__(self, other: "Objective | float") -> "Objective":
+        if isinstance(other, (int, float)):
+            return Objective(lambda lg, r, x: self(lg, r, x) + other, self.layers, f"{self.name} + {other:g}")
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Objective(
+            lambda lg, r, x: self(lg, r, x) + other(lg, r, x),
+            self.layers + other.layers,
+            f"{self.name} + {other.name}",
+        )
+
+    __radd__ = __add__
+
+    def __neg__(self) -> "Objective":
+        return Objective(lambda lg, r, x: -self(lg, r, x), self.layers, f"-({self.name})")
+
+    def __sub__(self, other: "Objective | float") -> "Objective":
+        if not isinstance(other, (int, float, Objective)):
+            return NotImplemented
+        return self + (-other)
+
+    def __rsub__(self, other: float) -> "Objective":
+        return (-self) + other
+
+    def __mul__(self, k: float) -> "Objective":
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return Objective(lambda lg, r, x: k * self(lg, r, x), self.layers, f"{k:g} * {self.name}")
+
+    __rmul__ = __mul__
+
+
+def _pick(values: torch.Tensor, index: Index) -> torch.Tensor:
+    """``values[:, index]`` for one index, or ``values[i, index[i]]`` for one index per image."""
+    if isinstance(index, int):
+        return values[:, index]
+    idx = torch.as_tensor(index, device=values.device, dtype=torch.long).reshape(-1)
+    if idx.numel() == 1:
+        return values[:, int(idx)]
+    if idx.numel() != values.shape[0]:
+        raise ValueError(f"got {idx.numel()} indices for a batch of {values.shape[0]} images: give one or one per image")
+    return values.gather(1, idx.view(-1, 1)).squeeze(1)
+
+
+def _live(rec: Recorder | None, layer: str) -> torch.Tensor:
+    if rec is None or layer not in rec.live:
+        raise ValueError(f"layer '{layer}' was not recorded: run the model under capture(model, objective.layers, keep_live=True)")
+    return rec.live[layer]
+
+
+def class_logit(target: Index) -> Objective:
+    """The pre-softmax score of class ``target`` (an int, or one class per image)."""
+    return Objective(lambda lg, r, x: _pick(lg.flatten(1), target), (), f"class_logit({target})")
+
+
+def class_prob(target: Index) -> Objective:
+    """The softmax probability of class ``target``, in [0, 1]; it can rise by pushing other classes down."""
+    return Objective(lambda lg, r, x: _pick(lg.flatten(1).softmax(1), target), (), f"class_prob({target})")
+
+
+def unit(layer: str, index: int | tuple[int, int, int]) -> Objective:
+    """One neuron of ``layer``: a flat index into the per-image output, or ``(c, y, x)`` of a conv map."""
+
+    def fn(lg, rec, x):
+        act = _live(rec, layer)
+        if isinstance(index, int):
+            return act.flatten(1)[:, index]
+        return act[(slice(None), *index)]
+
+    return Objective(fn, (layer,), f"unit({layer}, {index})")
+
+
+def channel(layer: str, c: Index) -> Objective:
+    """The spatial mean of channel ``c`` of ``layer`` (an int, or one channel per image); for ``(N, F)`` outputs the
+    feature itself."""
+
+    def fn(lg, rec, x):
+        act = _live(rec, layer)
+        means = act.flatten(2).mean(2) if act.dim() > 2 else act
+        return _pick(means, c)
+
+    return Objective(fn, (layer,), f"channel({layer}, {c})")
+
+
+def layer_energy(layer: str) -> Objective:
+    """The mean of squares of ``layer``'s output per image (what DeepDream amplifies)."""
+    return Objective(lambda lg, r, x: _live(r, layer).flatten(1).pow(2).mean(1), (layer,), f"layer_energy({layer})")
+
+
+def l2_penalty(inputs: torch.Tensor) -> torch.Tensor:
+    """``||x||^2`` per image: ``(N, C, H, W) -> (N,)``. In normalized space it pulls pixels toward the data mean."""
+    return inputs.flatten(1).pow(2).sum(1)
+
+
+def l2() -> Objective:
+    """`l2_penalty` of the optimized images as an objective, to subtract: ``obj - lam * l2()``."""
+    return Objective(lambda lg, r, x: l2_penalty(_need_inputs(x)), (), "l2")
+
+
+def _gaussian_1d(sigma: float, radius: int, device, dtype) -> torch.Tensor:
+    t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _separable_blur(x: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """Blur every channel of ``(N, C, H, W)`` on its own; replicate padding keeps a constant image constant."""
+    n, c, h, w = x.shape
+    k = _gaussian_1d(sigma, radius, x.device, x.dtype)
+    flat = x.reshape(n * c, 1, h, w)
+    flat = F.pad(flat, (radius, radius, radius, radius), mode="replicate")
+    flat = F.conv2d(flat, k.view(1, 1, 1, -1))
+    flat = F.conv2d(flat, k.view(1, 1, -1, 1))
+    return flat.reshape(n, c, h, w)
+
+
+def edge_energy_penalty(inputs: torch.Tensor, scales: int = 3, sigma: float = 1.0) -> torch.Tensor:
+    """Multi-scale high-frequency energy ``h(x) = sum_s ||d^s(x) - g * d^s(x)||^2`` per image, ``(N,)``, >= 0.
+
+    ``d`` halves the resolution (2x2 average), ``g`` is a 5x5 Gaussian (``sigma``) applied to each channel on its own
+    with replicate padding, so ``h`` is 0 for a constant image and grows with high frequencies. Scales stop early
+    once the image is smaller than the kernel. After Mahendran & Vedaldi's natural-image priors,
+    https://arxiv.org/abs/1412.0035 .
+    """
+    # h is unchanged by adding a constant per channel (blur keeps constants), so subtracting each channel's corner
+    # pixel first makes a constant image give exactly 0 instead of float rounding noise times its level.
+    x = inputs - inputs[..., :1, :1]
+    total = x.new_zeros(x.shape[0])
+    for s in range(scales):
+        if s:
+            if min(x.shape[-2:]) < 6:
+                break
+            # adaptive pooling halves odd sizes too, and still maps a constant image to a constant image
+            x = F.adaptive_avg_pool2d(x, (x.shape[-2] // 2, x.shape[-1] // 2))
+        total = total + (x - _separable_blur(x, sigma, 2)).flatten(1).pow(2).sum(1)
+    return total
+
+
+def edge_energy(scales: int = 3) -> Objective:
+    """`edge_energy_penalty` of the optimized images as an objective, to subtract: ``obj - lam * edge_energy()``."""
+    return Objective(lambda lg, r, x: edge_energy_penalty(_need_inputs(x), scales), (), f"edge_energy({scales})")
+
+
+def _need_inputs(x: torch.Tensor | None) -> torch.Tensor:
+    if x is None:
+        raise ValueError("this penalty reads the optimized images: call objective(logits, rec, inputs)")
+    return x
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Image transforms (plain functions, also applied during optimization)
+
+
+def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Per-channel ``(lo, hi)`` of ``[0, 1]`` pixels after ``(pixel - mean) / std``, for the ``clamp`` arguments."""
+    lo = [(0.0 - m) / s for m, s in zip(mean, std)]
+    hi = [(1.0 - m) / s for m, s in zip(mean, std)]
+    return lo, hi
+
+
+def _bound(value: Bounds, x: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(value, device=x.device, dtype=x.dtype).reshape(-1)
+    if t.numel() not in (1, x.shape[1]):
+        raise ValueError(f"clamp bounds have {t.numel()} values for {x.shape[1]} channels: give one or one per channel")
+    return t.view(1, -1, 1, 1)
+
+
+def clamp_to(x: torch.Tensor, clamp: tuple[Bounds, Bounds] | None) -> torch.Tensor:
+    """``x`` clipped to per-channel ``(lo, hi)`` (numbers or one per channel); ``None`` leaves it unbounded."""
+    if clamp is None:
+        return x
+    lo, hi = clamp
+    return torch.maximum(torch.minimum(x, _bound(hi, x)), _bound(lo, x))
+
+
+def blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of each channel, ``(N, C, H, W) -> (N, C, H, W)``; the kernel reaches ``2 sigma`` each side."""
+    if sigma <= 0:
+        return inputs
+    return _separable_blur(inputs, sigma, max(1, math.ceil(2 * sigma)))
+
+
+def zero_small_pixels(
+    inputs: torch.Tensor, percentile: float | None = None, threshold: float | None = None
+) -> torch.Tensor:
+    """Set to 0 (the data mean, in normalized space) the pixels whose norm over channels is small.
+
+    Small means below the image's own ``percentile`` (0-100) of pixel norms, or below an absolute ``threshold``.
+    Yosinski et al. 2015, https://arxiv.org/abs/1506.06579 .
+    """
+    norms = inputs.norm(dim=1, keepdim=True)  # (N, 1, H, W)
+    keep = torch.ones_like(norms, dtype=torch.bool)
+    if percentile is not None:
+        cut = torch.quantile(norms.flatten(1), percentile / 100.0, dim=1).view(-1, 1, 1, 1)
+        keep &= norms >= cut
+    if threshold is not None:
+        keep &= norms >= threshold
+    return inputs * keep
+
+
+def _roll(x: torch.Tensor, jitter: int, generator: torch.Generator | None) -> torch.Tensor:
+    if jitter <= 0:
+        return x
+    dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Activation maximization
+
+
+@dataclass(frozen=True)
+class MaxDefaults:
+    """Default settings of `maximize` and `deepdream`, chosen by looking at class images of small trained CNNs
+    (32-64 px inputs). Every field is also a keyword argument of the function that uses it."""
+
+    steps: int = 200
+    """Adam steps of `maximize`."""
+    lr: float = 0.05
+    """Adam learning rate of `maximize`, in normalized units."""
+    init_std: float = 0.01
+    """Standard deviation of the Gaussian noise `maximize` starts from (normalized units)."""
+    l2_weight: float = 0.0
+    """Weight of the `l2` penalty that `maximize` subtracts from the objective."""
+    edge_weight: float = 0.0
+    """Weight of the `edge_energy` penalty that `maximize` subtracts from the objective."""
+    edge_scales: int = 3
+    """Scales of that edge-energy penalty."""
+    blur_every: int = 4
+    """Blur the image every this many steps (0: never)."""
+    blur_sigma: float = 0.5
+    """Sigma in pixels of that blur."""
+    zero_small: float | None = None
+    """Percentile (0-100) of pixel norms zeroed after each step, or None."""
+    jitter: int = 2
+    """Random roll of up to this many pixels before each forward pass (0: none)."""
+    dream_lr: float = 0.03
+    """DeepDream step: mean absolute change per step, in normalized units (about 1.5/255 of a pixel range)."""
+    dream_jitter: int = 4
+    """DeepDream random roll, in pixels of the current octave."""
+
+
+DEFAULTS = MaxDefaults()
+
+
+@dataclass
+class MaxResult:
+    """What `maximize` returns.
+
+    images: ``(N, C, H, W)`` optimized inputs, normalized, detached.
+    curve: ``(steps, N)`` objective value (penalties included) of each image before each step.
+    final_scores: ``(N,)`` objective value of the final images (without jitter).
+    """
+
+    images: torch.Tensor
+    curve: torch.Tensor
+    final_scores: torch.Tensor
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def maximize(
+    model: nn.Module,
+    objective: Objective,
+    *,
+    shape: tuple[int, int, int, int] = (1, 3, 64, 64),
+    steps: int = DEFAULTS.steps,
+    lr: float = DEFAULTS.lr,
+    l2_weight: float = DEFAULTS.l2_weight,
+    edge_weight: float = DEFAULTS.edge_weight,
+    edge_scales: int = DEFAULTS.edge_scales,
+    blur_every: int = DEFAULTS.blur_every,
+    blur_sigma: float = DEFAULTS.blur_sigma,
+    zero_small: float | None = DEFAULTS.zero_small,
+    zero_threshold: float | None = None,
+    jitter: int = DEFAULTS.jitter,
+    clamp: tuple[Bounds, Bounds] | None = None,
+    generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
+) -> MaxResult:
+    """Images that maximize ``objective`` under realism penalties, optimized with Adam from small noise.
+
+    Each of the N images is optimized on its own (batch-norm runs in eval mode), so one batch can hold one image per
+    class: ``maximize(model, class_logit(range(10)), shape=(10, 3, 32, 32))``. Per step: roll by up to ``jitter``
+    pixels, forward, ascend ``objective - l2_weight * l2() - edge_weight * edge_energy(edge_scales)``; then blur
+    every ``blur_every`` steps, zero small pixels (``zero_small`` percentile or ``zero_threshold``) and clamp to the
+    per-channel ``(lo, hi)`` bounds (see `pixel_bounds`). Defaults are documented once in `MaxDefaults`.
+
+    Args:
+        shape: ``(N, C, H, W)`` of the images when ``init`` is None.
+        generator: the only source of randomness (start noise, jitter); same seed, same images.
+        init: ``(N, C, H, W)`` start images instead of noise (not modified).
+
+    Erhan et al. 2009; Simonyan et al. 2014; Yosinski et al. 2015 (https://arxiv.org/abs/1506.06579).
+    """
+    device, dtype = _device_dtype(model)
+    if init is not None:
+        x0 = init.detach().to(device=device, dtype=dtype).clone()
+    else:
+        x0 = (DEFAULTS.init_std * torch.randn(shape, generator=generator)).to(device=device, dtype=dtype)
+    x = clamp_to(x0, clamp).requires_grad_(True)
+    total = objective
+    if l2_weight:
+        total = total - l2_weight * l2()
+    if edge_weight:
+        total = total - edge_weight * edge_energy(edge_scales)
+    opt = torch.optim.Adam([x], lr=lr)
+    curve = []
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with capture(model, total.layers, keep_live=True, clone=False) as rec:
+            for step in range(steps):
+                logits = model(_roll(x, jitter, generator))
+                scores = total(logits, rec, x)
+                (grad,) = torch.autograd.grad(-scores.sum(), x)
+                rec.clear()  # drop live outputs so the graph of this step can be freed
+                curve.append(scores.detach())
+                opt.zero_grad(set_to_none=True)
+                x.grad = grad
+                opt.step()
+                with torch.no_grad():
+                    y = x
+                    if blur_every and (step + 1) % blur_every == 0:
+                        y = blur(y, blur_sigma)
+                    if zero_small is not None or zero_threshold is not None:
+                        y = zero_small_pixels(y, zero_small, zero_threshold)
+                    x.copy_(clamp_to(y, clamp))
+            with torch.no_grad():
+                final = total(model(x), rec, x).detach()
+                rec.clear()
+    empty = x.new_zeros((0, x.shape[0]))
+    return MaxResult(x.detach(), torch.stack(curve) if curve else empty, final)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DeepDream
+
+
+def deepdream(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layer: str,
+    *,
+    octaves: int = 3,
+    octave_scale: float = 1.4,
+    steps_per_octave: int = 10,
+    lr: float = DEFAULTS.dream_lr,
+    jitter: int = DEFAULTS.dream_jitter,
+    clamp: tuple[Bounds, Bounds] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Amplify whatever ``layer`` already sees in ``inputs``: ``(N, C, H, W) -> (N, C, H, W)``, normalized.
+
+    Gradient ascent on `layer_energy` starting from the images, coarse to fine: the images are shrunk by
+    ``octave_scale`` ``octaves - 1`` times; at each octave, from the smallest, the detail found so far is upsampled
+    and added to that octave's image, then ``steps_per_octave`` steps of size ``lr`` follow (gradient divided by its
+    mean absolute value per image, after a random roll of up to ``jitter`` pixels), then the new detail is kept.
+    Mordvintsev et al. 2015, https://research.google/blog/inceptionism-going-deeper-into-neural-networks/ .
+    """
+    device, dtype = _device_dtype(model)
+    base = inputs.detach().to(device=device, dtype=dtype)
+    h, w = base.shape[-2:]
+    sizes = [
+        (max(1, round(h / octave_scale**k)), max(1, round(w / octave_scale**k))) for k in range(octaves - 1, -1, -1)
+    ]
+    objective = layer_energy(layer)
+    detail = torch.zeros_like(base[..., : sizes[0][0], : sizes[0][1]])
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with capture(model, [layer], keep_live=True, clone=False) as rec:
+            for size in sizes:
+                octave = base if size == (h, w) else F.interpolate(base, size=size, mode="bilinear", align_corners=False)
+                if detail.shape[-2:] != size:
+                    detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
+                img = clamp_to(octave + detail, clamp)
+                for _ in range(steps_per_octave):
+                    dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist() if jitter else (0, 0)
+                    shifted = torch.roll(img, (dy, dx), (2, 3)).requires_grad_(True)
+                    model(shifted)
+                    (grad,) = torch.autograd.grad(objective(None, rec, shifted).sum(), shifted)
+                    rec.clear()
+                    grad = torch.roll(grad, (-dy, -dx), (2, 3))
+                    # the normalized step makes lr mean the same thing at every layer and octave
+                    grad = grad / (grad.abs().flatten(1).mean(1).view(-1, 1, 1, 1) + 1e-8)
+                    img = clamp_to(img + lr * grad, clamp)
+                detail = img - octave
+    return img.detach()
