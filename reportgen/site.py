@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections import OrderedDict
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any, Optional
 
@@ -68,6 +69,20 @@ def format_number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def relative_url(target: str, here: str) -> str:
+    """The link from page ``here`` to site path ``target`` (both relative to the site root, '/'-separated).
+
+    Absolute URLs and bare anchors pass through; everything else becomes relative and percent-encoded, so a site
+    works from file:// and under any sub-path. ``relative_url("static/style.css", "layers/fc.html")`` is
+    ``"../static/style.css"``.
+    """
+    if target.startswith(("http://", "https://", "#", "mailto:")):
+        return target
+    path, hash_, fragment = target.partition("#")
+    rel = posixpath.relpath(path, posixpath.dirname(here) or ".") if path else posixpath.basename(here)
+    return quote(rel, safe="/") + (hash_ + quote(fragment, safe="") if hash_ else "")
+
+
 class Page:
     """One HTML page: its path in the site, title, breadcrumbs, template and context."""
 
@@ -96,14 +111,16 @@ def analysis_page(name: str) -> str:
 def plan_pages(manifest: dict) -> list[Page]:
     """Every page of the site, in navigation order, with previous/next links inside each series."""
     sections = manifest["sections"]
+    home = ("Model card", "index.html")
     pages: list[Page] = [Page("index.html", "Model card", "index.html", [("Model card", None)])]
-    pages.append(Page("data.html", "Image set", "data.html", [("Model card", "index.html"), ("Image set", None)]))
+    pages.append(Page("data.html", "Image set", "data.html", [home, ("Image set", None)]))
     series: list[list[Page]] = []
     analysis_pages = []
     for s in sections:
         group = SECTION_TITLES.get(s["section"], s["section"])
         analysis_pages.append(Page(analysis_page(s["name"]), s["title"], "analysis.html",
-                                   [("Model card", "index.html"), (group, None), (s["title"], None)], section=s))
+                                   [home, (group, f"index.html#{section_anchor(s['section'])}"), (s["title"], None)],
+                                   section=s))
     series.append(analysis_pages)
 
     layers = manifest["model"]["selected_layers"]
@@ -117,7 +134,7 @@ def plan_pages(manifest: dict) -> list[Page]:
                 by_image.setdefault(item["image"], []).append((s, item))
     ordered_layers = [l for l in layers if l in by_layer] + [l for l in by_layer if l not in layers]
     layer_pages = [Page(layer_page(l), f"Layer {l}", "layer.html",
-                        [("Model card", "index.html"), ("Layers", None), (l, None)], layer=l,
+                        [home, ("Layers", "index.html#layers"), (l, None)], layer=l,
                         groups=group_items(by_layer[l])) for l in ordered_layers]
     series.append(layer_pages)
     samples = {s["index"]: s for s in manifest["images"]["samples"]}
@@ -125,7 +142,7 @@ def plan_pages(manifest: dict) -> list[Page]:
     for idx in sorted(by_image):
         info = samples.get(idx, {"index": idx, "name": str(idx), "label": None, "pred": None, "prob": None})
         image_pages.append(Page(image_page(idx), f"Image {info['name']}", "image.html",
-                                [("Model card", "index.html"), ("Images", None), (info["name"], None)],
+                                [home, ("Images", "data.html#samples"), (info["name"], None)],
                                 info=info, groups=group_items(by_image[idx])))
     series.append(image_pages)
     for run in series:
@@ -133,6 +150,11 @@ def plan_pages(manifest: dict) -> list[Page]:
             a.next, b.prev = b, a
         pages.extend(run)
     return pages
+
+
+def section_anchor(section: str) -> str:
+    """The id of a section's block in the contents table of the model card."""
+    return f"section-{slug(section)}"
 
 
 def group_items(pairs: list) -> list[dict]:
@@ -147,9 +169,10 @@ def nav_tree(manifest: dict, pages: list[Page]) -> dict:
     by_section: "OrderedDict[str, list]" = OrderedDict((k, []) for k in SECTION_TITLES)
     for s in manifest["sections"]:
         by_section.setdefault(s["section"], []).append(
-            {"title": s["title"], "path": analysis_page(s["name"]), "status": s["status"]})
+            {"name": s["name"], "title": s["title"], "path": analysis_page(s["name"]), "status": s["status"]})
     return {
-        "sections": [{"title": SECTION_TITLES.get(k, k), "entries": v} for k, v in by_section.items() if v],
+        "sections": [{"title": SECTION_TITLES.get(k, k), "anchor": section_anchor(k), "entries": v}
+                     for k, v in by_section.items() if v],
         "layers": [{"title": p.context["layer"], "path": p.path} for p in pages if p.template == "layer.html"],
         "images": [{"title": p.context["info"]["name"], "path": p.path} for p in pages if p.template == "image.html"],
     }
@@ -167,17 +190,12 @@ def render_site(manifest: dict, root: Path, writer: Optional[ArtifactWriter] = N
             writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
     sections = {s["name"]: s for s in manifest["sections"]}
     for page in pages:
-        depth = page.path.count("/")
-
-        def url(target: str, _here=page.path) -> str:
-            if target.startswith(("http://", "https://", "#", "mailto:")):
-                return target
-            rel = posixpath.relpath(target, posixpath.dirname(_here) or ".")
-            return rel
+        def url(target: str, _here: str = page.path) -> str:
+            return relative_url(target, _here)
 
         template = env.get_template(page.template)
         html = template.render(page=page, manifest=manifest, nav=nav, url=url, sections=sections,
-                               section_titles=SECTION_TITLES, root="../" * depth,
+                               section_titles=SECTION_TITLES, section_anchor=section_anchor,
                                analysis_page=analysis_page, layer_page=layer_page, image_page=image_page,
                                **page.context)
         writer.write_text(page.path, html)
