@@ -1,0 +1,274 @@
+"""Reference models trained offline on CPU, shipped with their weights, so that ``reportgen build`` never trains.
+
+    >>> from models_zoo import get
+    >>> entry = get("shapes-cnn")
+    >>> model = entry.load_pretrained()             # eval mode
+    >>> data = entry.load_dataset("test")           # uint8 (N, 64, 64, 3), labels, masks
+    >>> logits = model(entry.preprocess(data.inputs[:8]))
+
+Four entries: ``mlp2d-disk`` (points in a disk, with its training history), ``lenet-digits`` (scikit-learn's digits
+at 28x28), ``shapes-cnn`` and ``shapes-resnet`` (generated shapes with ground-truth masks). Retrain them all with
+``python -m models_zoo train-all``; measured numbers are in ``models_zoo/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["ZooData", "TrainReport", "ZooEntry", "ZOO", "DEFAULT_MODEL", "get", "export_dataset", "WEIGHTS_DIR"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooData:
+    """One split of an entry's data set.
+
+    inputs: images uint8 (N, H, W, C) at the model's input size (C = 1 or 3); points float32 (N, 2).
+    labels: int64 (N,), indices into the entry's ``class_names``.
+    masks: bool (N, H, W) ground-truth object masks (shapes data sets), else None.
+    """
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What `ZooEntry.train` returns. ``history`` (extra) holds the MLP's kept snapshots, else []."""
+
+    model: "nn.Module"
+    test_accuracy: float
+    seconds: float
+    checkpoints: list[Path]
+    history: list[tuple[int, dict[str, "torch.Tensor"]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an entry trains (see `training.train_entry`). For the MLP an epoch is ``iterations_per_epoch`` steps."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    flips: bool = False  # random horizontal flips: every zoo image class is mirror-invariant as a class
+    iterations_per_epoch: int = 0  # > 0: full-batch Adam (the MLP) instead of minibatch AdamW + one-cycle
+
+
+def _net(factory: str) -> Callable[[], "nn.Module"]:
+    # Architectures are looked up on call so that importing the zoo (e.g. for `reportgen zoo list`) loads no torch.
+    def build() -> "nn.Module":
+        from . import nets
+
+        return getattr(nets, factory)()
+
+    build.__name__ = factory
+    return build
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A reference model: its architecture, its data set, its normalization and its shipped weights.
+
+    Images are normalized as ``(x / 255 - mean) / std`` per channel; points are used as they are (mean 0, std 1).
+    """
+
+    name: str
+    summary: str
+    kind: str  # "image" or "points"
+    input_size: tuple[int, int] | None
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    builder: Callable[[], "nn.Module"] = field(repr=False, compare=False)
+    loader: Callable[..., tuple] = field(repr=False, compare=False)
+    recipe: Recipe = field(repr=False, compare=False)
+
+    def build_model(self) -> "nn.Module":
+        """A fresh, untrained model (random init from torch's global generator), in train mode."""
+        return self.builder()
+
+    def load_dataset(self, split: str = "test", seed: int = 0, n: int | None = None) -> ZooData:
+        """The ``split`` ("train" | "test") of this entry's data set; deterministic for ``seed``.
+
+        ``n`` (extra) draws a smaller set: the first ``n`` samples for digits, ``n`` fresh samples from the same
+        seed for the generated sets (not a prefix of the full split, but disjoint from the other split all the same).
+        """
+        inputs, labels, masks = self.loader(split, seed, n)
+        return ZooData(inputs=inputs, labels=labels, masks=masks)
+
+    def preprocess(self, inputs: np.ndarray) -> "torch.Tensor":
+        """Raw inputs as the model takes them: uint8 (N, H, W, C) -> normalized float32 (N, C, H, W); points as is."""
+        import torch
+
+        if self.kind == "points":
+            return torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+    def weights_path(self) -> Path:
+        """The shipped weights: ``models_zoo/weights/{name}.safetensors``."""
+        return WEIGHTS_DIR / f"{self.name}.safetensors"
+
+    def history_path(self) -> Path | None:
+        """The shipped training snapshots (mlp2d-disk only), else None."""
+        return WEIGHTS_DIR / f"{self.name}-history.safetensors" if self.recipe.iterations_per_epoch else None
+
+    def load_pretrained(self) -> "nn.Module":
+        """`build_model` with the shipped weights loaded, in eval mode."""
+        from safetensors.torch import load_file
+
+        path = self.weights_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"no shipped weights for '{self.name}' at {path}: run `python -m models_zoo train-all`")
+        model = self.build_model()
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+
+    def train(
+        self,
+        out_dir: Path | None = None,
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        max_train: int | None = None,
+        log: Callable[[str], None] = lambda s: None,
+    ) -> TrainReport:
+        """Train from scratch on CPU, seeded; a checkpoint after every epoch in ``out_dir`` (None: none written).
+
+        Checkpoints are ``out_dir / f"{name}-epoch{e:03d}.safetensors"`` with safetensors metadata
+        ``{"zoo": name, "epoch": str(e), "test_accuracy": f"{acc:.4f}"}``. ``max_train`` trains on a subset (for
+        fast tests); for mlp2d-disk one epoch is 1,000 full-batch iterations.
+        """
+        from .training import train_entry
+
+        return train_entry(self, out_dir, seed=seed, epochs=epochs, max_train=max_train, log=log)
+
+    def history(self) -> list[tuple[int, dict[str, "torch.Tensor"]]]:
+        """The shipped parameter snapshots ``[(iteration, state_dict), ...]`` ascending (mlp2d-disk), else []."""
+        path = self.history_path()
+        if path is None:
+            return []
+        from safetensors.torch import load_file
+
+        flat = load_file(str(path))
+        snapshots: dict[int, dict[str, "torch.Tensor"]] = {}
+        for key, tensor in flat.items():
+            it, param = key.split(".", 1)
+            snapshots.setdefault(int(it), {})[param] = tensor
+        return sorted(snapshots.items())
+
+
+def _registry() -> dict[str, ZooEntry]:
+    from . import datasets, shapes
+
+    entries = [
+        ZooEntry(
+            name="mlp2d-disk",
+            summary="2-20-2 ReLU MLP: is a point of [-1.5, 1.5]^2 inside the disk of radius 1.2? (with training history)",
+            kind="points",
+            input_size=None,
+            channels=2,
+            mean=(0.0, 0.0),
+            std=(1.0, 1.0),
+            class_names=("outside", "inside"),
+            builder=_net("MLP2d"),
+            loader=datasets.disk_points,
+            recipe=Recipe(epochs=10, lr=0.01, iterations_per_epoch=1000),
+        ),
+        ZooEntry(
+            name="lenet-digits",
+            summary="LeNet-style CNN on scikit-learn's 8x8 digits upsampled to 28x28 greyscale",
+            kind="image",
+            input_size=(28, 28),
+            channels=1,
+            # Measured on the seed-0 train split (python -m models_zoo stats lenet-digits).
+            mean=(0.3052,),
+            std=(0.3246,),
+            class_names=tuple(str(d) for d in range(10)),
+            builder=_net("lenet"),
+            loader=datasets.digits,
+            recipe=Recipe(epochs=20, lr=3e-3, batch_size=32, weight_decay=1e-4),
+        ),
+        ZooEntry(
+            name="shapes-cnn",
+            summary="VGG-style CNN + global average pooling on 64x64 generated shapes (8 classes, with masks)",
+            kind="image",
+            input_size=(shapes.SIZE, shapes.SIZE),
+            channels=3,
+            mean=(0.5017, 0.5002, 0.4955),  # python -m models_zoo stats shapes-cnn
+            std=(0.2791, 0.2771, 0.2780),
+            class_names=shapes.CLASS_NAMES,
+            builder=_net("ShapesCNN"),
+            loader=datasets.shapes_data,
+            recipe=Recipe(epochs=12, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
+        ),
+        ZooEntry(
+            name="shapes-resnet",
+            summary="small ResNet (torchvision BasicBlocks) on 64x64 generated shapes (8 classes, with masks)",
+            kind="image",
+            input_size=(shapes.SIZE, shapes.SIZE),
+            channels=3,
+            mean=(0.5017, 0.5002, 0.4955),  # python -m models_zoo stats shapes-cnn
+            std=(0.2791, 0.2771, 0.2780),
+            class_names=shapes.CLASS_NAMES,
+            builder=_net("ShapesResNet"),
+            loader=datasets.shapes_data,
+            recipe=Recipe(epochs=12, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
+        ),
+    ]
+    return {entry.name: entry for entry in entries}
+
+
+ZOO: dict[str, ZooEntry] = _registry()
+DEFAULT_MODEL = "shapes-cnn"
+
+
+def get(name: str) -> ZooEntry:
+    """The entry called ``name``; a KeyError listing the known names otherwise."""
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise KeyError(f"unknown zoo model '{name}': known models are {', '.join(ZOO)}") from None
+
+
+def export_dataset(name: str, out_dir: Path, split: str = "test", limit: int | None = None) -> int:
+    """Write a split of an image entry's data set as an ImageFolder: ``out_dir/<class name>/<index:05d>.png``.
+
+    PNGs are greyscale ("L") or RGB at the model's input size; ``index`` is the sample's index in the split.
+    Returns the number of files written. Raises ValueError when ``out_dir`` exists and is not empty, or when the
+    entry's data are points rather than images.
+    """
+    from PIL import Image
+
+    entry = get(name)
+    if entry.kind != "image":
+        raise ValueError(f"zoo model '{name}' has {entry.kind} data, not images: nothing to export")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"refusing to export into '{out_dir}': it exists and is not an empty folder")
+    data = entry.load_dataset(split)
+    count = len(data) if limit is None else min(max(limit, 0), len(data))
+    for cls in sorted(set(data.labels[:count].tolist())):
+        (out_dir / entry.class_names[cls]).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = data.inputs[i]
+        # A 2-D uint8 array becomes an "L" image, (H, W, 3) an "RGB" one.
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out_dir / entry.class_names[int(data.labels[i])] / f"{i:05d}.png")
+    return count
