@@ -454,3 +454,15 @@ def test_inspect_nonlinearities_flags_gelu_and_functional_others():
     assert report.exact_methods["guided_backprop"] is False
     assert "GELU" in report.reasons["deconvnet"] and "torch.sigmoid" in report.reasons["deconvnet"]
     assert any("approximate" in line for line in report.lines())
+
+
+def test_default_cam_layer_skips_adaptive_pooling_and_smoothgrad_method_by_name():
+    torch.manual_seed(0)
+    vgg_like = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+                             nn.Linear(4 * 49, 2)).eval()
+    assert C.default_cam_layer(vgg_like, images(1)) == "1"
+    model, x = ReluNet("once"), images(2)
+    torch.testing.assert_close(A.explain("smoothgrad", model, x, 1, method="guided_backprop", sigma=1e-8, n=2),
+                               A.reduce_channels(A.guided_backprop(model, x, 1)), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="choose from"):
+        A.explain("smoothgrad", model, x, 1, method="lime")

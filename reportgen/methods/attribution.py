@@ -249,6 +249,11 @@ def _show_gradient(model, inputs, target, **params):
 
 def _show_smoothgrad(model, inputs, target, **params):
     reduce = params.pop("reduce", "max")
+    if isinstance(params.get("method"), str):  # a name from a config file
+        names = {"gradient": gradient, "guided_backprop": guided_backprop, "deconvnet": deconvnet}
+        if params["method"] not in names:
+            raise ValueError(f"smoothgrad method {params['method']!r}: choose from {', '.join(names)}")
+        params["method"] = names[params["method"]]
     return reduce_channels(smoothgrad(model, inputs, target, **params), reduce)
 
 
@@ -296,7 +301,7 @@ def _show_guided_grad_cam(model, inputs, target, layer=None, reduce="max"):
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "occlusion": _show_occlusion,  # per-pixel mean logit drop, default window ~1/4 of the side; signed
     "gradient": _show_gradient,  # max over channels of |gradient|
-    "smoothgrad": _show_smoothgrad,  # max over channels of |SmoothGrad of the gradient|
+    "smoothgrad": _show_smoothgrad,  # max over channels of |SmoothGrad of method| (default: the gradient)
     "deconvnet": _show_deconv,  # max over channels of |deconvnet|
     "guided_backprop": _show_guided,  # max over channels of |guided backprop|
     "cam": _show_cam,  # ReLU(CAM) upsampled, layers found by find_cam_layers unless given

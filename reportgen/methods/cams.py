@@ -160,12 +160,18 @@ def find_cam_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[str,
 
 def default_cam_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     """The last layer (in the order layers finish) that runs once and outputs (N, K, h, w) with h*w > 1: the last
-    conv block (``layer4`` in a torchvision ResNet). ``example_input`` is one probe batch (N, C, H, W)."""
+    conv block (``layer4`` in a torchvision ResNet). ``example_input`` is one probe batch (N, C, H, W).
+
+    Adaptive pooling layers are skipped: they resample to a fixed size (VGG's 7x7 ``avgpool`` upsamples a 2x2 map
+    at 64x64 input), so the block before them is the real last map.
+    """
     _check_inputs(example_input)
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(example_input.detach())
+    resamplers = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
     for name in reversed(list(rec.acts)):
         acts = rec.acts[name]
-        if rec.calls[name] == 1 and acts.dim() == 4 and acts.shape[-1] * acts.shape[-2] > 1:
+        if (rec.calls[name] == 1 and acts.dim() == 4 and acts.shape[-1] * acts.shape[-2] > 1
+                and not isinstance(model.get_submodule(name), resamplers)):
             return name
     raise ValueError("no layer outputs a (N, K, h, w) map with h*w > 1: give the CAM layer explicitly")
