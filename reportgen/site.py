@@ -118,9 +118,10 @@ def plan_pages(manifest: dict) -> list[Page]:
     analysis_pages = []
     for s in sections:
         group = SECTION_TITLES.get(s["section"], s["section"])
-        analysis_pages.append(Page(analysis_page(s["name"]), s["title"], "analysis.html",
-                                   [home, (group, f"index.html#{section_anchor(s['section'])}"), (s["title"], None)],
-                                   section=s))
+        crumbs = [home, (group, f"index.html#{section_anchor(s['section'])}"), (s["title"], None)]
+        if group == home[0]:  # the model card's own analyses sit right under it
+            crumbs.pop(1)
+        analysis_pages.append(Page(analysis_page(s["name"]), s["title"], "analysis.html", crumbs, section=s))
     series.append(analysis_pages)
 
     layers = manifest["model"]["selected_layers"]
