@@ -1,0 +1,111 @@
+"""Checkpoint archives: ordering, incremental rebuilds, reproducibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from reportgen.cli import main
+
+TINY = ["--model", "tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3"]
+
+
+def save_checkpoints(folder: Path, epochs_and_names: list[tuple[int, str]]) -> list[Path]:
+    """Seeded variants of tiny_cnn, with the epoch in the safetensors metadata (not always in the name)."""
+    from safetensors.torch import save_file
+
+    import tiny_models
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for epoch, name in epochs_and_names:
+        torch.manual_seed(epoch)
+        model = tiny_models.tiny_cnn()
+        for p in model.parameters():
+            p.data.normal_(0, 0.3)
+        path = folder / name
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+                  metadata={"epoch": str(epoch)})
+        paths.append(path)
+    return paths
+
+
+def archive(*args, ok=True):
+    result = CliRunner().invoke(main, ["archive", *map(str, args)], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_archive_orders_by_metadata_and_rebuilds_only_what_changed(tmp_path, image_folder):
+    ckpts = tmp_path / "ckpts"
+    # file names sort b, c, a; the metadata says a=1, b=2, c=10
+    save_checkpoints(ckpts, [(2, "b.safetensors"), (10, "c.safetensors"), (1, "a.safetensors")])
+    out = tmp_path / "archive"
+    common = [*TINY, "--images", image_folder, "--out", out, "--only", "predictions", "-q"]
+    result = archive(ckpts, *common)
+    assert "3 snapshots built, 0 reused" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "archive"
+    assert [s["checkpoint"] for s in manifest["snapshots"]] == ["a.safetensors", "b.safetensors", "c.safetensors"]
+    assert [s["label"] for s in manifest["snapshots"]] == ["step-00001", "step-00002", "step-00010"]
+    html = (out / "index.html").read_text()
+    for label in ("step-00001", "step-00002", "step-00010"):
+        assert f"snapshots/{label}/index.html" in html
+        assert (out / "snapshots" / label / "manifest.json").is_file()
+    before = (out / "snapshots" / "step-00002" / "manifest.json").read_text()
+
+    # one more checkpoint: only it is built, the others are reused unchanged
+    save_checkpoints(ckpts, [(5, "d.safetensors")])
+    result = archive(ckpts, *common)
+    assert "1 snapshots built, 3 reused" in result.output
+    assert (out / "snapshots" / "step-00002" / "manifest.json").read_text() == before
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["step"] for s in manifest["snapshots"]] == [1, 2, 5, 10]
+
+    # a changed checkpoint is rebuilt
+    save_checkpoints(ckpts, [(3, "b.safetensors")])
+    result = archive(ckpts, *common)
+    assert "1 snapshots built, 3 reused" in result.output
+
+
+def test_archive_errors_are_one_line(tmp_path, image_folder):
+    result = archive(tmp_path / "nothing-here", *TINY, "--out", tmp_path / "a", ok=False)
+    assert result.exit_code != 0 and "does not exist" in result.output and "Traceback" not in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = archive(empty, *TINY, "--out", tmp_path / "a", ok=False)
+    assert result.exit_code != 0 and "no checkpoint files" in result.output
+
+
+def image_hashes(site: Path) -> dict:
+    files = json.loads((site / "manifest.json").read_text())["files"]
+    return {k: v for k, v in files.items() if not k.endswith(".html")}
+
+
+def test_same_inputs_give_the_same_files(tmp_path):
+    """Reproducible: the same checkpoint, image set, config and seed give byte-identical figures."""
+    from reportgen.analyses import all_analyses
+
+    names = [a.name for a in all_analyses() if a.name not in ("perceptron",)]
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text(FAST_CONFIG)
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"site{i}"
+        result = CliRunner().invoke(main, ["build", "lenet-digits", "--max-images", "60", "--samples", "2",
+                                           "--config", str(cfg), "--out", str(out), "-q",
+                                           "--only", ",".join(names)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    first, second = image_hashes(outs[0]), image_hashes(outs[1])
+    assert len(first) > 10
+    assert first == second
+
+
+# Small step counts so that the reproducibility build takes seconds; unknown analyses are dropped below.
+FAST_CONFIG = ""
