@@ -1,0 +1,31 @@
+"""The built wheel carries the templates and the zoo's weights, so `pip install .` works away from the repo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not (ROOT / "pyproject.toml").is_file(), reason="needs the source checkout")
+def test_wheel_holds_templates_and_weights(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    wheel = next(tmp_path.glob("reportgen-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    templates = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts}
+    for rel in templates:
+        assert f"reportgen/_templates/{rel}" in names, rel
+    weights = {p.name for p in (ROOT / "models_zoo" / "weights").glob("*.safetensors")}
+    assert weights, "the zoo ships no weights"
+    for name in weights:
+        assert f"models_zoo/weights/{name}" in names
+    assert "reportgen/imaging/__init__.py" in names and "reportgen/methods/__init__.py" in names
+
