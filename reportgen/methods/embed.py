@@ -10,6 +10,7 @@ module, and they should not pay for torch.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -65,23 +66,29 @@ def embed_tsne(features: Any, perplexity: float = 30.0, seed: int = 0, *, n_jobs
             practice that makes the neighbour search much cheaper and removes noise dimensions.
         perplexity: effective neighbourhood size; clipped to (N - 1) / 3 so small sets stay valid.
         seed: random state of the PCA reduction and of t-SNE; same features + seed = same embedding.
-        n_jobs: scikit-learn's ``n_jobs`` for the neighbour search (None = 1).
+        n_jobs: scikit-learn's ``n_jobs`` for the neighbour search (None = 1); it does not change the result.
 
     Returns:
         (N, 2) float32. Fewer than 3 points get an all-zero embedding.
+
+    Runs with BLAS and OpenMP held to one thread: scikit-learn's t-SNE result depends on the thread count (the
+    gradient sums change order), so this keeps same features + seed = same embedding on any machine, and in
+    `embed_layers`' worker processes. Parallelism comes from embedding several layers at once instead.
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = _features(features)
     n_points = x.shape[0]
     if n_points < 3:
         return np.zeros((n_points, 2), dtype=np.float32)
-    x = _pca_reduce(x, TSNE_PCA_DIM, seed)
-    perplexity = float(min(perplexity, (n_points - 1) / 3))
-    tsne = TSNE(
-        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed, n_jobs=n_jobs
-    )
-    return tsne.fit_transform(x).astype(np.float32)
+    with threadpool_limits(limits=1):
+        x = _pca_reduce(x, TSNE_PCA_DIM, seed)
+        perplexity = float(min(perplexity, (n_points - 1) / 3))
+        tsne = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed, n_jobs=n_jobs
+        )
+        return tsne.fit_transform(x).astype(np.float32)
 
 
 def knn_accuracy(features: Any, labels: Any, k: int = 5, holdout: float = 0.3, seed: int = 0) -> float:
@@ -153,12 +160,27 @@ def nearest_neighbours(
 
 
 def _tsne_job(args: tuple[np.ndarray, float, int]) -> np.ndarray:
-    from threadpoolctl import threadpool_limits
-
     features, perplexity, seed = args
-    # two processes on two cores: one thread each, or they fight over the cores
-    with threadpool_limits(limits=1):
-        return embed_tsne(features, perplexity, seed)
+    return embed_tsne(features, perplexity, seed)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _processes_pay_off(workers: int, total_points: int) -> bool:
+    """Worker start-up costs about 1.5 CPU-seconds each (Python, numpy, scikit-learn imports), against about
+    2.5 CPU-seconds of t-SNE per 1000 points; and extra processes only help when a core is idle."""
+    if workers < 2 or total_points < PARALLEL_MIN_POINTS:
+        return False
+    try:
+        load = os.getloadavg()[0]  # includes this process
+    except (AttributeError, OSError):
+        load = 0.0
+    return load < _cores() - 0.5
 
 
 def embed_layers(
@@ -166,30 +188,48 @@ def embed_layers(
     perplexity: float = 30.0,
     seed: int = 0,
     n_jobs: int = 2,
+    *,
+    parallel: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """`embed_tsne` of several layers' features, in up to ``n_jobs`` worker processes.
 
-    Each layer is embedded with the same seed, exactly as `embed_tsne` would do it alone: the result is the same
-    whether it runs in parallel or not. Parallel processes are used only when there are at least two layers and
-    enough points for the start-up of the workers to pay off (``PARALLEL_MIN_POINTS``).
+    Each layer is embedded exactly as `embed_tsne` would do it alone (same seed, single-threaded), so the result is
+    the same whether it runs in parallel or not; only the time differs.
+
+    Args:
+        features_by_layer: {layer: (N, D) features}; layers may have different N and D.
+        perplexity, seed: as in `embed_tsne`.
+        n_jobs: most worker processes.
+        parallel: None decides by the work at hand: processes when there are at least two layers, at least
+            ``PARALLEL_MIN_POINTS`` points in all, and an idle core (1-minute load average below the cores);
+            True always starts workers (when n_jobs > 1 and there are two layers), False never does.
 
     Returns:
         {layer: (N, 2) float32}, in the order of ``features_by_layer``.
     """
     names = list(features_by_layer)
     jobs = [(_features(features_by_layer[name]), perplexity, seed) for name in names]
-    workers = min(n_jobs, len(jobs))
-    if workers > 1 and max(j[0].shape[0] for j in jobs) >= PARALLEL_MIN_POINTS:
+    total_points = sum(job[0].shape[0] for job in jobs)
+    if parallel is None:
+        workers = min(n_jobs, len(jobs), _cores())
+        parallel = _processes_pay_off(workers, total_points)
+    else:
+        workers = min(n_jobs, len(jobs))
+        parallel = parallel and workers > 1
+    if parallel:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        # spawn, not fork: forking a process that has started OpenMP / torch threads can deadlock
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            embeddings = list(pool.map(_tsne_job, jobs))
-    else:
-        embeddings = [_tsne_job(job) for job in jobs]
-    return dict(zip(names, embeddings))
+        try:
+            # spawn, not fork: forking a process that has started OpenMP / torch threads can deadlock
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                return dict(zip(names, pool.map(_tsne_job, jobs)))
+        except (BrokenProcessPool, OSError):
+            # workers that cannot start (a __main__ read from stdin, no semaphores): the same result, in this process
+            pass
+    return {name: _tsne_job(job) for name, job in zip(names, jobs)}
 
 
-# below this many points a t-SNE takes about as long as starting a worker process (see benchmarks/bench_embed.py)
-PARALLEL_MIN_POINTS = 300
+# total points (over all layers) below which worker start-up eats the gain; see benchmarks/bench_embed.py
+PARALLEL_MIN_POINTS = 1500
