@@ -249,7 +249,10 @@ def inspect_nonlinearities(model: nn.Module, example_input: torch.Tensor) -> Non
             handle.remove()
 
     report = NonlinearityReport()
-    label = lambda m: names.get(m) or "<model>"  # noqa: E731
+
+    def label(module: nn.Module | None) -> str:
+        return names.get(module) or "<model>"
+
     seen_modules: set[nn.Module] = set()
     for kind, top, inplace in recorder.calls:
         is_module = top is not None and not any(True for _ in top.children())
