@@ -1,0 +1,89 @@
+"""Time the optimized-input methods (not a test): ``python benchmarks/bench_optimize.py [--repeat 2] [--threads N]``.
+
+On the zoo's ``shapes-cnn`` architecture with random weights (a VGG-style 16-32-64-64 net of the same layout if the
+zoo is not importable), 64x64 inputs:
+
+1. `maximize`: 8 images (one per class) x 50 steps with the default transforms, and the same with the edge-energy
+   and l2 penalties added;
+2. `deepdream`: 4 images, 3 octaves x 10 steps on the last conv;
+3. `adversarial`: 8 images, 50 l2 steps without stopping early;
+4. `random_sphere`: 2 images x 1000 points, batch 500.
+
+Prints the best of ``--repeat`` wall-clock runs per row, and per step where it applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from reportgen.methods.adversarial import adversarial, random_sphere  # noqa: E402
+from reportgen.methods.optimize import class_logit, deepdream, edge_energy, l2, maximize  # noqa: E402
+
+
+def shapes_cnn() -> tuple[nn.Module, str, str]:
+    try:
+        from models_zoo.nets import ShapesCNN
+
+        return ShapesCNN().eval(), "models_zoo ShapesCNN (random weights)", "features.conv4"
+    except Exception:  # noqa: BLE001 - any failure: fall back to an equivalent net
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        c_in = 3
+        for i, c_out in enumerate((16, 32, 64, 64), start=1):
+            layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1)
+            layers[f"relu{i}"] = nn.ReLU()
+            if i < 4:
+                layers[f"pool{i}"] = nn.MaxPool2d(2)
+            c_in = c_out
+        layers["gap"] = nn.AdaptiveAvgPool2d(1)
+        layers["flatten"] = nn.Flatten()
+        layers["fc"] = nn.Linear(64, 8)
+        return nn.Sequential(layers).eval(), "VGG-style net 16-32-64-64 (random weights)", "conv4"
+
+
+def best_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, desc, last_conv = shapes_cnn()
+    print(f"model: {desc}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    x8 = torch.randn(8, 3, 64, 64, generator=g())
+    rows = [
+        ("maximize 8x64x64, 50 steps", 50, lambda: maximize(model, class_logit(list(range(8))), shape=(8, 3, 64, 64),
+                                                            steps=50, generator=g())),
+        ("maximize + edge + l2 penalties", 50, lambda: maximize(
+            model, class_logit(list(range(8))) - 1e-3 * edge_energy() - 1e-4 * l2(), shape=(8, 3, 64, 64), steps=50,
+            generator=g())),
+        ("deepdream 4x64x64, 3x10 steps", 30, lambda: deepdream(model, x8[:4], last_conv, generator=g())),
+        ("adversarial 8x64x64, 50 l2 steps", 50, lambda: adversarial(model, x8, steps=50, stop_at_change=False)),
+        ("random_sphere 2 x 1000 points", 0, lambda: random_sphere(model, x8[:2], 5.0, m=1000, generator=g())),
+    ]
+    for name, steps, fn in rows:
+        t = best_time(fn, args.repeat)
+        per = f"  ({1000 * t / steps:6.1f} ms/step)" if steps else ""
+        print(f"{name:36s} {t:7.2f} s{per}")
+
+
+if __name__ == "__main__":
+    main()
