@@ -153,8 +153,10 @@ class ZooEntry:
         """Train from scratch on CPU, seeded; a checkpoint after every epoch in ``out_dir`` (None: none written).
 
         Checkpoints are ``out_dir / f"{name}-epoch{e:03d}.safetensors"`` with safetensors metadata
-        ``{"zoo": name, "epoch": str(e), "test_accuracy": f"{acc:.4f}"}``. ``max_train`` trains on a subset (for
-        fast tests); for mlp2d-disk one epoch is 1,000 full-batch iterations.
+        ``{"zoo": name, "epoch": str(e), "test_accuracy": f"{acc:.4f}"}``. ``seed`` drives the initialization,
+        shuffling and flips; the data are always the seed-0 splits that `load_dataset` returns. ``max_train`` trains
+        on a subset (for fast tests); ``epochs`` None uses the recipe's; for mlp2d-disk one epoch is 1,000 full-batch
+        Adam iterations, and ``TrainReport.history`` keeps the log-spaced snapshots.
         """
         from .training import train_entry
 
@@ -217,7 +219,7 @@ def _registry() -> dict[str, ZooEntry]:
             class_names=shapes.CLASS_NAMES,
             builder=_net("ShapesCNN"),
             loader=datasets.shapes_data,
-            recipe=Recipe(epochs=12, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
+            recipe=Recipe(epochs=10, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
         ),
         ZooEntry(
             name="shapes-resnet",
@@ -230,7 +232,7 @@ def _registry() -> dict[str, ZooEntry]:
             class_names=shapes.CLASS_NAMES,
             builder=_net("ShapesResNet"),
             loader=datasets.shapes_data,
-            recipe=Recipe(epochs=12, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
+            recipe=Recipe(epochs=10, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
         ),
     ]
     return {entry.name: entry for entry in entries}

@@ -20,10 +20,6 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def train_one(name: str, out: Path | None, seed: int, epochs: int | None) -> None:
     from . import get
 
@@ -31,46 +27,63 @@ def train_one(name: str, out: Path | None, seed: int, epochs: int | None) -> Non
     _log(f"{name}: test accuracy {report.test_accuracy:.4f} in {report.seconds:.1f} s, {len(report.checkpoints)} checkpoints")
 
 
-def train_all(seed: int) -> None:
+def train_all(seed: int, names: list[str]) -> None:
+    import time
+
     import torch
     from safetensors.torch import save_file
 
     from . import WEIGHTS_DIR, ZOO
 
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, entry in ZOO.items():
+    for name in names or list(ZOO):
+        entry = ZOO[name]
+        cpu = time.process_time()
         with tempfile.TemporaryDirectory() as tmp:
             report = entry.train(Path(tmp), seed=seed, log=_log)
-            last = report.checkpoints[-1]
             # The shipped file is the last epoch's checkpoint, metadata included.
-            shutil.copyfile(last, entry.weights_path())
+            shutil.copyfile(report.checkpoints[-1], entry.weights_path())
+        cpu = time.process_time() - cpu
         if report.history:
             flat = {f"{it:05d}.{k}": v.to(torch.float32).contiguous() for it, state in report.history for k, v in state.items()}
-            save_file(flat, str(entry.history_path()), metadata={"zoo": name, "iterations": ",".join(str(it) for it, _ in report.history)})
-        rows.append((name, _params(report.model), report.test_accuracy, report.seconds))
-        _log(f"{name}: test accuracy {report.test_accuracy:.4f} in {report.seconds:.1f} s")
-    _write_results(rows, seed)
+            meta = {"zoo": name, "iterations": ",".join(str(it) for it, _ in report.history)}
+            save_file(flat, str(entry.history_path()), metadata=meta)
+        params = sum(p.numel() for p in report.model.parameters())
+        row = f"| {name} | {params:,} | {report.test_accuracy:.4f} | {report.seconds:.1f} | {cpu:.1f} | `OMP_NUM_THREADS=1 python -m models_zoo train-all {name}` |"
+        _log(f"{name}: test accuracy {report.test_accuracy:.4f} in {report.seconds:.1f} s wall, {cpu:.1f} s CPU")
+        rows = _read_results()  # read late: another train-all may have finished a row meanwhile
+        rows[name] = row
+        _write_results(rows)
 
 
-def _write_results(rows: list[tuple[str, int, float, float]], seed: int) -> None:
-    import platform
+_HEADER = """# Zoo results
 
-    import torch
+Measured by `OMP_NUM_THREADS=1 python -m models_zoo train-all NAME` (seed 0, CPU only) on this project's 2-core
+machine while other jobs kept its load average near 10. Under that load torch's default 2 threads ran 4-6x slower
+than 1 thread (its threads wait on each other whenever one is descheduled), so the numbers are 1-thread numbers: an
+upper bound for an idle 2-core machine. Wall seconds include generating or loading the data and evaluating the test
+split after every epoch; CPU seconds are the process's user + system time.
 
-    lines = [
-        "# Zoo results",
-        "",
-        f"Measured by `python -m models_zoo train-all --seed {seed}` on CPU ({platform.processor() or platform.machine()},"
-        f" {torch.get_num_threads()} threads, torch {torch.__version__}). Train seconds include generating or loading"
-        " the data and evaluating the test split after every epoch.",
-        "",
-        "| name | params | test accuracy | train seconds | command |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for name, params, acc, seconds in rows:
-        lines.append(f"| {name} | {params:,} | {acc:.4f} | {seconds:.1f} | `python -m models_zoo train {name}` |")
-    RESULTS.write_text("\n".join(lines) + "\n")
+| name | params | test accuracy | wall seconds | CPU seconds | command |
+|---|---:|---:|---:|---:|---|
+"""
+
+
+def _read_results() -> dict[str, str]:
+    rows: dict[str, str] = {}
+    if RESULTS.is_file():
+        for line in RESULTS.read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if line.startswith("|") and cells[0] not in ("name", "---"):
+                rows[cells[0]] = line
+    return rows
+
+
+def _write_results(rows: dict[str, str]) -> None:
+    from . import ZOO
+
+    body = "\n".join(rows[name] for name in ZOO if name in rows)
+    RESULTS.write_text(_HEADER + body + "\n")
 
 
 def stats(name: str) -> None:
@@ -93,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: none written)")
     p_train.add_argument("--seed", type=int, default=0)
     p_train.add_argument("--epochs", type=int, default=None)
-    p_all = sub.add_parser("train-all", help="train every model and overwrite the shipped weights")
+    p_all = sub.add_parser("train-all", help="train every model (or NAMES) and overwrite the shipped weights")
+    p_all.add_argument("names", nargs="*", help="only these models (default: all)")
     p_all.add_argument("--seed", type=int, default=0)
     p_stats = sub.add_parser("stats", help="per-channel mean/std of a train split")
     p_stats.add_argument("name")
@@ -102,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import ZOO
 
-    if args.command in ("train", "stats") and args.name not in ZOO:
-        parser.error(f"unknown zoo model '{args.name}': known models are {', '.join(ZOO)}")
+    for name in [getattr(args, "name", None)] + list(getattr(args, "names", [])):
+        if name is not None and name not in ZOO:
+            parser.error(f"unknown zoo model '{name}': known models are {', '.join(ZOO)}")
     if args.command == "train":
         train_one(args.name, args.out, args.seed, args.epochs)
     elif args.command == "train-all":
-        train_all(args.seed)
+        train_all(args.seed, args.names)
     elif args.command == "stats":
         stats(args.name)
     else:

@@ -13,7 +13,7 @@ SPLITS = ("train", "test")
 
 DISK_RADIUS = 1.2  # pi r^2 / 3^2 ~ 0.50: the two classes are balanced in the [-1.5, 1.5]^2 square
 POINTS_SIZES = {"train": 2000, "test": 1000}
-SHAPES_SIZES = {"train": 8000, "test": 1000}
+SHAPES_SIZES = {"train": 6000, "test": 1000}
 
 
 def _check_split(split: str) -> None:

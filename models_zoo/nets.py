@@ -43,7 +43,9 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
 
 
 class ShapesCNN(nn.Module):
-    """VGG-style 3x3 conv stacks, global average pooling and ONE linear layer, so CAM applies to ``features.conv4``.
+    """VGG-style 3x3 conv + BN + ReLU stacks, global average pooling and ONE linear layer (CAM applies).
+
+    The last conv is ``features.conv4`` (its activation ``features.relu4``, 8x8).
 
     (N, 3, 64, 64) -> logits (N, num_classes). Simonyan & Zisserman 2014, https://arxiv.org/abs/1409.1556; the
     GAP + linear head follows Zhou et al. 2016 (CAM), https://arxiv.org/abs/1512.04150.
@@ -54,7 +56,9 @@ class ShapesCNN(nn.Module):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         c_in = 3
         for i, c_out in enumerate(channels, start=1):
-            layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1)
+            layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+            # Batch norm (as in torchvision's vgg*_bn) makes this small net converge in a few CPU epochs.
+            layers[f"bn{i}"] = nn.BatchNorm2d(c_out)
             # Not in place: in-place ReLUs after a watched conv would overwrite what a hook saw without cloning.
             layers[f"relu{i}"] = nn.ReLU()
             if i < len(channels):  # the last conv keeps its 8x8 resolution for class activation maps

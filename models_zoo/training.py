@@ -74,8 +74,11 @@ def train_entry(
     checkpoints: list[Path] = []
     history: list[tuple[int, dict[str, torch.Tensor]]] = []
 
+    last_acc: list[float] = []
+
     def end_epoch(epoch: int) -> None:
         acc = accuracy(entry, model, test.inputs, test.labels)
+        last_acc.append(acc)
         log(f"{entry.name} epoch {epoch}/{epochs}: test accuracy {acc:.4f} ({time.perf_counter() - start:.1f} s)")
         if out_dir is not None:
             path = Path(out_dir) / f"{entry.name}-epoch{epoch:03d}.safetensors"
@@ -120,7 +123,7 @@ def train_entry(
             end_epoch(epoch)
 
     model.eval()
-    test_acc = accuracy(entry, model, test.inputs, test.labels)
+    test_acc = last_acc[-1] if last_acc else accuracy(entry, model, test.inputs, test.labels)
     return TrainReport(
         model=model,
         test_accuracy=test_acc,
