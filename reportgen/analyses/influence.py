@@ -1,0 +1,619 @@
+"""The input's influence: attribution maps of sample images, one analysis per method, plus two helpers.
+
+Every attribution analysis runs the same pipeline (`AttributionAnalysis.run`): pick the class targets of each
+sample image (predicted class, the true class where it differs, classes named in the config), compute all maps in
+batches with one method of `reportgen.methods.attribution` / `cams`, show each as a heat overlay on one colour
+scale shared by every map of the method and on its own scale, and score the maps against the object masks when the
+data set has them. A method differs from the others only in `method` (its name in `attribution.METHODS`) and
+`options` (the keyword arguments it needs); the CAM family also checks its layer.
+
+`nonlinearities` says which ReLUs the modified backward rules see and so which maps are exact on this model;
+`top-predictions` puts every sample image with its top-5 classes on that image's page.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+
+from ..artifacts import NotApplicable, Picture, Result, Table
+from ..config import doc
+from ..errors import ConfigError
+from . import Analysis, register
+
+SCALES = ("shared", "per-image", "both")
+# roles of a map's class target, in the order their groups appear
+ROLES = ("predicted", "true", "requested")
+ROLE_TITLES = {"predicted": "Predicted class", "true": "True class (where the prediction is wrong)",
+               "requested": "Requested classes"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain functions on arrays (tested with known answers)
+
+
+def colour_limits(maps: np.ndarray, percentile: float = 99.0) -> tuple[float, np.ndarray]:
+    """Upper colour limits of non-negative maps (N, H, W): ``(shared, per_image)``.
+
+    ``shared`` is the ``percentile`` of all values of all maps (one scale, so maps can be compared); ``per_image``
+    (N,) the same percentile of each map alone. Negative values count as 0. A limit of 0 (a map, or all maps, zero
+    up to that percentile) falls back to the max, then to 1, so that colours stay defined.
+    """
+    m = np.clip(np.asarray(maps, dtype=np.float64), 0, None)
+    n = m.shape[0]
+    flat = m.reshape(n, -1)
+
+    def safe(limit: float, values: np.ndarray) -> float:
+        if limit > 0:
+            return float(limit)
+        top = float(values.max()) if values.size else 0.0
+        return top if top > 0 else 1.0
+
+    shared = safe(float(np.percentile(flat, percentile)) if flat.size else 0.0, flat)
+    per_image = np.array([safe(float(np.percentile(row, percentile)), row) for row in flat]) if n else np.zeros(0)
+    return shared, per_image
+
+
+def mask_scores(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How well non-negative maps (N, H, W) find the objects of boolean ``masks`` (N, H, W).
+
+    Returns ``(mass, hit)``, each (N,) float: ``mass`` = the share of the map's total inside the mask, in [0, 1]
+    (a uniform map scores the mask's area fraction); ``hit`` = 1.0 when the map's maximum lies inside the mask,
+    else 0.0 (the pointing game of Zhang et al. 2016, https://arxiv.org/abs/1608.00507, without its tolerance
+    margin; ties at the maximum count as a hit when any of them is inside). Negative values count as 0; a map that
+    is zero everywhere gets NaN for both (it points nowhere).
+    """
+    m = np.clip(np.asarray(maps, dtype=np.float64), 0, None)
+    k = np.asarray(masks, dtype=bool)
+    if m.shape != k.shape:
+        raise ValueError(f"maps {m.shape} and masks {k.shape} must have the same shape")
+    flat, inside = m.reshape(len(m), -1), k.reshape(len(k), -1)
+    total = flat.sum(axis=1)
+    top = flat.max(axis=1) if flat.shape[1] else np.zeros(len(flat))
+    empty = total <= 0
+    mass = np.where(empty, np.nan, (flat * inside).sum(axis=1) / np.where(empty, 1.0, total))
+    hit = ((flat == top[:, None]) & inside).any(axis=1).astype(np.float64)
+    hit[empty] = np.nan
+    return mass, hit
+
+
+@dataclass
+class Target:
+    """One map to draw: sample image ``image`` (index into the image set), class ``cls``, why it was chosen."""
+
+    image: int
+    cls: int
+    role: str
+
+
+def class_targets(samples: list[int], preds: list[int], labels: list[int], requested: list[int]) -> list[Target]:
+    """Targets for each sample: its predicted class, its true class when known (>= 0) and different, then every
+    requested class not already among them. Ordered by role, then by sample (so the first items are the
+    predicted-class maps of the samples in order)."""
+    per_image: dict[int, list[Target]] = {}
+    for i, p, t in zip(samples, preds, labels):
+        chosen = [Target(i, p, "predicted")]
+        if t >= 0 and t != p:
+            chosen.append(Target(i, t, "true"))
+        chosen += [Target(i, c, "requested") for c in requested if c not in (p, t)]
+        per_image[i] = chosen
+    return [t for role in ROLES for i in samples for t in per_image[i] if t.role == role]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameters
+
+
+def _scale_field() -> Any:
+    return field(default="both", metadata=doc(
+        "Colour scale of the maps: one scale shared by all maps of the method (comparable), each map on its own "
+        "scale, or both (two groups).", choices=SCALES))
+
+
+def _percentile_field() -> Any:
+    return field(default=99.0, metadata=doc(
+        "Upper colour limit = this percentile of the map values (100 = the maximum); larger values are drawn in "
+        "the top colour, so that a few extreme pixels do not darken everything else.", min=50.0, max=100.0))
+
+
+@dataclass
+class MapParams:
+    scale: str = _scale_field()
+    percentile: float = _percentile_field()
+
+
+@dataclass
+class OcclusionParams:
+    window: Optional[int] = field(default=None, metadata=doc(
+        "Side of the square grey patch in pixels; empty = a quarter of the image side.", min=1))
+    stride: Optional[int] = field(default=None, metadata=doc(
+        "Step between patch positions in pixels; empty = half the window.", min=1))
+    fill: float = field(default=0.0, metadata=doc(
+        "Value of the hidden pixels in normalized input units (0 = the normalization mean colour)."))
+    per_pixel: bool = field(default=True, metadata=doc(
+        "Spread each patch's drop over its pixels (mean over the patches covering a pixel); false = one value "
+        "per patch position, upsampled."))
+    score: str = field(default="logit", metadata=doc(
+        "What drops: the class logit or its softmax probability.", choices=("logit", "prob")))
+    scale: str = _scale_field()
+    percentile: float = _percentile_field()
+
+
+@dataclass
+class SmoothGradParams:
+    n: int = field(default=50, metadata=doc("Noisy copies averaged per image.", min=1, max=1000))
+    sigma: float = field(default=0.15, metadata=doc(
+        "Noise standard deviation as a fraction of each image's value range (max - min).", min=0.0, max=2.0))
+    scale: str = _scale_field()
+    percentile: float = _percentile_field()
+
+
+@dataclass
+class LayerMapParams:
+    layer: str = field(default="", metadata=doc(
+        "Dotted name of the layer whose channels are weighted; empty = the last convolutional block."))
+    scale: str = _scale_field()
+    percentile: float = _percentile_field()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def requested_classes(ctx: Any) -> list[int]:
+    """``ctx.config.classes`` as class indices; `ConfigError` naming the key and the known names otherwise."""
+    names = list(ctx.class_names)
+    unknown = [c for c in ctx.config.classes if c not in names]
+    if unknown:
+        shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+        raise ConfigError(f"classes: unknown class {', '.join(repr(c) for c in unknown)}; known classes: {shown}")
+    return [names.index(c) for c in ctx.config.classes]
+
+
+def probe_input(ctx: Any) -> Any:
+    """One seeded random input (1, C, H, W) on the device, for structural checks before the forward pass."""
+    import torch
+
+    spec = ctx.loaded.input
+    shape = (1, spec.channels, *spec.size)
+    return torch.randn(shape, generator=ctx.generator("influence-probe")).to(ctx.device)
+
+
+def nonlinearity_report(ctx: Any) -> Any:
+    from ..methods.relu_rules import inspect_nonlinearities
+
+    return inspect_nonlinearities(ctx.model, ctx.images.load_inputs(ctx.samples[:1], ctx.device))
+
+
+def check_cam_layer(ctx: Any, analysis: str, layer: str) -> None:
+    """A configured CAM layer must exist (`LayerError` with the closest names), run once and output (N, K, h, w)."""
+    if not layer:
+        return
+    from ..capture import capture, resolve_layer
+
+    import torch
+
+    resolve_layer(ctx.model, layer)
+    with capture(ctx.model, [layer]) as rec, torch.no_grad():
+        ctx.model(probe_input(ctx))
+    calls = rec.calls[layer]
+    out = rec.acts.get(layer)
+    if calls != 1:
+        raise ConfigError(f"analysis.{analysis}.layer: '{layer}' runs {calls} times in one forward pass; pick a "
+                          "layer that runs exactly once (e.g. the block that contains it)")
+    if out is None or out.dim() != 4:
+        shape = tuple(out.shape) if out is not None else None
+        raise ConfigError(f"analysis.{analysis}.layer: '{layer}' outputs {shape}, not a (N, K, h, w) map; pick a "
+                          "convolutional layer or block")
+
+
+def fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The attribution pipeline
+
+
+class AttributionAnalysis(Analysis):
+    """Base of the attribution analyses: subclasses set `method` and the caption words, and override `options`
+    when the method needs keyword arguments (a layer, a window)."""
+
+    section = "influence"
+    Params = MapParams
+    method: ClassVar[str] = ""  # key of reportgen.methods.attribution.METHODS
+    chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
+    map_words: ClassVar[str] = ""  # what a map's value is, for captions
+    relu_rules: ClassVar[bool] = False  # True: the method changes the ReLU backward rule
+
+    def check(self, ctx: Any, params: Any) -> None:
+        requested_classes(ctx)
+
+    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
+        """Keyword arguments of the method, resolved once per build (``probe``: one real sample input)."""
+        return {}
+
+    def words(self, options: dict) -> str:
+        """What a map's value is, with the options actually used (for captions)."""
+        return self.map_words
+
+    def notes(self, ctx: Any, params: Any, options: dict, raw: np.ndarray) -> list[str]:
+        """Sentences for the page about these maps (e.g. why they are not exact)."""
+        if not self.relu_rules:
+            return []
+        report = nonlinearity_report(ctx)
+        if report.exact_methods.get(self.method, True):
+            return []
+        return [f"These maps are not exact on this model: {report.reasons[self.method]}. The non-linearities "
+                "check of this section lists them."]
+
+    def compute(self, ctx: Any, params: Any, targets: list[Target]) -> tuple[np.ndarray, dict]:
+        """Maps (T, h, w) float64 for ``targets`` in their order, and the options used; batched."""
+        import torch
+
+        from ..methods.attribution import explain
+
+        inputs = ctx.sample_inputs()
+        position = {i: p for p, i in enumerate(ctx.samples)}
+        options = self.options(ctx, params, inputs[:1])
+        picks = torch.tensor([position[t.image] for t in targets], device=inputs.device)
+        classes = torch.tensor([t.cls for t in targets], device=inputs.device)
+        size = ctx.config.batch_size if self.chunked else len(targets)
+        chunks = list(zip(picks.split(size), classes.split(size)))
+        maps = [explain(self.method, ctx.model, inputs[pick], cls, **options).detach().float().cpu()
+                for pick, cls in ctx.iterate(chunks, length=len(chunks), label=self.name)]
+        return torch.cat(maps).numpy().astype(np.float64), options
+
+    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+        result = Result()
+        passed = ctx.passed
+        preds = [int(passed.preds[passed.row(i)]) for i in ctx.samples]
+        labels = [int(ctx.images.labels[i]) for i in ctx.samples]
+        targets = class_targets(ctx.samples, preds, labels, requested_classes(ctx))
+        if not targets:
+            result.notes.append("There is no sample image to explain.")
+            return result
+        raw, options = self.compute(ctx, params, targets)
+        result.notes.extend(self.notes(ctx, params, options, raw))
+        heat = np.clip(raw, 0, None)  # heat colours start at 0; only occlusion has negative values
+        shared, per_image = colour_limits(heat, params.percentile)
+        result.metrics["maps"] = len(targets)
+        result.metrics["shared colour limit"] = shared
+
+        displays = ctx.sample_display()
+        display = {i: displays[p] for p, i in enumerate(ctx.samples)}
+        over_image = heat.shape[1:] == displays.shape[1:3]
+        scores = None
+        masks = ctx.images.masks
+        if masks is not None and over_image and masks.shape[1:] == heat.shape[1:]:
+            mask_stack = np.stack([masks[t.image] for t in targets])
+            scores = mask_scores(heat, mask_stack)
+            pred = [k for k, t in enumerate(targets) if t.role == "predicted"]
+            # scored on the predicted-class maps: one per sample image, whatever the configured classes
+            result.metrics["object mass share"] = float(np.nanmean(scores[0][pred]))
+            result.metrics["pointing game"] = float(np.nanmean(scores[1][pred]))
+            result.metrics["object area (chance)"] = float(mask_stack[pred].mean())
+
+        words = self.words(options)
+        where = ("drawn over a dimmed grey copy of the image" if over_image else
+                 f"one cell per position ({heat.shape[1]}x{heat.shape[2]}), beside the image")
+        pct = "the maximum" if params.percentile >= 100 else f"the {params.percentile:g}th percentile"
+        probs, names = passed.probs, ctx.class_names
+        for scale in (["shared", "per-image"] if params.scale == "both" else [params.scale]):
+            for k, t in enumerate(targets):
+                limit = shared if scale == "shared" else float(per_image[k])
+                if scale == "shared":
+                    how = (f"Shared scale: black = 0 to yellow-white = {fmt(limit)} ({pct} of all {len(targets)} "
+                           "maps of this method), the same for every image.")
+                else:
+                    how = f"Per-image scale: black = 0 to yellow-white = {fmt(limit)} ({pct} of this map)."
+                found = ""
+                if scores is not None and not math.isnan(scores[0][k]):
+                    found = (f" {scores[0][k]:.0%} of the map's mass lies on the object; its maximum is "
+                             f"{'on' if scores[1][k] else 'off'} the object.")
+                image_name, cls_name = ctx.images.names[t.image], names[t.cls]
+                result.items.append(Picture(
+                    key=f"{scale}-{t.role}-{t.image:05d}-{t.cls}", array=heat[k], style="heat", vmax=limit,
+                    base=display[t.image] if over_image else None, colorbar=True, image=t.image,
+                    group=f"{ROLE_TITLES[t.role]}, {scale} scale",
+                    label=f"{image_name}: {cls_name} ({t.role}, p={probs[passed.row(t.image), t.cls]:.2f})",
+                    caption=f"{self.title} for class '{cls_name}' ({t.role}) of image {image_name}: {words}, "
+                            f"{where}. {how}{found}"))
+        return result
+
+
+@register
+class Occlusion(AttributionAnalysis):
+    name = "occlusion"
+    title = "Occlusion"
+    summary = "how much the class score drops when a patch hides each part of the image"
+    paper = "Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014"
+    paper_url = "https://arxiv.org/abs/1311.2901"
+    order = 10
+    Params = OcclusionParams
+    method = "occlusion"
+    chunked = False
+
+    def check(self, ctx: Any, params: Any) -> None:
+        super().check(ctx, params)
+        h, w = ctx.loaded.input.size
+        if params.window is not None and params.window > min(h, w):
+            raise ConfigError(f"analysis.occlusion.window: {params.window} is larger than the {h}x{w} input")
+        if params.stride is not None and params.stride < 1:
+            raise ConfigError(f"analysis.occlusion.stride: must be >= 1, got {params.stride}")
+
+    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
+        from ..methods.attribution import default_occlusion_params
+
+        default = default_occlusion_params(*probe.shape[-2:])
+        window = (params.window, params.window) if params.window else default["window"]
+        if params.stride:
+            stride = (params.stride, params.stride)
+        elif params.window:
+            stride = (max(1, window[0] // 2), max(1, window[1] // 2))
+        else:
+            stride = default["stride"]
+        return {"window": window, "stride": stride, "fill": params.fill, "per_pixel": params.per_pixel,
+                "score": params.score, "batch_size": max(ctx.config.batch_size, 128)}
+
+    def words(self, options: dict) -> str:
+        (wh, ww), (sh, sw) = options["window"], options["stride"]
+        what = "logit" if options["score"] == "logit" else "probability"
+        per = "averaged over the patches covering each pixel" if options["per_pixel"] else "one value per position"
+        return (f"the drop of the class {what} when a {wh}x{ww} patch of value {fmt(options['fill'])} hides the "
+                f"image (stride {sh}x{sw}, {per}); negative drops are drawn as 0")
+
+    def notes(self, ctx: Any, params: Any, options: dict, raw: np.ndarray) -> list[str]:
+        total = float(np.abs(raw).sum())
+        negative = float(np.clip(-raw, 0, None).sum()) / total if total > 0 else 0.0
+        if negative <= 0.05:
+            return []
+        return [f"{negative:.0%} of the total absolute drop is negative (hiding those patches raised the class "
+                "score); the maps show only the positive part, the evidence for the class."]
+
+
+@register
+class Gradient(AttributionAnalysis):
+    name = "gradient"
+    title = "Gradient saliency"
+    summary = "the gradient of the class score with respect to each input pixel"
+    paper = ("Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks: Visualising Image Classification "
+             "Models and Saliency Maps, ICLR Workshop 2014")
+    paper_url = "https://arxiv.org/abs/1312.6034"
+    order = 20
+    method = "gradient"
+    map_words = "|d class logit / d pixel|, the maximum over colour channels"
+
+
+@register
+class SmoothGrad(AttributionAnalysis):
+    name = "smoothgrad"
+    title = "SmoothGrad"
+    summary = "the gradient averaged over noisy copies of the image, which removes much of its speckle"
+    paper = "Smilkov, Thorat, Kim, Viégas & Wattenberg, SmoothGrad: removing noise by adding noise, 2017"
+    paper_url = "https://arxiv.org/abs/1706.03825"
+    order = 30
+    Params = SmoothGradParams
+    method = "smoothgrad"
+    chunked = False
+
+    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
+        return {"n": params.n, "sigma": params.sigma, "batch_size": max(ctx.config.batch_size, 128),
+                "generator": ctx.generator(self.name)}
+
+    def words(self, options: dict) -> str:
+        return (f"|mean gradient over {options['n']} noisy copies| (noise std {fmt(options['sigma'])} of the "
+                "image's value range), the maximum over colour channels")
+
+
+@register
+class Deconvnet(AttributionAnalysis):
+    name = "deconvnet"
+    title = "Deconvnet"
+    summary = "the class score projected back to the pixels, passing only positive signals back through ReLUs"
+    paper = "Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014"
+    paper_url = "https://arxiv.org/abs/1311.2901"
+    order = 40
+    method = "deconvnet"
+    relu_rules = True
+    map_words = "|deconvnet reconstruction|, the maximum over colour channels"
+
+
+@register
+class GuidedBackprop(AttributionAnalysis):
+    name = "guided-backprop"
+    title = "Guided backpropagation"
+    summary = "the gradient, with only positive gradients through active ReLUs: sharp, edge-like maps"
+    paper = "Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: The All Convolutional Net, " \
+            "ICLR Workshop 2015"
+    paper_url = "https://arxiv.org/abs/1412.6806"
+    order = 50
+    method = "guided_backprop"
+    relu_rules = True
+    map_words = "|guided backpropagation|, the maximum over colour channels"
+
+
+@register
+class Cam(AttributionAnalysis):
+    name = "cam"
+    title = "CAM"
+    summary = "class activation maps: the last conv layer's channels weighted by the final linear layer"
+    paper = "Zhou, Khosla, Lapedriza, Oliva & Torralba, Learning Deep Features for Discriminative Localization, " \
+            "CVPR 2016"
+    paper_url = "https://arxiv.org/abs/1512.04150"
+    order = 60
+    method = "cam"
+
+    def check(self, ctx: Any, params: Any) -> None:
+        from ..methods.cams import find_cam_layers
+
+        super().check(ctx, params)
+        if find_cam_layers(ctx.model, probe_input(ctx)) is None:
+            raise NotApplicable("the model does not end in global average pooling + one linear layer")
+
+    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
+        from ..methods.cams import find_cam_layers
+
+        found = find_cam_layers(ctx.model, probe)
+        if found is None:
+            raise NotApplicable("the model does not end in global average pooling + one linear layer")
+        return {"layer": found[0], "fc": found[1]}
+
+    def words(self, options: dict) -> str:
+        return (f"ReLU of the channels of '{options['layer']}' weighted by the class's row of '{options['fc']}', "
+                "upsampled bilinearly")
+
+
+@register
+class GradCam(AttributionAnalysis):
+    name = "grad-cam"
+    title = "Grad-CAM"
+    summary = "a layer's channels weighted by the mean gradient of the class score: where the class evidence is"
+    paper = ("Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra, Grad-CAM: Visual Explanations from Deep "
+             "Networks via Gradient-based Localization, ICCV 2017")
+    paper_url = "https://arxiv.org/abs/1610.02391"
+    order = 70
+    Params = LayerMapParams
+    method = "grad_cam"
+    map_words = "ReLU of the channels of '{layer}' weighted by their mean gradient, upsampled bilinearly"
+
+    def check(self, ctx: Any, params: Any) -> None:
+        super().check(ctx, params)
+        check_cam_layer(ctx, self.name, params.layer)
+
+    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
+        from ..methods.cams import default_cam_layer
+
+        return {"layer": params.layer or default_cam_layer(ctx.model, probe)}
+
+    def words(self, options: dict) -> str:
+        return self.map_words.format(layer=options["layer"])
+
+
+@register
+class GuidedGradCam(GradCam):
+    name = "guided-grad-cam"
+    title = "Guided Grad-CAM"
+    summary = "guided backpropagation times Grad-CAM: fine detail, but only where the class evidence is"
+    order = 80
+    method = "guided_grad_cam"
+    relu_rules = True
+    map_words = "|guided backpropagation x Grad-CAM at '{layer}'|, the maximum over colour channels"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The non-linearities check and the top predictions
+
+
+@register
+class Nonlinearities(Analysis):
+    name = "nonlinearities"
+    title = "Non-linearities check"
+    section = "influence"
+    summary = "which ReLUs the modified backward rules see, and so which attribution maps are exact on this model"
+    order = 0
+
+    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+        from ..methods.cams import default_cam_layer, find_cam_layers
+
+        result = Result()
+        probe = ctx.images.load_inputs(ctx.samples[:1], ctx.device)
+        report = nonlinearity_report(ctx)
+        rows = [[name, "nn.ReLU module, called once", 1, "no"] for name in report.relu_modules]
+        rows += [[name, "nn.ReLU module, reused", calls, "yes" if name in report.inplace_relus else "no"]
+                 for name, calls in report.reused_relu_modules.items()]
+        for row in rows:
+            if row[1].endswith("once") and row[0] in report.inplace_relus:
+                row[3] = "yes"
+        rows += [[where, "functional ReLU (F.relu, torch.relu, Tensor.relu...)", calls,
+                  "yes" if f"functional in {where}" in report.inplace_relus else "no"]
+                 for where, calls in report.functional_relus.items()]
+        rows += [[where, "other non-linearity: not rewritten", calls, "-"]
+                 for where, calls in report.other_nonlinearities.items()]
+        result.items.append(Table(
+            key="relus", label="Non-linearities in one forward pass",
+            caption="Every ReLU call and every other non-linearity seen in one forward pass of a sample image, "
+                    "with the module that ran it. Deconvnet and guided backpropagation rewrite the backward rule "
+                    "of every ReLU call listed here, whatever its form; other non-linearities keep their gradient.",
+            columns=["where", "kind", "calls", "in place"], rows=rows))
+
+        cam_layers = find_cam_layers(ctx.model, probe)
+        cam_reason = ""
+        try:
+            cam_layer = default_cam_layer(ctx.model, probe)
+        except ValueError as exc:
+            cam_layer = None
+            cam_reason = str(exc)
+        method_rows = [
+            ["occlusion", "exact", "forward passes only"],
+            ["gradient", "exact", "plain autograd"],
+            ["smoothgrad", "exact", "plain autograd on noisy copies"],
+        ]
+        for method, label in (("deconvnet", "deconvnet"), ("guided_backprop", "guided-backprop"),
+                              ("guided_grad_cam", "guided-grad-cam")):
+            exact = report.exact_methods.get(method, True)
+            method_rows.append([label, "exact" if exact else "approximate",
+                                "every ReLU call rewritten" if exact else report.reasons.get(method, "")])
+        method_rows.append(["cam", "exact" if cam_layers else "not applicable",
+                            f"layer '{cam_layers[0]}', weights of '{cam_layers[1]}'" if cam_layers else
+                            "the model does not end in global average pooling + one linear layer"])
+        method_rows.append(["grad-cam", "exact" if cam_layer else "not applicable",
+                            f"default layer '{cam_layer}'" if cam_layer else cam_reason])
+        result.items.append(Table(
+            key="methods", label="Which attribution maps are exact on this model",
+            caption="'Exact' = computed as the method's paper defines it. Approximate maps mix the modified ReLU "
+                    "rule with the plain gradient of the other non-linearities.",
+            columns=["method", "on this model", "why"], rows=method_rows))
+        result.metrics.update({
+            "ReLU calls": report.n_relu_calls, "reused ReLU modules": len(report.reused_relu_modules),
+            "in-place ReLUs": len(report.inplace_relus), "functional ReLU calls": report.n_functional_relus,
+            "other non-linearities": sum(report.other_nonlinearities.values())})
+        if report.other_nonlinearities:
+            result.notes.append("This model has non-linearities other than ReLU: deconvnet, guided backpropagation "
+                                "and guided Grad-CAM are approximate here (" + report.reasons["deconvnet"] + ").")
+        elif report.n_relu_calls == 0:
+            result.notes.append("This model has no ReLU: deconvnet and guided backpropagation reduce to the "
+                                "plain gradient.")
+        return result
+
+
+@register
+class TopPredictions(Analysis):
+    name = "top-predictions"
+    title = "Top predictions"
+    section = "influence"
+    summary = "each sample image with its five most probable classes"
+    order = 0
+
+    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+        result = Result()
+        passed = ctx.passed
+        names = ctx.class_names
+        k = min(5, len(names))
+        order = np.argsort(-passed.probs, axis=1, kind="stable")
+        known = passed.labels >= 0
+        if known.any():
+            result.metrics["top-1 accuracy"] = float((order[known, 0] == passed.labels[known]).mean())
+            if len(names) > k:
+                result.metrics[f"top-{k} accuracy"] = float(
+                    (order[known, :k] == passed.labels[known, None]).any(axis=1).mean())
+        displays = ctx.sample_display()
+        for p, i in enumerate(ctx.samples):
+            row = passed.row(i)
+            label = int(ctx.images.labels[i])
+            image_name = ctx.images.names[i]
+            truth = f"true class {names[label]}" if label >= 0 else "true class unknown"
+            top = order[row, :k]
+            result.items.append(Picture(
+                key=f"image-{i:05d}", array=displays[p], style="rgb", image=i, group=image_name,
+                label=image_name, caption=f"The image as the model sees it ({truth})."))
+            result.items.append(Table(
+                key=f"top-{i:05d}", image=i, group=image_name, label=f"Top-{k} classes",
+                caption=f"The {k} most probable classes (softmax of the logits); {truth}.",
+                columns=["rank", "class", "probability", "logit"],
+                rows=[[r + 1, names[c] + (" (true)" if c == label else ""), float(passed.probs[row, c]),
+                       float(passed.logits[row, c])] for r, c in enumerate(top)]))
+        return result
