@@ -130,14 +130,15 @@ def test_dead_channel_of_a_conv_map():
     assert result["dead_fraction"] == pytest.approx(1 / 3)
 
 
-def test_streamed_histogram_and_moments_equal_one_pass():
+@pytest.mark.parametrize("chunk", [1 << 22, 7])
+def test_streamed_histogram_and_moments_equal_one_pass(chunk):
     g = gen(3)
     # later batches reach far above and below the first batch's range, one value exactly on the top edge
     batches = [torch.rand(5, 2, 3, 3, generator=g), torch.tensor([[1.0], [0.0]]).expand(2, 18).reshape(2, 2, 3, 3)]
     batches += [torch.randn(4, 2, 3, 3, generator=g) * 5, torch.randn(3, 2, 3, 3, generator=g) * 50 + 100]
     first_max = batches[0].max().item()
     batches.insert(1, torch.full((1, 2, 3, 3), first_max))
-    stats = RunningStats(bins=16)
+    stats = RunningStats(bins=16, chunk=chunk)
     for batch in batches:
         stats.update(batch)
     result = stats.result()
@@ -149,6 +150,14 @@ def test_streamed_histogram_and_moments_equal_one_pass():
     assert result["mean"] == pytest.approx(everything.mean().item(), rel=1e-12)
     assert result["std"] == pytest.approx(everything.std(correction=0).item(), rel=1e-12)
     assert (result["min"], result["max"]) == (everything.min().item(), everything.max().item())
+
+
+def test_running_stats_rejects_nan_and_takes_bfloat16():
+    stats = RunningStats()
+    stats.update(torch.tensor([[1.0, -2.0]], dtype=torch.bfloat16))
+    assert (stats.result()["min"], stats.result()["max"]) == (-2.0, 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        stats.update(torch.tensor([[float("nan"), 0.0]]))
 
 
 def test_std_survives_a_large_mean():

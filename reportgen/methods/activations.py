@@ -160,10 +160,11 @@ class RunningStats:
     from a raw sum of squares, which loses every digit when the mean is large against the spread.
     """
 
-    def __init__(self, bins: int = 64) -> None:
+    def __init__(self, bins: int = 64, *, chunk: int = 1 << 22) -> None:
         if bins < 2 or bins % 2:
             raise ValueError(f"bins must be an even number >= 2, got {bins}")
         self.bins = bins
+        self.chunk = chunk  # values converted to float64 at a time (32 MiB)
         self.count = 0
         self.total = 0.0  # float64 sum, for the mean
         self._mean = 0.0
@@ -177,13 +178,13 @@ class RunningStats:
         self._at_top = 0
 
     def update(self, acts: torch.Tensor) -> None:
-        """Add a batch (N, C, ...) or (N, F) of activations."""
+        """Add a batch (N, C, ...) or (N, F) of activations (any float dtype, any device)."""
         if acts.ndim < 2:
             raise ValueError(f"expected a batch (N, C, ...) or (N, F), got shape {tuple(acts.shape)}")
-        x = _as_numpy(acts).astype(np.float64, copy=False)
-        if x.size == 0:
+        x = acts.detach()
+        if x.numel() == 0:
             return
-        active = (x > 0).any(axis=tuple(d for d in range(x.ndim) if d != 1))
+        active = (x.amax(dim=[d for d in range(x.ndim) if d != 1]) > 0).cpu().numpy()
         if self.ever_active is None:
             self.ever_active = active
         elif self.ever_active.shape != active.shape:
@@ -191,18 +192,10 @@ class RunningStats:
         else:
             self.ever_active = self.ever_active | active
 
-        flat = x.reshape(-1)
-        n_b, mean_b = flat.size, float(flat.mean())
-        m2_b = float(((flat - mean_b) ** 2).sum())
-        n = self.count + n_b
-        delta = mean_b - self._mean
-        self._m2 += m2_b + delta * delta * self.count * n_b / n
-        self._mean += delta * n_b / n
-        self.count = n
-        self.total += float(flat.sum())
-        lo, hi = float(flat.min()), float(flat.max())
+        lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("activations contain NaN or infinity")
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-
         if self.hist_edges is None:
             if hi == lo:  # a constant first batch still needs a range of positive width
                 lo, hi = lo - 0.5, hi + 0.5
@@ -212,8 +205,23 @@ class RunningStats:
             self._grow(up=True)
         while lo < self.hist_edges[0]:
             self._grow(up=False)
-        self.hist_counts += np.histogram(flat, bins=self.hist_edges)[0]
-        self._at_top += int((flat == self.hist_edges[-1]).sum())
+
+        edges = torch.from_numpy(self.hist_edges)
+        # float64 in slices: exact sums and bin tests, without a float64 copy of a whole large batch
+        for part in x.reshape(-1).split(self.chunk):
+            v = part.to("cpu", torch.float64)
+            n_b, mean_b = v.numel(), float(v.mean())
+            m2_b = float(((v - mean_b) ** 2).sum())
+            n = self.count + n_b
+            delta = mean_b - self._mean
+            self._m2 += m2_b + delta * delta * self.count * n_b / n
+            self._mean += delta * n_b / n
+            self.count = n
+            self.total += float(v.sum())
+            # np.histogram's rule: bin i is [e_i, e_i+1), the last bin also holds its upper edge
+            bins = (torch.bucketize(v, edges, right=True) - 1).clamp_(max=self.bins - 1)
+            self.hist_counts += torch.bincount(bins, minlength=self.bins).numpy()
+            self._at_top += int((v == edges[-1]).sum())
 
     def _grow(self, up: bool) -> None:
         edges, counts, half = self.hist_edges, self.hist_counts, self.bins // 2
@@ -306,8 +314,9 @@ class StreamingTopK:
         self.positions = np.take_along_axis(all_p, order[..., None], axis=1)
 
     def result(self) -> dict[str, np.ndarray]:
-        """``values`` (C, n) float64, ``indices`` (C, n) int64, ``positions`` (C, n, 2) int64 as (y, x); sorted by
-        descending value. n is smaller when fewer images were seen."""
+        """``values`` (C, n) float64, ``indices`` (C, n) int64, ``positions`` (C, n, 2) int64 as (y, x) of the first
+        maximum in row-major order ((0, 0) for (N, F) outputs); sorted by descending value. n is smaller when fewer
+        images were seen."""
         if self.values is None:
             raise ValueError("StreamingTopK.result() before any non-empty update()")
         return {"values": self.values.copy(), "indices": self.indices.copy(), "positions": self.positions.copy()}
