@@ -1,0 +1,640 @@
+"""Activation views: maps of sample images, population statistics, embeddings, nearest neighbours, top images.
+
+Population statistics (distributions, embeddings, neighbours, top images) come from the build's one pass over the
+image set through reducers with bounded state; per-image views (activation maps, the neighbours' references) run
+the model on the sample images only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import Grid, NotApplicable, Picture, Plot, Result, Table
+from ..config import doc
+from . import Analysis, Reducer, register
+
+
+def _short(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def enlarge_tiles(tiles: Any, min_side: int) -> np.ndarray:
+    """(n, h, w[, c]) tiles repeated nearest-neighbour by an integer factor so each side reaches ``min_side``: the
+    grid renderer only guarantees tiny tiles, and 24x24 maps in a row of 8 would be unreadable."""
+    tiles = np.asarray(tiles)
+    h, w = tiles.shape[1:3]
+    factor = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    if factor == 1:
+        return tiles
+    return np.repeat(np.repeat(tiles, factor, axis=1), factor, axis=2)
+
+
+def sample_acts(ctx, indices: list[int], layers: list[str]) -> tuple[Any, dict, Any]:
+    """Inputs, {layer: acts} and logits of the images ``indices`` (the samples: never the whole set)."""
+    import torch
+
+    from ..capture import capture
+
+    inputs = ctx.images.load_inputs(list(indices), ctx.device)
+    with capture(ctx.model, layers) as rec, torch.no_grad():
+        logits = ctx.model(inputs)
+        acts = {name: rec.acts[name] for name in layers}
+    return inputs, acts, logits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# activation maps
+
+
+@dataclass
+class MapParams:
+    images: int = field(default=4, metadata=doc(
+        "Show the maps of at most this many of the sample images (keeps the site light).", min=1, max=200))
+    channels: int = field(default=16, metadata=doc(
+        "Channels (or units) shown per layer; a layer with more gets a deterministic pick.", min=1, max=1024))
+    pick: str = field(default="active", metadata=doc(
+        "Which channels: 'active' = the largest mean activation over the shown images (the same channels for every "
+        "image), 'seed' = a seeded random subset.", choices=("active", "seed")))
+
+
+@register
+class ActivationMaps(Analysis):
+    name = "activation-maps"
+    title = "Activation maps"
+    section = "activations"
+    summary = "what every selected layer computes on a few sample images, channel by channel"
+    paper = "Yosinski, Clune, Nguyen, Fuchs & Lipson, Understanding Neural Networks Through Deep Visualization, 2015"
+    paper_url = "https://arxiv.org/abs/1506.06579"
+    order = 10
+    Params = MapParams
+
+    def run(self, ctx, params, reduced):
+        from ..methods.activations import pick_channels, signed_range
+
+        indices = list(ctx.samples[: params.images])
+        layers = list(ctx.layers)
+        inputs, acts, _ = sample_acts(ctx, indices, layers)
+        picks = {}
+        for name in layers:
+            a = acts[name]
+            if a.ndim in (2, 4):
+                gen = ctx.generator(f"activation-maps/{name}")
+                picks[name] = pick_channels(a, params.channels, params.pick, generator=gen).tolist()
+        shown = [n for n in layers if n in picks]
+        skipped = [n for n in layers if n not in picks]
+        how = ("the most active on average over the shown images" if params.pick == "active"
+               else "a seeded random pick")
+        display = ctx.sample_display()[: len(indices)] if indices else None
+        result = Result()
+        for pos, i in enumerate(indices):
+            name_i = ctx.images.names[i]
+            group = f"Image {name_i}"
+            result.items.append(Picture(
+                key=f"img{i}-input", array=display[pos], style="rgb", image=i, group=group,
+                label="input", caption=f"Image {name_i} as shown to the model ({inputs.shape[-2]}x{inputs.shape[-1]})."))
+            x = inputs[pos].detach().cpu().numpy()
+            lim = signed_range(x)
+            result.items.append(Grid(
+                key=f"img{i}-normalized", tiles=enlarge_tiles(x, 96), style="signed", cols=min(len(x), 8), vmax=lim, image=i,
+                group=group, label="normalized input channels",
+                caption=f"The {len(x)} input channel(s) after normalization ((x - mean) / std), one shared scale: "
+                        f"red +{_short(lim)}, white 0, blue -{_short(lim)}."))
+            for name in shown:
+                a = acts[name][pos].detach().float().cpu().numpy()
+                chosen = picks[name]
+                if a.ndim == 3:
+                    tiles = a[chosen]
+                    what = f"{len(chosen)} of {a.shape[0]} channels ({a.shape[1]}x{a.shape[2]} maps)"
+                else:  # a feature vector: one square per unit
+                    tiles = a[chosen].reshape(-1, 1, 1)
+                    what = f"{len(chosen)} of {a.shape[0]} units (one square each)"
+                lim = signed_range(tiles)
+                listed = ", ".join(map(str, chosen[:24])) + (", ..." if len(chosen) > 24 else "")
+                result.items.append(Grid(
+                    key=f"img{i}-{name}", tiles=enlarge_tiles(tiles, 48), style="signed", cols=min(len(tiles), 8), vmax=lim,
+                    image=i, layer=name, group=group, label=name,
+                    caption=f"{name} on image {name_i}: {what}, {how}: {listed} (reading order). One shared "
+                            f"symmetric scale: red +{_short(lim)}, white 0, blue -{_short(lim)}."))
+        if skipped:
+            result.notes.append(f"Layers without a (N, C, H, W) or (N, F) output are not shown: {', '.join(skipped)}.")
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# distributions
+
+
+class StatsReducer(Reducer):
+    """One `RunningStats` per layer over the whole image set (constant memory)."""
+
+    def __init__(self, layers: list[str], bins: int) -> None:
+        from ..methods.activations import RunningStats
+
+        self.layers = list(layers)
+        self.stats = {name: RunningStats(bins) for name in layers}
+
+    def update(self, batch, acts, logits):
+        for name in self.layers:
+            a = acts[name]
+            if a.ndim >= 2:
+                self.stats[name].update(a)
+
+
+@dataclass
+class DistributionParams:
+    bins: int = field(default=64, metadata=doc("Histogram bins (an even number).", min=2, max=1024))
+
+
+@register
+class Distributions(Analysis):
+    name = "distributions"
+    title = "Activation distributions"
+    section = "activations"
+    summary = "histogram, mean, spread and dead units of every selected layer over the whole image set"
+    paper = "Glorot, Bordes & Bengio, Deep Sparse Rectifier Neural Networks, AISTATS 2011"
+    paper_url = "https://proceedings.mlr.press/v15/glorot11a.html"
+    order = 20
+    needs_images = False
+    Params = DistributionParams
+
+    def check(self, ctx, params):
+        from ..errors import ConfigError
+
+        if params.bins % 2:
+            raise ConfigError(f"analysis.distributions.bins: must be even, got {params.bins}")
+
+    def reducers(self, ctx, params):
+        return {"stats": StatsReducer(ctx.layers, params.bins)}
+
+    def run(self, ctx, params, reduced):
+        red = reduced["stats"]
+        result = Result()
+        rows, names, means, stds, dead = [], [], [], [], []
+        for name in red.layers:
+            st = red.stats[name]
+            if st.count == 0:
+                continue
+            r = st.result()
+            units = len(r["active_units"])
+            n_dead = int((~r["active_units"]).sum())
+            names.append(name)
+            means.append(r["mean"])
+            stds.append(r["std"])
+            dead.append(r["dead_fraction"])
+            rows.append([name, units, r["mean"], r["std"], r["min"], r["max"], n_dead, r["dead_fraction"]])
+            result.metrics[f"mean {name}"] = r["mean"]
+            result.metrics[f"std {name}"] = r["std"]
+            result.metrics[f"dead {name}"] = r["dead_fraction"]
+            result.items.append(Plot(
+                key=f"hist-{name}", kind="histogram", layer=name, label=name, group="Histograms",
+                caption=f"All {r['count']:,} values of {name} over {len(ctx.passed.indices)} images ({params.bins} "
+                        f"bins, log counts); red: mean {_short(r['mean'])} ± std {_short(r['std'])}; {n_dead} of "
+                        f"{units} units never positive.",
+                data={"edges": r["hist_edges"], "counts": r["hist_counts"], "mean": r["mean"], "std": r["std"],
+                      "xlabel": f"{name} output", "title": name}))
+        if not rows:
+            raise NotApplicable("no selected layer produced a batch of activations")
+        result.items.insert(0, Table(
+            key="summary", label="Per layer", group=None,
+            caption="Over every value of every image: mean, population std, range, and units (channels of a map, "
+                    "features of a vector) never > 0 on any image: after a ReLU these units are dead.",
+            columns=["layer", "units", "mean", "std", "min", "max", "never positive", "fraction"], rows=rows))
+        x = list(range(len(names)))
+        result.items.insert(1, Plot(
+            key="across-layers", kind="lines", label="Across layers",
+            caption="Mean and standard deviation of each layer's outputs, and the fraction of its units never "
+                    "positive, from the first selected layer to the last.",
+            data={"x": x, "xticklabels": names, "series": {"mean": means, "std": stds, "dead fraction": dead},
+                  "marker": True, "ylabel": "value"}))
+        result.notes.append("Dead units are counted on each layer's own output: for a conv or linear layer followed "
+                            "by a ReLU, a unit never positive here is a ReLU that never fires on this image set.")
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# embeddings
+
+
+def pool_to(acts, max_dim: int):
+    """(N, C, H, W) maps average-pooled to the largest square size s with C*s*s <= max_dim (at least 1x1); (N, F)
+    unchanged. Returns (N, D) float32 on the CPU."""
+    import torch.nn.functional as F
+
+    a = acts.detach().float()
+    if a.ndim == 4 and a[0].numel() > max_dim:
+        c, h, w = a.shape[1:]
+        side = max(1, int(np.floor(np.sqrt(max_dim / c))))
+        a = F.adaptive_avg_pool2d(a, (min(side, h), min(side, w)))
+    return a.reshape(a.shape[0], -1).cpu()
+
+
+class FeatureSample(Reducer):
+    """A uniform sample (reservoir sampling, Vitter's algorithm R with a seeded generator) of at most ``max_points``
+    images' flattened features per layer, their labels, predictions and indices. Memory: max_points x the sum of the
+    (pooled) feature sizes, whatever the image set's size. Keys "input" and "logits" hold the pixels and the logits.
+    """
+
+    def __init__(self, layers: list[str], max_points: int, max_dim: int, rng: np.random.Generator) -> None:
+        self.layers = list(layers)
+        self.max_points = max_points
+        self.max_dim = max_dim
+        self.rng = rng
+        self.seen = 0
+        self.feats: dict[str, np.ndarray] = {}
+        self.indices = np.zeros(max_points, dtype=np.int64)
+        self.labels = np.zeros(max_points, dtype=np.int64)
+        self.preds = np.zeros(max_points, dtype=np.int64)
+        self.alias: set[str] = set()  # selected layers whose output is the logits themselves
+        self.raw_dims: dict[str, int] = {}  # numbers per image before pooling
+
+    def slots(self, n: int) -> list[tuple[int, int]]:
+        """(row in batch, slot) pairs for the next ``n`` items of the stream."""
+        out = []
+        for b in range(n):
+            t = self.seen + b
+            if t < self.max_points:
+                out.append((b, t))
+            else:
+                j = int(self.rng.integers(0, t + 1))
+                if j < self.max_points:
+                    out.append((b, j))
+        return out
+
+    def update(self, batch, acts, logits):
+        import torch
+
+        n = int(batch.inputs.shape[0])
+        if self.seen == 0:
+            for name in self.layers:
+                a = acts[name]
+                if a.shape == logits.shape and torch.equal(a, logits):
+                    self.alias.add(name)
+        named = {"input": batch.inputs, **{k: v for k, v in acts.items() if k not in self.alias},
+                 "logits": logits}
+        pairs = self.slots(n)
+        self.seen += n
+        if not pairs:
+            return
+        rows = torch.as_tensor([b for b, _ in pairs])
+        slots = np.array([s for _, s in pairs])
+        for key, a in named.items():
+            f = pool_to(a[rows.to(a.device)], self.max_dim).numpy()
+            if key not in self.feats:
+                self.feats[key] = np.zeros((self.max_points, f.shape[1]), dtype=np.float32)
+                self.raw_dims[key] = int(a[0].numel())
+            self.feats[key][slots] = f
+        self.indices[slots] = batch.indices.numpy()[rows.numpy()]
+        self.labels[slots] = batch.labels.numpy()[rows.numpy()]
+        self.preds[slots] = logits.argmax(dim=1).cpu().numpy()[rows.numpy()]
+
+    def collected(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """({key: (M, D)}, indices, labels, preds), rows sorted by image index, keys from input to logits."""
+        m = min(self.seen, self.max_points)
+        order = np.argsort(self.indices[:m], kind="stable")
+        keys = ["input"] + [k for k in self.layers if k in self.feats and k != "input"] + ["logits"]
+        return ({k: self.feats[k][:m][order] for k in keys if k in self.feats}, self.indices[:m][order],
+                self.labels[:m][order], self.preds[:m][order])
+
+
+@dataclass
+class EmbeddingParams:
+    max_points: int = field(default=1000, metadata=doc(
+        "Embed at most this many images (a seeded uniform sample of the set, kept during the one pass).",
+        min=10, max=20000))
+    perplexity: float = field(default=30.0, metadata=doc("t-SNE perplexity (effective number of neighbours).",
+                                                        min=2.0, max=200.0))
+    max_dim: int = field(default=4096, metadata=doc(
+        "Maps with more numbers per image are average-pooled spatially to at most this many before they are "
+        "kept (bounds memory; t-SNE reduces to 50 PCA dimensions anyway).", min=16, max=1_000_000))
+    k: int = field(default=5, metadata=doc("Neighbours of the held-out k-NN accuracy.", min=1, max=50))
+    jobs: int = field(default=2, metadata=doc(
+        "Worker processes for the t-SNE of several layers at once (the result does not depend on it).",
+        min=1, max=64))
+
+
+@register
+class Embeddings(Analysis):
+    name = "embeddings"
+    title = "Embeddings of the layers"
+    section = "activations"
+    summary = "t-SNE and PCA of every selected layer's features, from the pixels to the logits, with k-NN accuracy"
+    paper = "van der Maaten & Hinton, Visualizing Data using t-SNE, JMLR 2008"
+    paper_url = "https://www.jmlr.org/papers/v9/vandermaaten08a.html"
+    order = 30
+    Params = EmbeddingParams
+
+    def reducers(self, ctx, params):
+        return {"sample": FeatureSample(ctx.layers, params.max_points, params.max_dim, ctx.rng("embeddings"))}
+
+    def run(self, ctx, params, reduced):
+        import time
+
+        from ..methods.embed import embed_layers, embed_pca, knn_accuracy
+
+        red: FeatureSample = reduced["sample"]
+        feats, indices, labels, preds = red.collected()
+        if len(indices) < 3:
+            raise NotApplicable(f"only {len(indices)} images: at least 3 are needed for an embedding")
+        labelled = labels >= 0
+        colour = np.where(labelled, labels, preds)
+        seed = int(ctx.rng("embeddings-tsne").integers(0, 2**31 - 1))
+        t0 = time.perf_counter()
+        tsne = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs)
+        t_tsne = time.perf_counter() - t0
+        result = Result()
+        per_layer = []
+        knn = {}
+        for key, f in feats.items():
+            pca = embed_pca(f, 2)
+            if labelled.sum() >= 2 * params.k and len(set(labels[labelled].tolist())) > 1:
+                knn[key] = knn_accuracy(f[labelled], labels[labelled], k=params.k, seed=seed % (2**31))
+            dims = f.shape[1]
+            raw = red.raw_dims[key]
+            caption = (f"{len(indices)} images, {dims} numbers each"
+                       + (f" (its {raw} values average-pooled spatially)" if dims < raw else "")
+                       + f"; colours = {'true class' if labelled.all() else 'true class (predicted where unknown)'}."
+                       + (f" Held-out {params.k}-NN accuracy {knn[key]:.3f}." if key in knn else ""))
+            per_layer.append(Plot(
+                key=f"layer-{key}", kind="embedding", label=key, group="Per layer",
+                layer=key if key not in ("input", "logits") else None, caption=caption,
+                data={"panels": [{"title": "t-SNE", "xy": tsne[key]}, {"title": "PCA (first 2 components)",
+                                                                        "xy": pca}],
+                      "labels": colour, "class_names": ctx.class_names, "title": key}))
+        keys = list(feats)
+        result.items.append(Plot(
+            key="overview", kind="embedding-strip", label="From the input to the logits",
+            caption=f"t-SNE of {len(indices)} images at each stage (perplexity {params.perplexity:g}), left to "
+                    "right and top to bottom from the pixels to the logits; colours = class. Clusters that "
+                    "separate as the layers go deeper show where the network forms its classes.",
+            data={"panels": [{"title": k + (f" (k-NN {knn[k]:.2f})" if k in knn else ""), "xy": tsne[k]}
+                             for k in keys], "labels": colour, "class_names": ctx.class_names}))
+        if knn:
+            ks = [k for k in keys if k in knn]
+            result.items.append(Plot(
+                key="knn", kind="lines", label="k-NN accuracy across layers",
+                caption=f"Accuracy of a {params.k}-nearest-neighbour classifier (Euclidean) on a held-out 30% of "
+                        f"the {int(labelled.sum())} labelled images, fitted on the other 70%, in each layer's "
+                        "feature space.",
+                data={"x": list(range(len(ks))), "xticklabels": ks, "series": {"k-NN accuracy": [knn[k] for k in ks]},
+                      "marker": True, "ylabel": "accuracy", "ylim": [0, 1.02]}))
+            for k in ks:
+                result.metrics[f"k-NN {k}"] = float(knn[k])
+        else:
+            result.notes.append("The images have too few labels for a k-NN accuracy.")
+        result.items.extend(per_layer)
+        result.metrics["embedded images"] = int(len(indices))
+        result.metrics["t-SNE seconds per layer"] = t_tsne / len(keys)
+        if red.seen > red.max_points:
+            result.notes.append(f"A seeded uniform sample of {red.max_points} of the {red.seen} images is embedded "
+                                "(max_points).")
+        if red.alias:
+            result.notes.append(f"{', '.join(sorted(red.alias))} outputs the logits themselves: shown as 'logits'.")
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nearest neighbours
+
+
+class FeatureBank(Reducer):
+    """A seeded uniform sample (reservoir) of at most ``max_points`` images: their pixels (the normalized inputs)
+    and their features at ``layer``. Memory: max_points x (pixels + features) float32."""
+
+    def __init__(self, layer: str, max_points: int, rng: np.random.Generator) -> None:
+        self.layers = [layer]
+        self.layer = layer
+        self.max_points = max_points
+        self.sampler = FeatureSample([], max_points, 1 << 62, rng)
+        self.pixels: np.ndarray | None = None
+        self.feats: np.ndarray | None = None
+        self.indices = np.full(max_points, -1, dtype=np.int64)
+
+    def update(self, batch, acts, logits):
+        n = int(batch.inputs.shape[0])
+        pairs = self.sampler.slots(n)
+        self.sampler.seen += n
+        if not pairs:
+            return
+        rows = np.array([b for b, _ in pairs])
+        slots = np.array([s for _, s in pairs])
+        pix = batch.inputs.detach().float().reshape(n, -1).cpu().numpy()[rows]
+        f = acts[self.layer].detach().float().reshape(n, -1).cpu().numpy()[rows]
+        if self.pixels is None:
+            self.pixels = np.zeros((self.max_points, pix.shape[1]), dtype=np.float32)
+            self.feats = np.zeros((self.max_points, f.shape[1]), dtype=np.float32)
+        self.pixels[slots] = pix
+        self.feats[slots] = f
+        self.indices[slots] = batch.indices.numpy()[rows]
+
+    @property
+    def seen(self) -> int:
+        return self.sampler.seen
+
+
+def feature_layer(ctx) -> str | None:
+    """The penultimate layer (the features the last Linear classifies), else the last selected layer."""
+    from ..layers import layer_table, penultimate_layer
+
+    return penultimate_layer(layer_table(ctx.model, ctx.loaded.input.shape)) or (ctx.layers[-1] if ctx.layers
+                                                                                 else None)
+
+
+@dataclass
+class NeighbourParams:
+    k_refs: int = field(default=6, metadata=doc("Reference images (the first of the sample images).", min=1, max=50))
+    k: int = field(default=6, metadata=doc("Nearest neighbours shown per reference.", min=1, max=30))
+    max_points: int = field(default=2000, metadata=doc(
+        "Search among at most this many images (a seeded uniform sample kept during the one pass; memory grows "
+        "with it, not with the image set).", min=10, max=100000))
+
+
+@register
+class Neighbours(Analysis):
+    name = "neighbours"
+    title = "Nearest neighbours"
+    section = "activations"
+    summary = "the images closest to a reference in the network's feature space, beside the closest in pixels"
+    paper = "Krizhevsky, Sutskever & Hinton, ImageNet Classification with Deep Convolutional Neural Networks, 2012"
+    paper_url = ("https://papers.nips.cc/paper/2012/hash/c399862d3b9d6b76c8436e924a68c45b-Abstract.html")
+    order = 40
+    Params = NeighbourParams
+
+    def check(self, ctx, params):
+        if feature_layer(ctx) is None:
+            raise NotApplicable("no layer before a final Linear layer to take features from")
+
+    def reducers(self, ctx, params):
+        return {"bank": FeatureBank(feature_layer(ctx), params.max_points, ctx.rng("neighbours"))}
+
+    def run(self, ctx, params, reduced):
+        from ..methods.embed import nearest_neighbours
+
+        bank: FeatureBank = reduced["bank"]
+        m = min(bank.seen, bank.max_points)
+        if bank.pixels is None or m < 2:
+            raise NotApplicable("fewer than 2 images were seen")
+        refs = list(ctx.samples[: params.k_refs])
+        in_bank = {int(i): pos for pos, i in enumerate(bank.indices[:m])}
+        missing = [i for i in refs if i not in in_bank]
+        pixels, feats, index = bank.pixels[:m], bank.feats[:m], bank.indices[:m]
+        if missing:  # references outside the sample: their features from the sample images themselves
+            inputs, acts, _ = sample_acts(ctx, missing, [bank.layer])
+            pixels = np.concatenate([pixels, inputs.detach().float().reshape(len(missing), -1).cpu().numpy()])
+            feats = np.concatenate([feats, acts[bank.layer].float().reshape(len(missing), -1).cpu().numpy()])
+            index = np.concatenate([index, np.asarray(missing, dtype=np.int64)])
+            for j, i in enumerate(missing):
+                in_bank[i] = m + j
+        q = [in_bank[i] for i in refs]
+        near_f = nearest_neighbours(feats, q, k=params.k)
+        near_p = nearest_neighbours(pixels, q, k=params.k)
+        labels = ctx.images.labels
+        names = ctx.class_names
+        has_labels = bool((labels >= 0).any())
+        same = {"features": [], "pixels": []}
+        result = Result()
+
+        def pic(i: int, role: str) -> Picture:
+            lab = int(labels[i])
+            pred = int(ctx.passed.preds[ctx.passed.row(i)])
+            return Picture(key=f"{role}-{i}", array=ctx.images.display(i).astype(np.float64) / 255.0, style="rgb",
+                           label=ctx.images.names[i],
+                           caption=f"{role} {ctx.images.names[i]}: class {names[lab] if lab >= 0 else '?'}, "
+                                   f"predicted {names[pred]}")
+
+        for r, i in enumerate(refs):
+            rows, images = [], []
+            for space, near in (("features", near_f[r]), ("pixels", near_p[r])):
+                found = [int(index[j]) for j in near]
+                agree = (sum(int(labels[j] == labels[i]) for j in found) if has_labels and labels[i] >= 0 else None)
+                if agree is not None:
+                    same[space].append(agree / max(1, len(found)))
+                rows.append([f"{bank.layer} features" if space == "features" else "pixels",
+                             "-" if agree is None else f"{agree} of {len(found)}",
+                             ", ".join(names[int(labels[j])] if labels[j] >= 0 else "?" for j in found)])
+                images.append([pic(i, "reference")] + [pic(j, "neighbour") for j in found])
+            lab = int(labels[i])
+            result.items.append(Table(
+                key=f"ref-{i}", image=i, label=f"Reference {ctx.images.names[i]}"
+                + (f" ({names[lab]})" if lab >= 0 else ""),
+                caption=f"First image of each row: the reference; then its {params.k} nearest images (Euclidean "
+                        f"distance, nearest first) among {m} images, in the feature space of {bank.layer} (top) and "
+                        "in pixel space (bottom, the normalized inputs).",
+                columns=["space", "same class", "neighbour classes"], rows=rows, images=images))
+        for space, values in same.items():
+            if values:
+                result.metrics[f"same-class neighbours ({space})"] = float(np.mean(values))
+        if bank.seen > bank.max_points:
+            result.notes.append(f"Neighbours are searched among a seeded uniform sample of {bank.max_points} of the "
+                                f"{bank.seen} images (max_points), so a nearer image may exist outside it.")
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# top images
+
+
+class TopReducer(Reducer):
+    """Per conv layer: a `StreamingTopK` over every channel and the running sum of channel means (bounded: C x n)."""
+
+    def __init__(self, layers: list[str], n: int) -> None:
+        from ..methods.activations import StreamingTopK
+
+        self.layers = list(layers)
+        self.top = {name: StreamingTopK(n) for name in layers}
+        self.sums: dict[str, np.ndarray] = {}
+        self.count = 0
+
+    def update(self, batch, acts, logits):
+        for name in self.layers:
+            a = acts[name]
+            self.top[name].update(a, batch.indices)
+            s = a.detach().double().mean(dim=(2, 3)).sum(dim=0).cpu().numpy()
+            self.sums[name] = self.sums.get(name, 0) + s
+        self.count += int(batch.inputs.shape[0])
+
+
+@dataclass
+class TopParams:
+    n: int = field(default=9, metadata=doc("Top images per channel.", min=1, max=64))
+    channels: int = field(default=8, metadata=doc(
+        "Channels per layer: the ones with the largest mean activation over the image set.", min=1, max=256))
+
+
+def conv_selected(ctx) -> list[str]:
+    from torch import nn
+
+    return [n for n in ctx.layers if isinstance(ctx.model.get_submodule(n), nn.Conv2d)]
+
+
+def crop_padded(img: np.ndarray, rf, y: int, x: int) -> np.ndarray:
+    """The receptive field of unit (y, x) cut from ``img`` (H, W, C) floats, padded with mid grey where the field
+    extends past the image, so that every crop of one layer has the field's full size."""
+    from ..methods.receptive_field import rf_box
+
+    h, w = img.shape[:2]
+    top, left, bottom, right = rf_box(rf, y, x, (h, w))
+    if rf.covers_input:
+        return img
+    full_top = int(round(rf.start[0] + y * rf.jump[0] - (rf.size[0] - 1) / 2))
+    full_left = int(round(rf.start[1] + x * rf.jump[1] - (rf.size[1] - 1) / 2))
+    out = np.full((rf.size[0], rf.size[1], img.shape[2]), 0.5)
+    out[top - full_top: bottom - full_top, left - full_left: right - full_left] = img[top:bottom, left:right]
+    return out
+
+
+@register
+class TopImages(Analysis):
+    name = "top-images"
+    title = "Top images per channel"
+    section = "activations"
+    summary = "the image crops that excite a channel most, over the whole image set"
+    paper = "Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014"
+    paper_url = "https://arxiv.org/abs/1311.2901"
+    order = 50
+    Params = TopParams
+
+    def check(self, ctx, params):
+        if not conv_selected(ctx):
+            raise NotApplicable("none of the selected layers is a Conv2d layer")
+
+    def reducers(self, ctx, params):
+        return {"top": TopReducer(conv_selected(ctx), params.n)}
+
+    def run(self, ctx, params, reduced):
+        from ..methods.receptive_field import receptive_field
+
+        red: TopReducer = reduced["top"]
+        if red.count == 0:
+            raise NotApplicable("no image was seen")
+        shape = ctx.loaded.input.shape
+        cache: dict[int, np.ndarray] = {}
+
+        def image(i: int) -> np.ndarray:
+            if i not in cache:
+                cache[i] = ctx.images.display(i).astype(np.float64) / 255.0
+            return cache[i]
+
+        result = Result()
+        for name in red.layers:
+            top = red.top[name].result()
+            means = red.sums[name] / red.count
+            # most active on average, ties to the lower channel index
+            chosen = np.lexsort((np.arange(len(means)), -means))[: params.channels]
+            rf = receptive_field(ctx.model, name, shape)
+            tiles = []
+            for c in chosen:
+                for v, i, (y, x) in zip(top["values"][c], top["indices"][c], top["positions"][c]):
+                    tiles.append(crop_padded(image(int(i)), rf, int(y), int(x)))
+            n = top["values"].shape[1]
+            size = "the whole image" if rf.covers_input else f"{rf.size[0]}x{rf.size[1]} pixels"
+            result.items.append(Grid(
+                key=f"top-{name}", tiles=enlarge_tiles(np.stack(tiles), 56), style="rgb", cols=n, layer=name, label=name,
+                caption=f"Row by row, channels {', '.join(map(str, chosen.tolist()))} of {name} (the {len(chosen)} "
+                        f"with the largest mean activation over {red.count} images); in each row the {n} images "
+                        f"whose map reaches the highest maximum, highest first, cropped to the receptive field of "
+                        f"the maximal unit ({size}; grey where it extends past the image)."))
+            result.metrics[f"receptive field {name}"] = int(rf.size[0])
+        return result

@@ -1,0 +1,182 @@
+"""Chart kinds of the parameter and activation analyses: perceptron panels (strip and animation), activation
+histograms, 2-D embeddings coloured by class."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import plot_kind
+
+# the two classes of a point model and the hidden units' lines must stand out from the grey response surface
+POINT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+LINE_COLOR = "#d62728"
+
+
+def class_colors(k: int) -> list:
+    """``k`` distinguishable colours (tab10 up to 10 classes, tab20 up to 20, then a cyclic hsv)."""
+    import matplotlib
+
+    if k <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(k)]
+    if k <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(k)]
+    return [matplotlib.colormaps["hsv"](i / k) for i in range(k)]
+
+
+def _perceptron_panel(ax, panel: dict, data: dict, small: bool = False) -> None:
+    """One view of a 2-D network: grey response, decision boundary, data points, each hidden unit's line."""
+    xmin, xmax, ymin, ymax = data["extent"]
+    grid = np.asarray(panel["grid"], dtype=np.float64)
+    lim = float(np.abs(grid).max()) or 1.0
+    # grey = the output difference; light for class 0, dark for class 1, middle grey at the boundary
+    ax.imshow(grid, origin="lower", extent=(xmin, xmax, ymin, ymax), cmap="Greys", vmin=-lim, vmax=lim,
+              interpolation="bilinear", aspect="equal")
+    if grid.min() < 0 < grid.max():
+        ys = np.linspace(ymin, ymax, grid.shape[0])
+        xs = np.linspace(xmin, xmax, grid.shape[1])
+        ax.contour(xs, ys, grid, levels=[0.0], colors="black", linewidths=1.2)
+    points = np.asarray(data.get("points", np.zeros((0, 2))), dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(data.get("labels", np.zeros(len(points))), dtype=np.int64)
+    names = data.get("class_names") or []
+    for c in sorted(set(labels.tolist())):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=4 if small else 7, color=POINT_COLORS[c % len(POINT_COLORS)],
+                   alpha=0.8, linewidths=0, label=names[c] if 0 <= c < len(names) else str(c))
+    for seg in panel["lines"]:
+        if seg is not None:
+            (x0, y0), (x1, y1) = seg
+            ax.plot([x0, x1], [y0, y1], color=LINE_COLOR, linewidth=0.9, alpha=0.9)
+    ax.set_xlim(xmin, xmax)
+    ax.set_ylim(ymin, ymax)
+    ax.set_title(panel.get("title", ""), fontsize=8 if small else 10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@plot_kind("perceptron-strip")
+def perceptron_strip(data: dict):
+    """data: extent (xmin, xmax, ymin, ymax), points (M, 2), labels (M,), class_names, panels: list of
+    {title, grid (R, R) output difference (row 0 = ymin), lines: per hidden unit ((x0, y0), (x1, y1)) or None}."""
+    from matplotlib.figure import Figure
+
+    panels = data["panels"]
+    n = len(panels)
+    fig = Figure(figsize=(2.3 * n + 0.2, 2.75), dpi=110, layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        _perceptron_panel(ax, panel, data, small=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, markerscale=2,
+                   frameon=False)
+    return fig
+
+
+@plot_kind("perceptron-frames")
+def perceptron_frames(data: dict):
+    """The panels of `perceptron_strip` one per frame (an animated GIF); returns a list of RGB uint8 arrays."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    frames = []
+    for panel in data["panels"]:
+        fig = Figure(figsize=(3.6, 3.6), dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        _perceptron_panel(ax, panel, data)
+        fig.canvas.draw()
+        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    return frames
+
+
+@plot_kind("histogram")
+def histogram(data: dict):
+    """data: edges (B+1,), counts (B,), xlabel, title, logy (default True), mean, std (drawn as lines when given)."""
+    from .charts import new_figure
+
+    edges = np.asarray(data["edges"], dtype=np.float64)
+    counts = np.asarray(data["counts"], dtype=np.float64)
+    fig, ax = new_figure(data.get("width", 4.2), data.get("height", 2.8))
+    ax.stairs(counts, edges, fill=True, color="#4a7bd0", alpha=0.85)
+    if data.get("logy", True) and counts.max() > 0:
+        ax.set_yscale("log")
+        ax.set_ylim(0.7, counts.max() * 2)
+    if data.get("mean") is not None:
+        ax.axvline(data["mean"], color="#d0504a", linewidth=1.2, label=f"mean {data['mean']:.3g}")
+        if data.get("std") is not None:
+            for s in (-1, 1):
+                ax.axvline(data["mean"] + s * data["std"], color="#d0504a", linewidth=0.8, linestyle="--",
+                           label=f"± std {data['std']:.3g}" if s == 1 else None)
+        ax.legend(fontsize=7)
+    if edges[0] < 0 < edges[-1]:
+        ax.axvline(0.0, color="black", linewidth=0.6, alpha=0.6)
+    ax.set_xlabel(data.get("xlabel", "activation"))
+    ax.set_ylabel("count (log)" if data.get("logy", True) else "count")
+    if data.get("title"):
+        ax.set_title(data["title"], fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _scatter(ax, xy: np.ndarray, labels: np.ndarray, colors: list, size: float) -> None:
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    for c in sorted(set(labels.tolist())):
+        sel = labels == c
+        color = colors[c] if 0 <= c < len(colors) else (0.5, 0.5, 0.5, 1.0)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=color, linewidths=0, alpha=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal", adjustable="datalim")
+
+
+def _legend(fig, class_names: list, labels: np.ndarray, colors: list, **kw) -> None:
+    from matplotlib.lines import Line2D
+
+    present = sorted(c for c in set(labels.tolist()) if 0 <= c < len(class_names))
+    handles = [Line2D([], [], marker="o", linestyle="", color=colors[c], markersize=5) for c in present]
+    if handles:
+        fig.legend(handles, [class_names[c] for c in present], fontsize=7, frameon=False, **kw)
+
+
+@plot_kind("embedding")
+def embedding(data: dict):
+    """data: panels [{title, xy (N, 2)}] (e.g. t-SNE and PCA of one layer), labels (N,) class indices (-1 =
+    unknown, grey), class_names, title."""
+    from matplotlib.figure import Figure
+
+    labels = np.asarray(data["labels"], dtype=np.int64)
+    names = list(data.get("class_names") or [])
+    colors = class_colors(max(len(names), int(labels.max(initial=0)) + 1))
+    panels = data["panels"]
+    fig = Figure(figsize=(3.3 * len(panels) + 1.3, 3.5), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        _scatter(ax, panel["xy"], labels, colors, 6)
+        ax.set_title(panel["title"], fontsize=9)
+    if data.get("title"):
+        fig.suptitle(data["title"], fontsize=10)
+    _legend(fig, names, labels, colors, loc="outside right center", ncol=1)
+    return fig
+
+
+@plot_kind("embedding-strip")
+def embedding_strip(data: dict):
+    """data: panels [{title, xy (N, 2)}] from the input to the logits, labels (N,), class_names; one small
+    scatter per layer in one row (at most 5 per row, wrapping)."""
+    from matplotlib.figure import Figure
+
+    labels = np.asarray(data["labels"], dtype=np.int64)
+    names = list(data.get("class_names") or [])
+    colors = class_colors(max(len(names), int(labels.max(initial=0)) + 1))
+    panels = data["panels"]
+    cols = min(5, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig = Figure(figsize=(2.2 * cols + 1.2, 2.35 * rows + 0.2), dpi=110, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    for ax, panel in zip(axes, panels):
+        _scatter(ax, panel["xy"], labels, colors, 3)
+        ax.set_title(panel["title"], fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    _legend(fig, names, labels, colors, loc="outside right center", ncol=1)
+    return fig
