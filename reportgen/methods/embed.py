@@ -40,14 +40,39 @@ def embed_pca(features: Any, n: int = 2) -> np.ndarray:
 
     Returns:
         (N, n) float32, centred; component signs fixed so each component's largest loading is positive
-        (deterministic). Exact SVD via scikit-learn (``svd_solver="full"``) so the result does not depend on a seed.
+        (deterministic, scikit-learn's convention). Exact, no seed: the top eigenvectors of the smaller of the
+        (D, D) scatter matrix and the (N, N) Gram matrix, in float64. A full SVD of a (1000, 4096) layer costs
+        seconds; this costs one matrix product and a partial symmetric eigensolve, with the same result. BLAS runs
+        on one thread: the result does not depend on the machine, and a busy machine does not stall OpenBLAS
+        (measured: a 784x784 partial eigensolve took 17 s on 2 threads of a loaded 2-core box, 0.1 s on one).
     """
-    from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
 
     x = _features(features).astype(np.float64)
     n = min(n, *x.shape)
-    out = PCA(n_components=n, svd_solver="full").fit_transform(x)
-    return out.astype(np.float32)
+    if n == 0:
+        return np.zeros((x.shape[0], 0), dtype=np.float32)
+    with threadpool_limits(limits=1):
+        return _pca_project(x, n)
+
+
+def _pca_project(x: np.ndarray, n: int) -> np.ndarray:
+    from scipy.linalg import eigh
+
+    x -= x.mean(axis=0)
+    rows, dims = x.shape
+    if dims <= rows:
+        _, vecs = eigh(x.T @ x, subset_by_index=[dims - n, dims - 1], driver="evx")
+        comps = vecs[:, ::-1].T  # (n, D), unit rows, largest variance first
+    else:
+        vals, vecs = eigh(x @ x.T, subset_by_index=[rows - n, rows - 1], driver="evx")
+        u, sv = vecs[:, ::-1], np.sqrt(np.clip(vals[::-1], 0.0, None))
+        # v = X^T u / s; a zero singular value (no variance left) gives a zero component
+        comps = np.divide((x.T @ u), sv, out=np.zeros((dims, n)), where=sv > 1e-12 * max(sv.max(), 1e-300)).T
+    biggest = np.abs(comps).argmax(axis=1)
+    signs = np.sign(comps[np.arange(n), biggest])
+    comps *= np.where(signs == 0, 1.0, signs)[:, None]
+    return (x @ comps.T).astype(np.float32)
 
 
 def _pca_reduce(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
