@@ -18,6 +18,7 @@ the model runs in eval mode so that batch-norm and dropout treat each image on i
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.capture import Recorder, capture, preserved
+from reportgen.capture import Recorder, capture, preserved, resolve_layer
 
 Index = Union[int, Sequence[int], torch.Tensor]
 Bounds = Union[float, Sequence[float], torch.Tensor]
@@ -38,6 +39,7 @@ __all__ = [
     "blur",
     "channel",
     "class_logit",
+    "clamp_to",
     "class_prob",
     "deepdream",
     "edge_energy",
@@ -418,6 +420,30 @@ def maximize(
 # DeepDream
 
 
+class _StopForward(Exception):
+    """Raised by `_stop_after`'s hook to end a forward pass once the watched layer has run."""
+
+
+@contextmanager
+def _stop_after(model: nn.Module, layer: str, active: bool = True):
+    """When ``active``, forward passes of ``model`` end right after ``layer`` (the caller catches `_StopForward`).
+
+    Registered after `capture`'s hook on the same module, so the output is recorded first.
+    """
+    if not active:
+        yield
+        return
+
+    def stop(_module, _inputs, _output):
+        raise _StopForward
+
+    handle = resolve_layer(model, layer).register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def deepdream(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -430,6 +456,7 @@ def deepdream(
     jitter: int = DEFAULTS.dream_jitter,
     clamp: tuple[Bounds, Bounds] | None = None,
     generator: torch.Generator | None = None,
+    truncate: bool = False,
 ) -> torch.Tensor:
     """Amplify whatever ``layer`` already sees in ``inputs``: ``(N, C, H, W) -> (N, C, H, W)``, normalized.
 
@@ -437,6 +464,8 @@ def deepdream(
     ``octave_scale`` ``octaves - 1`` times; at each octave, from the smallest, the detail found so far is upsampled
     and added to that octave's image, then ``steps_per_octave`` steps of size ``lr`` follow (gradient divided by its
     mean absolute value per image, after a random roll of up to ``jitter`` pixels), then the new detail is kept.
+    With ``truncate`` each forward pass stops once ``layer`` has run (at the first call of a reused module), so the
+    layers after it cost nothing and need not accept the smaller octave sizes (a Flatten + Linear head does not).
     Mordvintsev et al. 2015, https://research.google/blog/inceptionism-going-deeper-into-neural-networks/ .
     """
     device, dtype = _device_dtype(model)
@@ -451,7 +480,7 @@ def deepdream(
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with capture(model, [layer], keep_live=True, clone=False) as rec:
+        with capture(model, [layer], keep_live=True, clone=False) as rec, _stop_after(model, layer, truncate):
             for size in sizes:
                 octave = base if size == (h, w) else F.interpolate(base, size=size, mode="bilinear", align_corners=False)
                 if detail.shape[-2:] != size:
@@ -460,7 +489,10 @@ def deepdream(
                 for _ in range(steps_per_octave):
                     dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist() if jitter else (0, 0)
                     shifted = torch.roll(img, (dy, dx), (2, 3)).requires_grad_(True)
-                    model(shifted)
+                    try:
+                        model(shifted)
+                    except _StopForward:
+                        pass
                     (grad,) = torch.autograd.grad(objective(None, rec, shifted).sum(), shifted)
                     rec.clear()
                     grad = torch.roll(grad, (-dy, -dx), (2, 3))
