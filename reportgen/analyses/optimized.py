@@ -1,0 +1,562 @@
+"""Optimized inputs: class images, unit images, DeepDream and adversarial examples (section "optimized").
+
+Each analysis calls the plain tensor functions of `reportgen.methods.optimize` and `reportgen.methods.adversarial`
+and turns their tensors into pictures, tables and numbers. Every optimized image is kept inside the valid pixel
+range (``clamp=pixel_bounds(mean, std)``) and shown as pixels, i.e. denormalized to [0, 1]. Randomness comes only from
+``ctx.generator(name)``; the methods leave the model as they found it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import NotApplicable, Picture, Plot, Result, Table
+from ..config import doc
+from ..errors import ConfigError, ReportgenError
+from . import Analysis, Reducer, register
+
+MAX_CLASSES = 20  # class-max draws every class up to this many; beyond, a configured list or the most predicted
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _clamp(ctx) -> tuple[list[float], list[float]]:
+    from ..methods.optimize import pixel_bounds
+
+    return pixel_bounds(ctx.loaded.input.mean, ctx.loaded.input.std)
+
+
+def _pixels(ctx, inputs) -> np.ndarray:
+    """Normalized inputs (N, C, H, W) -> display floats (N, H, W, C) in [0, 1]."""
+    return ctx.images.denormalize(inputs).astype(np.float64)
+
+
+def _map_layers(ctx) -> list[str]:
+    """The selected layers whose output is a 4-D feature map (N, C, H, W), from one probe pass of a zero image."""
+    import torch
+
+    from ..capture import capture
+
+    x = torch.zeros((1, *ctx.loaded.input.shape), device=ctx.device)
+    with capture(ctx.model, ctx.layers) as rec, torch.no_grad():
+        ctx.model(x)
+    return [name for name in ctx.layers if name in rec.acts and rec.acts[name].dim() == 4]
+
+
+def _channels_text(ctx) -> str:
+    return "one grey channel" if ctx.loaded.input.channels == 1 else f"{ctx.loaded.input.channels} channels"
+
+
+@dataclass
+class RealismParams:
+    """Settings of `reportgen.methods.optimize.maximize` shared by class-max and unit-max."""
+
+    steps: int = field(default=200, metadata=doc("Adam steps from small noise.", min=1, max=5000))
+    lr: float = field(default=0.05, metadata=doc("Adam learning rate, in normalized input units.", min=0.0, max=10.0))
+    l2_weight: float = field(default=0.0, metadata=doc(
+        "Weight of the L2 penalty ||x||^2 (pulls pixels toward the data mean); 0 = off.", min=0.0))
+    edge_weight: float = field(default=0.0, metadata=doc(
+        "Weight of the multi-scale edge-energy penalty (suppresses high frequencies); 0 = off.", min=0.0))
+    blur_every: int = field(default=4, metadata=doc("Blur the image every this many steps; 0 = never.", min=0))
+    blur_sigma: float = field(default=0.5, metadata=doc("Sigma of that Gaussian blur, in pixels.", min=0.0, max=10.0))
+    jitter: int = field(default=2, metadata=doc(
+        "Random shift of up to this many pixels before each step (robustness to translation); 0 = none.",
+        min=0, max=32))
+    zero_small: float = field(default=0.0, metadata=doc(
+        "After each step, set to the data mean the pixels whose norm is below this percentile (0-100); 0 = off.",
+        min=0.0, max=100.0))
+
+
+def _maximize(ctx, objective, n: int, params: RealismParams, generator) -> Any:
+    from ..methods.optimize import maximize
+
+    return maximize(
+        ctx.model, objective, shape=(n, *ctx.loaded.input.shape), steps=params.steps, lr=params.lr,
+        l2_weight=params.l2_weight, edge_weight=params.edge_weight, blur_every=params.blur_every,
+        blur_sigma=params.blur_sigma, jitter=params.jitter, zero_small=params.zero_small or None,
+        clamp=_clamp(ctx), generator=generator)
+
+
+def _settings_note(params: RealismParams) -> str:
+    parts = [f"{params.steps} Adam steps (learning rate {params.lr:g}) from small Gaussian noise"]
+    if params.jitter:
+        parts.append(f"a random shift of up to {params.jitter} px before each step")
+    if params.blur_every and params.blur_sigma > 0:
+        parts.append(f"a Gaussian blur (sigma {params.blur_sigma:g} px) every {params.blur_every} steps")
+    if params.l2_weight:
+        parts.append(f"an L2 penalty of weight {params.l2_weight:g}")
+    if params.edge_weight:
+        parts.append(f"an edge-energy penalty of weight {params.edge_weight:g}")
+    if params.zero_small:
+        parts.append(f"pixels below the {params.zero_small:g}th percentile of norms reset to the data mean")
+    return ("Each image was optimized with " + ", ".join(parts) + ", and kept inside the valid pixel range. "
+            "Images are shown as pixels (the model's normalization undone), values in [0, 1].")
+
+
+def _probs(ctx, inputs) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return ctx.model(inputs).flatten(1).softmax(1).cpu()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# class-max
+
+
+@dataclass
+class ClassMaxParams(RealismParams):
+    classes: list[str] = field(default_factory=list, metadata=doc(
+        f"Class names to draw; empty = every class when the model has at most {MAX_CLASSES}, else the "
+        f"{MAX_CLASSES} most predicted over the image set."))
+    target: str = field(default="logit", metadata=doc(
+        "What is maximized: the class's logit (pre-softmax score) or its softmax probability.",
+        choices=("logit", "prob")))
+
+
+@register
+class ClassMax(Analysis):
+    name = "class-max"
+    title = "Class images"
+    section = "optimized"
+    summary = "one input per class optimized to maximize that class's score, with realism priors"
+    paper = "Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR workshop 2014"
+    paper_url = "https://arxiv.org/abs/1312.6034"
+    order = 10
+    Params = ClassMaxParams
+
+    def check(self, ctx, params):
+        unknown = [c for c in params.classes if c not in ctx.class_names]
+        if unknown:
+            shown = ", ".join(ctx.class_names[:30]) + (", ..." if len(ctx.class_names) > 30 else "")
+            raise ConfigError(f"analysis.class-max.classes: {', '.join(map(repr, unknown))} "
+                              f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of this model; "
+                              f"classes: {shown}")
+
+    def pick_classes(self, ctx, params) -> tuple[list[int], str | None]:
+        names = ctx.class_names
+        if params.classes:
+            return list(dict.fromkeys(names.index(c) for c in params.classes)), None
+        if len(names) <= MAX_CLASSES:
+            return list(range(len(names))), None
+        counts = np.bincount(ctx.passed.preds, minlength=len(names))
+        top = sorted(np.argsort(-counts, kind="stable")[:MAX_CLASSES].tolist())
+        return top, (f"The model has {len(names)} classes: these are the {MAX_CLASSES} most often predicted over "
+                     f"the image set. Name others under [analysis.class-max] classes.")
+
+    def run(self, ctx, params, reduced):
+        from ..methods.optimize import class_logit, class_prob
+
+        classes, note = self.pick_classes(ctx, params)
+        names = ctx.class_names
+        objective = (class_logit if params.target == "logit" else class_prob)(classes)
+        res = _maximize(ctx, objective, len(classes), params, ctx.generator(self.name))
+        pix = _pixels(ctx, res.images)
+        probs = _probs(ctx, res.images).numpy()
+        what = "logit" if params.target == "logit" else "probability"
+        result = Result()
+        hits = 0
+        for i, c in enumerate(classes):
+            top = int(probs[i].argmax())
+            hits += top == c
+            verdict = "classified as this class" if top == c else f"classified as '{names[top]}' (p={probs[i, top]:.2f})"
+            result.items.append(Picture(
+                key=f"class-{c:04d}", array=pix[i], style="rgb", label=names[c], group="Class images",
+                caption=f"Maximizes the {what} of '{names[c]}' (objective {res.final_scores[i]:.3g} at the end); "
+                        f"p('{names[c]}') = {probs[i, c]:.2f}, {verdict}."))
+        curve = res.curve.cpu().numpy()
+        result.items.append(Plot(
+            key="objective", kind="lines", label="Objective during optimization", group="Optimization",
+            caption=f"The objective (the class's {what} minus the weighted penalties) of each class image before "
+                    "each step, measured on the randomly shifted image; one line per class.",
+            data={"x": list(range(1, curve.shape[0] + 1)),
+                  "series": {names[c]: curve[:, i].tolist() for i, c in enumerate(classes)},
+                  "xlabel": "step", "ylabel": f"class {what} - penalties", "width": 6.0, "height": 3.6}))
+        result.metrics["classified as their class"] = hits / len(classes)
+        result.metrics["mean p(class)"] = float(np.mean([probs[i, c] for i, c in enumerate(classes)]))
+        result.notes.append(_settings_note(params))
+        if note:
+            result.notes.append(note)
+        return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# unit-max
+
+
+class ChannelStats(Reducer):
+    """Reducer: per selected conv layer, the running mean and max over the image set of each channel's spatial mean.
+
+    Bounded state: two vectors of length C per layer, whatever the size of the image set.
+    """
+
+    def __init__(self, layers: list[str]) -> None:
+        self.layers = list(layers)
+        self.total: dict[str, Any] = {}
+        self.peak: dict[str, Any] = {}
+        self.count = 0
+
+    def update(self, batch, acts, logits) -> None:
+        import torch
+
+        for name in self.layers:
+            a = acts[name]
+            if a.dim() != 4:
+                continue
+            m = a.flatten(2).mean(2).double().cpu()  # (B, C)
+            self.total[name] = self.total.get(name, 0) + m.sum(0)
+            peak = m.max(0).values
+            self.peak[name] = peak if name not in self.peak else torch.maximum(self.peak[name], peak)
+        self.count += int(batch.indices.numel())
+
+
+@dataclass
+class UnitMaxParams(RealismParams):
+    steps: int = field(default=100, metadata=doc("Adam steps from small noise.", min=1, max=5000))
+    channels: int = field(default=8, metadata=doc("Channels drawn per selected conv layer.", min=1, max=256))
+    which: str = field(default="first", metadata=doc(
+        "Which channels: the first ones, or a seeded random pick.", choices=("first", "seeded")))
+
+
+@register
+class UnitMax(Analysis):
+    name = "unit-max"
+    title = "Channel images"
+    section = "optimized"
+    summary = "for channels of each selected conv layer, an input optimized to maximize the channel's mean activation"
+    paper = "Erhan, Bengio, Courville & Vincent, Visualizing Higher-Layer Features of a Deep Network, 2009"
+    paper_url = "https://www.researchgate.net/publication/265022827"
+    order = 20
+    Params = UnitMaxParams
+
+    def check(self, ctx, params):
+        if not _map_layers(ctx):
+            raise NotApplicable("none of the selected layers outputs a feature map (N, C, H, W)")
+
+    def reducers(self, ctx, params):
+        return {"channels": ChannelStats(_map_layers(ctx))}
+
+    def run(self, ctx, params, reduced):
+        import torch
+
+        from ..methods.optimize import channel
+
+        stats: ChannelStats = reduced["channels"]
+        gen = ctx.generator(self.name)
+        result = Result()
+        beat, total = 0, 0
+        for layer in stats.layers:
+            n_ch = int(stats.peak[layer].numel())
+            k = min(params.channels, n_ch)
+            if params.which == "first":
+                chans = list(range(k))
+            else:
+                chans = sorted(torch.randperm(n_ch, generator=gen)[:k].tolist())
+            res = _maximize(ctx, channel(layer, chans), k, params, gen)
+            pix = _pixels(ctx, res.images)
+            mean = (stats.total[layer] / max(stats.count, 1)).numpy()
+            peak = stats.peak[layer].numpy()
+            for i, c in enumerate(chans):
+                score = float(res.final_scores[i])
+                beat += score > peak[c]
+                total += 1
+                result.items.append(Picture(
+                    key=f"{layer}-ch{c:04d}", array=pix[i], style="rgb", label=f"channel {c}", layer=layer,
+                    group=f"Layer {layer}",
+                    caption=f"Channel {c} of {layer} reaches a mean of {score:.3g} (objective); over the "
+                            f"{stats.count} images of the set: {mean[c]:.3g} on average, {peak[c]:.3g} at most."))
+        result.metrics["channels"] = total
+        result.metrics["above every real image"] = beat / max(total, 1)
+        result.notes.append(_settings_note(params) + " The objective is the channel's spatial mean (the penalties "
+                                                      "are subtracted); 'at most over the set' is the largest "
+                                                      "spatial mean any image of the set gives that channel.")
+        if params.which == "seeded":
+            result.notes.append("Channels are a seeded random pick, listed in increasing order.")
+        return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# deepdream
+
+
+@dataclass
+class DeepDreamParams:
+    images: int = field(default=3, metadata=doc("How many of the sample images to dream from.", min=1, max=200))
+    layer: str = field(default="", metadata=doc(
+        "Dotted name of the layer whose energy is amplified; empty = the middle selected conv layer."))
+    octaves: int = field(default=3, metadata=doc("Scales, coarse to fine.", min=1, max=6))
+    octave_scale: float = field(default=1.4, metadata=doc("Size ratio between two octaves.", min=1.0, max=4.0))
+    steps_per_octave: int = field(default=10, metadata=doc("Gradient steps at each octave.", min=1, max=500))
+    lr: float = field(default=0.03, metadata=doc(
+        "Step size: mean absolute change per step in normalized units.", min=0.0, max=10.0))
+    jitter: int = field(default=4, metadata=doc("Random shift of up to this many pixels per step.", min=0, max=32))
+
+
+@register
+class DeepDream(Analysis):
+    name = "deepdream"
+    title = "DeepDream"
+    section = "optimized"
+    summary = "sample images changed, coarse to fine, to amplify whatever one layer already sees in them"
+    paper = "Mordvintsev, Olah & Tyka, Inceptionism: Going Deeper into Neural Networks, Google Research blog 2015"
+    paper_url = "https://research.google/blog/inceptionism-going-deeper-into-neural-networks/"
+    order = 30
+    Params = DeepDreamParams
+
+    MIN_SIDE = 8  # the smallest octave must still be an image a conv stack can read
+
+    def layer(self, ctx, params) -> str:
+        if params.layer:
+            return params.layer
+        maps = _map_layers(ctx)
+        if not maps:
+            raise NotApplicable("none of the selected layers outputs a feature map (N, C, H, W): "
+                                "name one under [analysis.deepdream] layer")
+        return maps[len(maps) // 2]
+
+    def check(self, ctx, params):
+        from ..capture import resolve_layer
+
+        if params.layer:
+            try:
+                resolve_layer(ctx.model, params.layer)
+            except ReportgenError as exc:
+                raise ConfigError(f"analysis.deepdream.layer: {exc.message}") from None
+        else:
+            self.layer(ctx, params)
+        h, w = ctx.loaded.input.size
+        small = min(h, w) / params.octave_scale ** (params.octaves - 1)
+        if small < self.MIN_SIDE:
+            raise ConfigError(f"analysis.deepdream.octaves: {params.octaves} octaves of scale "
+                              f"{params.octave_scale:g} shrink the {h}x{w} input to {small:.0f} px, below "
+                              f"{self.MIN_SIDE}: use fewer octaves or a smaller octave_scale")
+
+    def run(self, ctx, params, reduced):
+        import torch
+
+        from ..capture import capture
+        from ..methods.optimize import deepdream, layer_energy
+
+        layer = self.layer(ctx, params)
+        idx = ctx.samples[: params.images]
+        x = ctx.images.load_inputs(idx, ctx.device)
+        dream = deepdream(ctx.model, x, layer, octaves=params.octaves, octave_scale=params.octave_scale,
+                          steps_per_octave=params.steps_per_octave, lr=params.lr, jitter=params.jitter,
+                          clamp=_clamp(ctx), generator=ctx.generator(self.name), truncate=True)
+        with capture(ctx.model, [layer], keep_live=True) as rec, torch.no_grad():
+            ctx.model(x)
+            before = layer_energy(layer)(None, rec).cpu().numpy()
+            ctx.model(dream)
+            after = layer_energy(layer)(None, rec).cpu().numpy()
+        orig, dreamt = _pixels(ctx, x), _pixels(ctx, dream)
+        result = Result()
+        for j, i in enumerate(idx):
+            name = ctx.images.names[i]
+            group = f"Image {name}"
+            result.items.append(Picture(
+                key=f"{j:03d}-original", array=orig[j], style="rgb", label="original", image=i, group=group,
+                caption=f"Sample image '{name}'; energy of {layer}: {before[j]:.3g}. Pixels in [0, 1]."))
+            result.items.append(Picture(
+                key=f"{j:03d}-dream", array=dreamt[j], style="rgb", label=f"dream at {layer}", image=i, group=group,
+                caption=f"After DeepDream: energy of {layer} {after[j]:.3g} "
+                        f"({after[j] / max(before[j], 1e-12):.2g}x the original). Pixels in [0, 1]."))
+        gains = after / np.maximum(before, 1e-12)
+        result.metrics["median energy gain"] = float(np.median(gains))
+        result.notes.append(
+            f"Layer {layer}: {params.octaves} octave(s) of scale {params.octave_scale:g}, {params.steps_per_octave} "
+            f"steps each of mean size {params.lr:g} (normalized units), random shifts of up to {params.jitter} px. "
+            "Energy is the mean square of the layer's output.")
+        return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# adversarial
+
+
+@dataclass
+class AdversarialParams:
+    steps: int = field(default=100, metadata=doc("Gradient steps at most.", min=1, max=2000))
+    step_size: float = field(default=0.0, metadata=doc(
+        "Step length in normalized input units; 0 = automatic: 0.5% of each image's norm (l2) or 0.4% (about "
+        "1/255) of its value range (linf).", min=0.0))
+    norm: str = field(default="l2", metadata=doc(
+        "Step shape: l2 (along the normalized gradient) or linf (the gradient's sign, FGSM-style).",
+        choices=("l2", "linf")))
+    stop_at_change: bool = field(default=True, metadata=doc("Stop each image at its first success."))
+    target_class: str = field(default="", metadata=doc(
+        "Class name for the targeted variant; empty = each image's second most likely class."))
+    targeted: bool = field(default=True, metadata=doc("Also run the targeted variant."))
+    sphere_points: int = field(default=1000, metadata=doc(
+        "Random points per image on the sphere of radius 2 ||x - x~|| around it (the control); 0 = skip.",
+        min=0, max=100000))
+
+
+def _step_rows(labels, probs, names, stop: int, limit: int = 20) -> list[list]:
+    """Table rows (step, class, probability) for one image: all if few, else those up to ``stop`` plus the last."""
+    last = len(labels) - 1
+    keep = list(range(last + 1)) if last < limit else sorted(set(range(min(stop, last) + 1)) | {last})
+    return [[s, names[int(labels[s])], float(probs[s])] for s in keep]
+
+
+@register
+class Adversarial(Analysis):
+    name = "adversarial"
+    title = "Adversarial examples"
+    section = "optimized"
+    summary = "the smallest gradient steps that change each sample's label, and random changes twice as large"
+    paper = "Szegedy et al., Intriguing properties of neural networks, ICLR 2014"
+    paper_url = "https://arxiv.org/abs/1312.6199"
+    order = 40
+    Params = AdversarialParams
+
+    def check(self, ctx, params):
+        if params.target_class and params.target_class not in ctx.class_names:
+            shown = ", ".join(ctx.class_names[:30]) + (", ..." if len(ctx.class_names) > 30 else "")
+            raise ConfigError(f"analysis.adversarial.target_class: '{params.target_class}' is not a class of this "
+                              f"model; classes: {shown}")
+        if len(ctx.class_names) < 2:
+            raise NotApplicable("the model has a single output class")
+
+    def run(self, ctx, params, reduced):
+        import torch
+
+        from ..methods.adversarial import adversarial, random_sphere
+
+        names = ctx.class_names
+        idx = list(ctx.samples)
+        x = ctx.images.load_inputs(idx, ctx.device)
+        clamp = _clamp(ctx)
+        common = dict(steps=params.steps, step_size=params.step_size or None, norm=params.norm,
+                      stop_at_change=params.stop_at_change, clamp=clamp)
+        res = adversarial(ctx.model, x, **common)
+        labels, probs = res.labels.cpu().numpy(), res.probs.cpu().numpy()
+        orig_pix, adv_pix = _pixels(ctx, x), _pixels(ctx, res.adv)
+        rel = res.rel_norm.cpu().numpy()
+        ok = res.success.cpu().numpy()
+        taken = res.steps_taken.cpu().numpy()
+        result = Result()
+        mono = ctx.loaded.input.channels == 1
+        summary_rows = []
+        per_image = []
+        for j, i in enumerate(idx):
+            name = ctx.images.names[i]
+            o, f = int(res.original[j]), int(res.final[j])
+            summary_rows.append([name, names[o], float(probs[0, j]), names[f], float(probs[-1, j]),
+                                 int(taken[j]), float(rel[j]), "yes" if ok[j] else "no"])
+            group = f"Image {name}"
+            diff, vmax, diff_caption = self.difference(adv_pix[j], orig_pix[j], mono)
+            per_image += [
+                Picture(key=f"{j:03d}-original", array=orig_pix[j], style="rgb", image=i, group=group,
+                        label=f"original: {names[o]} ({probs[0, j]:.2f})",
+                        caption=f"Sample image '{name}', predicted '{names[o]}' with p={probs[0, j]:.2f}. "
+                                "Pixels in [0, 1]."),
+                Picture(key=f"{j:03d}-adversarial", array=adv_pix[j], style="rgb", image=i, group=group,
+                        label=f"adversarial: {names[f]} ({probs[-1, j]:.2f})",
+                        caption=f"After {taken[j]} step(s): predicted '{names[f]}' with p={probs[-1, j]:.2f}; "
+                                f"||x - x~|| / ||x|| = {rel[j]:.2f}% (normalized inputs). Pixels in [0, 1]."),
+                Picture(key=f"{j:03d}-difference", array=diff, style="signed", vmax=vmax, image=i, group=group,
+                        label="difference, magnified", colorbar=True, caption=diff_caption),
+                Table(key=f"{j:03d}-steps", image=i, group=group, label="Prediction at each step",
+                      columns=["step", "predicted class", "probability"],
+                      rows=_step_rows(labels[:, j], probs[:, j], names, int(taken[j])),
+                      caption="Step 0 is the original image. "
+                              + ("Long runs show the steps up to the change and the last one." if params.steps >= 20
+                                 else "")),
+            ]
+        result.items.append(Table(
+            key="summary", group="Summary", label="Untargeted: the predicted label pushed away",
+            columns=["image", "predicted", "p", "after", "p after", "steps", "change %", "label changed"],
+            rows=summary_rows,
+            caption="Gradient ascent on the cross-entropy of each image's predicted label. change % = "
+                    "100 ||x - x~|| / ||x|| in the model's normalized input space."))
+        success = float(ok.mean()) if len(ok) else float("nan")
+        result.metrics["success rate"] = success
+        result.metrics["mean change % (successes)"] = float(rel[ok].mean()) if ok.any() else float("nan")
+
+        if params.targeted:
+            result.items.append(self.targeted(ctx, params, x, res, common, result))
+
+        if params.sphere_points and ok.any():
+            sel = np.flatnonzero(ok)
+            radius = 2.0 * (res.adv - x.to(res.adv.dtype)).flatten(1).norm(dim=1)[torch.as_tensor(sel)]
+            sph = random_sphere(ctx.model, x[torch.as_tensor(sel)], radius, m=params.sphere_points,
+                                batch_size=ctx.config.batch_size, generator=ctx.generator(self.name + "/sphere"))
+            frac = sph.fraction.cpu().numpy()
+            xnorm = x.flatten(1).norm(dim=1).cpu().numpy()
+            rows = []
+            for r, j in enumerate(sel):
+                rows.append([ctx.images.names[idx[j]], names[int(sph.original[r])], float(rel[j]),
+                             float(100 * float(sph.radius[r]) / xnorm[j]), params.sphere_points,
+                             int(sph.changed[r]), float(frac[r])])
+            result.items.append(Table(
+                key="sphere", group="Summary", label="Control: random changes twice as large",
+                columns=["image", "predicted", "adversarial change %", "sphere radius %", "points",
+                         "label changes", "fraction"],
+                rows=rows,
+                caption=f"{params.sphere_points} points drawn uniformly on the sphere of radius 2 ||x - x~|| "
+                        "around each image whose label the attack changed (radius as % of ||x||, normalized "
+                        "inputs, not clipped to the pixel range), classified by the model; label changes = points "
+                        "classified differently from the image."))
+            result.metrics["sphere: mean fraction flipped"] = float(frac.mean())
+        elif params.sphere_points:
+            result.notes.append("No label changed, so the random-sphere control has no radius to test.")
+        result.items += per_image
+        how = (f"{params.norm} steps of {params.step_size:g} (normalized units)" if params.step_size
+               else "l2 steps of 0.5% of each image's norm" if params.norm == "l2"
+               else "linf (sign) steps of 0.4% of each image's value range")
+        result.notes.append(f"At most {params.steps} {how}, clipped to the valid pixel range"
+                            + (", each image stopping at its first success." if params.stop_at_change else "."))
+        return result
+
+    @staticmethod
+    def difference(adv: np.ndarray, orig: np.ndarray, mono: bool) -> tuple[np.ndarray, float, str]:
+        """(H, W) signed pixel difference (mean over channels), its colour limit and a caption."""
+        diff = (adv - orig).mean(axis=-1)
+        vmax = float(np.abs(diff).max())
+        where = "in pixel units" if mono else "in pixel units, mean over the colour channels"
+        if vmax == 0:
+            return diff, 1.0, f"adversarial - original {where}: no change."
+        return diff, vmax, (f"adversarial - original {where}, magnified {1 / vmax:.0f}x: full red / blue = "
+                            f"+/-{vmax:.3g} of the [0, 1] pixel range (this image's largest change); white = 0.")
+
+    def targeted(self, ctx, params, x, untargeted, common, result) -> Table:
+        import torch
+
+        from ..methods.adversarial import adversarial
+
+        names = ctx.class_names
+        idx = list(ctx.samples)
+        if params.target_class:
+            goal = torch.full((len(idx),), names.index(params.target_class), dtype=torch.long)
+            chosen = f"'{params.target_class}'"
+        else:
+            goal = _probs(ctx, x).topk(2, dim=1).indices[:, 1]
+            chosen = "each image's second most likely class"
+        res = adversarial(ctx.model, x, target=goal.to(ctx.device), **common)
+        probs_all = _probs(ctx, res.adv).numpy()
+        orig_pix, adv_pix = _pixels(ctx, x), _pixels(ctx, res.adv)
+        mono = ctx.loaded.input.channels == 1
+        rows, images = [], []
+        for j, i in enumerate(idx):
+            t = int(goal[j])
+            diff, vmax, cap = self.difference(adv_pix[j], orig_pix[j], mono)
+            rows.append([ctx.images.names[i], names[int(res.original[j])], names[t], float(probs_all[j, t]),
+                         int(res.steps_taken[j]), float(res.rel_norm[j]), "yes" if bool(res.success[j]) else "no"])
+            images.append([
+                Picture(key="adversarial", array=adv_pix[j], style="rgb", label="targeted adversarial",
+                        caption=f"Predicted '{names[int(res.final[j])]}' after {int(res.steps_taken[j])} step(s). "
+                                "Pixels in [0, 1]."),
+                Picture(key="difference", array=diff, style="signed", vmax=vmax, label="difference", caption=cap)])
+        reached = res.success.cpu().numpy()
+        result.metrics["targeted success rate"] = float(reached.mean())
+        return Table(
+            key="targeted", group="Summary", label="Targeted: pushed toward a chosen class",
+            columns=["image", "predicted", "target", "p(target) after", "steps", "change %", "reached"],
+            rows=rows, images=images,
+            caption=f"Gradient descent on the cross-entropy of the target ({chosen}). Images: the targeted "
+                    "adversarial and its magnified difference (click to enlarge).")
