@@ -237,8 +237,12 @@ class AttributionAnalysis(Analysis):
         return {}
 
     def words(self, options: dict) -> str:
-        """What a map's value is, with the options actually used (for captions)."""
+        """What a map's value is, with the options actually used (a note on the page)."""
         return self.map_words
+
+    def short(self, options: dict) -> str:
+        """The method in a few words with its key options (captions)."""
+        return self.title
 
     def notes(self, ctx: Any, params: Any, options: dict, raw: np.ndarray) -> list[str]:
         """Sentences for the page about these maps (e.g. why they are not exact)."""
@@ -297,31 +301,32 @@ class AttributionAnalysis(Analysis):
             result.metrics["pointing game"] = float(np.nanmean(scores[1][pred]))
             result.metrics["object area (chance)"] = float(mask_stack[pred].mean())
 
-        words = self.words(options)
-        where = ("drawn over a dimmed grey copy of the image" if over_image else
-                 f"one cell per position ({heat.shape[1]}x{heat.shape[2]}), beside the image")
+        result.notes.append(f"Each map shows {self.words(options)}; "
+                            + ("it is drawn over a dimmed grey copy of the image." if over_image else
+                               f"one cell per position ({heat.shape[1]}x{heat.shape[2]})."))
+        what = self.short(options)
+        where = "over a dimmed grey copy of the image" if over_image else "one cell per position"
         pct = "the maximum" if params.percentile >= 100 else f"the {params.percentile:g}th percentile"
         probs, names = passed.probs, ctx.class_names
         for scale in (["shared", "per-image"] if params.scale == "both" else [params.scale]):
             for k, t in enumerate(targets):
                 limit = shared if scale == "shared" else float(per_image[k])
                 if scale == "shared":
-                    how = (f"Shared scale: black = 0 to yellow-white = {fmt(limit)} ({pct} of all {len(targets)} "
-                           "maps of this method), the same for every image.")
+                    how = (f"Shared scale: 0 (black) to {fmt(limit)} (yellow), {pct} of all {len(targets)} maps "
+                           "of this method, the same for every image.")
                 else:
-                    how = f"Per-image scale: black = 0 to yellow-white = {fmt(limit)} ({pct} of this map)."
+                    how = f"Per-image scale: 0 (black) to {fmt(limit)} (yellow), {pct} of this map."
                 found = ""
                 if scores is not None and not math.isnan(scores[0][k]):
-                    found = (f" {scores[0][k]:.0%} of the map's mass lies on the object; its maximum is "
-                             f"{'on' if scores[1][k] else 'off'} the object.")
+                    found = (f" {scores[0][k]:.0%} of the map lies on the object; its maximum is "
+                             f"{'on' if scores[1][k] else 'off'} it.")
                 image_name, cls_name = ctx.images.names[t.image], names[t.cls]
                 result.items.append(Picture(
                     key=f"{scale}-{t.role}-{t.image:05d}-{t.cls}", array=heat[k], style="heat", vmax=limit,
                     base=display[t.image] if over_image else None, colorbar=True, image=t.image,
-                    group=f"{ROLE_TITLES[t.role]}, {scale} scale",
-                    label=f"{image_name}: {cls_name} ({t.role}, p={probs[passed.row(t.image), t.cls]:.2f})",
-                    caption=f"{self.title} for class '{cls_name}' ({t.role}) of image {image_name}: {words}, "
-                            f"{where}. {how}{found}"))
+                    group=ROLE_TITLES[t.role],
+                    label=f"{image_name}: {cls_name} (p={probs[passed.row(t.image), t.cls]:.2f}), {scale} scale",
+                    caption=f"{what} for class '{cls_name}' ({t.role}) of {image_name}, {where}. {how}{found}"))
         return result
 
 
@@ -357,7 +362,7 @@ class Occlusion(AttributionAnalysis):
         else:
             stride = default["stride"]
         return {"window": window, "stride": stride, "fill": params.fill, "per_pixel": params.per_pixel,
-                "score": params.score, "batch_size": max(ctx.config.batch_size, 128)}
+                "score": params.score, "batch_size": ctx.config.batch_size}
 
     def words(self, options: dict) -> str:
         (wh, ww), (sh, sw) = options["window"], options["stride"]
@@ -365,6 +370,10 @@ class Occlusion(AttributionAnalysis):
         per = "averaged over the patches covering each pixel" if options["per_pixel"] else "one value per position"
         return (f"the drop of the class {what} when a {wh}x{ww} patch of value {fmt(options['fill'])} hides the "
                 f"image (stride {sh}x{sw}, {per}); negative drops are drawn as 0")
+
+    def short(self, options: dict) -> str:
+        (wh, ww), (sh, sw) = options["window"], options["stride"]
+        return f"Occlusion ({wh}x{ww} patch, stride {sh}x{sw})"
 
     def notes(self, ctx: Any, params: Any, options: dict, raw: np.ndarray) -> list[str]:
         total = float(np.abs(raw).sum())
@@ -401,12 +410,15 @@ class SmoothGrad(AttributionAnalysis):
     chunked = False
 
     def options(self, ctx: Any, params: Any, probe: Any) -> dict:
-        return {"n": params.n, "sigma": params.sigma, "batch_size": max(ctx.config.batch_size, 128),
+        return {"n": params.n, "sigma": params.sigma, "batch_size": ctx.config.batch_size,
                 "generator": ctx.generator(self.name)}
 
     def words(self, options: dict) -> str:
         return (f"|mean gradient over {options['n']} noisy copies| (noise std {fmt(options['sigma'])} of the "
                 "image's value range), the maximum over colour channels")
+
+    def short(self, options: dict) -> str:
+        return f"SmoothGrad ({options['n']} copies, noise {fmt(options['sigma'])})"
 
 
 @register
@@ -466,6 +478,9 @@ class Cam(AttributionAnalysis):
         return (f"ReLU of the channels of '{options['layer']}' weighted by the class's row of '{options['fc']}', "
                 "upsampled bilinearly")
 
+    def short(self, options: dict) -> str:
+        return f"CAM at '{options['layer']}'"
+
 
 @register
 class GradCam(AttributionAnalysis):
@@ -491,6 +506,9 @@ class GradCam(AttributionAnalysis):
 
     def words(self, options: dict) -> str:
         return self.map_words.format(layer=options["layer"])
+
+    def short(self, options: dict) -> str:
+        return f"{self.title} at '{options['layer']}'"
 
 
 @register
