@@ -204,9 +204,9 @@ def test_lenet_digits_cam_not_applicable_no_masks(tmp_path, tmp_path_factory):
 # Configuration errors (a tiny model on a folder of images: fast)
 
 
-def tiny_build(tmp_path, only, **options):
+def tiny_build(tmp_path, only, model="tiny_models:tiny_cnn", **options):
     images = write_image_folder(tmp_path / "images", per_class=3, size=(32, 32))
-    cfg = load_config(None, model="tiny_models:tiny_cnn", input_size=[32, 32], channels=3, images=str(images),
+    cfg = load_config(None, model=model, input_size=[32, 32], channels=3, images=str(images),
                       out=str(tmp_path / "site"), only=only, samples=2, **options)
     return build(cfg, log=lambda _msg: None, warn=lambda _msg: None)
 
@@ -240,3 +240,42 @@ def test_tiny_model_top3_and_requested_class_maps(tmp_path):
     assert "top-5 accuracy" not in by_name["top-predictions"]["metrics"]
     manifest = json.loads((Path(report.out) / "manifest.json").read_text())
     assert sections(manifest)["grad-cam"]["status"] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models whose non-linearities are not all ReLUs, and the model's hygiene after a build
+
+CREATED: list = []
+
+
+def silu_cnn():
+    """3x32x32 -> 3 classes, like tiny_cnn but with a SiLU: guided backprop and deconvnet are then approximate."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+    CREATED.append(model)
+    return model
+
+
+def test_non_relu_model_notes_approximate_maps_and_leaves_the_model_unchanged(tmp_path):
+    CREATED.clear()
+    report = tiny_build(tmp_path, ["nonlinearities", "deconvnet", "guided-grad-cam", "gradient"],
+                        model="test_analyses_influence:silu_cnn")
+    by_name = sections(report.manifest)
+    for name in ("deconvnet", "guided-grad-cam"):
+        assert any("not exact on this model" in n and "SiLU" in n for n in by_name[name]["notes"]), name
+    assert not any("not exact" in n for n in by_name["gradient"]["notes"])
+    nl = by_name["nonlinearities"]
+    exact = {row[0]: row[1] for row in nl["items"][1]["rows"]}
+    assert exact["deconvnet"] == exact["guided-backprop"] == "approximate" and exact["gradient"] == "exact"
+    assert nl["metrics"]["other non-linearities"] == 1 and nl["metrics"]["in-place ReLUs"] == 1
+    assert any("SiLU" in n for n in nl["notes"])
+    # no hook left, every parameter as trainable as before and without a .grad
+    (model,) = CREATED
+    for module in model.modules():
+        assert not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -214,6 +214,12 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def nan_mean(values: np.ndarray) -> float:
+    """The mean of the values that are not NaN (NaN when there are none, without numpy's warning)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The attribution pipeline
 
@@ -226,7 +232,7 @@ class AttributionAnalysis(Analysis):
     Params = MapParams
     method: ClassVar[str] = ""  # key of reportgen.methods.attribution.METHODS
     chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
-    map_words: ClassVar[str] = ""  # what a map's value is, for captions
+    map_words: ClassVar[str] = ""  # what a map's value is (a note on the page)
     relu_rules: ClassVar[bool] = False  # True: the method changes the ReLU backward rule
 
     def check(self, ctx: Any, params: Any) -> None:
@@ -297,8 +303,8 @@ class AttributionAnalysis(Analysis):
             scores = mask_scores(heat, mask_stack)
             pred = [k for k, t in enumerate(targets) if t.role == "predicted"]
             # scored on the predicted-class maps: one per sample image, whatever the configured classes
-            result.metrics["object mass share"] = float(np.nanmean(scores[0][pred]))
-            result.metrics["pointing game"] = float(np.nanmean(scores[1][pred]))
+            result.metrics["object mass share"] = nan_mean(scores[0][pred])
+            result.metrics["pointing game"] = nan_mean(scores[1][pred])
             result.metrics["object area (chance)"] = float(mask_stack[pred].mean())
 
         result.notes.append(f"Each map shows {self.words(options)}; "
