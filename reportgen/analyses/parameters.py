@@ -175,7 +175,7 @@ class Filters(Analysis):
                     f"and {float(scale.max()):.3g})")
         of = f"{out_ch} filters" + (f" (the first {out_ch} of {first.weight.shape[0]})"
                                     if first.weight.shape[0] > out_ch else "")
-        cols = min(out_ch, 16)
+        cols = min(out_ch, 8)
         result = Result()
         group = f"First layer: {first_name}"
         if in_ch == 3:

@@ -61,7 +61,7 @@ def perceptron_strip(data: dict):
 
     panels = data["panels"]
     n = len(panels)
-    fig = Figure(figsize=(2.3 * n + 0.2, 2.75), dpi=110, layout="constrained")
+    fig = Figure(figsize=(2.3 * n + 0.2, 3.05), dpi=110, layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         _perceptron_panel(ax, panel, data, small=True)
@@ -80,7 +80,7 @@ def perceptron_frames(data: dict):
 
     frames = []
     for panel in data["panels"]:
-        fig = Figure(figsize=(3.6, 3.6), dpi=100, layout="constrained")
+        fig = Figure(figsize=(3.4, 3.4), dpi=90, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         _perceptron_panel(ax, panel, data)
@@ -108,8 +108,13 @@ def histogram(data: dict):
                 ax.axvline(data["mean"] + s * data["std"], color="#d0504a", linewidth=0.8, linestyle="--",
                            label=f"± std {data['std']:.3g}" if s == 1 else None)
         ax.legend(fontsize=7)
-    if edges[0] < 0 < edges[-1]:
-        ax.axvline(0.0, color="black", linewidth=0.6, alpha=0.6)
+    used = np.flatnonzero(counts)
+    if len(used):  # the streamed histogram's range doubles when it grows: do not show its empty margins
+        lo, hi = edges[used[0]], edges[used[-1] + 1]
+        pad = 0.03 * (hi - lo)
+        ax.set_xlim(lo - pad, hi + pad)
+        if lo < 0 < hi:
+            ax.axvline(0.0, color="black", linewidth=0.6, alpha=0.6)
     ax.set_xlabel(data.get("xlabel", "activation"))
     ax.set_ylabel("count (log)" if data.get("logy", True) else "count")
     if data.get("title"):
