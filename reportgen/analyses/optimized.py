@@ -72,14 +72,14 @@ class RealismParams:
         min=0.0, max=100.0))
 
 
-def _maximize(ctx, objective, n: int, params: RealismParams, generator) -> Any:
+def _maximize(ctx, objective, n: int, params: RealismParams, generator, truncate: bool = False) -> Any:
     from ..methods.optimize import maximize
 
     return maximize(
         ctx.model, objective, shape=(n, *ctx.loaded.input.shape), steps=params.steps, lr=params.lr,
         l2_weight=params.l2_weight, edge_weight=params.edge_weight, blur_every=params.blur_every,
         blur_sigma=params.blur_sigma, jitter=params.jitter, zero_small=params.zero_small or None,
-        clamp=_clamp(ctx), generator=generator)
+        clamp=_clamp(ctx), generator=generator, truncate=truncate)
 
 
 def _settings_note(params: RealismParams) -> str:
@@ -257,7 +257,8 @@ class UnitMax(Analysis):
                 chans = list(range(k))
             else:
                 chans = sorted(torch.randperm(n_ch, generator=gen)[:k].tolist())
-            res = _maximize(ctx, channel(layer, chans), k, params, gen)
+            # truncated: the layers after this one do not change its output, so they need not run
+            res = _maximize(ctx, channel(layer, chans), k, params, gen, truncate=True)
             pix = _pixels(ctx, res.images)
             mean = (stats.total[layer] / max(stats.count, 1)).numpy()
             peak = stats.peak[layer].numpy()

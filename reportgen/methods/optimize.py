@@ -287,6 +287,38 @@ def _roll(x: torch.Tensor, jitter: int, generator: torch.Generator | None) -> to
 # Activation maximization
 
 
+class _StopForward(Exception):
+    """Raised by `_stop_after`'s hook to end a forward pass once the watched layer has run."""
+
+
+@contextmanager
+def _stop_after(model: nn.Module, layer: str, active: bool = True):
+    """When ``active``, forward passes of ``model`` end right after ``layer`` (the caller catches `_StopForward`).
+
+    Registered after `capture`'s hook on the same module, so the output is recorded first.
+    """
+    if not active:
+        yield
+        return
+
+    def stop(_module, _inputs, _output):
+        raise _StopForward
+
+    handle = resolve_layer(model, layer).register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``model(x)``, or None when `_stop_after` ended the pass early."""
+    try:
+        return model(x)
+    except _StopForward:
+        return None
+
+
 @dataclass(frozen=True)
 class MaxDefaults:
     """Default settings of `maximize` and `deepdream`, chosen by looking at class images of small trained CNNs
@@ -359,6 +391,7 @@ def maximize(
     clamp: tuple[Bounds, Bounds] | None = None,
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
+    truncate: bool = False,
 ) -> MaxResult:
     """Images that maximize ``objective`` under realism penalties, optimized with Adam from small noise.
 
@@ -372,9 +405,15 @@ def maximize(
         shape: ``(N, C, H, W)`` of the images when ``init`` is None.
         generator: the only source of randomness (start noise, jitter); same seed, same images.
         init: ``(N, C, H, W)`` start images instead of noise (not modified).
+        truncate: end each forward pass once the one layer the objective reads has run, so later layers cost
+            nothing; only for objectives that read exactly one layer and not the logits (`unit`, `channel`,
+            `layer_energy` and penalties).
 
     Erhan et al. 2009; Simonyan et al. 2014; Yosinski et al. 2015 (https://arxiv.org/abs/1506.06579).
     """
+    if truncate and len(objective.layers) != 1:
+        raise ValueError(f"truncate needs an objective that reads exactly one layer and not the logits; "
+                         f"{objective} reads {list(objective.layers) or 'no layer'}")
     device, dtype = _device_dtype(model)
     if init is not None:
         x0 = init.detach().to(device=device, dtype=dtype).clone()
@@ -392,9 +431,10 @@ def maximize(
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with capture(model, total.layers, keep_live=True, clone=False) as rec:
+        with capture(model, total.layers, keep_live=True, clone=False) as rec, \
+                _stop_after(model, total.layers[0] if truncate else "", truncate):
             for step in range(steps):
-                logits = model(_roll(x, jitter, generator))
+                logits = _forward(model, _roll(x, jitter, generator))
                 scores = total(logits, rec, x)
                 (grad,) = torch.autograd.grad(-scores.sum(), x)
                 rec.clear()  # drop live outputs so the graph of this step can be freed
@@ -410,7 +450,7 @@ def maximize(
                         y = zero_small_pixels(y, zero_small, zero_threshold)
                     x.copy_(clamp_to(y, clamp))
             with torch.no_grad():
-                final = total(model(x), rec, x).detach()
+                final = total(_forward(model, x), rec, x).detach()
                 rec.clear()
     empty = x.new_zeros((0, x.shape[0]))
     return MaxResult(x.detach(), torch.stack(curve) if curve else empty, final)
@@ -418,30 +458,6 @@ def maximize(
 
 # --------------------------------------------------------------------------------------------------------------------
 # DeepDream
-
-
-class _StopForward(Exception):
-    """Raised by `_stop_after`'s hook to end a forward pass once the watched layer has run."""
-
-
-@contextmanager
-def _stop_after(model: nn.Module, layer: str, active: bool = True):
-    """When ``active``, forward passes of ``model`` end right after ``layer`` (the caller catches `_StopForward`).
-
-    Registered after `capture`'s hook on the same module, so the output is recorded first.
-    """
-    if not active:
-        yield
-        return
-
-    def stop(_module, _inputs, _output):
-        raise _StopForward
-
-    handle = resolve_layer(model, layer).register_forward_hook(stop)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def deepdream(
@@ -489,10 +505,7 @@ def deepdream(
                 for _ in range(steps_per_octave):
                     dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist() if jitter else (0, 0)
                     shifted = torch.roll(img, (dy, dx), (2, 3)).requires_grad_(True)
-                    try:
-                        model(shifted)
-                    except _StopForward:
-                        pass
+                    _forward(model, shifted)
                     (grad,) = torch.autograd.grad(objective(None, rec, shifted).sum(), shifted)
                     rec.clear()
                     grad = torch.roll(grad, (-dy, -dx), (2, 3))
