@@ -231,8 +231,9 @@ def test_grad_cam_unknown_layer_suggests_close_names(tmp_path):
 
 
 def test_tiny_model_top3_and_requested_class_maps(tmp_path):
-    report = tiny_build(tmp_path, ["top-predictions", "grad-cam"], classes=["dog"],
-                        analysis={"grad-cam": {"scale": "shared"}})
+    report = tiny_build(tmp_path, ["top-predictions", "grad-cam", "occlusion"], classes=["dog"],
+                        analysis={"grad-cam": {"scale": "shared"},
+                                  "occlusion": {"per_pixel": False, "window": 16, "stride": 8, "scale": "shared"}})
     by_name = sections(report.manifest)
     tables = [i for i in by_name["top-predictions"]["items"] if i["type"] == "table"]
     assert len(tables) == 2 and all(len(t["rows"]) == 3 for t in tables)  # 3 classes: a top-3
@@ -240,6 +241,12 @@ def test_tiny_model_top3_and_requested_class_maps(tmp_path):
     assert "top-5 accuracy" not in by_name["top-predictions"]["metrics"]
     manifest = json.loads((Path(report.out) / "manifest.json").read_text())
     assert sections(manifest)["grad-cam"]["status"] == "ok"
+    # every sample gets a map of the requested class (as such, or as its predicted or true class already)
+    samples = {s["index"] for s in manifest["images"]["samples"]}
+    assert {i["image"] for i in sections(manifest)["grad-cam"]["items"] if ": dog (" in i["label"]} == samples
+    # one value per patch position: a 3x3 grid of cells, drawn without the image and enlarged for the page
+    occ = sections(manifest)["occlusion"]["items"][0]
+    assert "one cell per position" in occ["caption"] and occ["width"] == occ["height"] == 162
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def class_targets(samples: list[int], preds: list[int], labels: list[int], reque
 def _scale_field() -> Any:
     return field(default="both", metadata=doc(
         "Colour scale of the maps: one scale shared by all maps of the method (comparable), each map on its own "
-        "scale, or both (two groups).", choices=SCALES))
+        "scale, or both (side by side).", choices=SCALES))
 
 
 def _percentile_field() -> Any:
@@ -128,14 +128,14 @@ class MapParams:
 @dataclass
 class OcclusionParams:
     window: Optional[int] = field(default=None, metadata=doc(
-        "Side of the square grey patch in pixels; empty = a quarter of the image side.", min=1))
+        "Side of the square patch in pixels; empty = a quarter of the image side.", min=1))
     stride: Optional[int] = field(default=None, metadata=doc(
         "Step between patch positions in pixels; empty = half the window.", min=1))
     fill: float = field(default=0.0, metadata=doc(
         "Value of the hidden pixels in normalized input units (0 = the normalization mean colour)."))
     per_pixel: bool = field(default=True, metadata=doc(
         "Spread each patch's drop over its pixels (mean over the patches covering a pixel); false = one value "
-        "per patch position, upsampled."))
+        "per patch position, shown as a small grid of cells without the image."))
     score: str = field(default="logit", metadata=doc(
         "What drops: the class logit or its softmax probability.", choices=("logit", "prob")))
     scale: str = _scale_field()
