@@ -8,6 +8,12 @@ Synthetic, seeded data (Gaussian clusters), nothing downloaded. Prints one line 
   * scikit-learn's own default threading (no thread limit), for reference, and whether its result differs;
   * ``embed_layers`` over all layers: sequential (n_jobs=1) vs two worker processes, and that both agree;
   * the break-even size for worker processes (``PARALLEL_MIN_POINTS``).
+
+    .venv/bin/python benchmarks/bench_embed.py --zoo lenet-digits [--points 1000]
+
+times the embeddings analysis per layer on a zoo model's real features instead (input, its default layers, logits,
+kept as the analysis keeps them: a seeded reservoir sample, maps pooled to at most 4096 numbers): PCA, t-SNE and
+k-NN seconds per layer. Shipped weights when present, else seeded random ones (t-SNE time hardly depends on them).
 Wall times depend on what else runs on the machine; CPU seconds (``/usr/bin/time``) are steadier.
 """
 
@@ -41,13 +47,65 @@ def timed(fn, repeat: int):
     return best, out
 
 
+def zoo_features(name: str, points: int, max_dim: int = 4096):
+    """{key: (M, D)} features and labels of a zoo model's test split, collected as the embeddings analysis does."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import models_zoo
+    from reportgen.analyses.activations import FeatureSample
+    from reportgen.capture import capture
+    from reportgen.layers import default_layers, layer_table
+
+    entry = models_zoo.get(name)
+    try:
+        model = entry.load_pretrained()
+    except (FileNotFoundError, RuntimeError):
+        torch.manual_seed(0)
+        model = entry.build_model().eval()
+    data = entry.load_dataset("test")
+    layers = default_layers(layer_table(model, (entry.channels, *entry.input_size)))
+    sampler = FeatureSample(layers, points, max_dim, np.random.default_rng(0))
+    with capture(model, layers) as rec, torch.no_grad():
+        for start in range(0, len(data), 64):
+            x = entry.preprocess(data.inputs[start:start + 64])
+            logits = model(x)
+            batch = SimpleNamespace(inputs=x, indices=torch.arange(start, start + len(x)),
+                                    labels=torch.from_numpy(data.labels[start:start + 64]))
+            sampler.update(batch, {k: rec.acts[k] for k in layers}, logits)
+    feats, _, labels, _ = sampler.collected()
+    return feats, labels
+
+
+def bench_zoo(name: str, points: int, repeat: int) -> None:
+    from reportgen.methods.embed import embed_pca, knn_accuracy
+
+    feats, labels = zoo_features(name, points)
+    embed_tsne(next(iter(feats.values()))[:50])  # warm imports
+    print(f"zoo={name} cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} points={len(labels)}")
+    total = 0.0
+    for key, x in feats.items():
+        t_pca, _ = timed(lambda: embed_pca(x), repeat)
+        t_tsne, _ = timed(lambda: embed_tsne(x), repeat)
+        t_knn, acc = timed(lambda: knn_accuracy(x, labels), repeat)
+        total += t_tsne
+        print(f"{key:>16}  D={x.shape[1]:>6}  pca {t_pca:6.2f} s  t-SNE {t_tsne:6.2f} s  k-NN {t_knn:5.2f} s "
+              f"(acc {acc:.3f})")
+    print(f"t-SNE total {total:.2f} s over {len(feats)} layers, {total / len(feats):.2f} s per layer")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", default=None, help="time the embeddings analysis on this zoo model's features")
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--dims", type=int, nargs="+", default=[784, 4096])
     parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
     parser.add_argument("--small", type=int, nargs="*", default=[100, 300], help="sizes for the break-even check")
     args = parser.parse_args()
+    if args.zoo:
+        bench_zoo(args.zoo, args.points, args.repeat)
+        return
 
     from sklearn.manifold import TSNE
 
