@@ -58,7 +58,8 @@ class RealismParams:
 
     steps: int = field(default=200, metadata=doc("Adam steps from small noise.", min=1, max=5000))
     lr: float = field(default=0.05, metadata=doc("Adam learning rate, in normalized input units.", min=0.0, max=10.0))
-    l2_weight: float = field(default=0.0, metadata=doc(
+    # 1e-3 keeps the class evidence (p(class) as without it) and pulls the unused background to the data mean grey
+    l2_weight: float = field(default=1e-3, metadata=doc(
         "Weight of the L2 penalty ||x||^2 (pulls pixels toward the data mean); 0 = off.", min=0.0))
     edge_weight: float = field(default=0.0, metadata=doc(
         "Weight of the multi-scale edge-energy penalty (suppresses high frequencies); 0 = off.", min=0.0))
@@ -218,6 +219,9 @@ class ChannelStats(Reducer):
 @dataclass
 class UnitMaxParams(RealismParams):
     steps: int = field(default=100, metadata=doc("Adam steps from small noise.", min=1, max=5000))
+    # a channel's spatial mean has a tiny gradient per pixel: any L2 weight that matters for class logits greys it out
+    l2_weight: float = field(default=0.0, metadata=doc(
+        "Weight of the L2 penalty ||x||^2 (pulls pixels toward the data mean); 0 = off.", min=0.0))
     channels: int = field(default=8, metadata=doc("Channels drawn per selected conv layer.", min=1, max=256))
     which: str = field(default="first", metadata=doc(
         "Which channels: the first ones, or a seeded random pick.", choices=("first", "seeded")))
