@@ -219,7 +219,7 @@ def _registry() -> dict[str, ZooEntry]:
             class_names=shapes.CLASS_NAMES,
             builder=_net("ShapesCNN"),
             loader=datasets.shapes_data,
-            recipe=Recipe(epochs=10, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
+            recipe=Recipe(epochs=10, lr=2e-3, batch_size=32, weight_decay=1e-4, flips=True),
         ),
         ZooEntry(
             name="shapes-resnet",

@@ -59,10 +59,11 @@ def train_all(seed: int, names: list[str]) -> None:
 _HEADER = """# Zoo results
 
 Measured by `OMP_NUM_THREADS=1 python -m models_zoo train-all NAME` (seed 0, CPU only) on this project's 2-core
-machine while other jobs kept its load average near 10. Under that load torch's default 2 threads ran 4-6x slower
-than 1 thread (its threads wait on each other whenever one is descheduled), so the numbers are 1-thread numbers: an
-upper bound for an idle 2-core machine. Wall seconds include generating or loading the data and evaluating the test
-split after every epoch; CPU seconds are the process's user + system time.
+machine while other jobs kept its load average between 10 and 14. Under that load torch's default 2 threads ran
+4-6x slower than 1 thread (its threads wait on each other whenever one is descheduled), so these are 1-thread runs.
+CPU seconds (the process's user + system time) are what a 1-thread run needs, i.e. about its wall time on an idle
+core, and an upper bound for 2 idle cores; the wall seconds are inflated by the shared load. Both include generating
+or loading the data and evaluating the test split after every epoch.
 
 | name | params | test accuracy | wall seconds | CPU seconds | command |
 |---|---:|---:|---:|---:|---|

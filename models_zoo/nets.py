@@ -45,13 +45,14 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
 class ShapesCNN(nn.Module):
     """VGG-style 3x3 conv + BN + ReLU stacks, global average pooling and ONE linear layer (CAM applies).
 
-    The last conv is ``features.conv4`` (its activation ``features.relu4``, 8x8).
+    Three conv + pool stages (64 -> 8 pixels) then two convs at 8x8, whose receptive field (54 px) covers the
+    largest shapes; the last conv is ``features.conv5`` (its activation ``features.relu5``, 8x8).
 
     (N, 3, 64, 64) -> logits (N, num_classes). Simonyan & Zisserman 2014, https://arxiv.org/abs/1409.1556; the
     GAP + linear head follows Zhou et al. 2016 (CAM), https://arxiv.org/abs/1512.04150.
     """
 
-    def __init__(self, num_classes: int = 8, channels: tuple[int, ...] = (16, 32, 64, 64)) -> None:
+    def __init__(self, num_classes: int = 8, channels: tuple[int, ...] = (16, 32, 64, 64, 64), pools: int = 3) -> None:
         super().__init__()
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         c_in = 3
@@ -61,7 +62,7 @@ class ShapesCNN(nn.Module):
             layers[f"bn{i}"] = nn.BatchNorm2d(c_out)
             # Not in place: in-place ReLUs after a watched conv would overwrite what a hook saw without cloning.
             layers[f"relu{i}"] = nn.ReLU()
-            if i < len(channels):  # the last conv keeps its 8x8 resolution for class activation maps
+            if i <= pools:  # the last convs keep an 8x8 resolution for class activation maps
                 layers[f"pool{i}"] = nn.MaxPool2d(2)
             c_in = c_out
         self.features = nn.Sequential(layers)

@@ -46,7 +46,7 @@ def test_named_layers():
         "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2"
     ]  # fmt: skip
     cnn = names["shapes-cnn"]
-    assert isinstance(cnn["features.conv4"], torch.nn.Conv2d) and isinstance(cnn["fc"], torch.nn.Linear)
+    assert isinstance(cnn["features.conv5"], torch.nn.Conv2d) and isinstance(cnn["fc"], torch.nn.Linear)
     assert sum(isinstance(m, torch.nn.Linear) for m in cnn.values()) == 1  # GAP + one linear layer: CAM applies
     from torchvision.models.resnet import BasicBlock
 
