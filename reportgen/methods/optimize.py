@@ -321,8 +321,15 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 
 @dataclass(frozen=True)
 class MaxDefaults:
-    """Default settings of `maximize` and `deepdream`, chosen by looking at class images of small trained CNNs
-    (32-64 px inputs). Every field is also a keyword argument of the function that uses it."""
+    """Default settings of `maximize` and `deepdream`; every field is also a keyword argument of the function that
+    uses it.
+
+    Chosen by looking at the 8 class images (64x64, 120-200 steps, clamped to the pixel range) of a VGG-style shapes
+    CNN: without jitter and blur the images are dominated by pixel-level noise; a 0.5-pixel blur every 4 steps with
+    2-pixel jitter keeps the class patterns and removes that noise; a 1-pixel blur every 2 steps washes them out.
+    On a global-average-pooled net, ``class_logit`` raises every logit, so for images that the model gives to their
+    class use ``class_prob`` or subtract a penalty.
+    """
 
     steps: int = 200
     """Adam steps of `maximize`."""
