@@ -48,10 +48,6 @@ def _map_layers(ctx) -> list[str]:
     return [name for name in ctx.layers if name in rec.acts and rec.acts[name].dim() == 4]
 
 
-def _channels_text(ctx) -> str:
-    return "one grey channel" if ctx.loaded.input.channels == 1 else f"{ctx.loaded.input.channels} channels"
-
-
 @dataclass
 class RealismParams:
     """Settings of `reportgen.methods.optimize.maximize` shared by class-max and unit-max."""
@@ -484,7 +480,7 @@ class Adversarial(Analysis):
         result.metrics["mean change % (successes)"] = float(rel[ok].mean()) if ok.any() else float("nan")
 
         if params.targeted:
-            result.items.append(self.targeted(ctx, params, x, res, common, result))
+            result.items.append(self.targeted(ctx, params, x, common, result))
 
         if params.sphere_points and ok.any():
             sel = np.flatnonzero(ok)
@@ -529,7 +525,7 @@ class Adversarial(Analysis):
         return diff, vmax, (f"adversarial - original {where}, magnified {1 / vmax:.0f}x: full red / blue = "
                             f"+/-{vmax:.3g} of the [0, 1] pixel range (this image's largest change); white = 0.")
 
-    def targeted(self, ctx, params, x, untargeted, common, result) -> Table:
+    def targeted(self, ctx, params, x, common, result) -> Table:
         import torch
 
         from ..methods.adversarial import adversarial
