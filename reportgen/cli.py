@@ -91,11 +91,11 @@ def parse_size(value: Optional[str]) -> Optional[list[int]]:
     try:
         nums = [int(p) for p in parts if p]
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not a size: write HxW, e.g. 64x64", param_hint="--input-size")
+        raise ReportgenError(f"--input-size '{value}' is not a size: write HxW, e.g. 64x64")
     if len(nums) == 1:
         nums = nums * 2
     if len(nums) != 2 or min(nums) <= 0:
-        raise click.BadParameter(f"'{value}' is not a size: write HxW, e.g. 64x64", param_hint="--input-size")
+        raise ReportgenError(f"--input-size '{value}' is not a size: write HxW of positive integers, e.g. 64x64")
     return nums
 
 
@@ -105,7 +105,7 @@ def parse_floats(value: Optional[str], name: str) -> Optional[list[float]]:
     try:
         return [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint=name)
+        raise ReportgenError(f"{name} '{value}' is not a comma-separated list of numbers: write e.g. 0.5,0.5,0.5")
 
 
 def input_options(fn: Callable) -> Callable:

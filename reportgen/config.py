@@ -90,7 +90,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        return f"a list of {_type_name(args[0])}" if args else "a list"
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return f"a list of {plural.get(args[0], _type_name(args[0]))}" if args else "a list"
     if origin is dict:
         return "a table"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
@@ -157,7 +158,7 @@ def read_toml(path: Path) -> dict:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}; fix the syntax there") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file '{path}' cannot be read: {exc}") from None
 

@@ -205,7 +205,18 @@ def folder_image_set(root: str | Path, spec: InputSpec) -> ImageSet:
     image_set = ImageSet(source=str(root), names=[r.as_posix() for r in rel], labels=labels,
                          class_names=class_names, spec=spec, _load=lambda i: None)
     counts = image_set.conversions
-    image_set._load = lambda i: read_image(files[i], spec, counts)
+    counted: set[int] = set()
+
+    def load(i: int) -> np.ndarray:
+        mine: dict[str, int] = {}
+        arr = read_image(files[i], spec, mine)
+        if i not in counted:  # pages decode some images again: count each image's conversions once
+            counted.add(i)
+            for key, n in mine.items():
+                counts[key] = counts.get(key, 0) + n
+        return arr
+
+    image_set._load = load
     return image_set
 
 

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -89,7 +90,9 @@ def read_state_dict(path: str | Path) -> dict:
         except Exception as exc:  # safetensors raises several types for damaged files
             raise ModelError(f"weights file '{path}' is not a valid safetensors file ({exc}): re-export it") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are noise to the user
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
@@ -304,7 +307,9 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None) -> Loade
         if path.is_dir():
             raise ModelError(f"model '{spec}' is a folder: give a TorchScript file, a zoo name or module:factory")
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # the deprecation notice of torch.jit.load is not the user's to fix
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}): export it with "
@@ -337,7 +342,8 @@ def check_output(loaded: LoadedModel, image_class_names: Optional[list[str]] = N
     """
     import torch
 
-    probe = torch.zeros((1, *loaded.input.shape))
+    # two inputs, so that a model that mixes or drops the batch dimension is caught here, not mid-build
+    probe = torch.zeros((2, *loaded.input.shape))
     try:
         with torch.no_grad():
             out = loaded.model(probe)
@@ -345,10 +351,13 @@ def check_output(loaded: LoadedModel, image_class_names: Optional[list[str]] = N
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(f"model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} ({first}): "
                          "check --input-size and --channels") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"model '{loaded.spec}' returns {shape}, not (N, classes) logits: "
                          "wrap it so forward returns class scores")
+    if out.shape[0] != probe.shape[0]:
+        raise ModelError(f"model '{loaded.spec}' returns {tuple(out.shape)} for a batch of {probe.shape[0]}: "
+                         "its output must have one row per input image")
     k = int(out.shape[1])
     if not loaded.class_names:
         if image_class_names and len(image_class_names) == k:
