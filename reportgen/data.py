@@ -167,6 +167,7 @@ def read_image(path: Path, spec: InputSpec, counts: dict[str, int]) -> np.ndarra
         if path.stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's notes on one odd file (corrupt EXIF, ...) are noise on the console
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
