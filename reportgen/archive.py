@@ -12,17 +12,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from . import __version__
-from .build import (_build_into, check_out_path, interrupts_as_errors, is_report_folder,
-                    resolve_params, select_analyses, site_lock, swap_into_place)
+from .build import _build_into, check_out_path, is_report_folder, resolve_params, select_analyses, staged_site
 from .config import BuildConfig, config_dict
 from .errors import ConfigError, ModelError
 
@@ -117,43 +115,36 @@ def archive(cfg: BuildConfig, checkpoint_args: list[str], *, log: Callable[[str]
     analyses = select_analyses(cfg)
     params = resolve_params(analyses, cfg)
     summary = {"built": [], "reused": [], "seconds": 0.0}
-    with site_lock(out), interrupts_as_errors():
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        try:
-            tmp.mkdir()
-            snapshots = []
-            for c in checkpoints:
-                model = cfg.model or c.zoo
-                if model is None:
-                    raise ConfigError(f"checkpoint '{c.path}' does not name its model: give MODEL "
-                                      "(a zoo name, torchvision:ARCH or module:factory)")
-                snap_cfg = dataclasses.replace(cfg, model=model, weights=str(c.path))
-                ck_sha = sha256_file(c.path)
-                fp = snapshot_fingerprint(ck_sha, image_set_fingerprint(cfg.images, cfg, model), snap_cfg)
-                target = tmp / "snapshots" / c.label
-                previous = _find_previous(out, fp)
-                if previous is not None:
-                    shutil.copytree(previous, target)
-                    summary["reused"].append(c.label)
-                    log(f"{c.label}: unchanged, reused")
-                else:
-                    target.mkdir(parents=True)
-                    log(f"{c.label}: building from {c.path.name}")
-                    snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
-                                "step": c.step, "label": c.label}
-                    _build_into(snap_cfg, analyses, params, target, log, warn, progress, verbose,
-                                time.perf_counter(), extra={"snapshot": snapshot})
-                    summary["built"].append(c.label)
-                manifest = json.loads((target / "manifest.json").read_text())
-                snapshots.append({"label": c.label, "step": c.step, "checkpoint": c.path.name,
-                                  "path": f"snapshots/{c.label}/index.html", "manifest": manifest})
-            from .archive_index import render_archive
+    with staged_site(out, [cfg.images]) as tmp:
+        snapshots = []
+        for c in checkpoints:
+            model = cfg.model or c.zoo
+            if model is None:
+                raise ConfigError(f"checkpoint '{c.path}' does not name its model: give MODEL "
+                                  "(a zoo name, torchvision:ARCH or module:factory)")
+            snap_cfg = dataclasses.replace(cfg, model=model, weights=str(c.path))
+            ck_sha = sha256_file(c.path)
+            fp = snapshot_fingerprint(ck_sha, image_set_fingerprint(cfg.images, cfg, model), snap_cfg)
+            target = tmp / "snapshots" / c.label
+            previous = _find_previous(out, fp)
+            if previous is not None:
+                shutil.copytree(previous, target)
+                summary["reused"].append(c.label)
+                log(f"{c.label}: unchanged, reused")
+            else:
+                target.mkdir(parents=True)
+                log(f"{c.label}: building from {c.path.name}")
+                snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
+                            "step": c.step, "label": c.label}
+                _build_into(snap_cfg, analyses, params, target, log, warn, progress, verbose,
+                            time.perf_counter(), extra={"snapshot": snapshot})
+                summary["built"].append(c.label)
+            manifest = json.loads((target / "manifest.json").read_text())
+            snapshots.append({"label": c.label, "step": c.step, "checkpoint": c.path.name,
+                              "path": f"snapshots/{c.label}/index.html", "manifest": manifest})
+        from .archive_index import render_archive
 
-            render_archive(tmp, snapshots, cfg)
-            swap_into_place(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        render_archive(tmp, snapshots, cfg)
     summary["seconds"] = time.perf_counter() - t0
     summary["out"] = out
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
     if any(r["accuracy"] is not None for r in rows):
         charts.append(imaging.render_item(Plot(
             key="accuracy", kind="lines", label="Accuracy and loss per checkpoint",
-            caption="Accuracy (left) and mean cross-entropy loss on the image set, per checkpoint.",
+            caption="Accuracy and mean cross-entropy loss on the image set (same axis), per checkpoint.",
             data={"x": steps, "series": {"accuracy": [r["accuracy"] for r in rows],
                                          "loss": [r["loss"] for r in rows]},
                   "xlabel": "epoch / step", "ylabel": "value", "marker": True}), writer, "img/archive"))
@@ -110,5 +111,10 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
     for asset in sorted(static.iterdir()):
         if asset.is_file():
             writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
-    manifest["files"] = dict(sorted(writer.hashes.items()))
+    # every file of the archive, the snapshots' included, so a rebuild can tell them from files a user dropped in
+    files = dict(writer.hashes)
+    for path in sorted((root / "snapshots").rglob("*")) if (root / "snapshots").is_dir() else []:
+        if path.is_file():
+            files[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["files"] = dict(sorted(files.items()))
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -309,12 +309,26 @@ def build(cfg: BuildConfig, *, log: Callable[[str], None] = print, warn: Callabl
     check_replaceable(out, [model_file, cfg.weights, cfg.images])
     analyses = select_analyses(cfg)
     params = resolve_params(analyses, cfg)
-    # signals first, so that the lock file and the temporary folder are removed whatever stops the build
+    with staged_site(out, []) as tmp:
+        report = _build_into(cfg, analyses, params, tmp, log, warn, progress, verbose, t0)
+    report.out = out
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+@contextmanager
+def staged_site(out: Path, inputs: list[Optional[str]]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; when the block succeeds, swap it into place as ``out``.
+
+    Signals are handled first, so that the lock file and the temporary folder are removed whatever stops the
+    build; on any error the previous site stays as it was and the temporary folder is deleted.
+    """
+    check_replaceable(out, inputs)
     with interrupts_as_errors(), site_lock(out):
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         try:
             tmp.mkdir()
-            report = _build_into(cfg, analyses, params, tmp, log, warn, progress, verbose, t0)
+            yield tmp
             # a report folder replaced meanwhile by something else must not be deleted
             if out.exists() and any(out.iterdir()) and not is_report_folder(out):
                 raise OutputError(f"--out '{out}' changed during the build and is no longer a reportgen site: "
@@ -325,9 +339,6 @@ def build(cfg: BuildConfig, *, log: Callable[[str], None] = print, warn: Callabl
             with _held_signals():  # a second Ctrl-C must not cut the clean-up short; the build is ending anyway
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
-    report.out = out
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def _build_into(cfg, analyses, params, tmp: Path, log, warn, progress, verbose, t0,

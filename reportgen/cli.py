@@ -239,8 +239,6 @@ def zoo_train(name, out_dir, seed, epochs, output: Output):
     """Retrain zoo model NAME (seeded), saving a checkpoint after every epoch."""
     from pathlib import Path
 
-    import models_zoo
-
     entry = _zoo_entry(name)
     target = Path(out_dir or f"checkpoints/{name}")
     if target.exists() and not target.is_dir():

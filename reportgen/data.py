@@ -90,8 +90,6 @@ class ImageSet:
     def batches(self, batch_size: int, device: Any = "cpu",
                 on_bad: Optional[Callable[[str, str], None]] = None) -> Iterator[Batch]:
         """Decode and normalize the set in batches; unreadable images are skipped and recorded in ``skipped``."""
-        import torch
-
         self.skipped.clear()
         idx, arrays = [], []
         for i in range(len(self)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from click.testing import CliRunner
 
@@ -107,5 +106,18 @@ def test_same_inputs_give_the_same_files(tmp_path):
     assert first == second
 
 
-# Small step counts so that the reproducibility build takes seconds; unknown analyses are dropped below.
-FAST_CONFIG = ""
+# Small step counts so that the reproducibility build takes seconds (every analysis still runs).
+FAST_CONFIG = """
+[analysis.embeddings]
+max_points = 60
+perplexity = 10.0
+[analysis.smoothgrad]
+n = 4
+[analysis.class-max]
+steps = 10
+[analysis.unit-max]
+steps = 5
+[analysis.adversarial]
+steps = 10
+sphere_points = 50
+"""

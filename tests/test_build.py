@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import TINY_ARGS, write_image_folder
+from conftest import TINY_ARGS
 from reportgen.cli import main
 
 
