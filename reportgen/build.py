@@ -287,7 +287,15 @@ def run_pass(ctx: Any, reducers: dict, batch_size: int, warn: Callable[[str], No
     batches = ctx.images.batches(batch_size, ctx.device, on_bad=lambda name, why: warn(f"skipped image '{name}': {why}"))
     with capture(ctx.model, layers) as rec, torch.no_grad():
         for batch in ctx.iterate(batches, length=(n + batch_size - 1) // batch_size, label="forward pass"):
-            out = ctx.model(batch.inputs)
+            try:
+                out = ctx.model(batch.inputs)
+            except Exception as exc:  # the user's model failing on real data is a model problem, said in one line
+                from .errors import ModelError
+
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise ModelError(f"model '{ctx.loaded.spec}' failed on a batch of the image set "
+                                 f"({type(exc).__name__}: {first}): check that it runs on inputs of shape "
+                                 f"{tuple(batch.inputs.shape)}") from None
             for reducer in reducers.values():
                 reducer.update(batch, {name: rec.acts[name] for name in reducer.layers}, out)
             indices.append(batch.indices.numpy())

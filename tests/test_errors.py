@@ -621,3 +621,19 @@ def test_interrupt_during_the_swap_is_deferred_until_the_new_site_is_in_place(tm
     assert "new site is complete" in result.output
     assert json.loads((out / "manifest.json").read_text())["seed"] == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "site"]
+
+
+def test_model_failing_during_the_pass_is_one_line(tmp_path, image_folder):
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+
+    out = tmp_path / "site"
+    result = CliRunner().invoke(main, ["build", "tiny_models:fails_on_big_batches", "--input-size", "32x32",
+                                       "--channels", "3", "--images", str(image_folder), "--out", str(out),
+                                       "--batch-size", "4", "--only", "predictions"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "failed on a batch of the image set" in lines[0]
+    assert "shape mismatch inside the model" in lines[0] and "Traceback" not in result.output
+    assert not out.exists()

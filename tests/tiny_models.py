@@ -29,3 +29,20 @@ class BadOutput(nn.Module):
 
 def bad_output() -> nn.Module:
     return BadOutput()
+
+
+class FailsOnBigBatches(nn.Module):
+    """Passes the two-image probe, then fails on the first real batch (as a model with a hidden size bug would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_cnn()
+
+    def forward(self, x):
+        if x.shape[0] > 2:
+            raise RuntimeError("shape mismatch inside the model")
+        return self.net(x)
+
+
+def fails_on_big_batches() -> nn.Module:
+    return FailsOnBigBatches()
