@@ -79,7 +79,8 @@ def shapes_site(tmp_path_factory):
     """shapes-cnn, 64x64 RGB, every analysis with few steps."""
     tmp = tmp_path_factory.mktemp("shapes")
     out, sections = site_build(tmp, "shapes-cnn", {
-        "class-max": {"steps": 6, "target": "prob", "edge_weight": 0.001, "l2_weight": 0.001, "zero_small": 10.0},
+        "class-max": {"steps": 6, "target": "prob", "edge_weight": 0.001, "l2_weight": 0.001, "zero_small": 10.0,
+                      "fourier": False, "blur_every": 4, "window": 0.0},
         "unit-max": {"steps": 4, "channels": 2},
         "deepdream": {"images": 1, "steps_per_octave": 2, "layer": "features.conv2"},
         "adversarial": {"steps": 5, "sphere_points": 16, "norm": "linf", "stop_at_change": False,
@@ -120,6 +121,32 @@ def test_trained_lenet_class_images_are_classified_as_their_class(lenet_site):
         pytest.skip("zoo weights for lenet-digits are not trained in this checkout")
     m = sections["class-max"]["metrics"]
     assert m["classified as their class"] == 1.0 and m["mean p(class)"] > 0.9
+
+
+def test_shapes_class_images_at_the_defaults_are_one_centred_object_of_their_class():
+    """The issue: shapes-cnn (global average pooling) class images must show one shape, not a tiling; at least 6
+    of the 8 are classified as their class by the model itself."""
+    import models_zoo
+    from reportgen.analyses.optimized import ClassMaxParams, _settings_note
+    from reportgen.methods.optimize import class_logit, maximize, pixel_bounds, window_mask
+
+    entry = models_zoo.get("shapes-cnn")
+    if not entry.weights_path().is_file():
+        pytest.skip("zoo weights for shapes-cnn are not trained in this checkout")
+    model = entry.load_pretrained()
+    p = ClassMaxParams()
+    assert p.fourier and p.grey and p.window > 0 and p.rotate > 0 and p.target == "logit"
+    res = maximize(model, class_logit(list(range(8))), shape=(8, 3, 64, 64), steps=p.steps, lr=p.lr,
+                   l2_weight=p.l2_weight, blur_every=p.blur_every, jitter=p.jitter, window=p.window,
+                   scale_jitter=p.scale_jitter, rotate=p.rotate, fourier=p.fourier, fourier_decay=p.fourier_decay,
+                   grey=p.grey, clamp=pixel_bounds(entry.mean, entry.std), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hits = int((model(res.images).argmax(1) == torch.arange(8)).sum())
+    assert hits >= 6, hits
+    outside = window_mask(64, 64, p.window) == 0
+    assert (res.images[..., outside] == 0).all()  # the data mean around one centred object
+    note = _settings_note(p)
+    assert "window" in note and "Fourier" in note and "rotation" in note and "grey" in note
 
 
 def test_adversarial_flips_the_label_and_the_sphere_rarely_does(lenet_site):
@@ -268,6 +295,7 @@ def test_deepdream_truncated_leaves_no_hook_after_an_error():
     ("deepdream", {"layer": "nope.conv"}, "analysis.deepdream.layer: unknown layer 'nope.conv'"),
     ("deepdream", {"octaves": 6, "octave_scale": 2.0}, "analysis.deepdream.octaves: 6 octaves"),
     ("class-max", {"target": "softmax"}, "analysis.class-max.target: must be one of logit, prob"),
+    ("class-max", {"zero_small": 10.0}, "analysis.class-max.zero_small: resetting small pixels needs fourier = false"),
 ])
 def test_bad_parameters_are_config_errors(tmp_path, image_folder, name, values, message):
     cfg = load_config(None, model=TINY_ARGS[0], input_size=[32, 32], channels=3, images=str(image_folder),

@@ -15,12 +15,16 @@ from reportgen.methods.optimize import (
     deepdream,
     edge_energy,
     edge_energy_penalty,
+    fourier_image,
+    fourier_scale,
     l2,
     l2_penalty,
     layer_energy,
     maximize,
     pixel_bounds,
+    random_affine,
     unit,
+    window_mask,
     zero_small_pixels,
 )
 
@@ -127,6 +131,8 @@ def unusual_state(model: nn.Module) -> nn.Module:
 
 CALLS = {
     "maximize": lambda m: maximize(m, class_logit(1) - 1e-3 * l2(), shape=(2, 3, 8, 8), steps=3, generator=gen()),
+    "maximize-priors": lambda m: maximize(m, class_logit([0, 1]), shape=(2, 3, 8, 8), steps=3, window=0.9,
+                                          scale_jitter=0.2, rotate=30, fourier=True, grey=True, generator=gen()),
     "maximize-layer": lambda m: maximize(m, channel("2", 1), shape=(1, 3, 8, 8), steps=3, generator=gen()),
     "deepdream": lambda m: deepdream(m, torch.randn(2, 3, 12, 12, generator=gen()), "2", steps_per_octave=2),
     "adversarial": lambda m: adversarial(m, torch.randn(2, 3, 8, 8, generator=gen()), steps=3),
@@ -378,3 +384,89 @@ def test_zoo_lenet_adversarial():
     assert_same(model, snap)
     # measured: 11-35% (median 16%) of the normalized image's norm, whose dark background dominates it
     assert res.success.all() and res.rel_norm.median() < 25.0 and res.rel_norm.max() < 50.0, res.rel_norm
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Priors against tiling: window, random zoom and rotation, Fourier parameterization, grey
+
+
+def test_window_mask_is_one_in_the_middle_and_zero_at_the_corners():
+    a = window_mask(16, 12, 1.0)
+    assert a.shape == (16, 12) and a.min() >= 0 and a.max() <= 1
+    assert a[8, 6] == 1 and a[0, 0] == a[-1, -1] == a[0, -1] == a[-1, 0] == 0
+    assert torch.equal(a, a.flip(0)) and torch.equal(a, a.flip(1))  # centred
+    assert window_mask(16, 16, 0.5).sum() < window_mask(16, 16, 1.0).sum()
+    with pytest.raises(ValueError):
+        window_mask(8, 8, 0.0)
+
+
+@pytest.mark.parametrize("fourier", [False, True])
+def test_window_makes_the_image_the_data_mean_outside(fourier):
+    model = tiny_cnn().eval()
+    res = maximize(model, class_logit(2), shape=(2, 3, 16, 16), steps=10, lr=0.2, window=0.8, fourier=fourier,
+                   generator=gen())
+    alpha = window_mask(16, 16, 0.8)
+    assert (res.images[..., alpha == 0] == 0).all()  # 0 = the data mean in normalized space
+    assert res.images[..., 8, 8].abs().min() > 0
+    assert res.final_scores.shape == (2,) and (res.final_scores > res.curve[0]).all()
+
+
+def test_random_affine_keeps_a_constant_image_constant_and_is_seeded():
+    const = torch.full((3, 2, 10, 10), 0.7)
+    assert torch.allclose(random_affine(const, 0.3, 180, gen()), const, atol=1e-6)
+    x = torch.randn(3, 2, 10, 10, generator=gen(1))
+    assert random_affine(x) is x  # nothing asked, nothing done
+    a, b = random_affine(x, 0.2, 45, gen(5)), random_affine(x, 0.2, 45, gen(5))
+    assert torch.equal(a, b) and not torch.allclose(a, x)
+    assert not torch.equal(a, random_affine(x, 0.2, 45, gen(6)))
+    # a zoom about the centre keeps a centred symmetric blob centred: its mass stays symmetric
+    blob = window_mask(10, 10, 0.6).expand(1, 1, 10, 10)
+    zoomed = random_affine(blob, 0.3, 0, gen())
+    assert torch.allclose(zoomed, zoomed.flip(-1), atol=1e-5) and torch.allclose(zoomed, zoomed.flip(-2), atol=1e-5)
+
+
+def test_fourier_scale_and_image():
+    scale = fourier_scale(8, 9, decay=1.0)
+    assert scale.shape == (8, 5) and torch.isclose(scale.pow(2).mean(), torch.tensor(1.0))
+    assert scale[0, 0] == scale.max() and scale[4, 4] == scale.min()  # DC most, the highest frequency least
+    assert torch.equal(fourier_scale(8, 9, 0.0), torch.ones(8, 5))  # no decay: white
+    spec = torch.randn(2, 3, 8, 5, 2, generator=gen())
+    img = fourier_image(spec, (8, 9), 1.0)
+    assert img.shape == (2, 3, 8, 9) and img.dtype == torch.float32
+    # the inverse: an image's own spectrum gives it back
+    from reportgen.methods.optimize import _fourier_init
+
+    x = torch.randn(2, 3, 8, 9, generator=gen(1))
+    assert torch.allclose(fourier_image(_fourier_init(x, 1.5), (8, 9), 1.5), x, atol=1e-5)
+    # a DC coefficient alone is a constant image
+    dc = torch.zeros(1, 1, 8, 5, 2)
+    dc[0, 0, 0, 0, 0] = 1.0
+    flat = fourier_image(dc, (8, 9), 1.0)
+    assert torch.allclose(flat, flat[0, 0, 0, 0].expand_as(flat)) and flat[0, 0, 0, 0] > 0
+
+
+def test_fourier_maximize_is_seeded_and_clamped():
+    model = tiny_cnn().eval()
+    lo, hi = pixel_bounds([0.5, 0.4, 0.3], [0.25, 0.2, 0.25])
+    kw = dict(shape=(2, 3, 16, 16), steps=15, lr=0.2, fourier=True, clamp=(lo, hi), scale_jitter=0.1, rotate=20)
+    a = maximize(model, class_logit(1), generator=gen(3), **kw)
+    b = maximize(model, class_logit(1), generator=gen(3), **kw)
+    c = maximize(model, class_logit(1), generator=gen(4), **kw)
+    assert torch.equal(a.images, b.images) and torch.equal(a.curve, b.curve) and not torch.equal(a.images, c.images)
+    assert a.images.shape == (2, 3, 16, 16)
+    for ch in range(3):
+        assert a.images[:, ch].min() >= lo[ch] - 1e-6 and a.images[:, ch].max() <= hi[ch] + 1e-6
+    assert (a.final_scores > a.curve[0]).all()
+    with pytest.raises(ValueError, match="fourier"):
+        maximize(model, class_logit(1), shape=(1, 3, 8, 8), steps=1, fourier=True, zero_small=10)
+
+
+@pytest.mark.parametrize("fourier", [False, True])
+def test_grey_gives_equal_channels_inside_every_channel_bound(fourier):
+    model = tiny_cnn().eval()
+    lo, hi = pixel_bounds([0.5, 0.4, 0.3], [0.25, 0.2, 0.25])
+    res = maximize(model, class_logit(0), shape=(2, 3, 8, 8), steps=10, lr=0.5, grey=True, fourier=fourier,
+                   clamp=(lo, hi), generator=gen())
+    assert torch.equal(res.images[:, 0], res.images[:, 1]) and torch.equal(res.images[:, 1], res.images[:, 2])
+    assert res.images.min() >= max(lo) - 1e-6 and res.images.max() <= min(hi) + 1e-6
+    assert (res.final_scores > res.curve[0]).all()

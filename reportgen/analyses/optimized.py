@@ -69,21 +69,33 @@ class RealismParams:
         min=0.0, max=100.0))
 
 
-def _maximize(ctx, objective, n: int, params: RealismParams, generator, truncate: bool = False) -> Any:
+def _maximize(ctx, objective, n: int, params: RealismParams, generator, truncate: bool = False, **extra) -> Any:
     from ..methods.optimize import maximize
 
     return maximize(
         ctx.model, objective, shape=(n, *ctx.loaded.input.shape), steps=params.steps, lr=params.lr,
         l2_weight=params.l2_weight, edge_weight=params.edge_weight, blur_every=params.blur_every,
         blur_sigma=params.blur_sigma, jitter=params.jitter, zero_small=params.zero_small or None,
-        clamp=_clamp(ctx), generator=generator, truncate=truncate)
+        clamp=_clamp(ctx), generator=generator, truncate=truncate, **extra)
 
 
 def _settings_note(params: RealismParams) -> str:
-    parts = [f"{params.steps} Adam steps (learning rate {params.lr:g}) from small Gaussian noise"]
+    fourier = getattr(params, "fourier", False)
+    start = (f"the spectrum of a Fourier parameterization (1/f^{params.fourier_decay:g} weights, so low "
+             "frequencies move most)" if fourier else "the pixels")
+    parts = [f"{params.steps} Adam steps (learning rate {params.lr:g}) on {start}, from small Gaussian noise"]
+    if getattr(params, "grey", False):
+        parts.append("one grey channel shared by all colour channels")
+    if getattr(params, "window", 0):
+        parts.append(f"a centred soft round window (radius {params.window:g} of half the image side) outside "
+                     "which the image fades to the data mean")
     if params.jitter:
         parts.append(f"a random shift of up to {params.jitter} px before each step")
-    if params.blur_every and params.blur_sigma > 0:
+    if getattr(params, "scale_jitter", 0):
+        parts.append(f"a random zoom by up to {100 * params.scale_jitter:g}% before each step")
+    if getattr(params, "rotate", 0):
+        parts.append(f"a random rotation by up to {params.rotate:g} degrees before each step")
+    if params.blur_every and params.blur_sigma > 0 and not fourier:
         parts.append(f"a Gaussian blur (sigma {params.blur_sigma:g} px) every {params.blur_every} steps")
     if params.l2_weight:
         parts.append(f"an L2 penalty of weight {params.l2_weight:g}")
@@ -108,6 +120,32 @@ def _probs(ctx, inputs) -> Any:
 
 @dataclass
 class ClassMaxParams(RealismParams):
+    # Defaults chosen by looking at the class images of shapes-cnn (a global-average-pooled CNN) and lenet-digits.
+    # Plain pixel ascent tiles shapes-cnn's 64x64 image with stripes and dots (GAP adds evidence up over the image);
+    # the window confines it to one centred object, the Fourier spectrum and the grey channel give smooth filled
+    # regions instead of colour noise, and random rotations of up to 45 degrees break the oriented stripes (180
+    # breaks them better but turns lenet's digits into rotation-invariant blobs). The window's flat top (0.7 of its
+    # radius) leaves a 28x28 digit whole.
+    l2_weight: float = field(default=0.0, metadata=doc(
+        "Weight of the L2 penalty ||x||^2 (pulls pixels toward the data mean); 0 = off.", min=0.0))
+    blur_every: int = field(default=0, metadata=doc(
+        "Blur the image every this many steps; 0 = never. Pixel parameterization only (fourier = false).", min=0))
+    window: float = field(default=0.8, metadata=doc(
+        "Radius of a centred soft round window, as a fraction of half the shorter image side: outside it the "
+        "image fades to the data mean, so the model draws one object instead of tiling its evidence; 0 = off.",
+        min=0.0, max=2.0))
+    scale_jitter: float = field(default=0.2, metadata=doc(
+        "Random zoom by a factor in [1 - s, 1 + s] before each step (robustness to scale); 0 = none.",
+        min=0.0, max=0.9))
+    rotate: float = field(default=45.0, metadata=doc(
+        "Random rotation by up to this many degrees before each step (robustness to rotation); 0 = none.",
+        min=0.0, max=180.0))
+    fourier: bool = field(default=True, metadata=doc(
+        "Optimize a 1/f-weighted Fourier spectrum instead of the pixels (smoother images, Olah et al. 2017)."))
+    fourier_decay: float = field(default=1.5, metadata=doc(
+        "Exponent of the 1/f weighting of that spectrum; higher = smoother.", min=0.0, max=4.0))
+    grey: bool = field(default=True, metadata=doc(
+        "Optimize one grey channel shared by all colour channels, so the image shows form, not colour."))
     classes: list[str] = field(default_factory=list, metadata=doc(
         f"Class names to draw; empty = every class when the model has at most {MAX_CLASSES}, else the "
         f"{MAX_CLASSES} most predicted over the image set."))
@@ -128,6 +166,9 @@ class ClassMax(Analysis):
     Params = ClassMaxParams
 
     def check(self, ctx, params):
+        if params.fourier and params.zero_small:
+            raise ConfigError("analysis.class-max.zero_small: resetting small pixels needs fourier = false "
+                              "(the Fourier parameterization has no pixels to reset)")
         unknown = [c for c in params.classes if c not in ctx.class_names]
         if unknown:
             shown = ", ".join(ctx.class_names[:30]) + (", ..." if len(ctx.class_names) > 30 else "")
@@ -152,7 +193,9 @@ class ClassMax(Analysis):
         classes, note = self.pick_classes(ctx, params)
         names = ctx.class_names
         objective = (class_logit if params.target == "logit" else class_prob)(classes)
-        res = _maximize(ctx, objective, len(classes), params, ctx.generator(self.name))
+        res = _maximize(ctx, objective, len(classes), params, ctx.generator(self.name), window=params.window,
+                        scale_jitter=params.scale_jitter, rotate=params.rotate, fourier=params.fourier,
+                        fourier_decay=params.fourier_decay, grey=params.grey)
         pix = _pixels(ctx, res.images)
         probs = _probs(ctx, res.images).numpy()
         what = "logit" if params.target == "logit" else "probability"
@@ -170,7 +213,7 @@ class ClassMax(Analysis):
         result.items.append(Plot(
             key="objective", kind="lines", label="Objective during optimization", group="Optimization",
             caption=f"The objective (the class's {what} minus the weighted penalties) of each class image before "
-                    "each step, measured on the randomly shifted image; one line per class.",
+                    "each step, measured on the randomly transformed image the model saw; one line per class.",
             data={"x": list(range(1, curve.shape[0] + 1)),
                   "series": {names[c]: curve[:, i].tolist() for i, c in enumerate(classes)},
                   "xlabel": "step", "ylabel": f"class {what} - penalties", "width": 6.0, "height": 3.6}))

@@ -44,12 +44,16 @@ __all__ = [
     "deepdream",
     "edge_energy",
     "edge_energy_penalty",
+    "fourier_image",
+    "fourier_scale",
     "l2",
     "l2_penalty",
     "layer_energy",
     "maximize",
     "pixel_bounds",
+    "random_affine",
     "unit",
+    "window_mask",
     "zero_small_pixels",
 ]
 
@@ -283,6 +287,68 @@ def _roll(x: torch.Tensor, jitter: int, generator: torch.Generator | None) -> to
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
+def window_mask(h: int, w: int, radius: float, device=None, dtype=None) -> torch.Tensor:
+    """A centred soft round window ``(H, W)`` in [0, 1]: 1 up to ``0.7 radius``, a raised-cosine fall to 0 at
+    ``radius``, 0 beyond. ``radius`` is a fraction of half the shorter side: with ``radius <= 1`` the corners are 0
+    (the image fades out before its border)."""
+    if radius <= 0:
+        raise ValueError(f"window radius must be > 0, got {radius}")
+    half = min(h, w) / 2
+    yy = (torch.arange(h, device=device, dtype=torch.float64) + 0.5 - h / 2).view(-1, 1)
+    xx = (torch.arange(w, device=device, dtype=torch.float64) + 0.5 - w / 2).view(1, -1)
+    r = torch.sqrt(yy**2 + xx**2) / (half * radius)  # 1 at the outer edge of the window
+    # a flat top wide enough for a digit that fills its frame, a taper wide enough to leave no visible rim
+    t = ((r - 0.7) / 0.3).clamp(0, 1)
+    return (0.5 * (1 + torch.cos(math.pi * t))).to(dtype or torch.float32)
+
+
+def random_affine(
+    inputs: torch.Tensor, scale: float = 0.0, degrees: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Each image zoomed by a random factor in ``[1 - scale, 1 + scale]`` and rotated by a random angle in
+    ``[-degrees, degrees]`` about its centre, ``(N, C, H, W) -> (N, C, H, W)``, differentiable (bilinear
+    ``grid_sample``). Outside pixels repeat the border, so a constant image stays constant. The transformation
+    robustness of Olah et al. 2017, https://distill.pub/2017/feature-visualization/ ."""
+    if not scale and not degrees:
+        return inputs
+    n = inputs.shape[0]
+    s = 1 + scale * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+    a = math.radians(degrees) * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+    cos, sin = torch.cos(a) / s, torch.sin(a) / s  # the grid maps output to input coordinates: divide to zoom in
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(device=inputs.device, dtype=inputs.dtype), list(inputs.shape), align_corners=False)
+    return F.grid_sample(inputs, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def fourier_scale(h: int, w: int, decay: float = 1.0, device=None, dtype=None) -> torch.Tensor:
+    """``(H, W // 2 + 1)`` weights ``1 / max(f, 1 / max(H, W)) ** decay`` of the real 2-D FFT bins (f in cycles per
+    pixel), scaled to a root mean square of 1 so that white coefficients give pixels of about their own size."""
+    fy = torch.fft.fftfreq(h, dtype=torch.float64).view(-1, 1)
+    fx = torch.fft.rfftfreq(w, dtype=torch.float64).view(1, -1)
+    scale = torch.sqrt(fy**2 + fx**2).clamp(min=1.0 / max(h, w)).pow(-decay)
+    return (scale / scale.pow(2).mean().sqrt()).to(device=device, dtype=dtype or torch.float32)
+
+
+def fourier_image(spectrum: torch.Tensor, size: tuple[int, int], decay: float = 1.0) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` from a decorrelated parameterization: ``spectrum`` ``(N, C, H, W // 2 + 1, 2)``
+    (real, imaginary parts), weighted by `fourier_scale` and sent through the inverse orthonormal real FFT.
+
+    Equal steps on every coefficient then move the low frequencies most, so gradient ascent finds smooth images.
+    Olah et al. 2017, https://distill.pub/2017/feature-visualization/ (Lucent's ``fft_image``).
+    """
+    h, w = size
+    scale = fourier_scale(h, w, decay, spectrum.device, spectrum.dtype)
+    return torch.fft.irfft2(torch.view_as_complex(spectrum.contiguous()) * scale, s=(h, w), norm="ortho")
+
+
+def _fourier_init(images: torch.Tensor, decay: float) -> torch.Tensor:
+    """The spectrum that `fourier_image` maps back to ``images``."""
+    h, w = images.shape[-2:]
+    spec = torch.fft.rfft2(images, norm="ortho") / fourier_scale(h, w, decay, images.device, images.dtype)
+    return torch.view_as_real(spec).clone()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Activation maximization
 
@@ -328,7 +394,10 @@ class MaxDefaults:
     CNN: without jitter and blur the images are dominated by pixel-level noise; a 0.5-pixel blur every 4 steps with
     2-pixel jitter keeps the class patterns and removes that noise; a 1-pixel blur every 2 steps washes them out.
     On a global-average-pooled net, ``class_logit`` raises every logit, so for images that the model gives to their
-    class use ``class_prob`` or subtract a penalty.
+    class use ``class_prob`` or subtract a penalty. Such a net also adds up its evidence over the image, so plain
+    pixel ascent tiles the whole image with stripes and dots; the options off by default here (``window``,
+    ``scale_jitter``, ``rotate``, ``fourier``, ``grey``) are what class-max turns on to draw one centred object:
+    see `reportgen.analyses.optimized.ClassMaxParams` for the values and what they gave.
     """
 
     steps: int = 200
@@ -351,6 +420,19 @@ class MaxDefaults:
     """Percentile (0-100) of pixel norms zeroed after each step, or None."""
     jitter: int = 2
     """Random roll of up to this many pixels before each forward pass (0: none)."""
+    scale_jitter: float = 0.0
+    """Random zoom by a factor in ``[1 - scale_jitter, 1 + scale_jitter]`` before each forward pass (0: none)."""
+    rotate: float = 0.0
+    """Random rotation by up to this many degrees before each forward pass (0: none)."""
+    window: float = 0.0
+    """Radius of the centred soft window (fraction of half the shorter side) outside which the image fades to the
+    data mean (0: no window)."""
+    fourier: bool = False
+    """Optimize a 1/f-weighted Fourier spectrum instead of the pixels."""
+    fourier_decay: float = 1.0
+    """Exponent of that 1/f weighting."""
+    grey: bool = False
+    """Optimize one grey channel shared by all input channels."""
     dream_lr: float = 0.03
     """DeepDream step: mean absolute change per step, in normalized units (about 1.5/255 of a pixel range)."""
     dream_jitter: int = 4
@@ -395,44 +477,82 @@ def maximize(
     zero_small: float | None = DEFAULTS.zero_small,
     zero_threshold: float | None = None,
     jitter: int = DEFAULTS.jitter,
+    scale_jitter: float = DEFAULTS.scale_jitter,
+    rotate: float = DEFAULTS.rotate,
+    window: float = DEFAULTS.window,
+    fourier: bool = DEFAULTS.fourier,
+    fourier_decay: float = DEFAULTS.fourier_decay,
+    grey: bool = DEFAULTS.grey,
     clamp: tuple[Bounds, Bounds] | None = None,
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
     truncate: bool = False,
 ) -> MaxResult:
-    """Images that maximize ``objective`` under realism penalties, optimized with Adam from small noise.
+    """Images that maximize ``objective`` under realism priors, optimized with Adam from small noise.
 
     Each of the N images is optimized on its own (batch-norm runs in eval mode), so one batch can hold one image per
-    class: ``maximize(model, class_logit(range(10)), shape=(10, 3, 32, 32))``. Per step: roll by up to ``jitter``
-    pixels, forward, ascend ``objective - l2_weight * l2() - edge_weight * edge_energy(edge_scales)``; then blur
-    every ``blur_every`` steps, zero small pixels (``zero_small`` percentile or ``zero_threshold``) and clamp to the
-    per-channel ``(lo, hi)`` bounds (see `pixel_bounds`). Defaults are documented once in `MaxDefaults`.
+    class: ``maximize(model, class_logit(range(10)), shape=(10, 3, 32, 32))``. Per step: build the image from its
+    parameters, roll it by up to ``jitter`` pixels, zoom and rotate it at random (``scale_jitter``, ``rotate``, see
+    `random_affine`), forward, ascend ``objective - l2_weight * l2() - edge_weight * edge_energy(edge_scales)``
+    (penalties read the untransformed image); then, for pixel parameters, blur every ``blur_every`` steps, zero small
+    pixels (``zero_small`` percentile or ``zero_threshold``) and clamp to the per-channel ``(lo, hi)`` bounds (see
+    `pixel_bounds`). Defaults are documented once in `MaxDefaults`.
 
     Args:
         shape: ``(N, C, H, W)`` of the images when ``init`` is None.
-        generator: the only source of randomness (start noise, jitter); same seed, same images.
+        window: when > 0 the image is ``alpha * x + (1 - alpha) * 0`` with ``alpha = window_mask(H, W, window)``: the
+            free pixels fade into the data mean (0 in normalized space) outside a centred disk, so that a model that
+            averages its evidence over the image (global average pooling) draws one centred object, not a tiling.
+        fourier: optimize the `fourier_image` spectrum (decay ``fourier_decay``) instead of the pixels; the image
+            is clamped inside the forward pass, and blur and small-pixel zeroing do not apply (no pixels to edit).
+        grey: optimize one channel shared by all C channels (a grey image), so colour cannot carry the objective and
+            the image shows form only; the clamp bounds are then the tightest over the channels.
+        generator: the only source of randomness (start noise, jitter, zoom, rotation); same seed, same images.
         init: ``(N, C, H, W)`` start images instead of noise (not modified).
         truncate: end each forward pass once the one layer the objective reads has run, so later layers cost
             nothing; only for objectives that read exactly one layer and not the logits (`unit`, `channel`,
             `layer_energy` and penalties).
 
-    Erhan et al. 2009; Simonyan et al. 2014; Yosinski et al. 2015 (https://arxiv.org/abs/1506.06579).
+    Returns the final images as the model saw them (window applied, no jitter). Erhan et al. 2009; Simonyan et al.
+    2014; Yosinski et al. 2015 (https://arxiv.org/abs/1506.06579); Olah et al. 2017 for the transforms and the
+    Fourier parameterization.
     """
     if truncate and len(objective.layers) != 1:
         raise ValueError(f"truncate needs an objective that reads exactly one layer and not the logits; "
                          f"{objective} reads {list(objective.layers) or 'no layer'}")
+    if fourier and (zero_small is not None or zero_threshold is not None):
+        raise ValueError("zero_small and zero_threshold edit pixels: they do not apply with fourier=True")
     device, dtype = _device_dtype(model)
     if init is not None:
         x0 = init.detach().to(device=device, dtype=dtype).clone()
     else:
         x0 = (DEFAULTS.init_std * torch.randn(shape, generator=generator)).to(device=device, dtype=dtype)
-    x = clamp_to(x0, clamp).requires_grad_(True)
+    size = tuple(x0.shape[-2:])
+    channels = x0.shape[1]
+    if grey:
+        x0 = x0.mean(1, keepdim=True)
+        if clamp is not None:
+            lo, hi = (_bound(b, torch.zeros_like(x0.expand(-1, channels, -1, -1))) for b in clamp)
+            clamp = (float(lo.max()), float(hi.min()))
+    alpha = window_mask(*size, window, device, dtype) if window > 0 else None
+    if fourier:
+        param = _fourier_init(x0, fourier_decay).requires_grad_(True)
+    else:
+        param = clamp_to(x0, clamp).requires_grad_(True)
+
+    def image() -> torch.Tensor:
+        # clamping inside the graph: pixels past the bounds get no gradient, the spectrum cannot be clamped itself
+        x = clamp_to(fourier_image(param, size, fourier_decay), clamp) if fourier else param
+        if grey:
+            x = x.expand(-1, channels, -1, -1)
+        return x if alpha is None else x * alpha
+
     total = objective
     if l2_weight:
         total = total - l2_weight * l2()
     if edge_weight:
         total = total - edge_weight * edge_energy(edge_scales)
-    opt = torch.optim.Adam([x], lr=lr)
+    opt = torch.optim.Adam([param], lr=lr)
     curve = []
     with preserved(model):
         model.eval()
@@ -441,22 +561,27 @@ def maximize(
         with capture(model, total.layers, keep_live=True, clone=False) as rec, \
                 _stop_after(model, total.layers[0] if truncate else "", truncate):
             for step in range(steps):
-                logits = _forward(model, _roll(x, jitter, generator))
+                x = image()
+                seen = random_affine(_roll(x, jitter, generator), scale_jitter, rotate, generator)
+                logits = _forward(model, seen)
                 scores = total(logits, rec, x)
-                (grad,) = torch.autograd.grad(-scores.sum(), x)
+                (grad,) = torch.autograd.grad(-scores.sum(), param)
                 rec.clear()  # drop live outputs so the graph of this step can be freed
                 curve.append(scores.detach())
                 opt.zero_grad(set_to_none=True)
-                x.grad = grad
+                param.grad = grad
                 opt.step()
+                if fourier:
+                    continue
                 with torch.no_grad():
-                    y = x
+                    y = param
                     if blur_every and (step + 1) % blur_every == 0:
                         y = blur(y, blur_sigma)
                     if zero_small is not None or zero_threshold is not None:
                         y = zero_small_pixels(y, zero_small, zero_threshold)
-                    x.copy_(clamp_to(y, clamp))
+                    param.copy_(clamp_to(y, clamp))
             with torch.no_grad():
+                x = image()
                 final = total(_forward(model, x), rec, x).detach()
                 rec.clear()
     empty = x.new_zeros((0, x.shape[0]))
