@@ -28,6 +28,11 @@ __all__ = ["ZooData", "TrainReport", "ZooEntry", "ZOO", "DEFAULT_MODEL", "get", 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
+# normalization of the shapes data sets, from their train split: python -m models_zoo stats shapes-cnn
+SHAPES_MEAN = (0.5017, 0.5002, 0.4955)
+SHAPES_STD = (0.2791, 0.2771, 0.2780)
+
+
 @dataclass(frozen=True)
 class ZooData:
     """One split of an entry's data set.
@@ -214,8 +219,8 @@ def _registry() -> dict[str, ZooEntry]:
             kind="image",
             input_size=(shapes.SIZE, shapes.SIZE),
             channels=3,
-            mean=(0.5017, 0.5002, 0.4955),  # python -m models_zoo stats shapes-cnn
-            std=(0.2791, 0.2771, 0.2780),
+            mean=SHAPES_MEAN,
+            std=SHAPES_STD,
             class_names=shapes.CLASS_NAMES,
             builder=_net("ShapesCNN"),
             loader=datasets.shapes_data,
@@ -227,8 +232,8 @@ def _registry() -> dict[str, ZooEntry]:
             kind="image",
             input_size=(shapes.SIZE, shapes.SIZE),
             channels=3,
-            mean=(0.5017, 0.5002, 0.4955),  # python -m models_zoo stats shapes-cnn
-            std=(0.2791, 0.2771, 0.2780),
+            mean=SHAPES_MEAN,
+            std=SHAPES_STD,
             class_names=shapes.CLASS_NAMES,
             builder=_net("ShapesResNet"),
             loader=datasets.shapes_data,
