@@ -37,6 +37,18 @@ def resolve_layer(model: "nn.Module", name: str) -> "nn.Module":
     )
 
 
+def require_python_module(model: "nn.Module", what: str) -> None:
+    """Raise `NotApplicable` for a TorchScript module: it runs a compiled graph, so hooks cannot be registered and
+    backward rules of Python functions are never consulted."""
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule):
+        from .artifacts import NotApplicable
+
+        raise NotApplicable(f"{what} needs the Python model, not a TorchScript one (hooks and ReLU rules do not "
+                            "reach a compiled graph): give the model as package.module:factory with --weights")
+
+
 @contextmanager
 def preserved(model: "nn.Module") -> Iterator["nn.Module"]:
     """Restore ``model``'s train/eval flags and every parameter's ``requires_grad`` on exit, also after an error.
@@ -101,6 +113,8 @@ def capture(
     Yields:
         a `Recorder` whose dicts are refreshed by each forward pass.
     """
+    if layers:
+        require_python_module(model, "capturing layer outputs")
     modules = [(name, resolve_layer(model, name)) for name in layers]
     rec = Recorder(layers)
     handles = []

@@ -33,6 +33,10 @@ def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
         return fn
 
     modules = [(n, m) for n, m in model.named_modules() if n]
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks on a compiled graph: names and parameters only
+        modules_only = [(n, m) for n, m in modules]
+        return [LayerRow(n, m.original_name, None, int(sum(p.numel() for p in m.parameters(recurse=False))), 0,
+                         leaf=not any(True for _ in m.children())) for n, m in modules_only]
     try:
         for name, module in modules:
             handles.append(module.register_forward_hook(hook(name)))

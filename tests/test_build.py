@@ -197,3 +197,19 @@ def test_bad_names_give_one_line(tmp_path, image_folder, bad):
     result = run("build", *TINY_ARGS, "--images", image_folder, "--out", tmp_path / "s", *bad, ok=False)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_torchscript_build_marks_hook_based_analyses_not_applicable(tmp_path, image_folder):
+    """A compiled graph cannot be hooked: those analyses say so, the rest runs, the build succeeds."""
+    import tiny_models
+
+    script = tmp_path / "net.ts"
+    torch.jit.script(tiny_models.tiny_cnn().eval()).save(str(script))
+    out = tmp_path / "site"
+    run("build", script, "--input-size", "32x32", "--channels", "3", "--images", image_folder, "--out", out,
+        "--samples", "2", "--only", "predictions,gradient,guided-backprop,grad-cam,nonlinearities", "-q")
+    sections = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["sections"]}
+    assert sections["gradient"]["status"] == "ok" and sections["predictions"]["status"] == "ok"
+    for name in ("guided-backprop", "grad-cam", "nonlinearities"):
+        assert sections[name]["status"] == "not applicable"
+        assert "TorchScript" in sections[name]["reason"]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capture import require_python_module
 from .relu_rules import relu_rule
 
 Target = Union[int, Sequence[int], torch.Tensor]
@@ -106,6 +107,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target) -> t
     Applies to every ReLU call (modules, reused modules, in-place and functional); other non-linearities keep
     their gradient (see `reportgen.methods.relu_rules.inspect_nonlinearities`).
     """
+    require_python_module(model, "guided backpropagation")
     with relu_rule("guided"):
         return gradient(model, inputs, target)
 
@@ -116,6 +118,7 @@ def deconvnet(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.T
     The gradient, except that each ReLU passes back the positive part of the gradient whatever its forward input
     was (the deconvnet's "unpooling + rectification" for conv nets, as formulated by Springenberg et al.).
     """
+    require_python_module(model, "deconvnet")
     with relu_rule("deconv"):
         return gradient(model, inputs, target)
 

@@ -224,6 +224,9 @@ def inspect_nonlinearities(model: nn.Module, example_input: torch.Tensor) -> Non
     calls are seen by a `TorchFunctionMode`, so ``F.relu`` inside a ``forward`` is found and credited to the
     innermost module running it. Runs under ``torch.no_grad``; the model's mode is left as the caller set it.
     """
+    from ..capture import require_python_module
+
+    require_python_module(model, "the non-linearity check")
     names = {module: name for name, module in model.named_modules()}
     stack: list[nn.Module] = []
     module_calls: dict[nn.Module, int] = {}
