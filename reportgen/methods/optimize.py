@@ -446,7 +446,8 @@ DEFAULTS = MaxDefaults()
 class MaxResult:
     """What `maximize` returns.
 
-    images: ``(N, C, H, W)`` optimized inputs, normalized, detached.
+    images: ``(N, C, H, W)`` optimized inputs, normalized, detached (as the model saw them: window applied, grey
+        expanded to every channel, no random transform).
     curve: ``(steps, N)`` objective value (penalties included) of each image before each step.
     final_scores: ``(N,)`` objective value of the final images (without jitter).
     """
