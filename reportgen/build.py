@@ -406,9 +406,9 @@ def _build_into(cfg, analyses, params, tmp: Path, log, warn, progress, verbose, 
     writer = ArtifactWriter(tmp)
     sections = []
     failed = []
-    for a in analyses:
-        entry = {**a.describe(), "status": "ok", "reason": None, "seconds": 0.0, "items": [], "metrics": {}, "notes": [],
-                 "params": to_jsonable(dataclasses.asdict(params[a.name]))}
+    for a in ctx.iterate(analyses, length=len(analyses), label="analyses"):
+        entry = {**a.describe(), "status": "ok", "reason": None, "seconds": 0.0, "items": [], "metrics": {},
+                 "notes": [], "params": to_jsonable(dataclasses.asdict(params[a.name]))}
         if a.name in skipped:
             entry.update(status="not applicable", reason=skipped[a.name])
             sections.append(entry)
