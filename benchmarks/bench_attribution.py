@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 from torch import nn
@@ -23,6 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from reportgen.methods import attribution as A  # noqa: E402
 from reportgen.methods import cams as C  # noqa: E402
 from reportgen.methods.relu_rules import inspect_nonlinearities  # noqa: E402
+
+from _timing import best_time  # noqa: E402
 
 
 def small_resnet() -> tuple[nn.Module, str]:
@@ -45,15 +46,6 @@ def small_resnet() -> tuple[nn.Module, str]:
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 8),
         )
         return model.eval(), "BasicBlock net 16-32-64 (random weights)"
-
-
-def best_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections import OrderedDict
 
 import torch
@@ -27,6 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from reportgen.methods.adversarial import adversarial, random_sphere  # noqa: E402
 from reportgen.methods.optimize import class_logit, deepdream, edge_energy, l2, maximize  # noqa: E402
+
+from _timing import best_time  # noqa: E402
 
 
 def shapes_cnn() -> tuple[nn.Module, str, str]:
@@ -47,15 +48,6 @@ def shapes_cnn() -> tuple[nn.Module, str, str]:
         layers["flatten"] = nn.Flatten()
         layers["fc"] = nn.Linear(64, 8)
         return nn.Sequential(layers).eval(), "VGG-style net 16-32-64-64 (random weights)", "conv4"
-
-
-def best_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

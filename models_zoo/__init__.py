@@ -182,6 +182,23 @@ class ZooEntry:
         return sorted(snapshots.items())
 
 
+def _shapes_entry(name: str, what: str, net: str, recipe: Recipe) -> ZooEntry:
+    """An entry on the generated 64x64 shapes data (8 classes, with object masks)."""
+    return ZooEntry(
+        name=name,
+        summary=f"{what} on 64x64 generated shapes (8 classes, with masks)",
+        kind="image",
+        input_size=(shapes.SIZE, shapes.SIZE),
+        channels=3,
+        mean=SHAPES_MEAN,
+        std=SHAPES_STD,
+        class_names=shapes.CLASS_NAMES,
+        builder=_net(net),
+        loader=datasets.shapes_data,
+        recipe=recipe,
+    )
+
+
 def _registry() -> dict[str, ZooEntry]:
     from . import datasets, shapes
 
@@ -213,32 +230,10 @@ def _registry() -> dict[str, ZooEntry]:
             loader=datasets.digits,
             recipe=Recipe(epochs=20, lr=3e-3, batch_size=32, weight_decay=1e-4),
         ),
-        ZooEntry(
-            name="shapes-cnn",
-            summary="VGG-style CNN + global average pooling on 64x64 generated shapes (8 classes, with masks)",
-            kind="image",
-            input_size=(shapes.SIZE, shapes.SIZE),
-            channels=3,
-            mean=SHAPES_MEAN,
-            std=SHAPES_STD,
-            class_names=shapes.CLASS_NAMES,
-            builder=_net("ShapesCNN"),
-            loader=datasets.shapes_data,
-            recipe=Recipe(epochs=10, lr=2e-3, batch_size=32, weight_decay=1e-4, flips=True),
-        ),
-        ZooEntry(
-            name="shapes-resnet",
-            summary="small ResNet (torchvision BasicBlocks) on 64x64 generated shapes (8 classes, with masks)",
-            kind="image",
-            input_size=(shapes.SIZE, shapes.SIZE),
-            channels=3,
-            mean=SHAPES_MEAN,
-            std=SHAPES_STD,
-            class_names=shapes.CLASS_NAMES,
-            builder=_net("ShapesResNet"),
-            loader=datasets.shapes_data,
-            recipe=Recipe(epochs=10, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True),
-        ),
+        _shapes_entry("shapes-cnn", "VGG-style CNN + global average pooling", "ShapesCNN",
+                      Recipe(epochs=10, lr=2e-3, batch_size=32, weight_decay=1e-4, flips=True)),
+        _shapes_entry("shapes-resnet", "small ResNet (torchvision BasicBlocks)", "ShapesResNet",
+                      Recipe(epochs=10, lr=3e-3, batch_size=64, weight_decay=1e-4, flips=True)),
     ]
     return {entry.name: entry for entry in entries}
 
