@@ -184,6 +184,8 @@ class ZooEntry:
 
 def _shapes_entry(name: str, what: str, net: str, recipe: Recipe) -> ZooEntry:
     """An entry on the generated 64x64 shapes data (8 classes, with object masks)."""
+    from . import datasets, shapes
+
     return ZooEntry(
         name=name,
         summary=f"{what} on 64x64 generated shapes (8 classes, with masks)",
@@ -200,7 +202,7 @@ def _shapes_entry(name: str, what: str, net: str, recipe: Recipe) -> ZooEntry:
 
 
 def _registry() -> dict[str, ZooEntry]:
-    from . import datasets, shapes
+    from . import datasets
 
     entries = [
         ZooEntry(
