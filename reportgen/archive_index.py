@@ -60,7 +60,7 @@ def knn_series(snapshots: list[dict]) -> tuple[list[str], dict[str, list]]:
 def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
     """Write the archive index (index.html, charts, manifest.json) into ``root`` beside ``snapshots/``."""
     from . import imaging
-    from .site import make_env
+    from .site import copy_static, make_env
 
     writer = ArtifactWriter(root)
     rows = []
@@ -107,10 +107,7 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
     html = env.get_template("archive.html").render(rows=rows, charts=charts, strips=strips, manifest=manifest,
                                                    url=url)
     writer.write_text("index.html", html)
-    static = Path(env.loader.searchpath[0]) / "static"
-    for asset in sorted(static.iterdir()):
-        if asset.is_file():
-            writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
+    copy_static(writer)
     # every file of the archive, the snapshots' included, so a rebuild can tell them from files a user dropped in
     files = dict(writer.hashes)
     for path in sorted((root / "snapshots").rglob("*")) if (root / "snapshots").is_dir() else []:

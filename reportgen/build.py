@@ -290,11 +290,10 @@ def run_pass(ctx: Any, reducers: dict, batch_size: int, warn: Callable[[str], No
             try:
                 out = ctx.model(batch.inputs)
             except Exception as exc:  # the user's model failing on real data is a model problem, said in one line
-                from .errors import ModelError
+                from .errors import ModelError, first_line
 
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 raise ModelError(f"model '{ctx.loaded.spec}' failed on a batch of the image set "
-                                 f"({type(exc).__name__}: {first}): check that it runs on inputs of shape "
+                                 f"({type(exc).__name__}: {first_line(exc)}): check that it runs on inputs of shape "
                                  f"{tuple(batch.inputs.shape)}") from None
             for reducer in reducers.values():
                 reducer.update(batch, {name: rec.acts[name] for name in reducer.layers}, out)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from .errors import ReportgenError
+from .errors import ReportgenError, first_line
 
 
 class Output:
@@ -71,7 +71,7 @@ def common(fn: Callable) -> Callable:
         except Exception as exc:
             if verbose:
                 raise
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            first = first_line(exc, 300)
             raise click.ClickException(f"unexpected {type(exc).__name__}: {first} (run again with -v for the "
                                        "traceback, and please report it)") from None
 

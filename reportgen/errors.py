@@ -5,6 +5,12 @@ from __future__ import annotations
 import click
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), cut to ``limit`` characters:
+    what a one-line error message quotes of an error raised by someone else's code."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 class ReportgenError(click.ClickException):
     """A mistake the user can fix: the message says what is wrong and what to do."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,7 +94,7 @@ def read_state_dict(path: str | Path) -> dict:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
             raise ModelError(
                 f"weights file '{path}' holds pickled objects beyond tensors, which reportgen refuses to load "
@@ -311,7 +311,7 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None) -> Loade
                 warnings.simplefilter("ignore", FutureWarning)
                 model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc, 160)
             raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}): export it with "
                              "torch.jit.script(model).save(path), or give a zoo name / module:factory") from None
         weights = str(path)
@@ -348,7 +348,7 @@ def check_output(loaded: LoadedModel, image_class_names: Optional[list[str]] = N
         with torch.no_grad():
             out = loaded.model(probe)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc)
         raise ModelError(f"model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} ({first}): "
                          "check --input-size and --channels") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:

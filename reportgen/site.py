@@ -179,16 +179,20 @@ def nav_tree(manifest: dict, pages: list[Page]) -> dict:
     }
 
 
+def copy_static(writer: ArtifactWriter) -> None:
+    """Copy the templates' static assets (CSS, JS) into the site's static/ folder."""
+    for asset in sorted((templates_dir() / "static").iterdir()):
+        if asset.is_file():
+            writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
+
+
 def render_site(manifest: dict, root: Path, writer: Optional[ArtifactWriter] = None) -> list[str]:
     """Write every page, the static assets and manifest.json into ``root``; returns the page paths."""
     env = make_env()
     writer = writer or ArtifactWriter(root)
     pages = plan_pages(manifest)
     nav = nav_tree(manifest, pages)
-    static = templates_dir() / "static"
-    for asset in sorted(static.iterdir()):
-        if asset.is_file():
-            writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
+    copy_static(writer)
     sections = {s["name"]: s for s in manifest["sections"]}
     for page in pages:
         def url(target: str, _here: str = page.path) -> str:

@@ -176,17 +176,12 @@ def _fx_state(model: nn.Module, layer: str, tracer: _NamingTracer, graph: fx.Gra
             module = model.get_submodule(node.target)
             tensor_states = [s for s in in_states if s is not None]
             state = _apply_module(module, _union(tensor_states[:1])) if tensor_states else None
-        elif node.op == "call_function":
-            if node.target in _META_FUNCTIONS:
+        elif node.op in ("call_function", "call_method"):
+            meta, pointwise = ((_META_FUNCTIONS, _POINTWISE_FUNCTIONS) if node.op == "call_function"
+                               else (_META_METHODS, _POINTWISE_METHODS))
+            if node.target in meta:
                 state = None
-            elif node.target in _POINTWISE_FUNCTIONS:
-                state = _union(in_states)
-            else:
-                state = _GLOBAL if any(s is not None for s in in_states) else None
-        elif node.op == "call_method":
-            if node.target in _META_METHODS:
-                state = None
-            elif node.target in _POINTWISE_METHODS:
+            elif node.target in pointwise:
                 state = _union(in_states)
             else:
                 state = _GLOBAL if any(s is not None for s in in_states) else None
