@@ -108,6 +108,39 @@ def parse_floats(value: Optional[str], name: str) -> Optional[list[float]]:
         raise ReportgenError(f"{name} '{value}' is not a comma-separated list of numbers: write e.g. 0.5,0.5,0.5")
 
 
+def report_options(fn: Callable) -> Callable:
+    """The options of a report build, shared by build and archive: what to analyse, where, and the input facts of
+    models that do not describe their input. Collected by `report_config`."""
+    for decorator in reversed([
+        click.option("--images", help="Image folder (class sub-folders give labels) or zoo:NAME. Default: the zoo "
+                                      "model's test split."),
+        click.option("--out", help="Output folder (default: site)."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="TOML config with any build option."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to compute (default: auto)."),
+        click.option("--seed", type=int, help="Seed of every random choice (default: 0)."),
+        click.option("--only", multiple=True, help="Run only these analyses (comma-separated; see "
+                                                   "`reportgen analyses`)."),
+        click.option("--skip", multiple=True, help="Skip these analyses (comma-separated)."),
+        click.option("--layers", multiple=True, help="Dotted layer names to analyse (see `reportgen layers MODEL`)."),
+        click.option("--max-images", type=int, help="Use at most this many images."),
+        click.option("--batch-size", type=int, help="Images per forward pass (default: 64)."),
+        click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8)."),
+    ]):
+        fn = decorator(fn)
+    return input_options(fn)
+
+
+def report_config(config_path: Optional[str], **options: Any) -> Any:
+    """The BuildConfig from the config file and the options of `report_options` (plus model and weights)."""
+    from .config import load_config
+
+    for key in ("only", "skip", "layers"):
+        options[key] = split_names(options[key])
+    inputs = {key: options.pop(key) for key in ("input_size", "channels", "mean", "std", "class_names")}
+    return load_config(config_path, **options, **input_overrides(**inputs))
+
+
 def input_options(fn: Callable) -> Callable:
     """The options that describe a non-zoo model's input; shared by build, archive and layers."""
     for decorator in reversed([
@@ -136,31 +169,13 @@ def main() -> None:
 @main.command()
 @click.argument("model", required=False)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights: .safetensors or a state dict (.pt).")
-@click.option("--images", help="Image folder (class sub-folders give labels) or zoo:NAME. Default: the zoo "
-                                "model's test split.")
-@click.option("--out", help="Output folder (default: site).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config with any build option.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to compute (default: auto).")
-@click.option("--seed", type=int, help="Seed of every random choice (default: 0).")
-@click.option("--only", multiple=True, help="Run only these analyses (comma-separated; see `reportgen analyses`).")
-@click.option("--skip", multiple=True, help="Skip these analyses (comma-separated).")
-@click.option("--layers", multiple=True, help="Dotted layer names to analyse (see `reportgen layers MODEL`).")
-@click.option("--max-images", type=int, help="Use at most this many images.")
-@click.option("--batch-size", type=int, help="Images per forward pass (default: 64).")
-@click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8).")
-@input_options
+@report_options
 @common
-def build(model, weights, images, out, config_path, device, seed, only, skip, layers, max_images, batch_size,
-          samples, input_size, channels, mean, std, class_names, output: Output):
+def build(model, weights, config_path, output: Output, **options):
     """Build the report of MODEL (default: the zoo's default model) into a static site."""
     from .build import build as run_build
-    from .config import load_config
 
-    cfg = load_config(
-        config_path, model=model, weights=weights, images=images, out=out, device=device, seed=seed,
-        only=split_names(only), skip=split_names(skip), layers=split_names(layers), max_images=max_images,
-        batch_size=batch_size, samples=samples, **input_overrides(input_size, channels, mean, std, class_names),
-    )
+    cfg = report_config(config_path, model=model, weights=weights, **options)
     report = run_build(cfg, log=output.detail, warn=output.warn, progress=output.progress,
                        verbose=bool(output.verbose))
     index = report.out / "index.html"
@@ -327,29 +342,16 @@ def render(directory, output: Output):
 @main.command("archive")
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--model", help="Model spec of the checkpoints (default: the zoo model named in their metadata).")
-@click.option("--images", help="Image folder or zoo:NAME (default: the zoo model's test split).")
-@click.option("--out", help="Output folder (default: site).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config, as for build.")
-@click.option("--seed", type=int, help="Seed of every random choice (default: 0).")
-@click.option("--only", multiple=True, help="Run only these analyses in each snapshot.")
-@click.option("--skip", multiple=True, help="Skip these analyses in each snapshot.")
-@click.option("--max-images", type=int, help="Use at most this many images.")
-@click.option("--samples", type=int, help="Number of sample images for per-image analyses.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to compute (default: auto).")
-@input_options
+@report_options
 @common
-def archive_cmd(checkpoints, model, images, out, config_path, seed, only, skip, max_images, samples, device,
-                input_size, channels, mean, std, class_names, output: Output):
+def archive_cmd(checkpoints, model, config_path, output: Output, **options):
     """One report per checkpoint (files or folders of them, ordered by epoch) and an index comparing them.
 
     Snapshots whose checkpoint, image set and config are unchanged are reused, not recomputed.
     """
     from .archive import archive
-    from .config import load_config
 
-    cfg = load_config(config_path, model=model, images=images, out=out, seed=seed, only=split_names(only),
-                      skip=split_names(skip), max_images=max_images, samples=samples, device=device,
-                      **input_overrides(input_size, channels, mean, std, class_names))
+    cfg = report_config(config_path, model=model, **options)
     summary = archive(cfg, list(checkpoints), log=output.info, warn=output.warn, progress=output.progress,
                       verbose=bool(output.verbose))
     click.echo(f"Archive written to {summary['out'] / 'index.html'} in {summary['seconds']:.1f} s "
