@@ -17,12 +17,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from . import __version__
-from .build import _build_into, check_out_path, is_report_folder, resolve_params, select_analyses, staged_site
+from .build import build_report, choose_analyses
 from .config import BuildConfig, config_dict
-from .errors import ConfigError, ModelError
+from .console import Output
+from .errors import ConfigError, ModelError, ReportgenError
+from .manifest import read_manifest
+from .staging import check_out_path, is_report_folder, staged_site
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -103,17 +106,17 @@ def snapshot_fingerprint(checkpoint_sha: str, images_sha: str, cfg: BuildConfig)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def archive(cfg: BuildConfig, checkpoint_args: list[str], *, log: Callable[[str], None] = print,
-            warn: Callable[[str], None] = print, progress: Optional[Callable] = None,
-            verbose: bool = False) -> dict:
-    """Build (or reuse) one snapshot per checkpoint and the comparison index into ``cfg.out``; returns a summary."""
+def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Output] = None) -> dict:
+    """Build (or reuse) one snapshot per checkpoint and the comparison index into ``cfg.out``; returns a summary.
+
+    Each snapshot is built by the same recipe as `reportgen build` (`reportgen.build.build_report`)."""
     from .models import sha256_file
 
+    output = output or Output()
     t0 = time.perf_counter()
     out = check_out_path(Path(cfg.out))
     checkpoints = find_checkpoints(checkpoint_args)
-    analyses = select_analyses(cfg)
-    params = resolve_params(analyses, cfg)
+    chosen = choose_analyses(cfg)
     summary = {"built": [], "reused": [], "seconds": 0.0}
     with staged_site(out, [cfg.images]) as tmp:
         snapshots = []
@@ -130,16 +133,15 @@ def archive(cfg: BuildConfig, checkpoint_args: list[str], *, log: Callable[[str]
             if previous is not None:
                 shutil.copytree(previous, target)
                 summary["reused"].append(c.label)
-                log(f"{c.label}: unchanged, reused")
+                output.info(f"{c.label}: unchanged, reused")
             else:
                 target.mkdir(parents=True)
-                log(f"{c.label}: building from {c.path.name}")
+                output.info(f"{c.label}: building from {c.path.name}")
                 snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
                             "step": c.step, "label": c.label}
-                _build_into(snap_cfg, analyses, params, target, log, warn, progress, verbose,
-                            time.perf_counter(), extra={"snapshot": snapshot})
+                build_report(snap_cfg, chosen, target, output, snapshot=snapshot)
                 summary["built"].append(c.label)
-            manifest = json.loads((target / "manifest.json").read_text())
+            manifest = read_manifest(target)
             snapshots.append({"label": c.label, "step": c.step, "checkpoint": c.path.name,
                               "path": f"snapshots/{c.label}/index.html", "manifest": manifest})
         from .archive_index import render_archive
@@ -159,9 +161,9 @@ def _find_previous(out: Path, fingerprint: str) -> Optional[Path]:
         return None
     for snap in sorted(root.iterdir()):
         try:
-            manifest = json.loads((snap / "manifest.json").read_text())
-        except (OSError, ValueError):
+            manifest = read_manifest(snap)
+        except ReportgenError:  # damaged, or written by another version: built again
             continue
-        if manifest.get("snapshot", {}).get("fingerprint") == fingerprint:
+        if (manifest.snapshot or {}).get("fingerprint") == fingerprint:
             return snap
     return None

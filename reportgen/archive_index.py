@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ArtifactWriter, Plot, to_jsonable
-from .build import GENERATOR
+from .manifest import GENERATOR, MANIFEST, AnalysisEntry, Manifest
 
 # (title, analysis name, how many items per snapshot, which items): pictures already in each snapshot shown in one
 # row per checkpoint. "image" picks items tagged with a sample image (the same images in every snapshot, since the
@@ -21,15 +21,17 @@ STRIPS = [
 ]
 
 
-def _section(manifest: dict, name: str) -> dict:
-    return next((s for s in manifest.get("sections", []) if s["name"] == name and s.get("status") == "ok"), {})
+def _ok_entry(manifest: Manifest, name: str) -> AnalysisEntry:
+    """The snapshot's entry of analysis ``name`` when it ran; an empty one when it did not."""
+    entry = manifest.entry(name)
+    return entry if entry is not None and entry.status == "ok" else AnalysisEntry(name, "", "")
 
 
 def strip_rows(snapshots: list[dict], analysis: str, count: int, mode: str) -> list[dict]:
     rows = []
     for snap in snapshots:
-        section = _section(snap["manifest"], analysis)
-        items = [i for i in section.get("items", []) if i.get("file") and i.get("type") != "table"]
+        entry = _ok_entry(snap["manifest"], analysis)
+        items = [i for i in entry.items if i.get("file") and i.get("type") != "table"]
         if mode == "image":
             items = [i for i in items if i.get("image") is not None]
         items = items[:count]
@@ -47,7 +49,7 @@ def knn_series(snapshots: list[dict]) -> tuple[list[str], dict[str, list]]:
     layers: list[str] = []
     series = {}
     for snap in snapshots:
-        metrics = _section(snap["manifest"], "embeddings").get("metrics", {})
+        metrics = _ok_entry(snap["manifest"], "embeddings").metrics
         values = {k[len("k-NN "):]: v for k, v in metrics.items() if k.startswith("k-NN ")}
         for layer in values:
             if layer not in layers:
@@ -65,10 +67,10 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
     writer = ArtifactWriter(root)
     rows = []
     for snap in snapshots:
-        pred = _section(snap["manifest"], "predictions").get("metrics", {})
+        pred = _ok_entry(snap["manifest"], "predictions").metrics
         rows.append({"label": snap["label"], "step": snap["step"], "checkpoint": snap["checkpoint"],
                      "path": snap["path"], "accuracy": pred.get("accuracy"), "loss": pred.get("loss"),
-                     "build_seconds": snap["manifest"].get("build_seconds")})
+                     "build_seconds": snap["manifest"].build_seconds})
     charts = []
     steps = [r["step"] if r["step"] is not None else i for i, r in enumerate(rows)]
     if any(r["accuracy"] is not None for r in rows):
@@ -91,12 +93,12 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
         strip = strip_rows(snapshots, analysis, count, mode)
         if strip:
             strips.append({"title": title, "analysis": analysis, "rows": strip})
-    first = snapshots[0]["manifest"] if snapshots else {}
+    first = snapshots[0]["manifest"] if snapshots else None
     manifest = to_jsonable({
-        "generator": GENERATOR, "kind": "archive", "version": first.get("version"),
-        "model": first.get("model", {}).get("spec"), "images": first.get("images", {}).get("source"),
-        "config": first.get("config"), "seed": cfg.seed,
-        "snapshots": [{k: v for k, v in r.items()} | {"fingerprint": s["manifest"].get("snapshot", {}).get(
+        "generator": GENERATOR, "kind": "archive", "version": first.version if first else None,
+        "model": first.model.get("spec") if first else None, "images": first.images.get("source") if first else None,
+        "config": first.config if first else None, "seed": cfg.seed,
+        "snapshots": [{k: v for k, v in r.items()} | {"fingerprint": (s["manifest"].snapshot or {}).get(
             "fingerprint")} for r, s in zip(rows, snapshots)],
     })
     env = make_env()
@@ -114,4 +116,4 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
         if path.is_file():
             files[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest["files"] = dict(sorted(files.items()))
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    writer.write_text(MANIFEST, json.dumps(manifest, indent=1))

@@ -1,71 +1,37 @@
-"""The build, top to bottom: config -> model -> images -> plan -> one pass -> analyses -> files -> pages -> swap.
+"""The build, top to bottom: load -> plan -> forward pass -> analyse -> write -> render.
 
-The site is written to a temporary folder beside ``--out`` and moved into place at the end, so a failed or
-interrupted build leaves the previous site as it was. A lock file beside ``--out`` keeps two builds from writing the
-same site at once.
+`build` checks the output folder, then `build_report` runs the recipe into a staged folder that
+`reportgen.staging` swaps into place at the end (atomic; a failed or interrupted build leaves the previous site
+as it was). Each stage is a public function with one job:
+
+- `load`: the model and the image set, each read once;
+- `plan`: one probe pass teaches the build the model's facts (`reportgen.plan.ModelFacts`); each chosen analysis
+  says whether it applies and which reducers it wants on the one pass;
+- `forward_pass`: the image set goes through the model once; every reducer sees every batch;
+- `analyse`: each analysis runs on the shared context and returns arrays and numbers (no files, no HTML);
+- `write`: each result's items become files through the artifact writer, and one manifest entry per analysis;
+- `render`: pages from the manifest alone (`reportgen.site`), then manifest.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
-import shutil
-import signal
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from . import __version__
 from .artifacts import ArtifactWriter, NotApplicable, Result, to_jsonable
 from .config import BuildConfig, analysis_params, config_dict, raise_errors
-from .errors import ConfigError, OutputError, ReportgenError
-
-MANIFEST = "manifest.json"
-GENERATOR = "reportgen"
-
-
-class BuildInterrupted(ReportgenError):
-    """SIGINT or SIGTERM stopped the build; the exit status is 128 + the signal number, as a shell reports it."""
-
-    exit_code = 130
-
-    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + int(signum)
-
-
-class _Signalled(KeyboardInterrupt):
-    """Raised by the signal handler. A KeyboardInterrupt, so that no ``except Exception`` on the way (a model
-    factory, a probe forward pass) can mistake it for an error of its own; `interrupts_as_errors` turns it into
-    `BuildInterrupted` once every ``finally`` has cleaned up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _Held:
-    """Signals that arrive while a step that must not be cut in half runs (process-wide, as signal handlers are)."""
-
-    depth = 0
-    pending: Optional[int] = None
-
-
-@contextmanager
-def _held_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM (only under `interrupts_as_errors`) until the block ends; the caller checks
-    ``_Held.pending`` afterwards."""
-    _Held.depth += 1
-    try:
-        yield
-    finally:
-        _Held.depth -= 1
+from .console import Output
+from .errors import ConfigError, ReportgenError
+from .manifest import AnalysisEntry, Manifest
+from .staging import check_out_path, check_replaceable, staged_site
 
 
 @dataclass
@@ -74,152 +40,218 @@ class BuildReport:
     seconds: float
     failed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    manifest: dict = field(default_factory=dict)
+    manifest: Optional[Manifest] = None
 
 
-def is_report_folder(path: Path) -> bool:
-    """True when ``path`` holds a manifest.json written by reportgen."""
-    import json
+@dataclass
+class Chosen:
+    """The analyses a config asks for, in report order, with their resolved parameters (by analysis name)."""
 
-    manifest = path / MANIFEST
-    try:
-        return json.loads(manifest.read_text()).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        return False
+    analyses: list
+    params: dict
 
 
-def check_out_path(out: Path) -> Path:
-    """Refuse output folders that must not be replaced: a file, /, the home folder, a folder that is not a report."""
-    out = Path(out).expanduser()
-    resolved = out.resolve()
-    forbidden = {Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()}
-    if resolved in forbidden or resolved == resolved.parent:
-        raise OutputError(f"refusing to write the site to '{out}' ({resolved}): give a dedicated folder, e.g. --out site")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out '{out}' is a file, not a folder: give a folder for the site")
-    if out.is_dir() and any(out.iterdir()) and not is_report_folder(out):
-        raise OutputError(f"--out '{out}' exists and is not a reportgen site (no manifest.json of ours): "
-                          "refusing to replace it; give a new or empty folder")
-    parent = resolved.parent
-    if not parent.exists():
-        raise OutputError(f"the folder '{parent}' for --out does not exist: create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write beside '{out}': '{parent}' is read-only; give a writable --out")
-    return resolved
+@dataclass
+class Plan:
+    """What the plan stage decided: the analyses that apply, why the others do not, and the one pass's reducers
+    (keyed by analysis name, then the analysis's own key)."""
+
+    applicable: list
+    skipped: dict[str, str]
+    reducers: dict[str, dict]
 
 
-def check_replaceable(out: Path, inputs: list[Optional[str]]) -> None:
-    """Refuse to replace a report folder that holds the build's own inputs or files reportgen did not write there:
-    replacing the site deletes everything in it."""
-    import json
-
-    for item in inputs:
-        if item and not str(item).startswith(("zoo:", "torchvision:")):
-            path = Path(item).expanduser().resolve()
-            if path == out or out in path.parents:
-                raise OutputError(f"'{item}' lies inside --out '{out}', which the build replaces: move it out of the "
-                                  "site folder or give another --out")
-    if not is_report_folder(out):
-        return
-    try:
-        listed = json.loads((out / MANIFEST).read_text()).get("files")
-    except (OSError, ValueError):
-        return
-    if not isinstance(listed, dict):
-        return
-    foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                     if (p.is_file() or p.is_symlink()) and p.relative_to(out).as_posix() not in listed
-                     and p.relative_to(out).as_posix() != MANIFEST)
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
-        raise OutputError(f"--out '{out}' holds files that reportgen did not write ({shown}), which a rebuild would "
-                          "delete: move them out of the site folder or give another --out")
+def build(cfg: BuildConfig, output: Optional[Output] = None) -> BuildReport:
+    """Build the report that ``cfg`` describes into ``cfg.out`` (atomically); returns where and how long."""
+    output = output or Output()
+    t0 = time.perf_counter()
+    out = check_out_path(Path(cfg.out))
+    model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
+    check_replaceable(out, [model_file, cfg.weights, cfg.images])
+    chosen = choose_analyses(cfg)
+    with staged_site(out, []) as tmp:
+        report = build_report(cfg, chosen, tmp, output)
+    report.out = out
+    report.seconds = time.perf_counter() - t0
+    return report
 
 
-@contextmanager
-def site_lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on ``.<name>.lock`` beside the output folder; a second build fails at once, cleanly."""
-    import fcntl
-
-    lock_path = out.parent / f".{out.name}.lock"
-    while True:
-        try:
-            fh = open(lock_path, "a+")
-        except OSError as exc:
-            raise OutputError(f"cannot create the lock file '{lock_path}' ({exc.strerror}): "
-                              "give a writable --out") from None
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            raise OutputError(f"another reportgen build is writing '{out}' right now: wait for it to finish") from None
-        # the holder before us unlinks the file when it is done: a lock on that unlinked file guards nothing
-        try:
-            same = os.stat(lock_path).st_ino == os.fstat(fh.fileno()).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        fh.close()
-    try:
-        yield
-    finally:
-        try:
-            lock_path.unlink()  # while still holding the lock, so that no one locks a file about to vanish
-        except OSError:
-            pass
-        fh.close()
+def build_report(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
+                 snapshot: Optional[dict] = None) -> BuildReport:
+    """The recipe: one report into the existing, empty ``folder``; ``snapshot`` (a checkpoint archive's record of
+    this snapshot) goes into its manifest."""
+    t0 = time.perf_counter()
+    ctx = load(cfg, output)
+    timings = {"load model and images": time.perf_counter() - t0}
+    t_plan = time.perf_counter()
+    plan = make_plan(ctx, chosen)
+    timings["plan (one probe pass)"] = time.perf_counter() - t_plan
+    t_pass = time.perf_counter()
+    ctx.predictions = forward_pass(ctx, plan.reducers)
+    ctx.samples = pick_samples(ctx.predictions, cfg.samples, ctx.rng("samples"))
+    timings["forward pass"] = time.perf_counter() - t_pass
+    writer = ArtifactWriter(folder)
+    entries = write(analyse(ctx, chosen, plan), writer)
+    timings.update((e.name, e.seconds) for e in entries if e.name not in plan.skipped)
+    manifest = make_manifest(cfg, ctx, entries, timings, time.perf_counter() - t0, snapshot)
+    render(manifest, folder, writer)
+    return BuildReport(out=folder, seconds=0.0, failed=[e.name for e in entries if e.status == "failed"],
+                       manifest=manifest)
 
 
-@contextmanager
-def interrupts_as_errors() -> Iterator[None]:
-    """SIGTERM (and SIGINT) raise `BuildInterrupted`, so ``finally`` blocks remove the temporary folder."""
-
-    def handler(signum, _frame):
-        if _Held.depth:
-            _Held.pending = signum
-            return
-        raise _Signalled(signum)
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-    try:
-        yield
-    except _Signalled as exc:
-        raise BuildInterrupted(f"build interrupted by {signal.Signals(exc.signum).name}: the previous site is "
-                               "unchanged", exc.signum) from None
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+def choose_analyses(cfg: BuildConfig) -> Chosen:
+    """The analyses ``cfg`` selects (--only/--skip) and their parameters; every config error reported at once."""
+    analyses = select_analyses(cfg)
+    return Chosen(analyses, resolve_params(analyses, cfg))
 
 
-def swap_into_place(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` with two renames; the old site is deleted only after the new one is in place.
+def load(cfg: BuildConfig, output: Output) -> Any:
+    """Load the model (eval mode, on the configured device, not run yet) and open the image set; returns the build
+    `Context` (``ctx.facts`` is None until `make_plan`).
 
-    SIGINT/SIGTERM are held until both renames are done: a signal between them would leave no site at ``out``.
+    A folder of images is scanned once: its class folders may name the classes of a model that does not name them
+    itself, and the same scan is then read with the model's input spec.
     """
-    old = None
-    _Held.pending = None
-    with _held_signals():
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
+    import torch
+
+    from .context import Context
+    from .data import load_image_set, scan_folder
+    from .models import load_model, resolve_device
+
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    scanned = scan_folder(cfg.images) if cfg.images and not cfg.images.startswith("zoo:") else None
+    class_folders = scanned.class_names if scanned else None
+    loaded = load_model(cfg, class_folders, check=False)  # the plan's probe checks the output
+    images = load_image_set(cfg.images, loaded.input, loaded.zoo_name, cfg.seed, cfg.max_images, scanned=scanned)
+    loaded.model.to(device)
+    return Context(config=cfg, loaded=loaded, images=images, device=device, facts=None, output=output,
+                   class_folders=class_folders)
+
+
+def make_plan(ctx: Any, chosen: Chosen) -> Plan:
+    """Learn the model's facts from one probe pass (`reportgen.plan.learn_model`, which also checks its output and
+    names its classes), then decide which chosen analyses apply to this model and data (each analysis's `check`,
+    which reads ``ctx.facts`` and never runs the model) and the reducers each wants on the one pass."""
+    from .data import map_labels
+    from .plan import learn_model
+
+    cfg = ctx.config
+    ctx.facts = learn_model(ctx.loaded, list(cfg.layers), ctx.generator("plan"), ctx.device, ctx.class_folders)
+    map_labels(ctx.images, ctx.loaded.class_names)
+    applicable, skipped = [], {}
+    for a in chosen.analyses:
+        if a.needs_images and not ctx.is_image_model:
+            skipped[a.name] = "applies to image models only"
+            continue
         try:
-            os.rename(tmp, out)
-        except OSError:
-            if old is not None:
-                os.rename(old, out)
+            a.check(ctx, chosen.params[a.name])
+            applicable.append(a)
+        except NotApplicable as exc:
+            skipped[a.name] = str(exc)
+    reducers = {a.name: a.reducers(ctx, chosen.params[a.name]) for a in applicable}
+    return Plan(applicable, skipped, reducers)
+
+
+def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
+    """Push the image set through the model once, ``batch_size`` images at a time; every reducer sees every batch;
+    the logits of every readable image are kept (`reportgen.context.Predictions`)."""
+    import torch
+
+    from .capture import capture
+    from .context import Predictions
+
+    batch_size = ctx.config.batch_size
+    flat = [r for mine in reducers.values() for r in mine.values()]
+    layers = sorted({layer for r in flat for layer in r.layers})
+    indices, logits, labels = [], [], []
+    n = len(ctx.images)
+    warn = ctx.output.warn
+    batches = ctx.images.batches(batch_size, ctx.device, on_bad=lambda name, why: warn(f"skipped image '{name}': {why}"))
+    with capture(ctx.model, layers) as rec, torch.no_grad():
+        for batch in ctx.iterate(batches, length=(n + batch_size - 1) // batch_size, label="forward pass"):
+            try:
+                out = ctx.model(batch.inputs)
+            except Exception as exc:  # the user's model failing on real data is a model problem, said in one line
+                from .errors import ModelError, first_line
+
+                raise ModelError(f"model '{ctx.loaded.spec}' failed on a batch of the image set "
+                                 f"({type(exc).__name__}: {first_line(exc)}): check that it runs on inputs of shape "
+                                 f"{tuple(batch.inputs.shape)}") from None
+            for reducer in flat:
+                reducer.update(batch, {name: rec.acts[name] for name in reducer.layers}, out)
+            indices.append(batch.indices.numpy())
+            logits.append(out.detach().float().cpu().numpy())
+            labels.append(batch.labels.numpy())
+    if not indices:
+        from .errors import DataError
+
+        raise DataError(f"none of the {n} images in '{ctx.images.source}' could be read: see the warnings above")
+    return Predictions(np.concatenate(indices), np.concatenate(logits), np.concatenate(labels))
+
+
+@dataclass
+class Outcome:
+    """One analysis's run: its result, or why there is none (status "not applicable" or "failed")."""
+
+    analysis: Any
+    params: Any
+    status: str = "ok"
+    reason: Optional[str] = None
+    result: Optional[Result] = None
+    seconds: float = 0.0
+
+
+def analyse(ctx: Any, chosen: Chosen, plan: Plan) -> Iterator[Outcome]:
+    """Run each chosen analysis on the shared context, in report order, yielding one `Outcome` at a time (so that
+    its arrays can be written and dropped before the next analysis runs). A failing analysis becomes a "failed"
+    outcome with the reason (the rest of the report goes on); user errors and interrupts stop the build."""
+    output = ctx.output
+    for a in ctx.iterate(chosen.analyses, length=len(chosen.analyses), label="analyses"):
+        params = chosen.params[a.name]
+        if a.name in plan.skipped:
+            yield Outcome(a, params, "not applicable", plan.skipped[a.name])
+            continue
+        t = time.perf_counter()
+        output.detail(f"running {a.name}")
+        outcome = Outcome(a, params)
+        try:
+            outcome.result = a.run(ctx, params, plan.reducers[a.name])
+        except NotApplicable as exc:
+            outcome.status, outcome.reason = "not applicable", str(exc)
+        except (ReportgenError, KeyboardInterrupt):
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    if _Held.pending is not None:
-        signum, _Held.pending = _Held.pending, None
-        raise BuildInterrupted(f"build interrupted by {signal.Signals(signum).name} while the new site was moved "
-                               f"into place: the new site is complete in '{out}'", signum)
+        except Exception as exc:
+            if output.verbose:
+                traceback.print_exc()
+            outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
+            output.warn(f"analysis '{a.name}' failed: {type(exc).__name__}: {exc} (run with -v for the traceback)")
+        outcome.seconds = time.perf_counter() - t
+        yield outcome
+
+
+def write(outcomes: Iterator[Outcome], writer: ArtifactWriter) -> list[AnalysisEntry]:
+    """Write each outcome's items as files (`reportgen.imaging`) and return one manifest entry per analysis."""
+    from . import imaging
+
+    entries = []
+    for o in outcomes:
+        a = o.analysis
+        entry = AnalysisEntry(**a.describe(), status=o.status, reason=o.reason, seconds=o.seconds,
+                              params=to_jsonable(dataclasses.asdict(o.params)))
+        if o.result is not None:
+            entry.items = to_jsonable([imaging.render_item(item, writer, f"img/{a.name}") for item in o.result.items])
+            entry.metrics = to_jsonable(o.result.metrics)
+            entry.notes = list(o.result.notes)
+        entries.append(entry)
+    return entries
+
+
+def render(manifest: Manifest, folder: Path, writer: ArtifactWriter) -> None:
+    """The pages, from the manifest alone, and manifest.json (`reportgen.site`)."""
+    from .site import render_site
+
+    render_site(manifest, folder, writer)
 
 
 def select_analyses(cfg: BuildConfig) -> list:
@@ -255,18 +287,18 @@ def resolve_params(analyses: list, cfg: BuildConfig) -> dict:
     return params
 
 
-def pick_samples(passed: Any, n: int, rng: np.random.Generator) -> list[int]:
+def pick_samples(predictions: Any, n: int, rng: np.random.Generator) -> list[int]:
     """A seeded pick of ``n`` image indices, spread over the true classes (or predicted ones when unlabelled)."""
-    keys = passed.labels if (passed.labels >= 0).any() else passed.preds
+    keys = predictions.labels if (predictions.labels >= 0).any() else predictions.preds
     by_class: dict[int, list[int]] = {}
-    for idx, key in zip(passed.indices.tolist(), keys.tolist()):
+    for idx, key in zip(predictions.indices.tolist(), keys.tolist()):
         by_class.setdefault(int(key), []).append(idx)
     for members in by_class.values():
         rng.shuffle(members)
     picks: list[int] = []
     order = sorted(by_class)
     depth = 0
-    while len(picks) < min(n, len(passed.indices)):
+    while len(picks) < min(n, len(predictions.indices)):
         for c in order:
             if depth < len(by_class[c]) and len(picks) < n:
                 picks.append(by_class[c][depth])
@@ -274,210 +306,43 @@ def pick_samples(passed: Any, n: int, rng: np.random.Generator) -> list[int]:
     return sorted(picks)
 
 
-def run_pass(ctx: Any, reducers: dict, batch_size: int, warn: Callable[[str], None]) -> Any:
-    """Push the image set through the model once; every reducer sees every batch; logits are kept for all images."""
-    import torch
-
-    from .capture import capture
-    from .context import PassResult
-
-    layers = sorted({layer for r in reducers.values() for layer in r.layers})
-    indices, logits, labels = [], [], []
-    n = len(ctx.images)
-    batches = ctx.images.batches(batch_size, ctx.device, on_bad=lambda name, why: warn(f"skipped image '{name}': {why}"))
-    with capture(ctx.model, layers) as rec, torch.no_grad():
-        for batch in ctx.iterate(batches, length=(n + batch_size - 1) // batch_size, label="forward pass"):
-            try:
-                out = ctx.model(batch.inputs)
-            except Exception as exc:  # the user's model failing on real data is a model problem, said in one line
-                from .errors import ModelError, first_line
-
-                raise ModelError(f"model '{ctx.loaded.spec}' failed on a batch of the image set "
-                                 f"({type(exc).__name__}: {first_line(exc)}): check that it runs on inputs of shape "
-                                 f"{tuple(batch.inputs.shape)}") from None
-            for reducer in reducers.values():
-                reducer.update(batch, {name: rec.acts[name] for name in reducer.layers}, out)
-            indices.append(batch.indices.numpy())
-            logits.append(out.detach().float().cpu().numpy())
-            labels.append(batch.labels.numpy())
-    if not indices:
-        from .errors import DataError
-
-        raise DataError(f"none of the {n} images in '{ctx.images.source}' could be read: see the warnings above")
-    return PassResult(np.concatenate(indices), np.concatenate(logits), np.concatenate(labels))
-
-
-def build(cfg: BuildConfig, *, log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
-          progress: Optional[Callable] = None, verbose: bool = False) -> BuildReport:
-    """Build the report that ``cfg`` describes into ``cfg.out`` (atomically); returns where and how long."""
-    t0 = time.perf_counter()
-    out = check_out_path(Path(cfg.out))
-    model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
-    check_replaceable(out, [model_file, cfg.weights, cfg.images])
-    analyses = select_analyses(cfg)
-    params = resolve_params(analyses, cfg)
-    with staged_site(out, []) as tmp:
-        report = _build_into(cfg, analyses, params, tmp, log, warn, progress, verbose, t0)
-    report.out = out
-    report.seconds = time.perf_counter() - t0
-    return report
-
-
-@contextmanager
-def staged_site(out: Path, inputs: list[Optional[str]]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out``; when the block succeeds, swap it into place as ``out``.
-
-    Signals are handled first, so that the lock file and the temporary folder are removed whatever stops the
-    build; on any error the previous site stays as it was and the temporary folder is deleted.
-    """
-    check_replaceable(out, inputs)
-    with interrupts_as_errors(), site_lock(out):
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        try:
-            tmp.mkdir()
-            yield tmp
-            # a report folder replaced meanwhile by something else must not be deleted
-            if out.exists() and any(out.iterdir()) and not is_report_folder(out):
-                raise OutputError(f"--out '{out}' changed during the build and is no longer a reportgen site: "
-                                  f"the new site was not moved into place")
-            check_replaceable(out, [])  # files dropped into the old site meanwhile
-            swap_into_place(tmp, out)
-        finally:
-            with _held_signals():  # a second Ctrl-C must not cut the clean-up short; the build is ending anyway
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _build_into(cfg, analyses, params, tmp: Path, log, warn, progress, verbose, t0,
-                extra: Optional[dict] = None) -> BuildReport:
-    """Build one report into the existing, empty folder ``tmp``; ``extra`` is merged into its manifest."""
-    import torch
-
-    from .capture import resolve_layer
-    from .context import Context
-    from .data import load_image_set, map_labels
-    from .layers import default_layers, layer_table
-    from .models import load_model, resolve_device
-
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    image_class_names = None
-    if cfg.images and not cfg.images.startswith("zoo:"):
-        from .data import folder_image_set
-        from .models import InputSpec
-
-        # the class folders may name the classes of a model that does not name them itself
-        image_class_names = folder_image_set(cfg.images, InputSpec("image", (1, 1), 3, (0,) * 3, (1,) * 3)).class_names
-    t_load = time.perf_counter()
-    loaded = load_model(cfg, image_class_names)
-    images = load_image_set(cfg.images, loaded.input, loaded.zoo_name, cfg.seed, cfg.max_images)
-    map_labels(images, loaded.class_names)
-    rows = layer_table(loaded.model, loaded.input.shape)
-    for name in cfg.layers:
-        resolve_layer(loaded.model, name)
-    layers = list(cfg.layers) or default_layers(rows)
-    loaded.model.to(device)
-    ctx = Context(config=cfg, loaded=loaded, images=images, device=device, layers=layers, log=log, progress=progress)
-    timings: dict[str, float] = {"load model and images": time.perf_counter() - t_load}
-
-    applicable, skipped = [], {}
-    for a in analyses:
-        if a.needs_images and not ctx.is_image_model:
-            skipped[a.name] = "applies to image models only"
-            continue
-        try:
-            a.check(ctx, params[a.name])
-            applicable.append(a)
-        except NotApplicable as exc:
-            skipped[a.name] = str(exc)
-
-    t_pass = time.perf_counter()
-    reducers = {}
-    for a in applicable:
-        for key, r in a.reducers(ctx, params[a.name]).items():
-            reducers[f"{a.name}/{key}"] = r
-    ctx.passed = run_pass(ctx, reducers, cfg.batch_size, warn)
-    ctx.samples = pick_samples(ctx.passed, cfg.samples, ctx.rng("samples"))
-    timings["forward pass"] = time.perf_counter() - t_pass
-
-    from . import imaging
-
-    writer = ArtifactWriter(tmp)
-    sections = []
-    failed = []
-    for a in ctx.iterate(analyses, length=len(analyses), label="analyses"):
-        entry = {**a.describe(), "status": "ok", "reason": None, "seconds": 0.0, "items": [], "metrics": {},
-                 "notes": [], "params": to_jsonable(dataclasses.asdict(params[a.name]))}
-        if a.name in skipped:
-            entry.update(status="not applicable", reason=skipped[a.name])
-            sections.append(entry)
-            continue
-        mine = {k.split("/", 1)[1]: r for k, r in reducers.items() if k.split("/", 1)[0] == a.name}
-        t = time.perf_counter()
-        log(f"running {a.name}")
-        try:
-            result: Result = a.run(ctx, params[a.name], mine)
-            entry["items"] = [imaging.render_item(item, writer, f"img/{a.name}") for item in result.items]
-            entry["metrics"] = to_jsonable(result.metrics)
-            entry["notes"] = list(result.notes)
-        except NotApplicable as exc:
-            entry.update(status="not applicable", reason=str(exc))
-        except (ReportgenError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if verbose:
-                traceback.print_exc()
-            failed.append(a.name)
-            entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
-            warn(f"analysis '{a.name}' failed: {type(exc).__name__}: {exc} (run with -v for the traceback)")
-        entry["seconds"] = time.perf_counter() - t
-        timings[a.name] = entry["seconds"]
-        sections.append(entry)
-
-    manifest = make_manifest(cfg, ctx, rows, sections, timings, writer, time.perf_counter() - t0)
-    manifest.update(extra or {})
-    from .site import render_site
-
-    render_site(manifest, tmp, writer)
-    return BuildReport(out=tmp, seconds=0.0, failed=failed, manifest=manifest)
-
-
-def make_manifest(cfg, ctx, rows, sections, timings, writer, seconds) -> dict:
+def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timings: dict, seconds: float,
+                  snapshot: Optional[dict] = None) -> Manifest:
+    """The manifest of one report: versions, model, image set, config, seed, timings, one entry per analysis."""
     import torch
     import torchvision
 
     images = ctx.images
-    passed = ctx.passed
+    predictions = ctx.predictions
     display_samples = []
     for i in ctx.samples:
-        row = passed.row(i)
-        pred = int(passed.preds[row])
+        row = predictions.row(i)
+        pred = int(predictions.preds[row])
         label = int(images.labels[i])
         display_samples.append({"index": int(i), "name": images.names[i],
                                 "label": ctx.class_names[label] if label >= 0 else None,
-                                "pred": ctx.class_names[pred], "prob": float(passed.probs[row, pred])})
-    return to_jsonable({
-        "generator": GENERATOR,
-        "version": __version__,
-        "created_with": {"reportgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                         "python": platform.python_version(), "device": str(ctx.device)},
-        "model": {"spec": ctx.loaded.spec, "form": ctx.loaded.form, "weights": ctx.loaded.weights_path,
-                  "weights_sha256": ctx.loaded.weights_sha256, "zoo": ctx.loaded.zoo_name,
-                  "parameters": int(sum(p.numel() for p in ctx.model.parameters())),
-                  "input": dataclasses.asdict(ctx.loaded.input), "classes": ctx.class_names,
-                  "notes": ctx.loaded.notes,
-                  "layers": [dataclasses.asdict(r) for r in rows], "selected_layers": ctx.layers},
-        "images": {"source": images.source, "count": len(images), "used": int(len(passed.indices)),
-                   "labelled": bool(images.has_labels), "classes": images.class_names,
-                   "class_counts": (np.bincount(images.labels[images.labels >= 0],
-                                                minlength=len(ctx.class_names)).tolist()
-                                    if images.has_labels else None),
-                   "skipped": [{"name": n, "reason": r} for n, r in images.skipped],
-                   "conversions": images.conversions, "notes": images.notes, "samples": display_samples},
-        "config": config_dict(cfg),
-        "seed": cfg.seed,
-        "timings": timings,
-        "build_seconds": seconds,
-        "sections": sections,
-        "files": dict(sorted(writer.hashes.items())),
-    })
+                                "pred": ctx.class_names[pred], "prob": float(predictions.probs[row, pred])})
+    return Manifest(
+        version=__version__,
+        created_with={"reportgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                      "python": platform.python_version(), "device": str(ctx.device)},
+        model=to_jsonable({
+            "spec": ctx.loaded.spec, "form": ctx.loaded.form, "weights": ctx.loaded.weights_path,
+            "weights_sha256": ctx.loaded.weights_sha256, "zoo": ctx.loaded.zoo_name,
+            "parameters": int(sum(p.numel() for p in ctx.model.parameters())),
+            "input": dataclasses.asdict(ctx.loaded.input), "classes": ctx.class_names, "notes": ctx.loaded.notes,
+            "layers": [dataclasses.asdict(r) for r in ctx.facts.layers], "selected_layers": ctx.layers}),
+        images=to_jsonable({
+            "source": images.source, "count": len(images), "used": int(len(predictions.indices)),
+            "labelled": bool(images.has_labels), "classes": images.class_names,
+            "class_counts": (np.bincount(images.labels[images.labels >= 0], minlength=len(ctx.class_names)).tolist()
+                             if images.has_labels else None),
+            "skipped": [{"name": n, "reason": r} for n, r in images.skipped],
+            "conversions": images.conversions, "notes": images.notes, "samples": display_samples}),
+        config=to_jsonable(config_dict(cfg)),
+        seed=cfg.seed,
+        timings=to_jsonable(timings),
+        build_seconds=seconds,
+        analyses=entries,
+        snapshot=snapshot,
+    )

@@ -113,6 +113,8 @@ def capture(
     Yields:
         a `Recorder` whose dicts are refreshed by each forward pass.
     """
+    import torch
+
     if layers:
         require_python_module(model, "capturing layer outputs")
     modules = [(name, resolve_layer(model, name)) for name in layers]
@@ -123,6 +125,8 @@ def capture(
         def hook(_module, _inputs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
             rec.calls[name] += 1
+            if not isinstance(out, torch.Tensor):  # e.g. a module returning a dict: counted, nothing to record
+                return
             rec.acts[name] = out.detach().clone() if clone else out.detach()
             if keep_live:
                 rec.live[name] = out

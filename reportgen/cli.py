@@ -9,40 +9,8 @@ from typing import Any, Callable, Optional
 
 import click
 
+from .console import Output
 from .errors import ReportgenError, first_line
-
-
-class Output:
-    """Where messages go, by verbosity: -q shows only errors and the last line, -v adds details and tracebacks."""
-
-    def __init__(self, verbose: int = 0, quiet: bool = False) -> None:
-        self.verbose = verbose
-        self.quiet = quiet
-
-    def info(self, msg: str) -> None:
-        if not self.quiet:
-            click.echo(msg)
-
-    def detail(self, msg: str) -> None:
-        if self.verbose and not self.quiet:
-            click.echo(msg)
-
-    def warn(self, msg: str) -> None:
-        click.echo(click.style("warning: ", fg="yellow") + msg, err=True)
-
-    def progress(self, iterable: Any, length: Optional[int] = None, label: str = "") -> Any:
-        if self.quiet or not sys.stdout.isatty():
-            return iterable
-        return _ProgressIter(iterable, length, label)
-
-
-class _ProgressIter:
-    def __init__(self, iterable: Any, length: Optional[int], label: str) -> None:
-        self.iterable, self.length, self.label = iterable, length, label
-
-    def __iter__(self):
-        with click.progressbar(self.iterable, length=self.length, label=self.label.ljust(22), width=30) as bar:
-            yield from bar
 
 
 def common(fn: Callable) -> Callable:
@@ -176,8 +144,7 @@ def build(model, weights, config_path, output: Output, **options):
     from .build import build as run_build
 
     cfg = report_config(config_path, model=model, weights=weights, **options)
-    report = run_build(cfg, log=output.detail, warn=output.warn, progress=output.progress,
-                       verbose=bool(output.verbose))
+    report = run_build(cfg, output)
     index = report.out / "index.html"
     if report.failed:
         output.warn(f"{len(report.failed)} analysis(es) failed: {', '.join(report.failed)} (shown on their pages)")
@@ -305,7 +272,7 @@ def serve(directory, port, output: Output):
     import http.server
     from pathlib import Path
 
-    from .build import is_report_folder
+    from .staging import is_report_folder
 
     if not is_report_folder(Path(directory)):
         raise ReportgenError(f"'{directory}' is not a reportgen site: run `reportgen build` first or give its folder")
@@ -330,7 +297,7 @@ def render(directory, output: Output):
     """Render the pages of a built site again from its manifest.json (after a template change)."""
     from pathlib import Path
 
-    from .build import is_report_folder
+    from .staging import is_report_folder
     from .site import rerender
 
     if not is_report_folder(Path(directory)):
@@ -352,7 +319,6 @@ def archive_cmd(checkpoints, model, config_path, output: Output, **options):
     from .archive import archive
 
     cfg = report_config(config_path, model=model, **options)
-    summary = archive(cfg, list(checkpoints), log=output.info, warn=output.warn, progress=output.progress,
-                      verbose=bool(output.verbose))
+    summary = archive(cfg, list(checkpoints), output)
     click.echo(f"Archive written to {summary['out'] / 'index.html'} in {summary['seconds']:.1f} s "
                f"({len(summary['built'])} snapshots built, {len(summary['reused'])} reused)")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .config import BuildConfig
+from .console import Output
 from .data import ImageSet
 from .models import LoadedModel
+from .plan import ModelFacts
 
 
 @dataclass
-class PassResult:
+class Predictions:
     """What the one pass of the image set through the model always yields, for every readable image.
 
     ``indices`` (M,) positions in the image set, ``logits`` (M, K) float32, ``labels`` (M,) int64 (-1 unknown).
@@ -46,19 +48,25 @@ class PassResult:
 class Context:
     """Shared by every analysis of one build.
 
-    ``model`` is in eval mode on ``device``; ``layers`` are the selected dotted layer names; ``passed`` holds the
-    predictions of the one pass; ``samples`` are the seeded pick of image indices for per-image analyses.
+    ``model`` is in eval mode on ``device``; ``facts`` is what the plan learned about it (layer table, CAM layers,
+    non-linearities...); ``layers`` are the selected dotted layer names; ``predictions`` holds the logits of the one
+    pass (None before it); ``samples`` are the seeded pick of image indices for per-image analyses; ``output``
+    takes messages and progress bars.
     """
 
     config: BuildConfig
     loaded: LoadedModel
     images: ImageSet
     device: Any
-    layers: list[str]
-    passed: Optional[PassResult] = None
+    facts: ModelFacts
+    predictions: Optional[Predictions] = None
     samples: list[int] = field(default_factory=list)
-    log: Callable[[str], None] = lambda msg: None
-    progress: Callable[..., Any] = None  # progress(iterable, length=, label=) -> iterable
+    output: Output = field(default_factory=lambda: Output(silent=True))
+    class_folders: Optional[list[str]] = None  # an image folder's class sub-folders (they may name the classes)
+
+    @property
+    def layers(self) -> list[str]:
+        return self.facts.selected
 
     @property
     def model(self) -> Any:
@@ -101,4 +109,4 @@ class Context:
         return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
 
     def iterate(self, iterable: Any, length: int, label: str) -> Any:
-        return self.progress(iterable, length=length, label=label) if self.progress else iterable
+        return self.output.progress(iterable, length=length, label=label)

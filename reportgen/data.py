@@ -44,7 +44,7 @@ class ImageSet:
     names: list[str]
     labels: np.ndarray  # int64 (N,), -1 = unknown
     class_names: Optional[list[str]]
-    spec: InputSpec
+    spec: Optional[InputSpec]  # None until `folder_image_set` gives a scanned folder its spec
     _load: Callable[[int], np.ndarray]
     masks: Optional[np.ndarray] = None  # bool (N, H, W) object masks when the data set has them
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
@@ -180,9 +180,11 @@ def read_image(path: Path, spec: InputSpec, counts: dict[str, int]) -> np.ndarra
         raise BadImage(f"cannot be decoded ({str(exc)[:120] or type(exc).__name__})") from None
 
 
-def folder_image_set(root: str | Path, spec: InputSpec) -> ImageSet:
-    """All images below ``root`` (recursive, sorted); labels from first-level class folders when every image lies
-    inside one (the ImageFolder convention)."""
+def scan_folder(root: str | Path) -> ImageSet:
+    """List the images below ``root`` (recursive, sorted) without decoding any; labels from first-level class
+    folders when every image lies inside one (the ImageFolder convention). The result reads nothing until it has a
+    spec: `folder_image_set` gives it one (the model's input size and channels are known only after the model is
+    loaded, and the class folders may be needed to name the model's classes)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"image path '{root}' does not exist: give a folder of images with --images")
@@ -202,13 +204,13 @@ def folder_image_set(root: str | Path, spec: InputSpec) -> ImageSet:
     labels = np.array([class_names.index(r.parts[0]) for r in rel] if labelled else [-1] * len(rel),
                       dtype=np.int64)
     image_set = ImageSet(source=str(root), names=[r.as_posix() for r in rel], labels=labels,
-                         class_names=class_names, spec=spec, _load=lambda i: None)
+                         class_names=class_names, spec=None, _load=lambda i: None)
     counts = image_set.conversions
     counted: set[int] = set()
 
     def load(i: int) -> np.ndarray:
         mine: dict[str, int] = {}
-        arr = read_image(files[i], spec, mine)
+        arr = read_image(files[i], image_set.spec, mine)
         if i not in counted:  # pages decode some images again: count each image's conversions once
             counted.add(i)
             for key, n in mine.items():
@@ -216,6 +218,13 @@ def folder_image_set(root: str | Path, spec: InputSpec) -> ImageSet:
         return arr
 
     image_set._load = load
+    return image_set
+
+
+def folder_image_set(root: str | Path | ImageSet, spec: InputSpec) -> ImageSet:
+    """All images below ``root`` (a folder, one image file, or the result of `scan_folder`), read with ``spec``."""
+    image_set = root if isinstance(root, ImageSet) else scan_folder(root)
+    image_set.spec = spec
     return image_set
 
 
@@ -238,8 +247,10 @@ def zoo_image_set(name: str, spec: InputSpec, seed: int = 0, split: str = "test"
 
 
 def load_image_set(images: Optional[str], spec: InputSpec, zoo_name: Optional[str], seed: int,
-                   max_images: Optional[int] = None) -> ImageSet:
-    """The image set that ``images`` names: a folder, ``zoo:NAME``, or (None) the zoo model's own test split."""
+                   max_images: Optional[int] = None, scanned: Optional[ImageSet] = None) -> ImageSet:
+    """The image set that ``images`` names: a folder, ``zoo:NAME``, or (None) the zoo model's own test split.
+
+    ``scanned``: the `scan_folder` of ``images`` when the caller already listed it (it is not listed again)."""
     if images is None:
         if zoo_name is None:
             raise DataError("this model has no default image set: give --images FOLDER (or zoo:NAME)")
@@ -249,7 +260,7 @@ def load_image_set(images: Optional[str], spec: InputSpec, zoo_name: Optional[st
     else:
         if spec.kind != "image":
             raise DataError("this model takes 2-D points, not images: leave --images out to use its own data")
-        image_set = folder_image_set(images, spec)
+        image_set = folder_image_set(scanned if scanned is not None else images, spec)
     if max_images is not None and max_images < len(image_set):
         n = max_images
         image_set.names = image_set.names[:n]

@@ -17,38 +17,33 @@ class LayerRow:
 
 
 def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
-    """One row per named module, from a no-grad forward pass of one zero input of ``input_shape`` (C, H, W)."""
+    """One row per named module, from a no-grad forward pass of one zero input of ``input_shape`` (C, H, W).
+
+    A build learns the same table from its one probe pass (`reportgen.plan.learn_model`)."""
     import torch
 
-    shapes: dict[str, tuple] = {}
-    calls: dict[str, int] = {}
-    handles = []
+    from .capture import capture, layer_names
 
-    def hook(name):
-        def fn(_m, _i, out):
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            if isinstance(out, torch.Tensor):
-                shapes[name] = tuple(out.shape[1:])
-            calls[name] = calls.get(name, 0) + 1
-        return fn
-
-    modules = [(n, m) for n, m in model.named_modules() if n]
     if isinstance(model, torch.jit.ScriptModule):  # no hooks on a compiled graph: names and parameters only
-        modules_only = [(n, m) for n, m in modules]
-        return [LayerRow(n, m.original_name, None, int(sum(p.numel() for p in m.parameters(recurse=False))), 0,
-                         leaf=not any(True for _ in m.children())) for n, m in modules_only]
-    try:
-        for name, module in modules:
-            handles.append(module.register_forward_hook(hook(name)))
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape)))
-    finally:
-        for h in handles:
-            h.remove()
+        return rows_from_probe(model, {}, {})
+    with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
+        model(torch.zeros((1, *input_shape)))
+    return rows_from_probe(model, rec.acts, rec.calls)
+
+
+def rows_from_probe(model: Any, acts: dict, calls: dict) -> list[LayerRow]:
+    """The layer table from a recorded probe pass: ``acts`` maps a dotted name to its (last) output tensor (N, ...),
+    ``calls`` to the number of times it ran; modules missing from ``acts`` did not run (or output no tensor)."""
+    import torch
+
     rows = []
-    for name, module in modules:
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        kind = module.original_name if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
         own = sum(p.numel() for p in module.parameters(recurse=False))
-        rows.append(LayerRow(name, type(module).__name__, shapes.get(name), int(own), calls.get(name, 0),
+        shape = tuple(acts[name].shape[1:]) if name in acts else None
+        rows.append(LayerRow(name, kind, shape, int(own), int(calls.get(name, 0)),
                              leaf=not any(True for _ in module.children())))
     return rows
 

@@ -235,10 +235,12 @@ SPEC_HELP = ("a zoo name (`reportgen zoo list`), torchvision:ARCH, a TorchScript
              "or package.module:factory")
 
 
-def load_model(cfg: Any, image_class_names: Optional[list[str]] = None) -> LoadedModel:
+def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: bool = True) -> LoadedModel:
     """Load the model that ``cfg.model`` names, with ``cfg.weights`` and its input spec; eval mode, on the CPU.
 
-    ``image_class_names`` (the class folders of an image set) name the classes when nothing else does.
+    ``image_class_names`` (the class folders of an image set) name the classes when nothing else does. With
+    ``check=False`` the model is not run: the caller checks its output with `check_output` on a probe of its own
+    (the build's plan does, so that a build runs the model once before the image set).
     """
     import torch
     from torch import nn
@@ -330,27 +332,39 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None) -> Loade
         model=model, spec=spec, form=form, input=inp, class_names=class_names, weights_path=weights,
         weights_sha256=sha256_file(weights) if weights else None, zoo_name=zoo_name, history=history, notes=notes,
     )
-    check_output(loaded, image_class_names)
+    if check:
+        check_output(loaded, image_class_names)
     return loaded
 
 
-def check_output(loaded: LoadedModel, image_class_names: Optional[list[str]] = None) -> None:
-    """Probe the model with one zero input: the output must be (1, classes); fills missing class names.
+def run_probe(loaded: LoadedModel, probe: Any) -> Any:
+    """``loaded.model(probe)`` under no_grad; a model that raises is one `ModelError` line that names the input
+    shape (the usual cause: a wrong --input-size or --channels)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return loaded.model(probe)
+    except Exception as exc:
+        first = first_line(exc)
+        raise ModelError(f"model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} ({first}): "
+                         "check --input-size and --channels") from None
+
+
+def check_output(loaded: LoadedModel, image_class_names: Optional[list[str]] = None, probe: Any = None,
+                 out: Any = None) -> None:
+    """Check the model's output on a probe of two inputs (zeros unless ``probe`` and its output ``out`` are given):
+    it must be (2, classes). Fills missing class names.
 
     Without names from the zoo, the config or a model.json, an image set's class folders name the classes when
     there are as many folders as outputs; else the classes are called "class 0", "class 1", ...
     """
     import torch
 
-    # two inputs, so that a model that mixes or drops the batch dimension is caught here, not mid-build
-    probe = torch.zeros((2, *loaded.input.shape))
-    try:
-        with torch.no_grad():
-            out = loaded.model(probe)
-    except Exception as exc:
-        first = first_line(exc)
-        raise ModelError(f"model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} ({first}): "
-                         "check --input-size and --channels") from None
+    if probe is None:
+        # two inputs, so that a model that mixes or drops the batch dimension is caught here, not mid-build
+        probe = torch.zeros((2, *loaded.input.shape))
+        out = run_probe(loaded, probe)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"model '{loaded.spec}' returns {shape}, not (N, classes) logits: "

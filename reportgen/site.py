@@ -7,7 +7,6 @@ site works opened from disk (file://) and served under any sub-path.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections import OrderedDict
 from urllib.parse import quote
@@ -15,14 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .artifacts import ArtifactWriter, slug
-
-SECTION_TITLES = OrderedDict([
-    ("model", "Model card"),
-    ("parameters", "Parameters"),
-    ("activations", "Activations"),
-    ("influence", "The input's influence"),
-    ("optimized", "Optimized inputs"),
-])
+from .manifest import SECTIONS, Manifest, read_manifest, write_manifest
 
 
 def templates_dir() -> Path:
@@ -108,37 +100,36 @@ def analysis_page(name: str) -> str:
     return f"analyses/{slug(name)}.html"
 
 
-def plan_pages(manifest: dict) -> list[Page]:
+def plan_pages(manifest: Manifest) -> list[Page]:
     """Every page of the site, in navigation order, with previous/next links inside each series."""
-    sections = manifest["sections"]
     home = ("Model card", "index.html")
     pages: list[Page] = [Page("index.html", "Model card", "index.html", [("Model card", None)])]
     pages.append(Page("data.html", "Image set", "data.html", [home, ("Image set", None)]))
     series: list[list[Page]] = []
     analysis_pages = []
-    for s in sections:
-        group = SECTION_TITLES.get(s["section"], s["section"])
-        crumbs = [home, (group, f"index.html#{section_anchor(s['section'])}"), (s["title"], None)]
+    for entry in manifest.analyses:
+        group = SECTIONS.get(entry.section, entry.section)
+        crumbs = [home, (group, f"index.html#{section_anchor(entry.section)}"), (entry.title, None)]
         if group == home[0]:  # the model card's own analyses sit right under it
             crumbs.pop(1)
-        analysis_pages.append(Page(analysis_page(s["name"]), s["title"], "analysis.html", crumbs, section=s))
+        analysis_pages.append(Page(analysis_page(entry.name), entry.title, "analysis.html", crumbs, entry=entry))
     series.append(analysis_pages)
 
-    layers = manifest["model"]["selected_layers"]
+    layers = manifest.model["selected_layers"]
     by_layer: dict[str, list] = {}
     by_image: dict[int, list] = {}
-    for s in sections:
-        for item in s["items"]:
+    for entry in manifest.analyses:
+        for item in entry.items:
             if item.get("layer") is not None:
-                by_layer.setdefault(item["layer"], []).append((s, item))
+                by_layer.setdefault(item["layer"], []).append((entry, item))
             if item.get("image") is not None:
-                by_image.setdefault(item["image"], []).append((s, item))
+                by_image.setdefault(item["image"], []).append((entry, item))
     ordered_layers = [l for l in layers if l in by_layer] + [l for l in by_layer if l not in layers]
     layer_pages = [Page(layer_page(l), f"Layer {l}", "layer.html",
                         [home, ("Layers", "index.html#layers"), (l, None)], layer=l,
                         groups=group_items(by_layer[l])) for l in ordered_layers]
     series.append(layer_pages)
-    samples = {s["index"]: s for s in manifest["images"]["samples"]}
+    samples = {s["index"]: s for s in manifest.images["samples"]}
     image_pages = []
     for idx in sorted(by_image):
         info = samples.get(idx, {"index": idx, "name": str(idx), "label": None, "pred": None, "prob": None})
@@ -159,20 +150,20 @@ def section_anchor(section: str) -> str:
 
 
 def group_items(pairs: list) -> list[dict]:
-    """[(section, item)] -> [{"section": ..., "items": [...]}] keeping the report order of sections."""
+    """[(analysis entry, item)] -> [{"entry": ..., "items": [...]}] keeping the report order of the analyses."""
     groups: "OrderedDict[str, dict]" = OrderedDict()
-    for s, item in pairs:
-        groups.setdefault(s["name"], {"section": s, "items": []})["items"].append(item)
+    for entry, item in pairs:
+        groups.setdefault(entry.name, {"entry": entry, "items": []})["items"].append(item)
     return list(groups.values())
 
 
-def nav_tree(manifest: dict, pages: list[Page]) -> dict:
-    by_section: "OrderedDict[str, list]" = OrderedDict((k, []) for k in SECTION_TITLES)
-    for s in manifest["sections"]:
-        by_section.setdefault(s["section"], []).append(
-            {"name": s["name"], "title": s["title"], "path": analysis_page(s["name"]), "status": s["status"]})
+def nav_tree(manifest: Manifest, pages: list[Page]) -> dict:
+    by_section: "OrderedDict[str, list]" = OrderedDict((k, []) for k in SECTIONS)
+    for entry in manifest.analyses:
+        by_section.setdefault(entry.section, []).append(
+            {"name": entry.name, "title": entry.title, "path": analysis_page(entry.name), "status": entry.status})
     return {
-        "sections": [{"title": SECTION_TITLES.get(k, k), "anchor": section_anchor(k), "entries": v}
+        "sections": [{"title": SECTIONS.get(k, k), "anchor": section_anchor(k), "entries": v}
                      for k, v in by_section.items() if v],
         "layers": [{"title": p.context["layer"], "path": p.path} for p in pages if p.template == "layer.html"],
         "images": [{"title": p.context["info"]["name"], "path": p.path} for p in pages if p.template == "image.html"],
@@ -186,36 +177,35 @@ def copy_static(writer: ArtifactWriter) -> None:
             writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
 
 
-def render_site(manifest: dict, root: Path, writer: Optional[ArtifactWriter] = None) -> list[str]:
+def render_site(manifest: Manifest, root: Path, writer: Optional[ArtifactWriter] = None) -> list[str]:
     """Write every page, the static assets and manifest.json into ``root``; returns the page paths."""
     env = make_env()
     writer = writer or ArtifactWriter(root)
     pages = plan_pages(manifest)
     nav = nav_tree(manifest, pages)
     copy_static(writer)
-    sections = {s["name"]: s for s in manifest["sections"]}
+    entries = {entry.name: entry for entry in manifest.analyses}
     for page in pages:
         def url(target: str, _here: str = page.path) -> str:
             return relative_url(target, _here)
 
         template = env.get_template(page.template)
-        html = template.render(page=page, manifest=manifest, nav=nav, url=url, sections=sections,
-                               section_titles=SECTION_TITLES, section_anchor=section_anchor,
+        html = template.render(page=page, manifest=manifest, nav=nav, url=url, entries=entries,
+                               section_anchor=section_anchor,
                                analysis_page=analysis_page, layer_page=layer_page, image_page=image_page,
                                **page.context)
         writer.write_text(page.path, html)
-    manifest["files"] = dict(sorted(writer.hashes.items()))
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=False))
+    write_manifest(writer, manifest)
     return [p.path for p in pages]
 
 
 def rerender(site_dir: Path) -> list[str]:
     """Render the pages of an existing site again from its manifest (after a template change)."""
-    manifest = json.loads((site_dir / "manifest.json").read_text())
+    manifest = read_manifest(site_dir)
     writer = ArtifactWriter(site_dir)
-    for rel in list(manifest.get("files", {})):
+    for rel in list(manifest.files):
         if rel.endswith(".html") or rel.startswith("static/"):
             (site_dir / rel).unlink(missing_ok=True)
-    keep = {k: v for k, v in manifest.get("files", {}).items() if not (k.endswith(".html") or k.startswith("static/"))}
-    writer.hashes.update(keep)
+    writer.hashes.update({k: v for k, v in manifest.files.items()
+                          if not (k.endswith(".html") or k.startswith("static/"))})
     return render_site(manifest, site_dir, writer)

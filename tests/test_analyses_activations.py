@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reportgen.build import build
+from reportgen.console import Output
 from reportgen.config import load_config
 
 ALL = ["perceptron", "filters", "activation-maps", "distributions", "embeddings", "neighbours", "top-images"]
@@ -32,12 +33,12 @@ def build_site(tmp: Path, model: str, only: list[str], **extra) -> tuple[Path, d
     out = tmp / "site"
     cfg = load_config(None, model=model, weights=random_weights(model, tmp / "w.safetensors"), out=str(out),
                       only=only, max_images=120, samples=2, **extra)
-    build(cfg, log=lambda s: None, warn=lambda s: None)
+    build(cfg, Output(silent=True))
     return out, json.loads((out / "manifest.json").read_text())
 
 
 def sections(manifest: dict) -> dict:
-    return {s["name"]: s for s in manifest["sections"]}
+    return {s["name"]: s for s in manifest["analyses"]}
 
 
 def files_exist(out: Path, section: dict) -> None:
@@ -139,7 +140,8 @@ def test_perceptron_on_the_2d_model(tmp_path):
 
 
 def fake_points_ctx(model, history):
-    from reportgen.context import Context, PassResult
+    from reportgen.context import Context, Predictions
+    from reportgen.plan import ModelFacts
 
     rng = np.random.default_rng(0)
     points = rng.uniform(-1, 1, (50, 2)).astype(np.float32)
@@ -147,10 +149,11 @@ def fake_points_ctx(model, history):
     loaded = SimpleNamespace(model=model, history=history, class_names=["out", "in"],
                              input=SimpleNamespace(kind="points"))
     images = SimpleNamespace(display=lambda i: points[i], labels=labels)
-    ctx = Context(config=SimpleNamespace(seed=0), loaded=loaded, images=images, device="cpu", layers=["0", "2"])
+    facts = ModelFacts(layers=[], selected=["0", "2"], input_shape=(2,))
+    ctx = Context(config=SimpleNamespace(seed=0), loaded=loaded, images=images, device="cpu", facts=facts)
     with torch.no_grad():
         logits = model(torch.from_numpy(points)).numpy()
-    ctx.passed = PassResult(np.arange(50), logits, labels)
+    ctx.predictions = Predictions(np.arange(50), logits, labels)
     return ctx
 
 

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from reportgen.analyses.influence import Target, class_targets, colour_limits, mask_scores
+from reportgen.analyses.influence import MapTarget, class_targets, colour_limits, mask_scores
 from reportgen.build import build
+from reportgen.console import Output
 from reportgen.config import load_config
 from reportgen.errors import ConfigError, LayerError
 
 METHODS = ["occlusion", "gradient", "smoothgrad", "deconvnet", "guided-backprop", "cam", "grad-cam",
-           "guided-grad-cam"]
+           "grad-cam-plus-plus", "xgrad-cam", "layer-cam", "score-cam", "guided-grad-cam"]
 ALL = ["nonlinearities", "top-predictions", *METHODS]
 FAST = {"smoothgrad": {"n": 3}}  # a few noisy copies are enough to exercise the pipeline
 
@@ -65,7 +66,7 @@ def test_class_targets_predicted_first_then_true_then_requested_without_duplicat
         (5, 1, "predicted"), (9, 2, "predicted"),  # the archive strip takes the first items: one per image
         (9, 0, "true"),  # only where the prediction is wrong
         (5, 2, "requested"), (5, 3, "requested"), (9, 3, "requested")]  # 2 is image 9's prediction already
-    assert class_targets([3], [0], [-1], []) == [Target(3, 0, "predicted")]  # unlabelled: no true-class map
+    assert class_targets([3], [0], [-1], []) == [MapTarget(3, 0, "predicted")]  # unlabelled: no true-class map
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,22 +88,22 @@ def zoo_weights(tmp_path_factory, name: str) -> str:
 def build_site(out: Path, model: str, weights: str | None, only: list[str], **options) -> dict:
     analysis = {**FAST, **options.pop("analysis", {})}
     cfg = load_config(None, model=model, weights=weights, out=str(out), only=only, analysis=analysis, **options)
-    report = build(cfg, log=lambda _msg: None, warn=lambda _msg: None)
+    report = build(cfg, Output(silent=True))
     assert report.failed == []
-    return report.manifest
+    return report.manifest.to_json()
 
 
 def sections(manifest: dict) -> dict:
-    return {s["name"]: s for s in manifest["sections"]}
+    return {s["name"]: s for s in manifest["analyses"]}
 
 
 def check_files(out: Path, manifest: dict) -> None:
-    for s in manifest["sections"]:
+    for s in manifest["analyses"]:
         for item in s["items"]:
             for key in ("file", "thumb", "colorbar"):
                 if item.get(key):
                     assert (out / item[key]).is_file(), item[key]
-    for s in manifest["sections"]:
+    for s in manifest["analyses"]:
         assert (out / "analyses" / f"{s['name']}.html").is_file()
 
 
@@ -119,7 +120,7 @@ def test_shapes_resnet_every_method_with_both_scales_masks_and_image_pages(resne
     out, manifest = resnet_site
     check_files(out, manifest)
     by_name = sections(manifest)
-    assert [s["name"] for s in manifest["sections"]] == ALL  # nonlinearities and top-predictions come first
+    assert [s["name"] for s in manifest["analyses"]] == ALL  # nonlinearities and top-predictions come first
     samples = [s["index"] for s in manifest["images"]["samples"]]
     for name in METHODS:
         s = by_name[name]
@@ -208,7 +209,7 @@ def tiny_build(tmp_path, only, model="tiny_models:tiny_cnn", **options):
     images = write_image_folder(tmp_path / "images", per_class=3, size=(32, 32))
     cfg = load_config(None, model=model, input_size=[32, 32], channels=3, images=str(images),
                       out=str(tmp_path / "site"), only=only, samples=2, **options)
-    return build(cfg, log=lambda _msg: None, warn=lambda _msg: None)
+    return build(cfg, Output(silent=True))
 
 
 def test_unknown_class_names_the_key_and_the_known_classes(tmp_path):
@@ -234,7 +235,7 @@ def test_tiny_model_top3_and_requested_class_maps(tmp_path):
     report = tiny_build(tmp_path, ["top-predictions", "grad-cam", "occlusion"], classes=["dog"],
                         analysis={"grad-cam": {"scale": "shared"},
                                   "occlusion": {"per_pixel": False, "window": 16, "stride": 8, "scale": "shared"}})
-    by_name = sections(report.manifest)
+    by_name = sections(report.manifest.to_json())
     tables = [i for i in by_name["top-predictions"]["items"] if i["type"] == "table"]
     assert len(tables) == 2 and all(len(t["rows"]) == 3 for t in tables)  # 3 classes: a top-3
     assert "top-1 accuracy" in by_name["top-predictions"]["metrics"]
@@ -272,7 +273,7 @@ def test_non_relu_model_notes_approximate_maps_and_leaves_the_model_unchanged(tm
     CREATED.clear()
     report = tiny_build(tmp_path, ["nonlinearities", "deconvnet", "guided-grad-cam", "gradient"],
                         model="test_analyses_influence:silu_cnn")
-    by_name = sections(report.manifest)
+    by_name = sections(report.manifest.to_json())
     for name in ("deconvnet", "guided-grad-cam"):
         assert any("not exact on this model" in n and "SiLU" in n for n in by_name[name]["notes"]), name
     assert not any("not exact" in n for n in by_name["gradient"]["notes"])

@@ -13,6 +13,7 @@ from torch import nn
 
 from conftest import TINY_ARGS
 from reportgen.build import build
+from reportgen.console import Output
 from reportgen.config import load_config
 from reportgen.errors import ConfigError
 
@@ -46,9 +47,9 @@ def site_build(tmp: Path, model: str, analysis: dict, **kw) -> tuple[Path, dict]
     weights, _ = zoo_weights(model, tmp)
     out = tmp / f"site-{model}"
     cfg = load_config(None, model=model, weights=weights, out=str(out), only=list(analysis), analysis=analysis, **kw)
-    build(cfg, log=lambda m: None, warn=print)
+    build(cfg, Output(silent=True))
     manifest = json.loads((out / "manifest.json").read_text())
-    return out, {s["name"]: s for s in manifest["sections"]}
+    return out, {s["name"]: s for s in manifest["analyses"]}
 
 
 def files_of(section: dict) -> list[str]:
@@ -127,8 +128,8 @@ def test_shapes_class_images_at_the_defaults_are_one_centred_object_of_their_cla
     """The issue: shapes-cnn (global average pooling) class images must show one shape, not a tiling; at least 6
     of the 8 are classified as their class by the model itself."""
     import models_zoo
-    from reportgen.analyses.optimized import ClassMaxParams, _settings_note
-    from reportgen.methods.optimize import class_logit, maximize, pixel_bounds, window_mask
+    from reportgen.analyses.optimized import ClassMaxParams, _maximize, _settings_note
+    from reportgen.methods.optimize import class_logit, window_mask
 
     entry = models_zoo.get("shapes-cnn")
     if not entry.weights_path().is_file():
@@ -136,10 +137,10 @@ def test_shapes_class_images_at_the_defaults_are_one_centred_object_of_their_cla
     model = entry.load_pretrained()
     p = ClassMaxParams()
     assert p.fourier and p.grey and p.window > 0 and p.rotate > 0 and p.target == "logit"
-    res = maximize(model, class_logit(list(range(8))), shape=(8, 3, 64, 64), steps=p.steps, lr=p.lr,
-                   l2_weight=p.l2_weight, blur_every=p.blur_every, jitter=p.jitter, window=p.window,
-                   scale_jitter=p.scale_jitter, rotate=p.rotate, fourier=p.fourier, fourier_decay=p.fourier_decay,
-                   grey=p.grey, clamp=pixel_bounds(entry.mean, entry.std), generator=torch.Generator().manual_seed(0))
+    # the analysis's own mapping of its config keys onto the recipe, on a context with just what it reads
+    ctx = SimpleNamespace(model=model, loaded=SimpleNamespace(input=SimpleNamespace(
+        shape=(3, 64, 64), mean=entry.mean, std=entry.std)))
+    res = _maximize(ctx, class_logit(list(range(8))), 8, p, torch.Generator().manual_seed(0))
     with torch.no_grad():
         hits = int((model(res.images).argmax(1) == torch.arange(8)).sum())
     assert hits >= 6, hits
@@ -235,7 +236,7 @@ def test_many_classes_draw_the_most_predicted():
 
     names = [f"c{i}" for i in range(30)]
     preds = np.array([29] * 5 + list(range(25)) + [3, 3])
-    ctx = SimpleNamespace(class_names=names, passed=SimpleNamespace(preds=preds))
+    ctx = SimpleNamespace(class_names=names, predictions=SimpleNamespace(preds=preds))
     picked, note = ClassMax().pick_classes(ctx, ClassMaxParams())
     assert len(picked) == 20 and picked == sorted(picked) and {29, 3} <= set(picked) and "30 classes" in note
     picked, note = ClassMax().pick_classes(ctx, ClassMaxParams(classes=["c7", "c2", "c7"]))
@@ -258,17 +259,23 @@ def test_deepdream_truncated_gives_the_same_images_and_accepts_a_fixed_size_head
 
 
 def test_maximize_truncated_gives_the_same_images_and_refuses_class_objectives():
-    from reportgen.methods.optimize import channel, class_logit, l2, maximize
+    from reportgen.methods.optimize import (
+        channel, class_logit, l2, maximize, noise, pixel_param, standard_edits, standard_transforms)
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
     obj = channel("1", [0, 3]) - 1e-3 * l2()
-    runs = [maximize(model, obj, shape=(2, 3, 8, 8), steps=5, generator=torch.Generator().manual_seed(2),
-                     truncate=t) for t in (False, True)]
+
+    def run(truncate):
+        g = torch.Generator().manual_seed(2)
+        return maximize(model, obj, pixel_param(noise((2, 3, 8, 8), g)), standard_transforms(g),
+                        edits=standard_edits(), steps=5, truncate=truncate)
+
+    runs = [run(t) for t in (False, True)]
     assert torch.allclose(runs[0].images, runs[1].images) and torch.allclose(runs[0].curve, runs[1].curve)
     assert torch.allclose(runs[0].final_scores, runs[1].final_scores)
     with pytest.raises(ValueError, match="exactly one layer"):
-        maximize(model, class_logit(0), shape=(1, 3, 8, 8), steps=1, truncate=True)
+        maximize(model, class_logit(0), pixel_param(torch.zeros(1, 3, 8, 8)), steps=1, truncate=True)
     assert all(not m._forward_hooks for m in model.modules())
 
 
@@ -301,5 +308,5 @@ def test_bad_parameters_are_config_errors(tmp_path, image_folder, name, values, 
     cfg = load_config(None, model=TINY_ARGS[0], input_size=[32, 32], channels=3, images=str(image_folder),
                       out=str(tmp_path / "site"), only=[name], analysis={name: values})
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        build(cfg, log=lambda m: None, warn=lambda m: None)
+        build(cfg, Output(silent=True))
     assert not (tmp_path / "site").exists()

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from reportgen.analyses import all_analyses, python_name
+from reportgen.analyses.influence import AttributionAnalysis
 from reportgen.methods import attribution as A
 from reportgen.methods import cams as C
 from reportgen.methods.relu_rules import inspect_nonlinearities, relu_rule
@@ -170,26 +172,39 @@ def test_smoothgrad_known_answer_seed_and_batching():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Batch in = the same maps as one image at a time, for every registered method
+# Batch in = the same maps as one image at a time, for every method the report shows
+
+# The report's attribution analyses by their method function's name (the naming rule: grad-cam <-> grad_cam)
+SHOWN = {python_name(a.name): a for a in all_analyses() if isinstance(a, AttributionAnalysis)}
+
+
+def test_every_shown_method_is_a_function_named_like_its_analysis():
+    for name in SHOWN:
+        assert callable(getattr(A, name, None) or getattr(C, name, None)), name
 
 
 def method_params(name: str) -> dict:
     return {"smoothgrad": {"n": 4, "sigma": 0.2, "generator": torch.Generator().manual_seed(3), "batch_size": 5},
-            "occlusion": {"window": (3, 3), "stride": (2, 2), "batch_size": 10}}.get(name, {})
+            "occlusion": {"window": (3, 3), "stride": (2, 2), "batch_size": 10, "per_pixel": True}}.get(name, {})
 
 
-@pytest.mark.parametrize("name", list(A.METHODS))
+def display_map(name: str, model: nn.Module, x: torch.Tensor, target, **params) -> torch.Tensor:
+    """The report's display map (N, H, W) of method ``name``; CAM layers found as the build's plan finds them."""
+    if name == "cam" and not params:
+        layer, fc = C.find_cam_layers(model, x[:1])
+        params = {"layer": layer, "fc": fc}
+    elif "cam" in name and "layer" not in params:
+        params = {**params, "layer": C.default_cam_layer(model, x[:1])}
+    return SHOWN[name].attribute(model, x, target, **params)
+
+
+@pytest.mark.parametrize("name", list(SHOWN))
 def test_batch_equals_single_runs(name):
     model, x, targets = GapNet(), images(3), [0, 3, 1]
-    batched = A.explain(name, model, x, torch.tensor(targets), **method_params(name))
+    batched = display_map(name, model, x, torch.tensor(targets), **method_params(name))
     assert batched.shape == (3, 8, 8)
-    singles = torch.cat([A.explain(name, model, x[i:i + 1], targets[i], **method_params(name)) for i in range(3)])
+    singles = torch.cat([display_map(name, model, x[i:i + 1], targets[i], **method_params(name)) for i in range(3)])
     torch.testing.assert_close(batched, singles, rtol=1e-4, atol=1e-6)
-
-
-def test_explain_unknown_method():
-    with pytest.raises(ValueError, match="grad_cam"):
-        A.explain("lime", GapNet(), images(1), 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,8 +240,6 @@ def test_find_cam_layers_rejects_models_without_gap_linear():
     max_pool = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     assert C.find_cam_layers(hidden_fc, images(1)) is None
     assert C.find_cam_layers(max_pool, images(1)) is None
-    with pytest.raises(ValueError, match="global average pooling"):
-        A.explain("cam", max_pool, images(1), 0)
 
 
 def test_cam_on_torchvision_resnet_block_layer_and_reused_layer_error():
@@ -365,25 +378,26 @@ def assert_untouched(model: nn.Module, before) -> None:
     assert torch._C._len_torch_function_stack() == 0
 
 
-@pytest.mark.parametrize("name", list(A.METHODS))
+@pytest.mark.parametrize("name", list(SHOWN))
 @pytest.mark.parametrize("case", ["ok", "fail_first_call", "fail_second_call", "bad_target"])
 def test_every_method_leaves_the_model_unchanged(name, case):
     model = hygiene_model(fail_at={"fail_first_call": 1, "fail_second_call": 2}.get(case, 0))
     before = state(model)
     params = method_params(name)
-    if name in ("cam", "grad_cam", "guided_grad_cam"):
+    if "cam" in name:
         params["layer"] = "features"  # so that the failing call is the method's own, not a layer probe
     if name == "cam":
         params["fc"] = "fc"
     x = images(2)
     target = 4 if case == "bad_target" else [0, 1]
     if case == "ok":
-        assert A.explain(name, model, x, target, **params).shape == (2, 8, 8)
-    elif case == "fail_second_call" and name in ("gradient", "deconvnet", "guided_backprop", "cam", "grad_cam"):
-        A.explain(name, model, x, target, **params)  # one forward pass: nothing to fail
+        assert display_map(name, model, x, target, **params).shape == (2, 8, 8)
+    elif case == "fail_second_call" and name in ("gradient", "deconvnet", "guided_backprop", "cam", "grad_cam",
+                                                  "grad_cam_plus_plus", "xgrad_cam", "layer_cam"):
+        display_map(name, model, x, target, **params)  # one forward pass: nothing to fail
     else:
         with pytest.raises((RuntimeError, ValueError), match="injected|out of range"):
-            A.explain(name, model, x, target, **params)
+            display_map(name, model, x, target, **params)
     assert_untouched(model, before)
 
 
@@ -456,13 +470,12 @@ def test_inspect_nonlinearities_flags_gelu_and_functional_others():
     assert any("approximate" in line for line in report.lines())
 
 
-def test_default_cam_layer_skips_adaptive_pooling_and_smoothgrad_method_by_name():
+def test_default_cam_layer_skips_adaptive_pooling_and_smoothgrad_of_another_method():
     torch.manual_seed(0)
     vgg_like = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(7), nn.Flatten(),
                              nn.Linear(4 * 49, 2)).eval()
     assert C.default_cam_layer(vgg_like, images(1)) == "1"
     model, x = ReluNet("once"), images(2)
-    torch.testing.assert_close(A.explain("smoothgrad", model, x, 1, method="guided_backprop", sigma=1e-8, n=2),
+    torch.testing.assert_close(A.reduce_channels(A.smoothgrad(model, x, 1, method=A.guided_backprop, sigma=1e-8,
+                                                              n=2)),
                                A.reduce_channels(A.guided_backprop(model, x, 1)), rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="choose from"):
-        A.explain("smoothgrad", model, x, 1, method="lime")

@@ -42,7 +42,7 @@ def test_build_writes_index_and_manifest_with_true_hashes(tmp_path, image_folder
     assert manifest["images"]["count"] == 19 and manifest["images"]["used"] == 18
     assert manifest["images"]["skipped"][0]["name"] == "cat/broken.png"
     assert manifest["model"]["classes"] == ["bird", "cat", "dog"]  # from the class folders
-    pred = next(s for s in manifest["sections"] if s["name"] == "predictions")
+    pred = next(s for s in manifest["analyses"] if s["name"] == "predictions")
     assert pred["status"] == "ok" and 0.0 <= pred["metrics"]["accuracy"] <= 1.0
     assert "timings" in manifest and "forward pass" in manifest["timings"]
 
@@ -51,7 +51,7 @@ def test_only_runs_only_the_named_analyses(tmp_path, image_folder):
     out = tmp_path / "site"
     run(*build_args(out, image_folder))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [s["name"] for s in manifest["sections"]] == ["predictions"]
+    assert [s["name"] for s in manifest["analyses"]] == ["predictions"]
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path, image_folder):
@@ -161,7 +161,7 @@ def test_zoo_image_set_form(tmp_path):
         "--only", "predictions", "-q")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["images"]["used"] == 40 and manifest["images"]["labelled"]
-    pred = manifest["sections"][0]
+    pred = manifest["analyses"][0]
     assert pred["metrics"]["accuracy"] > 0.9
 
 
@@ -174,8 +174,8 @@ def test_config_file_with_flags_on_top(tmp_path, image_folder):
     run("build", "--config", cfg, "--out", out, "--seed", "9")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 9  # the flag wins over the file
-    assert manifest["sections"][0]["params"] == {"worst": 2}
-    worst = [i for i in manifest["sections"][0]["items"] if i["group"] == "Worst predictions"]
+    assert manifest["analyses"][0]["params"] == {"worst": 2}
+    worst = [i for i in manifest["analyses"][0]["items"] if i["group"] == "Worst predictions"]
     assert len(worst) == 2
 
 
@@ -208,8 +208,30 @@ def test_torchscript_build_marks_hook_based_analyses_not_applicable(tmp_path, im
     out = tmp_path / "site"
     run("build", script, "--input-size", "32x32", "--channels", "3", "--images", image_folder, "--out", out,
         "--samples", "2", "--only", "predictions,gradient,guided-backprop,grad-cam,nonlinearities", "-q")
-    sections = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["sections"]}
+    sections = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["analyses"]}
     assert sections["gradient"]["status"] == "ok" and sections["predictions"]["status"] == "ok"
     for name in ("guided-backprop", "grad-cam", "nonlinearities"):
         assert sections[name]["status"] == "not applicable"
         assert "TorchScript" in sections[name]["reason"]
+
+
+def test_the_model_runs_once_before_the_image_set(tmp_path, image_folder):
+    """The plan learns the model from one probe pass (output check, layer table, CAM layers, non-linearities):
+    with every analysis chosen, no `check` or `reducers` runs the model again before the image-set pass."""
+    import tiny_models
+
+    config = tmp_path / "fast.toml"
+    config.write_text("[analysis.class-max]\nsteps = 1\n[analysis.unit-max]\nsteps = 1\n"
+                      "[analysis.deepdream]\nimages = 1\noctaves = 1\nsteps_per_octave = 1\n"
+                      "[analysis.adversarial]\nsteps = 1\nsphere_points = 0\n[analysis.smoothgrad]\nn = 2\n"
+                      "[analysis.embeddings]\nperplexity = 5\n")
+    tiny_models.CountingCNN.calls.clear()
+    run("build", "tiny_models:counting_cnn", "--input-size", "32x32", "--channels", "3", "--images", image_folder,
+        "--out", tmp_path / "site", "--batch-size", "7", "--samples", "2", "--config", config, "-q")
+    calls = tiny_models.CountingCNN.calls
+    first_batch = calls.index(7)
+    assert calls[:first_batch] == [2]  # the plan's probe: two inputs
+    assert calls[first_batch:first_batch + 3] == [7, 7, 4]  # 18 images, once
+    manifest = json.loads((tmp_path / "site" / "manifest.json").read_text())
+    not_ok = {s["name"]: s["reason"] for s in manifest["analyses"] if s["status"] != "ok"}
+    assert list(not_ok) == ["perceptron"], not_ok  # a 2-D point model's analysis: the only one that does not apply

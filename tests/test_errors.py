@@ -511,7 +511,7 @@ def test_read_only_output_place(tmp_path, image_folder):
 
 
 def test_a_second_build_to_the_same_site_fails_cleanly(tmp_path, image_folder):
-    from reportgen.build import site_lock
+    from reportgen.staging import site_lock
 
     out = tmp_path / "site"
     assert build(out, image_folder).exit_code == 0
@@ -601,7 +601,7 @@ def test_sigint_and_sigterm_leave_the_previous_site_intact(tmp_path, image_folde
 def test_interrupt_during_the_swap_is_deferred_until_the_new_site_is_in_place(tmp_path, image_folder,
                                                                                monkeypatch):
     """A signal between the two renames must not leave the user with no site at all."""
-    import reportgen.build as rb
+    import reportgen.staging as rb
 
     out = tmp_path / "site"
     assert build(out, image_folder).exit_code == 0

@@ -2,29 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from reportgen.methods.adversarial import adversarial, random_sphere, sphere_points
 from reportgen.methods.optimize import (
+    DEFAULTS,
     blur,
+    bounded,
     channel,
     class_logit,
     class_prob,
+    compose,
     deepdream,
     edge_energy,
     edge_energy_penalty,
+    every,
     fourier_image,
+    fourier_param,
     fourier_scale,
+    gaussian_blur,
+    grey_param,
     l2,
     l2_penalty,
     layer_energy,
+    mapped_param,
     maximize,
+    noise,
+    penalized,
     pixel_bounds,
+    pixel_param,
     random_affine,
+    random_roll,
+    random_zoom_rotate,
+    soft_window,
+    standard_edits,
+    standard_param,
+    standard_transforms,
     unit,
     window_mask,
+    zero_below,
     zero_small_pixels,
 )
 
@@ -40,6 +60,22 @@ def one_thread():
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def recipe(shape, generator=None, *, init=None, clamp=None, **settings) -> dict:
+    """The report's recipe for ``maximize(model, objective, **recipe(...), steps=...)``, as
+    ``reportgen.analyses.optimized._maximize`` builds it: ``settings`` by their `MaxDefaults` names, start noise of
+    ``shape`` drawn first from ``generator``, then the random transforms from the same generator."""
+    s = replace(DEFAULTS, **settings)
+    g = gen() if generator is None else generator
+    start = noise(shape, g) if init is None else init
+    return dict(
+        param=standard_param(start, clamp=clamp, fourier=s.fourier, fourier_decay=s.fourier_decay, grey=s.grey,
+                             window=s.window),
+        transforms=standard_transforms(g, jitter=s.jitter, scale_jitter=s.scale_jitter, rotate=s.rotate),
+        edits=standard_edits(clamp=clamp, blur_every=s.blur_every, blur_sigma=s.blur_sigma, zero_small=s.zero_small,
+                             zero_threshold=s.zero_threshold, fourier=s.fourier),
+    )
 
 
 def tiny_cnn() -> nn.Sequential:
@@ -130,10 +166,10 @@ def unusual_state(model: nn.Module) -> nn.Module:
 
 
 CALLS = {
-    "maximize": lambda m: maximize(m, class_logit(1) - 1e-3 * l2(), shape=(2, 3, 8, 8), steps=3, generator=gen()),
-    "maximize-priors": lambda m: maximize(m, class_logit([0, 1]), shape=(2, 3, 8, 8), steps=3, window=0.9,
-                                          scale_jitter=0.2, rotate=30, fourier=True, grey=True, generator=gen()),
-    "maximize-layer": lambda m: maximize(m, channel("2", 1), shape=(1, 3, 8, 8), steps=3, generator=gen()),
+    "maximize": lambda m: maximize(m, class_logit(1) - 1e-3 * l2(), **recipe((2, 3, 8, 8)), steps=3),
+    "maximize-priors": lambda m: maximize(m, class_logit([0, 1]), steps=3, **recipe(
+        (2, 3, 8, 8), window=0.9, scale_jitter=0.2, rotate=30, fourier=True, grey=True)),
+    "maximize-layer": lambda m: maximize(m, channel("2", 1), **recipe((1, 3, 8, 8)), steps=3),
     "deepdream": lambda m: deepdream(m, torch.randn(2, 3, 12, 12, generator=gen()), "2", steps_per_octave=2),
     "adversarial": lambda m: adversarial(m, torch.randn(2, 3, 8, 8, generator=gen()), steps=3),
     "random_sphere": lambda m: random_sphere(m, torch.randn(2, 3, 8, 8, generator=gen()), 1.0, m=10, batch_size=4),
@@ -177,15 +213,15 @@ OBJECTIVES = {
 @pytest.mark.parametrize("name", OBJECTIVES)
 def test_maximize_raises_every_objective_in_five_steps(name):
     model = tiny_cnn().eval()
-    # no jitter or blur here: the curve then scores exactly the images being optimized, step by step
-    res = maximize(model, OBJECTIVES[name], shape=(3, 3, 8, 8), steps=5, jitter=0, blur_every=0, generator=gen())
+    # no transforms or edits here: the curve then scores exactly the images being optimized, step by step
+    res = maximize(model, OBJECTIVES[name], pixel_param(noise((3, 3, 8, 8), gen())), steps=5)
     assert res.images.shape == (3, 3, 8, 8) and res.curve.shape == (5, 3) and res.final_scores.shape == (3,)
     assert (res.final_scores > res.curve[0]).all(), (res.curve, res.final_scores)
 
 
 def test_maximize_with_default_transforms_still_rises():
     model = tiny_cnn().eval()
-    res = maximize(model, class_logit(2), shape=(2, 3, 8, 8), steps=20, generator=gen())
+    res = maximize(model, class_logit(2), **recipe((2, 3, 8, 8)), steps=20)
     assert (res.final_scores > res.curve[0] + 0.01).all(), (res.curve[0], res.final_scores)
 
 
@@ -250,13 +286,12 @@ def test_transforms():
 def test_maximize_respects_clamp_and_init_and_batches_independently():
     model = tiny_cnn().eval()
     lo, hi = pixel_bounds([0.5, 0.4, 0.3], [0.25, 0.2, 0.25])
-    res = maximize(model, class_logit(4), shape=(2, 3, 8, 8), steps=20, lr=0.5, clamp=(lo, hi), generator=gen())
+    res = maximize(model, class_logit(4), **recipe((2, 3, 8, 8), clamp=(lo, hi)), steps=20, lr=0.5)
     for c in range(3):
         assert res.images[:, c].min() >= lo[c] - 1e-6 and res.images[:, c].max() <= hi[c] + 1e-6
     init = torch.randn(2, 3, 8, 8, generator=gen(1))
-    kw = dict(steps=4, jitter=0, init=init)
-    both = maximize(model, class_logit([0, 3]), **kw).images
-    first = maximize(model, class_logit(0), steps=4, jitter=0, init=init[:1]).images
+    both = maximize(model, class_logit([0, 3]), **recipe(None, init=init, jitter=0), steps=4).images
+    first = maximize(model, class_logit(0), **recipe(None, init=init[:1], jitter=0), steps=4).images
     assert torch.allclose(both[:1], first, atol=1e-6)
     assert torch.equal(init, torch.randn(2, 3, 8, 8, generator=gen(1)))  # init not modified
 
@@ -264,9 +299,9 @@ def test_maximize_respects_clamp_and_init_and_batches_independently():
 def test_same_seed_same_images():
     model = tiny_cnn().eval()
     obj = class_logit(1) - 1e-3 * edge_energy()
-    a = maximize(model, obj, shape=(2, 3, 8, 8), steps=6, generator=gen(7), zero_small=10)
-    b = maximize(model, obj, shape=(2, 3, 8, 8), steps=6, generator=gen(7), zero_small=10)
-    c = maximize(model, obj, shape=(2, 3, 8, 8), steps=6, generator=gen(8), zero_small=10)
+    a = maximize(model, obj, **recipe((2, 3, 8, 8), gen(7), zero_small=10), steps=6)
+    b = maximize(model, obj, **recipe((2, 3, 8, 8), gen(7), zero_small=10), steps=6)
+    c = maximize(model, obj, **recipe((2, 3, 8, 8), gen(8), zero_small=10), steps=6)
     assert torch.equal(a.images, b.images) and torch.equal(a.curve, b.curve)
     assert not torch.equal(a.images, c.images)
     x = torch.randn(3, 3, 8, 8, generator=gen())
@@ -403,8 +438,7 @@ def test_window_mask_is_one_in_the_middle_and_zero_at_the_corners():
 @pytest.mark.parametrize("fourier", [False, True])
 def test_window_makes_the_image_the_data_mean_outside(fourier):
     model = tiny_cnn().eval()
-    res = maximize(model, class_logit(2), shape=(2, 3, 16, 16), steps=10, lr=0.2, window=0.8, fourier=fourier,
-                   generator=gen())
+    res = maximize(model, class_logit(2), **recipe((2, 3, 16, 16), window=0.8, fourier=fourier), steps=10, lr=0.2)
     alpha = window_mask(16, 16, 0.8)
     assert (res.images[..., alpha == 0] == 0).all()  # 0 = the data mean in normalized space
     assert res.images[..., 8, 8].abs().min() > 0
@@ -448,25 +482,191 @@ def test_fourier_scale_and_image():
 def test_fourier_maximize_is_seeded_and_clamped():
     model = tiny_cnn().eval()
     lo, hi = pixel_bounds([0.5, 0.4, 0.3], [0.25, 0.2, 0.25])
-    kw = dict(shape=(2, 3, 16, 16), steps=15, lr=0.2, fourier=True, clamp=(lo, hi), scale_jitter=0.1, rotate=20)
-    a = maximize(model, class_logit(1), generator=gen(3), **kw)
-    b = maximize(model, class_logit(1), generator=gen(3), **kw)
-    c = maximize(model, class_logit(1), generator=gen(4), **kw)
+    kw = dict(fourier=True, clamp=(lo, hi), scale_jitter=0.1, rotate=20)
+    a = maximize(model, class_logit(1), **recipe((2, 3, 16, 16), gen(3), **kw), steps=15, lr=0.2)
+    b = maximize(model, class_logit(1), **recipe((2, 3, 16, 16), gen(3), **kw), steps=15, lr=0.2)
+    c = maximize(model, class_logit(1), **recipe((2, 3, 16, 16), gen(4), **kw), steps=15, lr=0.2)
     assert torch.equal(a.images, b.images) and torch.equal(a.curve, b.curve) and not torch.equal(a.images, c.images)
     assert a.images.shape == (2, 3, 16, 16)
     for ch in range(3):
         assert a.images[:, ch].min() >= lo[ch] - 1e-6 and a.images[:, ch].max() <= hi[ch] + 1e-6
     assert (a.final_scores > a.curve[0]).all()
-    with pytest.raises(ValueError, match="fourier"):
-        maximize(model, class_logit(1), shape=(1, 3, 8, 8), steps=1, fourier=True, zero_small=10)
+    with pytest.raises(ValueError, match="fourier"):  # zeroing small pixels needs pixels
+        recipe((1, 3, 8, 8), fourier=True, zero_small=10)
 
 
 @pytest.mark.parametrize("fourier", [False, True])
 def test_grey_gives_equal_channels_inside_every_channel_bound(fourier):
     model = tiny_cnn().eval()
     lo, hi = pixel_bounds([0.5, 0.4, 0.3], [0.25, 0.2, 0.25])
-    res = maximize(model, class_logit(0), shape=(2, 3, 8, 8), steps=10, lr=0.5, grey=True, fourier=fourier,
-                   clamp=(lo, hi), generator=gen())
+    res = maximize(model, class_logit(0), **recipe((2, 3, 8, 8), grey=True, fourier=fourier, clamp=(lo, hi)),
+                   steps=10, lr=0.5)
     assert torch.equal(res.images[:, 0], res.images[:, 1]) and torch.equal(res.images[:, 1], res.images[:, 2])
     assert res.images.min() >= max(lo) - 1e-6 and res.images.max() <= min(hi) + 1e-6
     assert (res.final_scores > res.curve[0]).all()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The composable parts: transforms, parameterizations, the recipe
+
+
+BOUNDS = ([-1.0, -0.5, 0.0], [1.0, 0.5, 2.0])
+
+# name -> (build(generator) -> transform, random?)
+TRANSFORMS = {
+    "random_roll": (lambda g: random_roll(3, g), True),
+    "random_zoom_rotate": (lambda g: random_zoom_rotate(0.2, 30, g), True),
+    "soft_window": (lambda g: soft_window(0.8), False),
+    "gaussian_blur": (lambda g: gaussian_blur(0.7), False),
+    "every": (lambda g: every(2, gaussian_blur(1.0)), False),
+    "zero_below": (lambda g: zero_below(25), False),
+    "bounded": (lambda g: bounded(BOUNDS), False),
+    "standard_transforms": (lambda g: compose(*standard_transforms(g, scale_jitter=0.1, rotate=20)), True),
+    "standard_edits": (lambda g: compose(*standard_edits(clamp=BOUNDS, blur_every=2, zero_small=10)), False),
+}
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_transform_is_seeded_keeps_shape_and_leaves_the_global_rng_alone(name):
+    build, random = TRANSFORMS[name]
+    x = torch.randn(2, 3, 10, 12, generator=gen(9))
+    copy = x.clone()
+    rng = torch.get_rng_state()
+    # three calls: transforms with a counter or a generator change from call to call, the same way for the same seed
+    a = [t(x) for t in [build(gen(1))] for _ in range(3)]
+    b = [t(x) for t in [build(gen(1))] for _ in range(3)]
+    assert all(out.shape == x.shape and out.dtype == x.dtype for out in a)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert torch.equal(x, copy)  # the input is not modified
+    assert torch.equal(torch.get_rng_state(), rng)  # randomness only from the generator passed in
+    if random:
+        c = [t(x) for t in [build(gen(2))] for _ in range(3)]
+        assert not all(torch.equal(p, q) for p, q in zip(a, c))
+
+
+def test_compose_applies_in_order():
+    x = torch.arange(4.0).view(1, 1, 2, 2)
+    plus1, times2 = (lambda t: t + 1), (lambda t: t * 2)
+    assert torch.equal(compose(plus1, times2)(x), (x + 1) * 2)
+    assert torch.equal(compose(times2, plus1)(x), 2 * x + 1)
+    assert compose()(x) is x
+    # a random transform inside a chain draws exactly what it draws alone
+    y = torch.randn(2, 3, 8, 8, generator=gen())
+    chained = compose(random_roll(2, gen(4)), soft_window(0.8), gaussian_blur(0.5))(y)
+    assert torch.equal(chained, gaussian_blur(0.5)(soft_window(0.8)(random_roll(2, gen(4))(y))))
+
+
+def test_every_counts_its_calls_and_bounded_keeps_grey_inside_every_channel():
+    t = every(3, lambda x: x + 1)
+    x = torch.zeros(1, 1, 1, 1)
+    assert [float(t(x)) for _ in range(7)] == [0, 0, 1, 0, 0, 1, 0]
+    assert float(every(0, lambda x: x + 1)(x)) == 0  # 0: never
+    colour = bounded(BOUNDS)(torch.full((1, 3, 2, 2), 5.0))
+    assert colour[0, :, 0, 0].tolist() == [1.0, 0.5, 2.0]
+    grey = bounded(BOUNDS)(torch.tensor([-9.0, 0.2, 9.0]).view(1, 1, 1, 3))
+    assert grey.flatten().tolist() == [0.0, pytest.approx(0.2), 0.5]  # inside [-1, 1], [-0.5, 0.5] and [0, 2]
+
+
+def test_pixel_param_is_the_clipped_start_and_leaves_init_alone():
+    init = torch.randn(2, 3, 6, 7, generator=gen())
+    params, image = pixel_param(init, clamp=BOUNDS)
+    assert len(params) == 1 and params[0].requires_grad and params[0].shape == (2, 3, 6, 7)
+    assert image() is params[0] and torch.equal(image(), bounded(BOUNDS)(init))
+    for c in range(3):
+        assert image()[:, c].min() >= BOUNDS[0][c] and image()[:, c].max() <= BOUNDS[1][c]
+    assert torch.equal(init, torch.randn(2, 3, 6, 7, generator=gen()))
+
+
+def test_fourier_param_image_has_the_scaled_parameter_as_spectrum():
+    h, w, decay = 8, 9, 1.5
+    init = torch.randn(2, 3, h, w, generator=gen())
+    params, image = fourier_param(init, decay)
+    assert params[0].shape == (2, 3, h, w // 2 + 1, 2) and image().shape == (2, 3, h, w)
+    assert torch.allclose(image(), init, atol=1e-5)  # it starts at init
+    # known answer: a spectrum free of the constraints of a real image's FFT (column 0 must be Hermitian; an odd
+    # width has no Nyquist column) comes back as rfft2(image) = parameter * fourier_scale
+    spec = torch.randn(2, 3, h, w // 2 + 1, 2, generator=gen(1))
+    spec[..., 0, :] = 0
+    with torch.no_grad():
+        params[0].copy_(spec)
+    got = torch.fft.rfft2(image(), norm="ortho")
+    assert torch.allclose(got, torch.view_as_complex(spec) * fourier_scale(h, w, decay), atol=1e-5)
+    # and one coefficient a at (0, k) is the cosine 2 a s_k cos(2 pi k x / W) / sqrt(H W) along every row
+    one = torch.zeros_like(spec)
+    one[0, 0, 0, 2, 0] = 0.5
+    with torch.no_grad():
+        params[0].copy_(one)
+    xs = torch.arange(w, dtype=torch.float64)
+    cosine = 2 * 0.5 * fourier_scale(h, w, decay, dtype=torch.float64)[0, 2] * torch.cos(2 * torch.pi * 2 * xs / w)
+    assert torch.allclose(image()[0, 0].double(), (cosine / (h * w) ** 0.5).expand(h, w), atol=1e-6)
+    # with bounds, the image is clipped inside the graph
+    _, clipped = fourier_param(10 * init, decay, clamp=BOUNDS)
+    for c in range(3):
+        assert clipped()[:, c].min() >= BOUNDS[0][c] - 1e-6 and clipped()[:, c].max() <= BOUNDS[1][c] + 1e-6
+
+
+@pytest.mark.parametrize("base", [pixel_param, fourier_param])
+def test_grey_param_copies_one_channel_inside_every_channel_bound(base):
+    init = 3 * torch.randn(2, 3, 8, 8, generator=gen())
+    params, image = grey_param(init, base, clamp=BOUNDS)
+    assert params[0].shape[:2] == (2, 1) and image().shape == (2, 3, 8, 8)
+    x = image()
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    assert x.min() >= 0.0 - 1e-6 and x.max() <= 0.5 + 1e-6  # the tightest of the three channels' bounds
+
+
+def test_mapped_param_windows_the_image():
+    params, image = mapped_param(pixel_param(torch.ones(1, 2, 12, 12)), soft_window(0.8))
+    assert torch.equal(image(), window_mask(12, 12, 0.8).expand(1, 2, 12, 12))
+    assert image().shape == (1, 2, 12, 12) and params[0].shape == (1, 2, 12, 12)
+
+
+PARAMS = {
+    "pixels": lambda x: pixel_param(x),
+    "fourier": lambda x: fourier_param(x, 1.5),
+    "grey pixels": lambda x: grey_param(x),
+    "grey fourier": lambda x: grey_param(x, fourier_param, decay=1.5),
+    "windowed pixels": lambda x: mapped_param(pixel_param(x), soft_window(0.9)),
+    "standard (class-max)": lambda x: standard_param(x, fourier=True, fourier_decay=1.5, grey=True, window=0.8),
+}
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_every_parameterization_raises_the_objective_in_five_steps(name):
+    model = tiny_cnn().eval()
+    param = PARAMS[name](noise((2, 3, 16, 16), gen(), std=0.1))
+    res = maximize(model, class_logit([1, 3]), param, steps=5, lr=0.1)
+    assert res.images.shape == (2, 3, 16, 16) and res.curve.shape == (5, 2)
+    assert (res.final_scores > res.curve[0]).all(), (res.curve, res.final_scores)
+
+
+def test_recipe_is_the_settings_and_maximize_draws_nothing_itself():
+    g = gen()
+    assert len(standard_transforms(g)) == 1  # the defaults: jitter only
+    assert len(standard_transforms(g, scale_jitter=0.1)) == 2 and standard_transforms(g, jitter=0) == []
+    assert len(standard_edits()) == 1 and len(standard_edits(clamp=BOUNDS, zero_small=5)) == 3
+    assert standard_edits(fourier=True) == [] and standard_edits(blur_every=0) == []
+    logits, x = torch.tensor([[1.0, 2.0]]), torch.ones(1, 1, 2, 2)
+    obj = penalized(class_logit(1), l2_weight=0.5, edge_weight=2.0)
+    assert torch.allclose(obj(logits, None, x), torch.tensor([2.0 - 0.5 * 4 - 0.0]))
+    assert penalized(class_logit(1)).name == "class_logit(1)"  # zero weights add nothing
+    model = tiny_cnn().eval()
+    rng = torch.get_rng_state()
+    maximize(model, class_logit(0), **recipe((1, 3, 8, 8), scale_jitter=0.1, rotate=10), steps=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_maximize_takes_one_transform_or_a_list_and_edits_need_one_tensor():
+    model = tiny_cnn().eval()
+
+    def run(wrap):
+        param = pixel_param(noise((1, 3, 8, 8), gen()))
+        return maximize(model, class_logit(2), param, wrap(random_roll(1, gen(3))), edits=wrap(gaussian_blur(0.5)),
+                        steps=3).images
+
+    assert torch.equal(run(lambda f: [f]), run(lambda f: f))
+    a, b = (torch.zeros(1, 3, 8, 8, requires_grad=True) for _ in range(2))
+    two = ([a, b], lambda: a + b)
+    with pytest.raises(ValueError, match="one pixel tensor"):  # an every() edit would count two calls per step
+        maximize(model, class_logit(0), two, edits=[gaussian_blur(0.5)], steps=1)
+    assert maximize(model, class_logit(0), two, steps=2).images.shape == (1, 3, 8, 8)  # no edits: any tensors

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from reportgen.manifest import SCHEMA, Manifest
+
 EVIL = "<img src=x onerror=alert(1)>"
 CLASSES = [EVIL, "cat & dog", "café ☕"]
 LAYERS = ["features.0", "features.3", "fc"]
@@ -40,7 +42,7 @@ def _picture(root, key, caption, label="", layer=None, image=None, group=None, s
     return entry
 
 
-def fake_manifest(root) -> dict:
+def fake_manifest(root) -> "Manifest":
     """A small but complete manifest (every item kind, layer and image tags, a failed and a skipped analysis),
     with its picture files written through ``root`` (an `ArtifactWriter`); class and file names are hostile on
     purpose."""
@@ -90,7 +92,7 @@ def fake_manifest(root) -> dict:
     layer_rows = [{"name": n, "type": t, "out_shape": s, "params": p, "calls": 1}
                   for n, t, s, p in [("features.0", "Conv2d", [6, 28, 28], 156), ("features.1", "ReLU", [6, 28, 28], 0),
                                      ("features.3", "Conv2d", [16, 10, 10], 2416), ("fc", "Linear", [3], 51)]]
-    return {
+    return Manifest.from_json({
         "generator": "reportgen", "version": "0.0-test",
         "created_with": {"reportgen": "0.0-test", "torch": "x", "torchvision": "x", "python": "3", "device": "cpu"},
         "model": {"spec": f"zoo:{EVIL}", "form": "zoo", "weights": f"/w/{EVIL}.safetensors",
@@ -103,8 +105,8 @@ def fake_manifest(root) -> dict:
                    "conversions": {"grey to RGB": 2}, "notes": [], "samples": samples},
         "config": {"seed": 0}, "seed": 0,
         "timings": {"load model and images": 0.1, "forward pass": 0.2, "predictions": 0.5, "maps": 1.25},
-        "build_seconds": 2.5, "sections": sections, "files": dict(root.hashes),
-    }
+        "build_seconds": 2.5, "analyses": sections, "files": dict(root.hashes), "schema": SCHEMA,
+    })
 
 
 class Links(HTMLParser):
@@ -291,3 +293,25 @@ def test_format_number():
     assert format_number(float("nan")) == "–"
     assert format_number(None) == "–"
     assert format_number(EVIL) == EVIL  # escaping is the template's job
+
+
+def test_manifest_round_trips_and_older_or_foreign_ones_are_one_line(tmp_path):
+    from reportgen.artifacts import ArtifactWriter
+    from reportgen.cli import main
+    from reportgen.errors import ReportgenError
+
+    writer = ArtifactWriter(tmp_path / "fake")
+    manifest = fake_manifest(writer)
+    assert Manifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest
+    assert manifest.entry("maps").seconds == 1.25 and manifest.entry("nothing") is None
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"generator": "reportgen", "version": "0.1", "sections": []}))
+    result = CliRunner().invoke(main, ["render", str(old)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "schema 1 (reportgen 0.1)" in lines[0]
+    assert "build the report again" in lines[0] and not (old / "index.html").exists()
+    with pytest.raises(ReportgenError, match="not written by reportgen"):
+        Manifest.from_json({"generator": "mkdocs"})
+    with pytest.raises(ReportgenError, match="incomplete or damaged"):
+        Manifest.from_json({"generator": "reportgen", "schema": SCHEMA, "analyses": []})

@@ -46,3 +46,22 @@ class FailsOnBigBatches(nn.Module):
 
 def fails_on_big_batches() -> nn.Module:
     return FailsOnBigBatches()
+
+
+class CountingCNN(nn.Module):
+    """`tiny_cnn` that logs the batch size of every forward call in ``CountingCNN.calls`` (class-level, so that a
+    test can read what a build did with it)."""
+
+    calls: list = []
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_cnn()
+
+    def forward(self, x):
+        CountingCNN.calls.append(int(x.shape[0]))
+        return self.net(x)
+
+
+def counting_cnn() -> nn.Module:
+    return CountingCNN()

@@ -16,13 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-SECTIONS = {
-    "model": "Model card",
-    "parameters": "Parameters",
-    "activations": "Activations",
-    "influence": "The input's influence",
-    "optimized": "Optimized inputs",
-}
+from ..manifest import SECTIONS
 
 REGISTRY: dict[str, "Analysis"] = {}
 
@@ -66,6 +60,13 @@ class Analysis:
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "section": self.section, "summary": self.summary,
                 "paper": self.paper, "paper_url": self.paper_url}
+
+
+def python_name(name: str) -> str:
+    """The one naming rule between the report and Python: an analysis that shows a method function is named like
+    that function with '-' for '_' (``grad-cam`` <-> `reportgen.methods.cams.grad_cam`), the same name in the CLI
+    (--only), the config ([analysis.grad-cam]), the manifest and the page (analyses/grad-cam.html)."""
+    return name.replace("-", "_")
 
 
 def register(cls: type) -> type:

@@ -50,7 +50,7 @@ def sample_acts(ctx, indices: list[int], layers: list[str]) -> tuple[Any, dict, 
 
 
 @dataclass
-class MapParams:
+class ActivationMapParams:
     images: int = field(default=4, metadata=doc(
         "Show the maps of at most this many of the sample images (keeps the site light).", min=1, max=200))
     channels: int = field(default=16, metadata=doc(
@@ -69,7 +69,7 @@ class ActivationMaps(Analysis):
     paper = "Yosinski, Clune, Nguyen, Fuchs & Lipson, Understanding Neural Networks Through Deep Visualization, 2015"
     paper_url = "https://arxiv.org/abs/1506.06579"
     order = 10
-    Params = MapParams
+    Params = ActivationMapParams
 
     def run(self, ctx, params, reduced):
         from ..methods.activations import pick_channels, signed_range
@@ -170,11 +170,11 @@ class Distributions(Analysis):
         return {"stats": StatsReducer(ctx.layers, params.bins)}
 
     def run(self, ctx, params, reduced):
-        red = reduced["stats"]
+        reducer = reduced["stats"]
         result = Result()
         rows, names, means, stds, dead = [], [], [], [], []
-        for name in red.layers:
-            st = red.stats[name]
+        for name in reducer.layers:
+            st = reducer.stats[name]
             if st.count == 0:
                 continue
             r = st.result()
@@ -190,7 +190,7 @@ class Distributions(Analysis):
             result.metrics[f"dead {name}"] = r["dead_fraction"]
             result.items.append(Plot(
                 key=f"hist-{name}", kind="histogram", layer=name, label=name, group="Histograms",
-                caption=f"All {r['count']:,} values of {name} over {len(ctx.passed.indices)} images ({params.bins} "
+                caption=f"All {r['count']:,} values of {name} over {len(ctx.predictions.indices)} images ({params.bins} "
                         f"bins, log counts); red: mean {_short(r['mean'])} ± std {_short(r['std'])}; {n_dead} of "
                         f"{units} units never positive.",
                 data={"edges": r["hist_edges"], "counts": r["hist_counts"], "mean": r["mean"], "std": r["std"],
@@ -334,8 +334,8 @@ class Embeddings(Analysis):
 
         from ..methods.embed import embed_layers, embed_pca, knn_accuracy
 
-        red: FeatureSample = reduced["sample"]
-        feats, indices, labels, preds = red.collected()
+        reducer: FeatureSample = reduced["sample"]
+        feats, indices, labels, preds = reducer.collected()
         if len(indices) < 3:
             raise NotApplicable(f"only {len(indices)} images: at least 3 are needed for an embedding")
         labelled = labels >= 0
@@ -352,7 +352,7 @@ class Embeddings(Analysis):
             if labelled.sum() >= 2 * params.k and len(set(labels[labelled].tolist())) > 1:
                 knn[key] = knn_accuracy(f[labelled], labels[labelled], k=params.k, seed=seed % (2**31))
             dims = f.shape[1]
-            raw = red.raw_dims[key]
+            raw = reducer.raw_dims[key]
             caption = (f"{len(indices)} images, {dims} numbers each"
                        + (f" (its {raw} values average-pooled spatially)" if dims < raw else "")
                        + f"; colours = {'true class' if labelled.all() else 'true class (predicted where unknown)'}."
@@ -387,11 +387,11 @@ class Embeddings(Analysis):
         result.items.extend(per_layer)
         result.metrics["embedded images"] = int(len(indices))
         result.metrics["t-SNE seconds per layer"] = t_tsne / len(keys)
-        if red.seen > red.max_points:
-            result.notes.append(f"A seeded uniform sample of {red.max_points} of the {red.seen} images is embedded "
+        if reducer.seen > reducer.max_points:
+            result.notes.append(f"A seeded uniform sample of {reducer.max_points} of the {reducer.seen} images is embedded "
                                 "(max_points).")
-        if red.alias:
-            result.notes.append(f"{', '.join(sorted(red.alias))} outputs the logits themselves: shown as 'logits'.")
+        if reducer.alias:
+            result.notes.append(f"{', '.join(sorted(reducer.alias))} outputs the logits themselves: shown as 'logits'.")
         return result
 
 
@@ -436,10 +436,7 @@ class FeatureBank(Reducer):
 
 def feature_layer(ctx) -> str | None:
     """The penultimate layer (the features the last Linear classifies), else the last selected layer."""
-    from ..layers import layer_table, penultimate_layer
-
-    return penultimate_layer(layer_table(ctx.model, ctx.loaded.input.shape)) or (ctx.layers[-1] if ctx.layers
-                                                                                 else None)
+    return ctx.facts.penultimate or (ctx.layers[-1] if ctx.layers else None)
 
 
 @dataclass
@@ -498,7 +495,7 @@ class Neighbours(Analysis):
 
         def pic(i: int, role: str) -> Picture:
             lab = int(labels[i])
-            pred = int(ctx.passed.preds[ctx.passed.row(i)])
+            pred = int(ctx.predictions.preds[ctx.predictions.row(i)])
             return Picture(key=f"{role}-{i}", array=ctx.images.display(i).astype(np.float64) / 255.0, style="rgb",
                            label=ctx.images.names[i],
                            caption=f"{role} {ctx.images.names[i]}: class {names[lab] if lab >= 0 else '?'}, "
@@ -604,12 +601,9 @@ class TopImages(Analysis):
         return {"top": TopReducer(conv_selected(ctx), params.n)}
 
     def run(self, ctx, params, reduced):
-        from ..methods.receptive_field import receptive_field
-
-        red: TopReducer = reduced["top"]
-        if red.count == 0:
+        reducer: TopReducer = reduced["top"]
+        if reducer.count == 0:
             raise NotApplicable("no image was seen")
-        shape = ctx.loaded.input.shape
         cache: dict[int, np.ndarray] = {}
 
         def image(i: int) -> np.ndarray:
@@ -618,12 +612,12 @@ class TopImages(Analysis):
             return cache[i]
 
         result = Result()
-        for name in red.layers:
-            top = red.top[name].result()
-            means = red.sums[name] / red.count
+        for name in reducer.layers:
+            top = reducer.top[name].result()
+            means = reducer.sums[name] / reducer.count
             # most active on average, ties to the lower channel index
             chosen = np.lexsort((np.arange(len(means)), -means))[: params.channels]
-            rf = receptive_field(ctx.model, name, shape)
+            rf = ctx.facts.receptive_field(name)
             tiles = []
             for c in chosen:
                 for v, i, (y, x) in zip(top["values"][c], top["indices"][c], top["positions"][c]):
@@ -633,7 +627,7 @@ class TopImages(Analysis):
             result.items.append(Grid(
                 key=f"top-{name}", tiles=enlarge_tiles(np.stack(tiles), 56), style="rgb", cols=n, layer=name, label=name,
                 caption=f"Row by row, channels {', '.join(map(str, chosen.tolist()))} of {name} (the {len(chosen)} "
-                        f"with the largest mean activation over {red.count} images); in each row the {n} images "
+                        f"with the largest mean activation over {reducer.count} images); in each row the {n} images "
                         f"whose map reaches the highest maximum, highest first, cropped to the receptive field of "
                         f"the maximal unit ({size}; grey where it extends past the image)."))
             result.metrics[f"receptive field {name}"] = int(rf.size[0])

@@ -2,10 +2,11 @@
 
 Every attribution analysis runs the same pipeline (`AttributionAnalysis.run`): pick the class targets of each
 sample image (predicted class, the true class where it differs, classes named in the config), compute all maps in
-batches with one method of `reportgen.methods.attribution` / `cams`, show each as a heat overlay on one colour
-scale shared by every map of the method and on its own scale, and score the maps against the object masks when the
-data set has them. A method differs from the others only in `method` (its name in `attribution.METHODS`) and
-`options` (the keyword arguments it needs); the CAM family also checks its layer.
+batches with one method function of `reportgen.methods.attribution` / `cams`, show each as a heat overlay on one
+colour scale shared by every map of the method and on its own scale, and score the maps against the object masks
+when the data set has them. A method differs from the others only in `attribute` (the call of its method function,
+named like the analysis with '_' for '-': ``grad-cam`` is `reportgen.methods.cams.grad_cam`) and `options` (the
+keyword arguments it needs, read from the plan's model facts); the CAM family shares its layer option and check.
 
 `nonlinearities` says which ReLUs the modified backward rules see and so which maps are exact on this model;
 `top-predictions` puts every sample image with its top-5 classes on that image's page.
@@ -22,7 +23,7 @@ import numpy as np
 from ..artifacts import NotApplicable, Picture, Result, Table
 from ..config import doc
 from ..errors import ConfigError
-from . import Analysis, register
+from . import Analysis, python_name, register
 
 SCALES = ("shared", "per-image", "both")
 # roles of a map's class target, in the order their groups appear
@@ -81,7 +82,7 @@ def mask_scores(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 @dataclass
-class Target:
+class MapTarget:
     """One map to draw: sample image ``image`` (index into the image set), class ``cls``, why it was chosen."""
 
     image: int
@@ -89,16 +90,16 @@ class Target:
     role: str
 
 
-def class_targets(samples: list[int], preds: list[int], labels: list[int], requested: list[int]) -> list[Target]:
+def class_targets(samples: list[int], preds: list[int], labels: list[int], requested: list[int]) -> list[MapTarget]:
     """Targets for each sample: its predicted class, its true class when known (>= 0) and different, then every
     requested class not already among them. Ordered by role, then by sample (so the first items are the
     predicted-class maps of the samples in order)."""
-    per_image: dict[int, list[Target]] = {}
+    per_image: dict[int, list[MapTarget]] = {}
     for i, p, t in zip(samples, preds, labels):
-        chosen = [Target(i, p, "predicted")]
+        chosen = [MapTarget(i, p, "predicted")]
         if t >= 0 and t != p:
-            chosen.append(Target(i, t, "true"))
-        chosen += [Target(i, c, "requested") for c in requested if c not in (p, t)]
+            chosen.append(MapTarget(i, t, "true"))
+        chosen += [MapTarget(i, c, "requested") for c in requested if c not in (p, t)]
         per_image[i] = chosen
     return [t for role in ROLES for i in samples for t in per_image[i] if t.role == role]
 
@@ -120,7 +121,7 @@ def _percentile_field() -> Any:
 
 
 @dataclass
-class MapParams:
+class HeatmapParams:
     scale: str = _scale_field()
     percentile: float = _percentile_field()
 
@@ -173,41 +174,31 @@ def requested_classes(ctx: Any) -> list[int]:
     return [names.index(c) for c in ctx.config.classes]
 
 
-def probe_input(ctx: Any) -> Any:
-    """One seeded random input (1, C, H, W) on the device, for structural checks before the forward pass."""
-    import torch
-
-    spec = ctx.loaded.input
-    shape = (1, spec.channels, *spec.size)
-    return torch.randn(shape, generator=ctx.generator("influence-probe")).to(ctx.device)
-
-
-def nonlinearity_report(ctx: Any) -> Any:
-    from ..methods.relu_rules import inspect_nonlinearities
-
-    return inspect_nonlinearities(ctx.model, ctx.images.load_inputs(ctx.samples[:1], ctx.device))
-
-
 def check_cam_layer(ctx: Any, analysis: str, layer: str) -> None:
-    """A configured CAM layer must exist (`LayerError` with the closest names), run once and output (N, K, h, w)."""
+    """A configured CAM layer must exist (`LayerError` with the closest names), run once and output (N, K, h, w)
+    (read from the plan's layer table: no forward pass)."""
     if not layer:
         return
-    from ..capture import capture, resolve_layer
-
-    import torch
+    from ..capture import resolve_layer
 
     resolve_layer(ctx.model, layer)
-    with capture(ctx.model, [layer]) as rec, torch.no_grad():
-        ctx.model(probe_input(ctx))
-    calls = rec.calls[layer]
-    out = rec.acts.get(layer)
+    ctx.facts.require_python(f"analysis.{analysis}.layer")
+    row = ctx.facts.row(layer)
+    calls = row.calls if row else 0
     if calls != 1:
         raise ConfigError(f"analysis.{analysis}.layer: '{layer}' runs {calls} times in one forward pass; pick a "
                           "layer that runs exactly once (e.g. the block that contains it)")
-    if out is None or out.dim() != 4:
-        shape = tuple(out.shape) if out is not None else None
-        raise ConfigError(f"analysis.{analysis}.layer: '{layer}' outputs {shape}, not a (N, K, h, w) map; pick a "
+    shape = row.out_shape
+    if shape is None or len(shape) != 3:
+        shown = (None if shape is None else (1, *shape))
+        raise ConfigError(f"analysis.{analysis}.layer: '{layer}' outputs {shown}, not a (N, K, h, w) map; pick a "
                           "convolutional layer or block")
+
+
+def nonlinearities(ctx: Any, what: str) -> Any:
+    """The plan's non-linearity report; `NotApplicable` for a TorchScript model."""
+    ctx.facts.require_python(what)
+    return ctx.facts.nonlinearities
 
 
 def fmt(x: float) -> str:
@@ -225,22 +216,28 @@ def nan_mean(values: np.ndarray) -> float:
 
 
 class AttributionAnalysis(Analysis):
-    """Base of the attribution analyses: subclasses set `method` and the caption words, and override `options`
-    when the method needs keyword arguments (a layer, a window)."""
+    """Base of the attribution analyses: subclasses implement `attribute` (one call of their method function) and
+    the caption words, and override `options` when the method needs keyword arguments (a layer, a window)."""
 
     section = "influence"
-    Params = MapParams
-    method: ClassVar[str] = ""  # key of reportgen.methods.attribution.METHODS
+    Params = HeatmapParams
     chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
     map_words: ClassVar[str] = ""  # what a map's value is (a note on the page)
     relu_rules: ClassVar[bool] = False  # True: the method changes the ReLU backward rule
+    exactness: ClassVar[str] = ""  # why the maps are exact on any model (methods without ReLU rules or layers)
 
     def check(self, ctx: Any, params: Any) -> None:
         requested_classes(ctx)
+        if self.relu_rules:
+            ctx.facts.require_python(self.title)
 
-    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
-        """Keyword arguments of the method, resolved once per build (``probe``: one real sample input)."""
+    def options(self, ctx: Any, params: Any) -> dict:
+        """Keyword arguments of `attribute`, resolved once per build from the params and the model facts."""
         return {}
+
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        """The display map (N, H, W) of ``inputs`` (N, C, H, W) for ``target`` (N,): raw, not normalized."""
+        raise NotImplementedError  # pragma: no cover - interface
 
     def words(self, options: dict) -> str:
         """What a map's value is, with the options actually used (a note on the page)."""
@@ -254,33 +251,32 @@ class AttributionAnalysis(Analysis):
         """Sentences for the page about these maps (e.g. why they are not exact)."""
         if not self.relu_rules:
             return []
-        report = nonlinearity_report(ctx)
-        if report.exact_methods.get(self.method, True):
+        report = nonlinearities(ctx, self.title)
+        method = python_name(self.name)
+        if report.exact_methods.get(method, True):
             return []
-        return [f"These maps are not exact on this model: {report.reasons[self.method]}. The non-linearities "
+        return [f"These maps are not exact on this model: {report.reasons[method]}. The non-linearities "
                 "check of this section lists them."]
 
-    def compute(self, ctx: Any, params: Any, targets: list[Target]) -> tuple[np.ndarray, dict]:
+    def compute(self, ctx: Any, params: Any, targets: list[MapTarget]) -> tuple[np.ndarray, dict]:
         """Maps (T, h, w) float64 for ``targets`` in their order, and the options used; batched."""
         import torch
 
-        from ..methods.attribution import explain
-
         inputs = ctx.sample_inputs()
         position = {i: p for p, i in enumerate(ctx.samples)}
-        options = self.options(ctx, params, inputs[:1])
+        options = self.options(ctx, params)
         picks = torch.tensor([position[t.image] for t in targets], device=inputs.device)
         classes = torch.tensor([t.cls for t in targets], device=inputs.device)
         size = ctx.config.batch_size if self.chunked else len(targets)
         chunks = list(zip(picks.split(size), classes.split(size)))
-        maps = [explain(self.method, ctx.model, inputs[pick], cls, **options).detach().float().cpu()
+        maps = [self.attribute(ctx.model, inputs[pick], cls, **options).detach().float().cpu()
                 for pick, cls in ctx.iterate(chunks, length=len(chunks), label=self.name)]
         return torch.cat(maps).numpy().astype(np.float64), options
 
     def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
         result = Result()
-        passed = ctx.passed
-        preds = [int(passed.preds[passed.row(i)]) for i in ctx.samples]
+        predictions = ctx.predictions
+        preds = [int(predictions.preds[predictions.row(i)]) for i in ctx.samples]
         labels = [int(ctx.images.labels[i]) for i in ctx.samples]
         targets = class_targets(ctx.samples, preds, labels, requested_classes(ctx))
         if not targets:
@@ -313,7 +309,7 @@ class AttributionAnalysis(Analysis):
         what = self.short(options)
         where = "over a dimmed grey copy of the image" if over_image else "one cell per position"
         pct = "the maximum" if params.percentile >= 100 else f"the {params.percentile:g}th percentile"
-        probs, names = passed.probs, ctx.class_names
+        probs, names = predictions.probs, ctx.class_names
         for scale in (["shared", "per-image"] if params.scale == "both" else [params.scale]):
             for k, t in enumerate(targets):
                 limit = shared if scale == "shared" else float(per_image[k])
@@ -331,7 +327,7 @@ class AttributionAnalysis(Analysis):
                     key=f"{scale}-{t.role}-{t.image:05d}-{t.cls}", array=heat[k], style="heat", vmax=limit,
                     base=display[t.image] if over_image else None, colorbar=True, image=t.image,
                     group=ROLE_TITLES[t.role],
-                    label=f"{image_name}: {cls_name} (p={probs[passed.row(t.image), t.cls]:.2f}), {scale} scale",
+                    label=f"{image_name}: {cls_name} (p={probs[predictions.row(t.image), t.cls]:.2f}), {scale} scale",
                     caption=f"{what} for class '{cls_name}' ({t.role}) of {image_name}, {where}. {how}{found}"))
         return result
 
@@ -345,8 +341,8 @@ class Occlusion(AttributionAnalysis):
     paper_url = "https://arxiv.org/abs/1311.2901"
     order = 10
     Params = OcclusionParams
-    method = "occlusion"
     chunked = False
+    exactness = "forward passes only"
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
@@ -356,10 +352,10 @@ class Occlusion(AttributionAnalysis):
         if params.stride is not None and params.stride < 1:
             raise ConfigError(f"analysis.occlusion.stride: must be >= 1, got {params.stride}")
 
-    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
+    def options(self, ctx: Any, params: Any) -> dict:
         from ..methods.attribution import default_occlusion_params
 
-        default = default_occlusion_params(*probe.shape[-2:])
+        default = default_occlusion_params(*ctx.loaded.input.size)
         window = (params.window, params.window) if params.window else default["window"]
         if params.stride:
             stride = (params.stride, params.stride)
@@ -369,6 +365,11 @@ class Occlusion(AttributionAnalysis):
             stride = default["stride"]
         return {"window": window, "stride": stride, "fill": params.fill, "per_pixel": params.per_pixel,
                 "score": params.score, "batch_size": ctx.config.batch_size}
+
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods.attribution import occlusion
+
+        return occlusion(model, inputs, target, **options)
 
     def words(self, options: dict) -> str:
         (wh, ww), (sh, sw) = options["window"], options["stride"]
@@ -399,8 +400,13 @@ class Gradient(AttributionAnalysis):
              "Models and Saliency Maps, ICLR Workshop 2014")
     paper_url = "https://arxiv.org/abs/1312.6034"
     order = 20
-    method = "gradient"
+    exactness = "plain autograd"
     map_words = "|d class logit / d pixel|, the maximum over colour channels"
+
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods.attribution import gradient, reduce_channels
+
+        return reduce_channels(gradient(model, inputs, target), "max")
 
 
 @register
@@ -412,12 +418,17 @@ class SmoothGrad(AttributionAnalysis):
     paper_url = "https://arxiv.org/abs/1706.03825"
     order = 30
     Params = SmoothGradParams
-    method = "smoothgrad"
     chunked = False
+    exactness = "plain autograd on noisy copies"
 
-    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
+    def options(self, ctx: Any, params: Any) -> dict:
         return {"n": params.n, "sigma": params.sigma, "batch_size": ctx.config.batch_size,
                 "generator": ctx.generator(self.name)}
+
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods.attribution import reduce_channels, smoothgrad
+
+        return reduce_channels(smoothgrad(model, inputs, target, **options), "max")
 
     def words(self, options: dict) -> str:
         return (f"|mean gradient over {options['n']} noisy copies| (noise std {fmt(options['sigma'])} of the "
@@ -435,9 +446,13 @@ class Deconvnet(AttributionAnalysis):
     paper = "Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014"
     paper_url = "https://arxiv.org/abs/1311.2901"
     order = 40
-    method = "deconvnet"
     relu_rules = True
     map_words = "|deconvnet reconstruction|, the maximum over colour channels"
+
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods.attribution import deconvnet, reduce_channels
+
+        return reduce_channels(deconvnet(model, inputs, target), "max")
 
 
 @register
@@ -449,9 +464,13 @@ class GuidedBackprop(AttributionAnalysis):
             "ICLR Workshop 2015"
     paper_url = "https://arxiv.org/abs/1412.6806"
     order = 50
-    method = "guided_backprop"
     relu_rules = True
     map_words = "|guided backpropagation|, the maximum over colour channels"
+
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods.attribution import guided_backprop, reduce_channels
+
+        return reduce_channels(guided_backprop(model, inputs, target), "max")
 
 
 @register
@@ -463,22 +482,21 @@ class Cam(AttributionAnalysis):
             "CVPR 2016"
     paper_url = "https://arxiv.org/abs/1512.04150"
     order = 60
-    method = "cam"
 
     def check(self, ctx: Any, params: Any) -> None:
-        from ..methods.cams import find_cam_layers
-
         super().check(ctx, params)
-        if find_cam_layers(ctx.model, probe_input(ctx)) is None:
+        ctx.facts.require_python(self.title)
+        if ctx.facts.cam is None:
             raise NotApplicable("the model does not end in global average pooling + one linear layer")
 
-    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
-        from ..methods.cams import find_cam_layers
+    def options(self, ctx: Any, params: Any) -> dict:
+        layer, fc = ctx.facts.cam
+        return {"layer": layer, "fc": fc}
 
-        found = find_cam_layers(ctx.model, probe)
-        if found is None:
-            raise NotApplicable("the model does not end in global average pooling + one linear layer")
-        return {"layer": found[0], "fc": found[1]}
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods.cams import cam
+
+        return cam(model, inputs, target, options["layer"], options["fc"])
 
     def words(self, options: dict) -> str:
         return (f"ReLU of the channels of '{options['layer']}' weighted by the class's row of '{options['fc']}', "
@@ -488,27 +506,27 @@ class Cam(AttributionAnalysis):
         return f"CAM at '{options['layer']}'"
 
 
-@register
-class GradCam(AttributionAnalysis):
-    name = "grad-cam"
-    title = "Grad-CAM"
-    summary = "a layer's channels weighted by the mean gradient of the class score: where the class evidence is"
-    paper = ("Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra, Grad-CAM: Visual Explanations from Deep "
-             "Networks via Gradient-based Localization, ICCV 2017")
-    paper_url = "https://arxiv.org/abs/1610.02391"
-    order = 70
+class CamFamily(AttributionAnalysis):
+    """The Grad-CAM family: one layer's activations weighted per method. A variant is a declarative subclass (name,
+    title, paper, words) whose method function in `reportgen.methods.cams` is found by the naming rule
+    (``grad-cam-plus-plus`` -> ``cams.grad_cam_plus_plus(model, inputs, target, layer)``), plus its explain page."""
+
     Params = LayerMapParams
-    method = "grad_cam"
-    map_words = "ReLU of the channels of '{layer}' weighted by their mean gradient, upsampled bilinearly"
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
+        ctx.facts.require_python(self.title)
         check_cam_layer(ctx, self.name, params.layer)
+        if not params.layer and ctx.facts.cam_layer is None:
+            raise NotApplicable(ctx.facts.cam_layer_reason)
 
-    def options(self, ctx: Any, params: Any, probe: Any) -> dict:
-        from ..methods.cams import default_cam_layer
+    def options(self, ctx: Any, params: Any) -> dict:
+        return {"layer": params.layer or ctx.facts.cam_layer}
 
-        return {"layer": params.layer or default_cam_layer(ctx.model, probe)}
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods import cams
+
+        return getattr(cams, python_name(self.name))(model, inputs, target, options["layer"])
 
     def words(self, options: dict) -> str:
         return self.map_words.format(layer=options["layer"])
@@ -518,14 +536,83 @@ class GradCam(AttributionAnalysis):
 
 
 @register
+class GradCam(CamFamily):
+    name = "grad-cam"
+    title = "Grad-CAM"
+    summary = "a layer's channels weighted by the mean gradient of the class score: where the class evidence is"
+    paper = ("Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra, Grad-CAM: Visual Explanations from Deep "
+             "Networks via Gradient-based Localization, ICCV 2017")
+    paper_url = "https://arxiv.org/abs/1610.02391"
+    order = 70
+    map_words = "ReLU of the channels of '{layer}' weighted by their mean gradient, upsampled bilinearly"
+
+
+@register
+class GradCamPlusPlus(CamFamily):
+    name = "grad-cam-plus-plus"
+    title = "Grad-CAM++"
+    summary = "Grad-CAM with each channel's gradient weighted per position, for several instances of a class"
+    paper = ("Chattopadhay, Sarkar, Howlader & Balasubramanian, Grad-CAM++: Generalized Gradient-based Visual "
+             "Explanations for Deep Convolutional Networks, WACV 2018")
+    paper_url = "https://arxiv.org/abs/1710.11063"
+    order = 72
+    map_words = ("ReLU of the channels of '{layer}' weighted by the alpha-weighted sum of their positive "
+                 "gradients (Grad-CAM++), upsampled bilinearly")
+
+
+@register
+class XGradCam(CamFamily):
+    name = "xgrad-cam"
+    title = "XGrad-CAM"
+    summary = "a layer's channels weighted by their gradient averaged with the activations as weights"
+    paper = ("Fu, Hu, Dong, Guo, Gao & Li, Axiom-based Grad-CAM: Towards Accurate Visualization and "
+             "Explanation of CNNs, BMVC 2020")
+    paper_url = "https://arxiv.org/abs/2008.02312"
+    order = 74
+    map_words = ("ReLU of the channels of '{layer}' weighted by sum(gradient x activation) / sum(activation), "
+                 "upsampled bilinearly")
+
+
+@register
+class LayerCam(CamFamily):
+    name = "layer-cam"
+    title = "LayerCAM"
+    summary = "each activation weighted by its own positive gradient: finer maps that also work at early layers"
+    paper = ("Jiang, Zhang, Hou, Cheng & Wei, LayerCAM: Exploring Hierarchical Class Activation Maps for "
+             "Localization, IEEE TIP 2021")
+    paper_url = "https://ieeexplore.ieee.org/document/9462463"
+    order = 76
+    map_words = ("ReLU of the sum over the channels of '{layer}' of each activation times its positive gradient, "
+                 "upsampled bilinearly")
+
+
+@register
+class ScoreCam(CamFamily):
+    name = "score-cam"
+    title = "Score-CAM"
+    summary = "a layer's channels weighted by the class score of the image masked by each channel: no gradients"
+    paper = ("Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, Score-CAM: Score-Weighted Visual Explanations for "
+             "Convolutional Neural Networks, CVPR Workshops 2020")
+    paper_url = "https://arxiv.org/abs/1910.01279"
+    order = 78
+    map_words = ("ReLU of the channels of '{layer}' weighted by the softmax over channels of the class logit of the "
+                 "image masked by each channel (scaled to [0, 1]), upsampled bilinearly")
+
+
+@register
 class GuidedGradCam(GradCam):
     name = "guided-grad-cam"
     title = "Guided Grad-CAM"
     summary = "guided backpropagation times Grad-CAM: fine detail, but only where the class evidence is"
     order = 80
-    method = "guided_grad_cam"
     relu_rules = True
     map_words = "|guided backpropagation x Grad-CAM at '{layer}'|, the maximum over colour channels"
+
+    def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
+        from ..methods.attribution import reduce_channels
+        from ..methods.cams import guided_grad_cam
+
+        return reduce_channels(guided_grad_cam(model, inputs, target, options["layer"]), "max")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -540,12 +627,15 @@ class Nonlinearities(Analysis):
     summary = "which ReLUs the modified backward rules see, and so which attribution maps are exact on this model"
     order = 0
 
+    def check(self, ctx: Any, params: Any) -> None:
+        ctx.facts.require_python(self.title)
+
     def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
-        from ..methods.cams import default_cam_layer, find_cam_layers
+        from . import all_analyses
 
         result = Result()
-        probe = ctx.images.load_inputs(ctx.samples[:1], ctx.device)
-        report = nonlinearity_report(ctx)
+        facts = ctx.facts
+        report = nonlinearities(ctx, self.title)
         rows = [[name, "nn.ReLU module, called once", 1, "no"] for name in report.relu_modules]
         rows += [[name, "nn.ReLU module, reused", calls, "yes" if name in report.inplace_relus else "no"]
                  for name, calls in report.reused_relu_modules.items()]
@@ -559,33 +649,31 @@ class Nonlinearities(Analysis):
                  for where, calls in report.other_nonlinearities.items()]
         result.items.append(Table(
             key="relus", label="Non-linearities in one forward pass",
-            caption="Every ReLU call and every other non-linearity seen in one forward pass of a sample image, "
-                    "with the module that ran it. Deconvnet and guided backpropagation rewrite the backward rule "
-                    "of every ReLU call listed here, whatever its form; other non-linearities keep their gradient.",
+            caption="Every ReLU call and every other non-linearity seen in the build's probe forward pass (one "
+                    "seeded random input), with the module that ran it. Deconvnet and guided backpropagation "
+                    "rewrite the backward rule of every ReLU call listed here, whatever its form; other "
+                    "non-linearities keep their gradient.",
             columns=["where", "kind", "calls", "in place"], rows=rows))
 
-        cam_layers = find_cam_layers(ctx.model, probe)
-        cam_reason = ""
-        try:
-            cam_layer = default_cam_layer(ctx.model, probe)
-        except ValueError as exc:
-            cam_layer = None
-            cam_reason = str(exc)
-        method_rows = [
-            ["occlusion", "exact", "forward passes only"],
-            ["gradient", "exact", "plain autograd"],
-            ["smoothgrad", "exact", "plain autograd on noisy copies"],
-        ]
-        for method, label in (("deconvnet", "deconvnet"), ("guided_backprop", "guided-backprop"),
-                              ("guided_grad_cam", "guided-grad-cam")):
-            exact = report.exact_methods.get(method, True)
-            method_rows.append([label, "exact" if exact else "approximate",
-                                "every ReLU call rewritten" if exact else report.reasons.get(method, "")])
-        method_rows.append(["cam", "exact" if cam_layers else "not applicable",
-                            f"layer '{cam_layers[0]}', weights of '{cam_layers[1]}'" if cam_layers else
-                            "the model does not end in global average pooling + one linear layer"])
-        method_rows.append(["grad-cam", "exact" if cam_layer else "not applicable",
-                            f"default layer '{cam_layer}'" if cam_layer else cam_reason])
+        method_rows = []
+        for a in all_analyses():
+            if not isinstance(a, AttributionAnalysis):
+                continue
+            method = python_name(a.name)
+            if a.relu_rules:
+                exact = report.exact_methods.get(method, True)
+                method_rows.append([a.name, "exact" if exact else "approximate",
+                                    "every ReLU call rewritten" if exact else report.reasons.get(method, "")])
+            elif isinstance(a, Cam):
+                method_rows.append([a.name, "exact" if facts.cam else "not applicable",
+                                    f"layer '{facts.cam[0]}', weights of '{facts.cam[1]}'" if facts.cam else
+                                    "the model does not end in global average pooling + one linear layer"])
+            elif isinstance(a, CamFamily):
+                method_rows.append([a.name, "exact" if facts.cam_layer else "not applicable",
+                                    f"default layer '{facts.cam_layer}'" if facts.cam_layer else
+                                    facts.cam_layer_reason])
+            else:
+                method_rows.append([a.name, "exact", a.exactness])
         result.items.append(Table(
             key="methods", label="Which attribution maps are exact on this model",
             caption="'Exact' = computed as the method's paper defines it. Approximate maps mix the modified ReLU "
@@ -614,19 +702,19 @@ class TopPredictions(Analysis):
 
     def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
         result = Result()
-        passed = ctx.passed
+        predictions = ctx.predictions
         names = ctx.class_names
         k = min(5, len(names))
-        order = np.argsort(-passed.probs, axis=1, kind="stable")
-        known = passed.labels >= 0
+        order = np.argsort(-predictions.probs, axis=1, kind="stable")
+        known = predictions.labels >= 0
         if known.any():
-            result.metrics["top-1 accuracy"] = float((order[known, 0] == passed.labels[known]).mean())
+            result.metrics["top-1 accuracy"] = float((order[known, 0] == predictions.labels[known]).mean())
             if len(names) > k:
                 result.metrics[f"top-{k} accuracy"] = float(
-                    (order[known, :k] == passed.labels[known, None]).any(axis=1).mean())
+                    (order[known, :k] == predictions.labels[known, None]).any(axis=1).mean())
         displays = ctx.sample_display()
         for p, i in enumerate(ctx.samples):
-            row = passed.row(i)
+            row = predictions.row(i)
             label = int(ctx.images.labels[i])
             image_name = ctx.images.names[i]
             truth = f"true class {names[label]}" if label >= 0 else "true class unknown"
@@ -638,6 +726,6 @@ class TopPredictions(Analysis):
                 key=f"top-{i:05d}", image=i, group=image_name, label=f"Top-{k} classes",
                 caption=f"The {k} most probable classes (softmax of the logits); {truth}.",
                 columns=["rank", "class", "probability", "logit"],
-                rows=[[r + 1, names[c] + (" (true)" if c == label else ""), float(passed.probs[row, c]),
-                       float(passed.logits[row, c])] for r, c in enumerate(top)]))
+                rows=[[r + 1, names[c] + (" (true)" if c == label else ""), float(predictions.probs[row, c]),
+                       float(predictions.logits[row, c])] for r, c in enumerate(top)]))
         return result

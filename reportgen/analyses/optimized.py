@@ -37,15 +37,8 @@ def _pixels(ctx, inputs) -> np.ndarray:
 
 
 def _map_layers(ctx) -> list[str]:
-    """The selected layers whose output is a 4-D feature map (N, C, H, W), from one probe pass of a zero image."""
-    import torch
-
-    from ..capture import capture
-
-    x = torch.zeros((1, *ctx.loaded.input.shape), device=ctx.device)
-    with capture(ctx.model, ctx.layers) as rec, torch.no_grad():
-        ctx.model(x)
-    return [name for name in ctx.layers if name in rec.acts and rec.acts[name].dim() == 4]
+    """The selected layers whose output is a feature map (C, H, W) (from the plan's model facts)."""
+    return ctx.facts.map_layers()
 
 
 @dataclass
@@ -69,14 +62,27 @@ class RealismParams:
         min=0.0, max=100.0))
 
 
-def _maximize(ctx, objective, n: int, params: RealismParams, generator, truncate: bool = False, **extra) -> Any:
-    from ..methods.optimize import maximize
+def _maximize(ctx, objective, n: int, params: RealismParams, generator, truncate: bool = False) -> Any:
+    """`maximize` with the report's recipe: the config keys of ``params`` mapped onto an objective with penalties, a
+    parameterization, random transforms and pixel edits, all random draws from ``generator`` (start noise first)."""
+    from ..methods import optimize as opt
 
-    return maximize(
-        ctx.model, objective, shape=(n, *ctx.loaded.input.shape), steps=params.steps, lr=params.lr,
-        l2_weight=params.l2_weight, edge_weight=params.edge_weight, blur_every=params.blur_every,
-        blur_sigma=params.blur_sigma, jitter=params.jitter, zero_small=params.zero_small or None,
-        clamp=_clamp(ctx), generator=generator, truncate=truncate, **extra)
+    clamp = _clamp(ctx)
+    # the anti-tiling priors are keys of class-max only; unit-max gets the method's defaults (all off)
+    fourier = getattr(params, "fourier", opt.DEFAULTS.fourier)
+    device, dtype = opt.device_dtype(ctx.model)
+    init = opt.noise((n, *ctx.loaded.input.shape), generator, device=device, dtype=dtype)
+    param = opt.standard_param(
+        init, clamp=clamp, fourier=fourier, fourier_decay=getattr(params, "fourier_decay", opt.DEFAULTS.fourier_decay),
+        grey=getattr(params, "grey", opt.DEFAULTS.grey), window=getattr(params, "window", opt.DEFAULTS.window))
+    transforms = opt.standard_transforms(
+        generator, jitter=params.jitter, scale_jitter=getattr(params, "scale_jitter", opt.DEFAULTS.scale_jitter),
+        rotate=getattr(params, "rotate", opt.DEFAULTS.rotate))
+    edits = opt.standard_edits(clamp=clamp, blur_every=params.blur_every, blur_sigma=params.blur_sigma,
+                               zero_small=params.zero_small or None, fourier=fourier)
+    objective = opt.penalized(objective, l2_weight=params.l2_weight, edge_weight=params.edge_weight)
+    return opt.maximize(ctx.model, objective, param, transforms, edits=edits, steps=params.steps, lr=params.lr,
+                        truncate=truncate)
 
 
 def _settings_note(params: RealismParams) -> str:
@@ -182,7 +188,7 @@ class ClassMax(Analysis):
             return list(dict.fromkeys(names.index(c) for c in params.classes)), None
         if len(names) <= MAX_CLASSES:
             return list(range(len(names))), None
-        counts = np.bincount(ctx.passed.preds, minlength=len(names))
+        counts = np.bincount(ctx.predictions.preds, minlength=len(names))
         top = sorted(np.argsort(-counts, kind="stable")[:MAX_CLASSES].tolist())
         return top, (f"The model has {len(names)} classes: these are the {MAX_CLASSES} most often predicted over "
                      f"the image set. Name others under [analysis.class-max] classes.")
@@ -193,9 +199,7 @@ class ClassMax(Analysis):
         classes, note = self.pick_classes(ctx, params)
         names = ctx.class_names
         objective = (class_logit if params.target == "logit" else class_prob)(classes)
-        res = _maximize(ctx, objective, len(classes), params, ctx.generator(self.name), window=params.window,
-                        scale_jitter=params.scale_jitter, rotate=params.rotate, fourier=params.fourier,
-                        fourier_decay=params.fourier_decay, grey=params.grey)
+        res = _maximize(ctx, objective, len(classes), params, ctx.generator(self.name))
         pix = _pixels(ctx, res.images)
         probs = _probs(ctx, res.images).numpy()
         what = "logit" if params.target == "logit" else "probability"

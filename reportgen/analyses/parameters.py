@@ -68,8 +68,8 @@ class Perceptron(Analysis):
         from ..methods.perceptron import find_first_linear2, hidden_lines, response_grid
 
         name, first = find_first_linear2(ctx.model)
-        passed = ctx.passed
-        rows = passed.indices
+        predictions = ctx.predictions
+        rows = predictions.indices
         if params.max_points and len(rows) > params.max_points:
             rows = np.sort(ctx.rng("perceptron").choice(rows, params.max_points, replace=False))
         elif not params.max_points:
@@ -78,7 +78,7 @@ class Perceptron(Analysis):
             if len(rows) else np.zeros((0, 2))
         labels = ctx.images.labels[rows] if len(rows) else np.zeros(0, dtype=np.int64)
         if len(rows) and (labels < 0).all():  # unlabelled points: colour them by the model's prediction
-            labels = passed.preds[np.searchsorted(passed.indices, rows)]
+            labels = predictions.preds[np.searchsorted(predictions.indices, rows)]
         extent = plane_extent(points)
 
         history = list(ctx.loaded.history or [])

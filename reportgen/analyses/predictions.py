@@ -42,11 +42,11 @@ class Predictions(Analysis):
     Params = PredictionParams
 
     def run(self, ctx, params, reduced):
-        passed = ctx.passed
+        predictions = ctx.predictions
         names = ctx.class_names
         k = len(names)
-        preds = passed.preds
-        probs = passed.probs
+        preds = predictions.preds
+        probs = predictions.probs
         result = Result()
         result.metrics["images"] = int(len(preds))
         counts = np.bincount(preds, minlength=k)
@@ -54,14 +54,14 @@ class Predictions(Analysis):
             key="predicted-classes", kind="bars", label="Predicted classes",
             caption="How often each class is predicted over the image set (arg-max of the logits).",
             data={"names": names, "values": counts.tolist(), "ylabel": "images"}))
-        known = passed.labels >= 0
+        known = predictions.labels >= 0
         if not known.any():
             result.notes.append("The image set has no labels, so accuracy cannot be measured.")
             return result
-        labels = passed.labels[known]
+        labels = predictions.labels[known]
         p = preds[known]
         acc = float((labels == p).mean())
-        loss = cross_entropy(passed.logits[known], labels)
+        loss = cross_entropy(predictions.logits[known], labels)
         result.metrics.update({"accuracy": acc, "loss": float(loss.mean()), "labelled images": int(known.sum())})
         per_class = []
         for c in range(k):
@@ -79,7 +79,7 @@ class Predictions(Analysis):
             data={"matrix": confusion_matrix(labels, p, k).tolist(), "class_names": names}))
         if params.worst and ctx.is_image_model:
             rows = np.argsort(-loss, kind="stable")[: params.worst]
-            image_idx = passed.indices[known][rows]
+            image_idx = predictions.indices[known][rows]
             for rank, (r, i) in enumerate(zip(rows, image_idx)):
                 disp = ctx.images.display(int(i)).astype(np.float64) / 255.0
                 t, q = int(labels[r]), int(p[r])

@@ -1,10 +1,12 @@
-"""Class activation maps: one pipeline, and per method only the channel weights.
+"""Class activation maps: one pipeline, and per method only the weights.
 
-Every CAM-family map is ``ReLU(sum_k w_k A_k)`` over the channels ``A_k`` (N, K, h, w) of one layer, upsampled
+Every CAM-family map is ``ReLU(sum_k w_k * A_k)`` over the channels ``A_k`` (N, K, h, w) of one layer, upsampled
 bilinearly to the input size. `class_activation_map` runs that pipeline; a method is just its ``weighting``
-``(acts, grads, targets) -> (N, K)``, so a new variant (Grad-CAM++, XGrad-CAM...) is one small function.
-Arguments ``model``, ``inputs``, ``target`` are as in `reportgen.methods.attribution`; ``layer`` is a dotted
-``named_modules()`` name. Maps are returned raw (>= 0, not normalized).
+``(acts, grads, targets) -> weights``, either one weight per channel (N, K) or one per element (N, K, h, w), so a
+new variant is one small function. Arguments ``model``, ``inputs``, ``target`` are as in
+`reportgen.methods.attribution`; ``layer`` is a dotted ``named_modules()`` name. Maps are returned raw (>= 0, not
+normalized). Where a variant has more than one published definition, the one of pytorch-grad-cam
+(https://github.com/jacobgil/pytorch-grad-cam) is followed and each docstring says how it differs from the paper.
 """
 
 from __future__ import annotations
@@ -47,15 +49,95 @@ def fc_weights(model: nn.Module, fc: str) -> Weighting:
     return weighting
 
 
+def grad_cam_plus_plus_weights(acts: torch.Tensor, grads: torch.Tensor | None,
+                               targets: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ channel weights (N, K), as pytorch-grad-cam computes them (Chattopadhay et al. 2018,
+    https://arxiv.org/abs/1710.11063, eq. 19 with the ReLU of eq. 7).
+
+    With ``g = grads`` and ``S_k = sum_ij A_k`` (the channel's spatial sum):
+    ``alpha = g^2 / (2 g^2 + S_k g^3 + 1e-6)``, set to 0 where ``g == 0``, and ``w_k = sum_ij alpha * relu(g)``.
+    For non-negative ``acts`` every counted term (``g > 0``) has a positive denominator and ``w_k >= 0``; for signed
+    ``acts`` a denominator can be negative or near 0 (``S_k g`` near -2). The 1e-6 is not small next to ``2 g^2``
+    when ``|g|`` is below about 1e-3: there alpha falls towards ``g^2 / 1e-6`` instead of the paper's
+    ``1 / (2 + S_k g)`` (for a gradient uniform over space).
+    """
+    g2 = grads * grads
+    g3 = g2 * grads
+    sums = acts.sum(dim=(2, 3), keepdim=True)
+    # pytorch-grad-cam's guard, kept exactly: where the paper's denominator vanishes (g = 0, or g = -2 / S_k) the
+    # 1e-6 keeps alpha finite, so a zero relu(g) cannot turn it into inf * 0 = NaN; where g = 0 alpha is then
+    # zeroed outright.
+    alpha = g2 / (2 * g2 + sums * g3 + 1e-6)
+    alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * torch.relu(grads)).sum(dim=(2, 3))
+
+
+def xgrad_cam_weights(acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM channel weights (N, K): the gradient averaged over space with the activations as weights,
+    ``w_k = sum_ij g_ij A_ij / (sum_ij A_ij + 1e-7)`` as pytorch-grad-cam computes them (Fu et al. 2020,
+    https://arxiv.org/abs/2008.02312). Any real value; unbounded when a channel's sum is close to 0 (possible only
+    for signed activations)."""
+    sums = acts.sum(dim=(2, 3))
+    return (grads * acts).sum(dim=(2, 3)) / (sums + 1e-7)
+
+
+def layer_cam_weights(acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+    """LayerCAM element-wise weights (N, K, h, w) >= 0: the positive part of the gradient at every position
+    (Jiang et al. 2021, https://ieeexplore.ieee.org/document/9462463)."""
+    return torch.relu(grads)
+
+
+def score_cam_weights(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 64) -> Weighting:
+    """Score-CAM channel weights (N, K) in (0, 1], each image's summing to 1, as pytorch-grad-cam computes them
+    (Wang et al. 2020, https://arxiv.org/abs/1910.01279). Forward passes only (``needs_grads = False``).
+
+    Each channel ``A_k`` is upsampled to the input size (bilinear, ``align_corners=True``), scaled to [0, 1] by
+    ``(U - min U) / (max U - min U + 1e-8)``, and multiplies the image (N, C, H, W) it belongs to; the target's
+    raw logit of each masked image is its score, and a softmax over the K channels gives the weights. All N * K
+    masked images go through ``model`` in chunks of ``batch_size``, under `torch.no_grad`, in whatever mode the
+    model is in (in train mode BatchNorm would make a score depend on the other images of its chunk).
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = int(batch_size)
+    images = inputs.detach()
+
+    def weighting(acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        n, k, h, w = acts.shape
+        if n != images.shape[0]:
+            raise ValueError(f"Score-CAM weights were built for {images.shape[0]} images but the layer output has "
+                             f"{n}: pass the same inputs to score_cam_weights and the pipeline")
+        channels = acts.reshape(n * k, 1, h, w)
+        scores = []
+        with torch.no_grad():
+            # The masks are built chunk by chunk: all N * K upsampled masks at once would be N * K * H * W floats
+            # (800 MB for 8 images, 512 channels at 224x224), the masked images C times more.
+            for start in range(0, n * k, batch_size):
+                stop = min(start + batch_size, n * k)
+                up = F.interpolate(channels[start:stop], size=images.shape[-2:], mode="bilinear",
+                                   align_corners=True)
+                low = up.amin(dim=(2, 3), keepdim=True)
+                high = up.amax(dim=(2, 3), keepdim=True)
+                masks = (up - low) / (high - low + 1e-8)
+                owner = torch.arange(start, stop, device=targets.device) // k
+                logits = model(images[owner.to(images.device)] * masks.to(images))
+                scores.append(target_scores(logits, targets[owner]))
+        return torch.cat(scores).view(n, k).to(acts).softmax(dim=1)
+
+    weighting.needs_grads = False  # type: ignore[attr-defined]
+    return weighting
+
+
 def class_activation_map(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str,
                          weighting: Weighting = grad_cam_weights, *,
                          return_lowres: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The CAM pipeline: ``ReLU(sum_k w_k A_k)`` at ``layer``, upsampled bilinearly to (N, H, W), raw values >= 0.
+    """The CAM pipeline: ``ReLU(sum_k w_k * A_k)`` at ``layer``, upsampled bilinearly to (N, H, W), raw values >= 0.
 
     ``weighting(acts, grads, targets)`` gets the layer's output ``acts`` (N, K, h, w), the gradient of the target
-    logits w.r.t. it (None when the weighting has ``needs_grads = False``) and the (N,) targets, and returns the
-    (N, K) channel weights. With ``return_lowres=True`` returns ``(maps, lowres)``, lowres (N, h, w) before
-    upsampling. The layer must run exactly once per forward pass (a reused module's output is ambiguous).
+    logits w.r.t. it (None when the weighting has ``needs_grads = False``) and the (N,) targets, and returns either
+    channel weights (N, K) or element-wise weights (N, K, h, w). With ``return_lowres=True`` returns
+    ``(maps, lowres)``, lowres (N, h, w) before upsampling. The layer must run exactly once per forward pass (a
+    reused module's output is ambiguous).
     """
     _check_inputs(inputs)
     targets = as_targets(target, inputs.shape[0], inputs.device)
@@ -67,6 +149,8 @@ def class_activation_map(model: nn.Module, inputs: torch.Tensor, target: Target,
         if calls != 1:
             raise ValueError(f"CAM layer '{layer}' ran {calls} times in one forward pass; pick a layer that runs "
                              "once (e.g. the block containing a reused module)")
+        if layer not in rec.acts:  # `capture` counts a call whose output is not a tensor but records nothing
+            raise ValueError(f"CAM layer '{layer}' must output a tensor (N, K, h, w)")
         acts = rec.acts[layer]
         if needs_grads:
             # Gradients reach the layer through the tensor hook `capture` put on its output. Differentiating
@@ -79,7 +163,12 @@ def class_activation_map(model: nn.Module, inputs: torch.Tensor, target: Target,
     if needs_grads and grads is None:
         raise ValueError(f"no gradient reached layer '{layer}' from the target score")
     weights = weighting(acts, grads, targets)
-    lowres = torch.relu((weights[:, :, None, None] * acts).sum(dim=1))
+    if weights.shape == acts.shape[:2]:
+        weights = weights[:, :, None, None]
+    elif weights.shape != acts.shape:
+        raise ValueError(f"a CAM weighting must return (N, K) = {tuple(acts.shape[:2])} or (N, K, h, w) = "
+                         f"{tuple(acts.shape)} weights, got {tuple(weights.shape)}")
+    lowres = torch.relu((weights * acts).sum(dim=1))
     # Bilinear weights are convex, so the upsampled map stays >= 0.
     maps = F.interpolate(lowres[:, None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return (maps, lowres) if return_lowres else maps
@@ -96,6 +185,46 @@ def cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str, fc: 
     return class_activation_map(model, inputs, target, layer, fc_weights(model, fc))
 
 
+def grad_cam_plus_plus(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str) -> torch.Tensor:
+    """Grad-CAM++ (N, H, W) >= 0: ``ReLU(sum_k w_k A_k)`` with `grad_cam_plus_plus_weights` (Chattopadhay et al.
+    2018, https://arxiv.org/abs/1710.11063).
+
+    As in pytorch-grad-cam, the gradients are those of the logit ``s_c``. The paper differentiates ``exp(s_c)``,
+    which multiplies all of an image's weights, and so its map, by ``exp(s_c)``: the same map up to that per-image
+    factor (the alphas do not change, the factor cancels in them).
+    """
+    return class_activation_map(model, inputs, target, layer, grad_cam_plus_plus_weights)
+
+
+def xgrad_cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str) -> torch.Tensor:
+    """XGrad-CAM (N, H, W) >= 0: ``ReLU(sum_k w_k A_k)`` with `xgrad_cam_weights` (Fu et al. 2020,
+    https://arxiv.org/abs/2008.02312). The paper's weights have no epsilon; pytorch-grad-cam's 1e-7 is kept."""
+    return class_activation_map(model, inputs, target, layer, xgrad_cam_weights)
+
+
+def layer_cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str) -> torch.Tensor:
+    """LayerCAM (N, H, W) >= 0: ``ReLU(sum_k relu(g_k) * A_k)`` element-wise, with ``g_k`` the gradient of the
+    logit w.r.t. channel ``A_k`` (Jiang et al. 2021, https://ieeexplore.ieee.org/document/9462463). One layer's
+    map, as in pytorch-grad-cam; the paper's fusion of several layers' maps is not done here."""
+    return class_activation_map(model, inputs, target, layer, layer_cam_weights)
+
+
+def score_cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str, *,
+              batch_size: int = 64) -> torch.Tensor:
+    """Score-CAM (N, H, W) >= 0: ``ReLU(sum_k w_k A_k)`` with `score_cam_weights`, forward passes only: one for the
+    channels, then N * K masked images in chunks of ``batch_size`` (Wang et al. 2020,
+    https://arxiv.org/abs/1910.01279).
+
+    Follows pytorch-grad-cam: the score of a masked image is the target's raw logit, and the weights are its
+    softmax over the K channels. The paper scores the increase of the score over a baseline image; the baseline is
+    one number per image, which a softmax over channels cancels, so it is left out. The authors' released code
+    differs more: it weights each channel by the target's softmax probability (over classes) without a softmax
+    over channels, upsamples with ``align_corners=False`` and skips constant channels (here a constant channel
+    gives an all-zero mask, thanks to the 1e-8).
+    """
+    return class_activation_map(model, inputs, target, layer, score_cam_weights(model, inputs, batch_size=batch_size))
+
+
 def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str) -> torch.Tensor:
     """Guided Grad-CAM, signed (N, C, H, W): guided backprop times the upsampled Grad-CAM (Selvaraju et al. 2017,
     https://arxiv.org/abs/1610.02391)."""
@@ -103,7 +232,7 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target, laye
 
 
 @contextmanager
-def _linear_inputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+def linear_inputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """The first positional input of every nn.Linear during the block, cloned; hooks removed on exit."""
     seen: dict[str, torch.Tensor] = {}
     handles = []
@@ -131,11 +260,19 @@ def find_cam_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[str,
     Checked on a probe forward pass of ``example_input`` (N, C, H, W; one image is enough): the output must be the
     output of an nn.Linear ``fc`` run once, and some layer run once, with a (N, K, h, w) output, h*w > 1, must have
     a spatial mean equal to ``fc``'s input. The last such layer to finish is returned (e.g. ``layer4`` in a
-    torchvision ResNet). This is exactly when CAM is defined.
+    torchvision ResNet). This is exactly when CAM is defined. `cam_layers_from_probe` does the same from a probe
+    pass recorded elsewhere (the build's plan).
     """
     _check_inputs(example_input)
-    with capture(model, layer_names(model)) as rec, _linear_inputs(model) as fc_inputs, torch.no_grad():
+    with capture(model, layer_names(model)) as rec, linear_inputs(model) as fc_inputs, torch.no_grad():
         logits = model(example_input.detach())
+    return cam_layers_from_probe(rec.acts, rec.calls, fc_inputs, logits)
+
+
+def cam_layers_from_probe(acts: dict[str, torch.Tensor], calls: dict[str, int],
+                          fc_inputs: dict[str, torch.Tensor], logits: object) -> tuple[str, str] | None:
+    """`find_cam_layers` on a recorded probe pass: every layer's cloned output ``acts`` (in the order layers
+    finished) and ``calls``, every nn.Linear's input ``fc_inputs``, and the model's output ``logits``."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         return None
 
@@ -144,16 +281,16 @@ def find_cam_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[str,
         return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
 
     fc = next((name for name in reversed(list(fc_inputs))
-               if rec.calls.get(name) == 1 and close(rec.acts[name], logits)), None)
+               if calls.get(name) == 1 and name in acts and close(acts[name], logits)), None)
     if fc is None:
         return None
     features = fc_inputs[fc]
     if features.dim() != 2:
         return None
-    for name in reversed(list(rec.acts)):
-        acts = rec.acts[name]
-        if (rec.calls[name] == 1 and acts.dim() == 4 and acts.shape[-1] * acts.shape[-2] > 1
-                and acts.shape[:2] == features.shape and close(acts.mean(dim=(2, 3)), features)):
+    for name in reversed(list(acts)):
+        out = acts[name]
+        if (calls[name] == 1 and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+                and out.shape[:2] == features.shape and close(out.mean(dim=(2, 3)), features)):
             return name, fc
     return None
 
@@ -168,10 +305,15 @@ def default_cam_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     _check_inputs(example_input)
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(example_input.detach())
+    return last_map_layer_from_probe(model, rec.acts, rec.calls)
+
+
+def last_map_layer_from_probe(model: nn.Module, acts: dict[str, torch.Tensor], calls: dict[str, int]) -> str:
+    """`default_cam_layer` on a recorded probe pass (``acts`` in the order layers finished, ``calls``)."""
     resamplers = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    for name in reversed(list(rec.acts)):
-        acts = rec.acts[name]
-        if (rec.calls[name] == 1 and acts.dim() == 4 and acts.shape[-1] * acts.shape[-2] > 1
+    for name in reversed(list(acts)):
+        out = acts[name]
+        if (calls[name] == 1 and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
                 and not isinstance(model.get_submodule(name), resamplers)):
             return name
     raise ValueError("no layer outputs a (N, K, h, w) map with h*w > 1: give the CAM layer explicitly")

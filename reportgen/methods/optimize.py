@@ -1,18 +1,30 @@
-"""Inputs optimized to excite a model: activation maximization and DeepDream.
+"""Inputs optimized to excite a model: activation maximization and DeepDream, from three small composable parts.
 
 Every function takes and returns NORMALIZED model inputs ``(N, C, H, W)`` (what the model's first layer sees). To keep
 images in a displayable pixel range pass ``clamp=pixel_bounds(mean, std)``: the per-channel bounds of ``[0, 1]``
 pixels after the model's normalization.
 
-Objectives are small objects that read a forward pass and return one score per image, ``(N,)``. They compose with
-``+ - *`` so that ``class_logit(3) - 1e-3 * edge_energy()`` reads like the maths (the idea comes from Lucent's
-``objectives.py``). An objective is called as ``objective(logits, rec, inputs)``: ``logits`` is the model output,
-``rec`` the `reportgen.capture.Recorder` of a ``capture(model, objective.layers, keep_live=True)`` pass and
-``inputs`` the images being optimized (only the penalties `l2` and `edge_energy` read them).
+An optimization composes three contracts (the design of Lucent's ``optvis``):
+
+- Objectives are small objects that read a forward pass and return one score per image, ``(N,)``. They compose with
+  ``+ - *`` so that ``class_logit(3) - 1e-3 * edge_energy()`` reads like the maths. An objective is called as
+  ``objective(logits, rec, inputs)``: ``logits`` is the model output, ``rec`` the `reportgen.capture.Recorder` of a
+  ``capture(model, objective.layers, keep_live=True)`` pass and ``inputs`` the images being optimized (only the
+  penalties `l2` and `edge_energy` read them).
+- A parameterization is a pair ``(params, image_fn)``: the leaf tensors Adam updates and a function that builds the
+  images ``(N, C, H, W)`` from them (`pixel_param`, `fourier_param`, `grey_param`; `mapped_param` appends
+  transforms such as `soft_window` to it).
+- Transforms are ``Tensor -> Tensor`` callables chained by `compose`: the random ones (`random_roll`,
+  `random_zoom_rotate`) are applied to the image before each forward pass and draw from the ``torch.Generator`` they
+  were built with, never from the global RNG; the edits (`gaussian_blur`, `zero_below`, `bounded`, `every`) are
+  applied to a pixel parameter after each step.
+
+``maximize(model, objective, param, transforms, edits=..., steps=..., lr=...)`` runs them; `standard_param`,
+`standard_transforms`, `standard_edits` and `penalized` build the report's recipe from `MaxDefaults` values.
 
 The model is never changed: weights are frozen only for the duration of a call (under `reportgen.capture.preserved`),
 the model runs in eval mode so that batch-norm and dropout treat each image on its own, gradients are taken with
-``torch.autograd.grad`` with respect to the images only, and no hook outlives a call.
+``torch.autograd.grad`` with respect to the parameters only, and no hook outlives a call.
 """
 
 from __future__ import annotations
@@ -30,30 +42,54 @@ from reportgen.capture import Recorder, capture, preserved, resolve_layer
 
 Index = Union[int, Sequence[int], torch.Tensor]
 Bounds = Union[float, Sequence[float], torch.Tensor]
+Transform = Callable[[torch.Tensor], torch.Tensor]
+"""A function ``(N, C, H, W) -> (N, C, H, W)``; random ones hold their own ``torch.Generator``."""
+Param = tuple[list[torch.Tensor], Callable[[], torch.Tensor]]
+"""A parameterization: the tensors to optimize, and a function that builds the images ``(N, C, H, W)`` from them."""
 
 __all__ = [
     "DEFAULTS",
     "MaxDefaults",
     "MaxResult",
     "Objective",
+    "Param",
+    "Transform",
     "blur",
+    "bounded",
     "channel",
-    "class_logit",
     "clamp_to",
+    "class_logit",
     "class_prob",
+    "compose",
     "deepdream",
+    "device_dtype",
     "edge_energy",
     "edge_energy_penalty",
+    "every",
     "fourier_image",
+    "fourier_param",
     "fourier_scale",
+    "gaussian_blur",
+    "grey_param",
     "l2",
     "l2_penalty",
     "layer_energy",
+    "mapped_param",
     "maximize",
+    "noise",
+    "penalized",
     "pixel_bounds",
+    "pixel_param",
     "random_affine",
+    "random_roll",
+    "random_zoom_rotate",
+    "soft_window",
+    "standard_edits",
+    "standard_param",
+    "standard_transforms",
     "unit",
     "window_mask",
+    "zero_below",
     "zero_small_pixels",
 ]
 
@@ -230,7 +266,7 @@ def _need_inputs(x: torch.Tensor | None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Image transforms (plain functions, also applied during optimization)
+# Image operations (plain functions on tensors; the transforms below wrap them)
 
 
 def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -350,6 +386,159 @@ def _fourier_init(images: torch.Tensor, decay: float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Transforms: Tensor -> Tensor callables, chained by compose
+
+
+def compose(*transforms: Transform) -> Transform:
+    """One transform that applies ``transforms`` left to right: ``compose(f, g)(x) == g(f(x))``; no transform is the
+    identity."""
+
+    def composed(x: torch.Tensor) -> torch.Tensor:
+        for t in transforms:
+            x = t(x)
+        return x
+
+    return composed
+
+
+def random_roll(pixels: int, generator: torch.Generator) -> Transform:
+    """Jitter: roll every image of the batch by one random ``(dy, dx)`` in ``[-pixels, pixels]^2`` (wrapping
+    around), drawn from ``generator`` at each call; ``pixels <= 0`` is the identity and draws nothing.
+    Olah et al. 2017, https://distill.pub/2017/feature-visualization/ ."""
+    return lambda x: _roll(x, pixels, generator)
+
+
+def random_zoom_rotate(scale: float, degrees: float, generator: torch.Generator) -> Transform:
+    """`random_affine` with random factors from ``generator``: each image zoomed by a factor in ``[1 - scale,
+    1 + scale]`` and rotated by up to ``degrees``. Zoom and rotation are one transform so that the image is
+    interpolated once, not twice; both 0 is the identity and draws nothing."""
+    return lambda x: random_affine(x, scale, degrees, generator)
+
+
+def soft_window(radius: float) -> Transform:
+    """``x * window_mask(H, W, radius)``: the image fades into 0 (the data mean, in normalized space) outside a
+    centred disk, so that a model that adds its evidence up over the image (global average pooling) draws one
+    centred object, not a tiling. Deterministic; the mask is built once per size, device and dtype."""
+    masks: dict[tuple, torch.Tensor] = {}
+
+    def windowed(x: torch.Tensor) -> torch.Tensor:
+        key = (*x.shape[-2:], x.device, x.dtype)
+        if key not in masks:
+            masks[key] = window_mask(*x.shape[-2:], radius, x.device, x.dtype)
+        return x * masks[key]
+
+    return windowed
+
+
+def gaussian_blur(sigma: float) -> Transform:
+    """`blur` with ``sigma`` in pixels; ``sigma <= 0`` is the identity."""
+    return lambda x: blur(x, sigma)
+
+
+def zero_below(percentile: float | None = None, threshold: float | None = None) -> Transform:
+    """`zero_small_pixels`: pixels whose norm over channels is below the image's ``percentile`` (0-100) or below
+    ``threshold`` become 0; both None is the identity. Yosinski et al. 2015, https://arxiv.org/abs/1506.06579 ."""
+    if percentile is None and threshold is None:
+        return lambda x: x
+    return lambda x: zero_small_pixels(x, percentile, threshold)
+
+
+def bounded(clamp: tuple[Bounds, Bounds] | None) -> Transform:
+    """`clamp_to` the per-channel ``(lo, hi)``; None is the identity. A one-channel (grey) image given bounds for
+    several channels is kept inside all of them (the largest ``lo`` and the smallest ``hi``), so that it stays valid
+    once copied into every channel."""
+    if clamp is None:
+        return lambda x: x
+
+    def clamped(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            lo, hi = (torch.as_tensor(b, device=x.device, dtype=x.dtype).reshape(-1) for b in clamp)
+            return clamp_to(x, (lo.max(), hi.min()))
+        return clamp_to(x, clamp)
+
+    return clamped
+
+
+def every(k: int, transform: Transform) -> Transform:
+    """``transform`` on every ``k``-th call (the k-th, 2k-th, ...), the identity on the others; ``k <= 0``: never.
+
+    It counts its own calls, so build a fresh one for each optimization (the `standard_edits` recipe does): as an
+    edit of `maximize` the count is the step number."""
+    if k <= 0:
+        return lambda x: x
+    calls = 0
+
+    def sometimes(x: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return transform(x) if calls % k == 0 else x
+
+    return sometimes
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parameterizations: (params, image_fn)
+
+
+def noise(
+    shape: tuple[int, int, int, int], generator: torch.Generator, std: float | None = None, device=None, dtype=None
+) -> torch.Tensor:
+    """Start images ``(N, C, H, W)``: Gaussian noise of standard deviation ``std`` (default
+    ``MaxDefaults.init_std``, normalized units) from ``generator``. Drawn on the CPU and then moved, so the same seed
+    gives the same start on every device."""
+    std = DEFAULTS.init_std if std is None else std
+    return (std * torch.randn(shape, generator=generator)).to(device=device, dtype=dtype or torch.float32)
+
+
+def pixel_param(init: torch.Tensor, clamp: tuple[Bounds, Bounds] | None = None) -> Param:
+    """The pixels themselves: ``params = [x]`` with ``x`` a copy of ``init`` ``(N, C, H, W)`` clipped to ``clamp``,
+    and ``image_fn() = x``. ``init`` is not modified. Keeping ``x`` inside the bounds during the optimization is the
+    job of a `bounded` edit (`standard_edits` adds it): clipping inside the graph would stop the gradient of every
+    pixel at a bound."""
+    x = bounded(clamp)(init.detach().clone()).requires_grad_(True)
+    return [x], lambda: x
+
+
+def fourier_param(init: torch.Tensor, decay: float = 1.0, clamp: tuple[Bounds, Bounds] | None = None) -> Param:
+    """A 1/f-weighted spectrum: ``params = [spectrum]``, ``(N, C, H, W // 2 + 1, 2)``, starting from the spectrum of
+    ``init`` ``(N, C, H, W)``; ``image_fn()`` is ``fourier_image(spectrum, (H, W), decay)`` clipped to ``clamp``
+    inside the graph (a spectrum cannot be clipped itself), so the image is ``init`` clipped before the first step.
+
+    Equal steps on every coefficient move the low frequencies most, so gradient ascent finds smooth images:
+    Olah et al. 2017, https://distill.pub/2017/feature-visualization/ ; Mordvintsev et al., Differentiable Image
+    Parameterizations, Distill 2018, https://distill.pub/2018/differentiable-parameterizations/ .
+    """
+    size = tuple(init.shape[-2:])
+    spectrum = _fourier_init(init.detach(), decay).requires_grad_(True)
+    clip = bounded(clamp)
+    return [spectrum], lambda: clip(fourier_image(spectrum, size, decay))
+
+
+def grey_param(
+    init: torch.Tensor,
+    base: Callable[..., Param] = pixel_param,
+    clamp: tuple[Bounds, Bounds] | None = None,
+    **base_kwargs,
+) -> Param:
+    """One grey channel shared by all C channels: ``base`` (`pixel_param` or `fourier_param`, with ``base_kwargs``)
+    over the channel mean of ``init`` ``(N, 1, H, W)``, and ``image_fn()`` copies it into the C channels of ``init``,
+    ``(N, C, H, W)``. Colour then cannot carry the objective and the image shows form only. ``clamp`` may give one
+    bound per colour channel: the grey channel is kept inside all of them (see `bounded`)."""
+    channels = init.shape[1]
+    params, grey = base(init.detach().mean(1, keepdim=True), clamp=clamp, **base_kwargs)
+    return params, lambda: grey().expand(-1, channels, -1, -1)
+
+
+def mapped_param(param: Param, *transforms: Transform) -> Param:
+    """``param`` whose image goes through ``transforms`` (composed, in order): ``(params, compose(image_fn,
+    *transforms))``. For deterministic changes that are part of the image itself, such as `soft_window`: the
+    penalties read, and `maximize` returns, the transformed image."""
+    params, image_fn = param
+    then = compose(*transforms)
+    return params, lambda: then(image_fn())
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Activation maximization
 
 
@@ -387,8 +576,9 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 
 @dataclass(frozen=True)
 class MaxDefaults:
-    """Default settings of `maximize` and `deepdream`; every field is also a keyword argument of the function that
-    uses it.
+    """Settings of the standard recipe (`penalized`, `standard_param`, `standard_transforms`, `standard_edits`,
+    `noise` and `maximize`'s ``steps`` and ``lr``) and of `deepdream`; each recipe function takes the fields it uses
+    as keyword arguments, with these defaults.
 
     Chosen by looking at the 8 class images (64x64, 120-200 steps, clamped to the pixel range) of a VGG-style shapes
     CNN: without jitter and blur the images are dominated by pixel-level noise; a 0.5-pixel blur every 4 steps with
@@ -405,19 +595,21 @@ class MaxDefaults:
     lr: float = 0.05
     """Adam learning rate of `maximize`, in normalized units."""
     init_std: float = 0.01
-    """Standard deviation of the Gaussian noise `maximize` starts from (normalized units)."""
+    """Standard deviation of the Gaussian noise `noise` draws for the start images (normalized units)."""
     l2_weight: float = 0.0
-    """Weight of the `l2` penalty that `maximize` subtracts from the objective."""
+    """Weight of the `l2` penalty that `penalized` subtracts from the objective."""
     edge_weight: float = 0.0
-    """Weight of the `edge_energy` penalty that `maximize` subtracts from the objective."""
+    """Weight of the `edge_energy` penalty that `penalized` subtracts from the objective."""
     edge_scales: int = 3
     """Scales of that edge-energy penalty."""
     blur_every: int = 4
-    """Blur the image every this many steps (0: never)."""
+    """Blur the image every this many steps (0: never); pixel parameterizations only."""
     blur_sigma: float = 0.5
     """Sigma in pixels of that blur."""
     zero_small: float | None = None
-    """Percentile (0-100) of pixel norms zeroed after each step, or None."""
+    """Percentile (0-100) of pixel norms zeroed after each step, or None; pixel parameterizations only."""
+    zero_threshold: float | None = None
+    """Absolute pixel norm below which pixels are zeroed after each step, or None; pixel parameterizations only."""
     jitter: int = 2
     """Random roll of up to this many pixels before each forward pass (0: none)."""
     scale_jitter: float = 0.0
@@ -442,14 +634,95 @@ class MaxDefaults:
 DEFAULTS = MaxDefaults()
 
 
+def penalized(
+    objective: Objective,
+    *,
+    l2_weight: float = DEFAULTS.l2_weight,
+    edge_weight: float = DEFAULTS.edge_weight,
+    edge_scales: int = DEFAULTS.edge_scales,
+) -> Objective:
+    """``objective - l2_weight * l2() - edge_weight * edge_energy(edge_scales)``, leaving out the zero weights."""
+    if l2_weight:
+        objective = objective - l2_weight * l2()
+    if edge_weight:
+        objective = objective - edge_weight * edge_energy(edge_scales)
+    return objective
+
+
+def standard_param(
+    init: torch.Tensor,
+    *,
+    clamp: tuple[Bounds, Bounds] | None = None,
+    fourier: bool = DEFAULTS.fourier,
+    fourier_decay: float = DEFAULTS.fourier_decay,
+    grey: bool = DEFAULTS.grey,
+    window: float = DEFAULTS.window,
+) -> Param:
+    """The report's parameterization of images starting at ``init`` ``(N, C, H, W)``: `fourier_param` (decay
+    ``fourier_decay``, clipped inside the graph) or `pixel_param` (clipped at the start), one grey channel
+    (`grey_param`) when ``grey``, and a `soft_window` of radius ``window`` when ``window > 0``."""
+    base, kwargs = (fourier_param, {"decay": fourier_decay}) if fourier else (pixel_param, {})
+    if grey:
+        param = grey_param(init, base, clamp=clamp, **kwargs)
+    else:
+        param = base(init, clamp=clamp, **kwargs)
+    return mapped_param(param, soft_window(window)) if window > 0 else param
+
+
+def standard_transforms(
+    generator: torch.Generator,
+    *,
+    jitter: int = DEFAULTS.jitter,
+    scale_jitter: float = DEFAULTS.scale_jitter,
+    rotate: float = DEFAULTS.rotate,
+) -> list[Transform]:
+    """The report's robustness transforms, in order: `random_roll` by up to ``jitter`` pixels, then
+    `random_zoom_rotate` (``scale_jitter``, ``rotate`` degrees), both drawing from ``generator``; the ones set to 0
+    are left out."""
+    transforms = []
+    if jitter > 0:
+        transforms.append(random_roll(jitter, generator))
+    if scale_jitter or rotate:
+        transforms.append(random_zoom_rotate(scale_jitter, rotate, generator))
+    return transforms
+
+
+def standard_edits(
+    *,
+    clamp: tuple[Bounds, Bounds] | None = None,
+    blur_every: int = DEFAULTS.blur_every,
+    blur_sigma: float = DEFAULTS.blur_sigma,
+    zero_small: float | None = DEFAULTS.zero_small,
+    zero_threshold: float | None = DEFAULTS.zero_threshold,
+    fourier: bool = DEFAULTS.fourier,
+) -> list[Transform]:
+    """The report's edits of the pixel parameter after each step, in order: a `gaussian_blur` (``blur_sigma``) every
+    ``blur_every`` steps, `zero_below` (``zero_small`` percentile, ``zero_threshold``), `bounded` to ``clamp``
+    (Yosinski et al. 2015, https://arxiv.org/abs/1506.06579). With ``fourier`` there are no pixels to edit: no
+    edits, and a ValueError when zeroing is asked for."""
+    zeroing = zero_small is not None or zero_threshold is not None
+    if fourier:
+        if zeroing:
+            raise ValueError("zero_small and zero_threshold edit pixels: they do not apply with fourier=True")
+        return []
+    edits = []
+    if blur_every > 0 and blur_sigma > 0:
+        edits.append(every(blur_every, gaussian_blur(blur_sigma)))
+    if zeroing:
+        edits.append(zero_below(zero_small, zero_threshold))
+    if clamp is not None:
+        edits.append(bounded(clamp))
+    return edits
+
+
 @dataclass
 class MaxResult:
     """What `maximize` returns.
 
-    images: ``(N, C, H, W)`` optimized inputs, normalized, detached (as the model saw them: window applied, grey
-        expanded to every channel, no random transform).
+    images: ``(N, C, H, W)`` optimized inputs, normalized, detached: ``image_fn()`` of the parameterization after the
+        last step (window applied, grey copied to every channel, no random transform).
     curve: ``(steps, N)`` objective value (penalties included) of each image before each step.
-    final_scores: ``(N,)`` objective value of the final images (without jitter).
+    final_scores: ``(N,)`` objective value of the final images (without transforms).
     """
 
     images: torch.Tensor
@@ -457,133 +730,87 @@ class MaxResult:
     final_scores: torch.Tensor
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of ``model``'s first parameter (CPU float32 for a model without parameters): where start
+    images must live."""
     for p in model.parameters():
         return p.device, p.dtype
     return torch.device("cpu"), torch.float32
 
 
+_device_dtype = device_dtype  # the name reportgen.methods.adversarial imports
+
+
 def maximize(
     model: nn.Module,
     objective: Objective,
+    param: Param,
+    transforms: Sequence[Transform] | Transform = (),
     *,
-    shape: tuple[int, int, int, int] = (1, 3, 64, 64),
+    edits: Sequence[Transform] | Transform = (),
     steps: int = DEFAULTS.steps,
     lr: float = DEFAULTS.lr,
-    l2_weight: float = DEFAULTS.l2_weight,
-    edge_weight: float = DEFAULTS.edge_weight,
-    edge_scales: int = DEFAULTS.edge_scales,
-    blur_every: int = DEFAULTS.blur_every,
-    blur_sigma: float = DEFAULTS.blur_sigma,
-    zero_small: float | None = DEFAULTS.zero_small,
-    zero_threshold: float | None = None,
-    jitter: int = DEFAULTS.jitter,
-    scale_jitter: float = DEFAULTS.scale_jitter,
-    rotate: float = DEFAULTS.rotate,
-    window: float = DEFAULTS.window,
-    fourier: bool = DEFAULTS.fourier,
-    fourier_decay: float = DEFAULTS.fourier_decay,
-    grey: bool = DEFAULTS.grey,
-    clamp: tuple[Bounds, Bounds] | None = None,
-    generator: torch.Generator | None = None,
-    init: torch.Tensor | None = None,
     truncate: bool = False,
 ) -> MaxResult:
-    """Images that maximize ``objective`` under realism priors, optimized with Adam from small noise.
+    """Images that maximize ``objective``, by Adam on the tensors of the parameterization ``param``.
 
-    Each of the N images is optimized on its own (batch-norm runs in eval mode), so one batch can hold one image per
-    class: ``maximize(model, class_logit(range(10)), shape=(10, 3, 32, 32))``. Per step: build the image from its
-    parameters, roll it by up to ``jitter`` pixels, zoom and rotate it at random (``scale_jitter``, ``rotate``, see
-    `random_affine`), forward, ascend ``objective - l2_weight * l2() - edge_weight * edge_energy(edge_scales)``
-    (penalties read the untransformed image); then, for pixel parameters, blur every ``blur_every`` steps, zero small
-    pixels (``zero_small`` percentile or ``zero_threshold``) and clamp to the per-channel ``(lo, hi)`` bounds (see
-    `pixel_bounds`). Defaults are documented once in `MaxDefaults`.
+    Each step: ``x = image_fn()`` ``(N, C, H, W)``; the model sees ``compose(*transforms)(x)``; Adam ascends
+    ``objective`` (its penalties read the untransformed ``x``) with learning rate ``lr``; then, without gradients,
+    the parameter tensor ``p`` becomes ``compose(*edits)(p)`` (pixel edits such as `gaussian_blur`, `bounded`: they
+    make sense for `pixel_param` only, and need a parameterization of one tensor, so that `every` counts steps).
+    ``transforms`` and ``edits`` may also be one callable. Each of the N images is optimized on its own (batch-norm runs in eval mode),
+    so one batch can hold one image per class::
 
-    Args:
-        shape: ``(N, C, H, W)`` of the images when ``init`` is None.
-        window: when > 0 the image is ``alpha * x + (1 - alpha) * 0`` with ``alpha = window_mask(H, W, window)``: the
-            free pixels fade into the data mean (0 in normalized space) outside a centred disk, so that a model that
-            averages its evidence over the image (global average pooling) draws one centred object, not a tiling.
-        fourier: optimize the `fourier_image` spectrum (decay ``fourier_decay``) instead of the pixels; the image
-            is clamped inside the forward pass, and blur and small-pixel zeroing do not apply (no pixels to edit).
-        grey: optimize one channel shared by all C channels (a grey image), so colour cannot carry the objective and
-            the image shows form only; the clamp bounds are then the tightest over the channels.
-        generator: the only source of randomness (start noise, jitter, zoom, rotation); same seed, same images.
-        init: ``(N, C, H, W)`` start images instead of noise (not modified).
-        truncate: end each forward pass once the one layer the objective reads has run, so later layers cost
-            nothing; only for objectives that read exactly one layer and not the logits (`unit`, `channel`,
-            `layer_energy` and penalties).
+        g = torch.Generator().manual_seed(0)
+        param = pixel_param(noise((10, 3, 32, 32), g))
+        maximize(model, class_logit(range(10)), param, [random_roll(2, g)], edits=[bounded((0.0, 1.0))])
 
-    Returns the final images as the model saw them (window applied, no jitter). Erhan et al. 2009; Simonyan et al.
-    2014; Yosinski et al. 2015 (https://arxiv.org/abs/1506.06579); Olah et al. 2017 for the transforms and the
-    Fourier parameterization.
+    The randomness lives in the transforms (and the start images): `maximize` itself draws nothing. With
+    ``truncate`` each forward pass ends once the one layer the objective reads has run, so later layers cost
+    nothing; only for objectives that read exactly one layer and not the logits (`unit`, `channel`, `layer_energy`
+    and penalties). The report's settings are built by `standard_param`, `standard_transforms`, `standard_edits`
+    and `penalized`.
+
+    Erhan et al. 2009; Simonyan et al. 2014 (https://arxiv.org/abs/1312.6034); Yosinski et al. 2015
+    (https://arxiv.org/abs/1506.06579); Olah et al. 2017 (https://distill.pub/2017/feature-visualization/) for the
+    transforms and the Fourier parameterization.
     """
     if truncate and len(objective.layers) != 1:
         raise ValueError(f"truncate needs an objective that reads exactly one layer and not the logits; "
                          f"{objective} reads {list(objective.layers) or 'no layer'}")
-    if fourier and (zero_small is not None or zero_threshold is not None):
-        raise ValueError("zero_small and zero_threshold edit pixels: they do not apply with fourier=True")
-    device, dtype = _device_dtype(model)
-    if init is not None:
-        x0 = init.detach().to(device=device, dtype=dtype).clone()
-    else:
-        x0 = (DEFAULTS.init_std * torch.randn(shape, generator=generator)).to(device=device, dtype=dtype)
-    size = tuple(x0.shape[-2:])
-    channels = x0.shape[1]
-    if grey:
-        x0 = x0.mean(1, keepdim=True)
-        if clamp is not None:
-            lo, hi = (_bound(b, torch.zeros_like(x0.expand(-1, channels, -1, -1))) for b in clamp)
-            clamp = (float(lo.max()), float(hi.min()))
-    alpha = window_mask(*size, window, device, dtype) if window > 0 else None
-    if fourier:
-        param = _fourier_init(x0, fourier_decay).requires_grad_(True)
-    else:
-        param = clamp_to(x0, clamp).requires_grad_(True)
-
-    def image() -> torch.Tensor:
-        # clamping inside the graph: pixels past the bounds get no gradient, the spectrum cannot be clamped itself
-        x = clamp_to(fourier_image(param, size, fourier_decay), clamp) if fourier else param
-        if grey:
-            x = x.expand(-1, channels, -1, -1)
-        return x if alpha is None else x * alpha
-
-    total = objective
-    if l2_weight:
-        total = total - l2_weight * l2()
-    if edge_weight:
-        total = total - edge_weight * edge_energy(edge_scales)
-    opt = torch.optim.Adam([param], lr=lr)
+    params, image_fn = param
+    params = list(params)
+    transforms = [transforms] if callable(transforms) else list(transforms)
+    edits = [edits] if callable(edits) else list(edits)
+    if edits and len(params) != 1:
+        raise ValueError(f"edits change the one pixel tensor of a parameterization; this one has {len(params)}")
+    seen_by_model = compose(*transforms)
+    edit = compose(*edits) if edits else None
+    opt = torch.optim.Adam(params, lr=lr)
     curve = []
     with preserved(model):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with capture(model, total.layers, keep_live=True, clone=False) as rec, \
-                _stop_after(model, total.layers[0] if truncate else "", truncate):
-            for step in range(steps):
-                x = image()
-                seen = random_affine(_roll(x, jitter, generator), scale_jitter, rotate, generator)
-                logits = _forward(model, seen)
-                scores = total(logits, rec, x)
-                (grad,) = torch.autograd.grad(-scores.sum(), param)
+        with capture(model, objective.layers, keep_live=True, clone=False) as rec, \
+                _stop_after(model, objective.layers[0] if truncate else "", truncate):
+            for _ in range(steps):
+                x = image_fn()
+                logits = _forward(model, seen_by_model(x))
+                scores = objective(logits, rec, x)
+                grads = torch.autograd.grad(-scores.sum(), params)
                 rec.clear()  # drop live outputs so the graph of this step can be freed
                 curve.append(scores.detach())
                 opt.zero_grad(set_to_none=True)
-                param.grad = grad
+                for p, g in zip(params, grads):
+                    p.grad = g
                 opt.step()
-                if fourier:
-                    continue
-                with torch.no_grad():
-                    y = param
-                    if blur_every and (step + 1) % blur_every == 0:
-                        y = blur(y, blur_sigma)
-                    if zero_small is not None or zero_threshold is not None:
-                        y = zero_small_pixels(y, zero_small, zero_threshold)
-                    param.copy_(clamp_to(y, clamp))
+                if edit is not None:
+                    with torch.no_grad():
+                        params[0].copy_(edit(params[0]))
             with torch.no_grad():
-                x = image()
-                final = total(_forward(model, x), rec, x).detach()
+                x = image_fn()
+                final = objective(_forward(model, x), rec, x).detach()
                 rec.clear()
     empty = x.new_zeros((0, x.shape[0]))
     return MaxResult(x.detach(), torch.stack(curve) if curve else empty, final)
@@ -612,18 +839,22 @@ def deepdream(
     Gradient ascent on `layer_energy` starting from the images, coarse to fine: the images are shrunk by
     ``octave_scale`` ``octaves - 1`` times; at each octave, from the smallest, the detail found so far is upsampled
     and added to that octave's image, then ``steps_per_octave`` steps of size ``lr`` follow (gradient divided by its
-    mean absolute value per image, after a random roll of up to ``jitter`` pixels), then the new detail is kept.
-    With ``truncate`` each forward pass stops once ``layer`` has run (at the first call of a reused module), so the
-    layers after it cost nothing and need not accept the smaller octave sizes (a Flatten + Linear head does not).
-    Mordvintsev et al. 2015, https://research.google/blog/inceptionism-going-deeper-into-neural-networks/ .
+    mean absolute value per image, taken through a `random_roll` of up to ``jitter`` pixels), then the new detail is
+    kept. ``generator`` is the only source of randomness; None stands for a generator seeded with 0 (reproducible,
+    never the global RNG). With ``truncate`` each forward pass stops once ``layer`` has run (at the first call of a
+    reused module), so the layers after it cost nothing and need not accept the smaller octave sizes (a Flatten +
+    Linear head does not). Mordvintsev et al. 2015,
+    https://research.google/blog/inceptionism-going-deeper-into-neural-networks/ .
     """
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     base = inputs.detach().to(device=device, dtype=dtype)
     h, w = base.shape[-2:]
     sizes = [
         (max(1, round(h / octave_scale**k)), max(1, round(w / octave_scale**k))) for k in range(octaves - 1, -1, -1)
     ]
     objective = layer_energy(layer)
+    roll = random_roll(jitter, generator if generator is not None else torch.Generator().manual_seed(0))
+    clip = bounded(clamp)
     detail = torch.zeros_like(base[..., : sizes[0][0], : sizes[0][1]])
     with preserved(model):
         model.eval()
@@ -634,16 +865,15 @@ def deepdream(
                 octave = base if size == (h, w) else F.interpolate(base, size=size, mode="bilinear", align_corners=False)
                 if detail.shape[-2:] != size:
                     detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
-                img = clamp_to(octave + detail, clamp)
+                img = clip(octave + detail)
                 for _ in range(steps_per_octave):
-                    dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist() if jitter else (0, 0)
-                    shifted = torch.roll(img, (dy, dx), (2, 3)).requires_grad_(True)
-                    _forward(model, shifted)
-                    (grad,) = torch.autograd.grad(objective(None, rec, shifted).sum(), shifted)
+                    x = img.detach().requires_grad_(True)
+                    _forward(model, roll(x))
+                    # the gradient flows back through the roll, so it lands on the pixels of x, not the shifted ones
+                    (grad,) = torch.autograd.grad(objective(None, rec, x).sum(), x)
                     rec.clear()
-                    grad = torch.roll(grad, (-dy, -dx), (2, 3))
                     # the normalized step makes lr mean the same thing at every layer and octave
                     grad = grad / (grad.abs().flatten(1).mean(1).view(-1, 1, 1, 1) + 1e-8)
-                    img = clamp_to(img + lr * grad, clamp)
+                    img = clip(img + lr * grad)
                 detail = img - octave
     return img.detach()

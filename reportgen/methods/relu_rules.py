@@ -217,19 +217,35 @@ class _RecordMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def inspect_nonlinearities(model: nn.Module, example_input: torch.Tensor) -> NonlinearityReport:
-    """Run ``model`` once on ``example_input`` (N, C, H, W) and report how it uses ReLUs and other non-linearities.
+class NonlinearityRecorder:
+    """What `recording_nonlinearities` yields: the ReLU and non-linearity calls of the forward passes in its block.
 
-    Module calls are followed with forward hooks that are removed before returning (also after an error); function
-    calls are seen by a `TorchFunctionMode`, so ``F.relu`` inside a ``forward`` is found and credited to the
-    innermost module running it. Runs under ``torch.no_grad``; the model's mode is left as the caller set it.
+    `report` turns them into a `NonlinearityReport` (call it after the block)."""
+
+    def __init__(self, names: dict[nn.Module, str]) -> None:
+        self.names = names
+        self.stack: list[nn.Module] = []
+        self.module_calls: dict[nn.Module, int] = {}
+        self.mode = _RecordMode(self.stack)
+
+    def report(self) -> NonlinearityReport:
+        return _make_report(self.names, self.mode.calls, self.module_calls)
+
+
+@contextmanager
+def recording_nonlinearities(model: nn.Module) -> Iterator[NonlinearityRecorder]:
+    """Record how ``model`` computes its non-linearities during the forward passes run inside the block.
+
+    Module calls are followed with forward hooks that are removed on exit (also after an error); function calls are
+    seen by a `TorchFunctionMode`, so ``F.relu`` inside a ``forward`` is found and credited to the innermost module
+    running it. Other hooks (e.g. `reportgen.capture.capture`) may be active in the same block: the build's plan
+    learns the layer table, the CAM layers and this report from one forward pass.
     """
     from ..capture import require_python_module
 
     require_python_module(model, "the non-linearity check")
-    names = {module: name for name, module in model.named_modules()}
-    stack: list[nn.Module] = []
-    module_calls: dict[nn.Module, int] = {}
+    recorder = NonlinearityRecorder({module: name for name, module in model.named_modules()})
+    stack, module_calls = recorder.stack, recorder.module_calls
     handles = []
 
     def pre_hook(module, _args):
@@ -240,24 +256,34 @@ def inspect_nonlinearities(model: nn.Module, example_input: torch.Tensor) -> Non
         if stack and stack[-1] is module:
             stack.pop()
 
-    recorder = _RecordMode(stack)
     try:
-        for module in names:
+        for module in recorder.names:
             handles.append(module.register_forward_pre_hook(pre_hook))
             handles.append(module.register_forward_hook(post_hook))
-        with torch.no_grad(), recorder:
-            model(example_input)
+        with recorder.mode:
+            yield recorder
     finally:
         for handle in handles:
             handle.remove()
 
+
+def inspect_nonlinearities(model: nn.Module, example_input: torch.Tensor) -> NonlinearityReport:
+    """Run ``model`` once on ``example_input`` (N, C, H, W) and report how it uses ReLUs and other non-linearities
+    (see `recording_nonlinearities`). Runs under ``torch.no_grad``; the model's mode is left as the caller set it.
+    """
+    with recording_nonlinearities(model) as recorder, torch.no_grad():
+        model(example_input)
+    return recorder.report()
+
+
+def _make_report(names: dict[nn.Module, str], recorded: list, module_calls: dict[nn.Module, int]) -> NonlinearityReport:
     report = NonlinearityReport()
 
     def label(module: nn.Module | None) -> str:
         return names.get(module) or "<model>"
 
     seen_modules: set[nn.Module] = set()
-    for kind, top, inplace in recorder.calls:
+    for kind, top, inplace in recorded:
         is_module = top is not None and not any(True for _ in top.children())
         if kind == "relu":
             if is_module and isinstance(top, nn.ReLU):

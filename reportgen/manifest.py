@@ -1,0 +1,127 @@
+"""The manifest: one typed record of a built report, written as manifest.json and read back by every reader.
+
+The build fills a `Manifest`; `write_manifest` writes it through the artifact writer; the site (`reportgen render`
+included) and the archive index read it with `read_manifest`, which says in one line when a manifest is foreign or
+of another schema. Words: a report has **sections** (`SECTIONS`: model card, parameters, ...); each **analysis**
+has one `AnalysisEntry` (its status, items, metrics, notes) and belongs to one section.
+
+This module imports neither torch nor the analyses, so a site re-renders from its manifest alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ReportgenError
+
+GENERATOR = "reportgen"
+MANIFEST = "manifest.json"
+SCHEMA = 2  # 1: before the schema number (analyses under "sections"); 2: "analyses", "schema"
+
+# The report's sections, in page order: key -> title.
+SECTIONS = {
+    "model": "Model card",
+    "parameters": "Parameters",
+    "activations": "Activations",
+    "influence": "The input's influence",
+    "optimized": "Optimized inputs",
+}
+
+
+@dataclass
+class AnalysisEntry:
+    """One analysis in one report. ``status``: "ok", "not applicable" or "failed" (``reason`` says why);
+    ``items``: the figures and tables as `reportgen.imaging.render_item` wrote them; ``metrics``: key numbers (also
+    compared across checkpoints); ``params``: its resolved ``[analysis.NAME]`` table."""
+
+    name: str
+    title: str
+    section: str  # key of SECTIONS
+    summary: str = ""
+    paper: str = ""
+    paper_url: str = ""
+    status: str = "ok"
+    reason: Optional[str] = None
+    seconds: float = 0.0
+    items: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """Everything a report's pages are rendered from. ``model``: spec, form, weights and their sha256, parameters,
+    input, classes, the layer table and the selected layers; ``images``: source, counts, classes, skipped files,
+    samples; ``files``: the sha256 of every file of the site but manifest.json itself; ``snapshot``: set for a
+    snapshot of a checkpoint archive."""
+
+    version: str
+    created_with: dict
+    model: dict
+    images: dict
+    config: dict
+    seed: int
+    timings: dict
+    build_seconds: float
+    analyses: list[AnalysisEntry]
+    files: dict = field(default_factory=dict)
+    snapshot: Optional[dict] = None
+    generator: str = GENERATOR
+    schema: int = SCHEMA
+
+    def entry(self, name: str) -> Optional[AnalysisEntry]:
+        """The entry of analysis ``name`` (None when the report does not have it)."""
+        return next((a for a in self.analyses if a.name == name), None)
+
+    def to_json(self) -> dict:
+        """The manifest as plain JSON values (manifest.json's layout)."""
+        data = dataclasses.asdict(self)
+        if data["snapshot"] is None:
+            del data["snapshot"]
+        order = ["generator", "schema", "version"]
+        return {**{k: data[k] for k in order}, **{k: v for k, v in data.items() if k not in order}}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = MANIFEST) -> "Manifest":
+        """Read a manifest.json's content; `ReportgenError` in one line for a foreign or other-schema manifest."""
+        if not isinstance(data, dict) or data.get("generator") != GENERATOR:
+            raise ReportgenError(f"'{where}' was not written by reportgen: give the folder of a reportgen site")
+        schema = data.get("schema", 1)
+        if schema != SCHEMA or data.get("kind") == "archive":
+            what = "a checkpoint archive's index" if data.get("kind") == "archive" else (
+                f"schema {schema} (reportgen {data.get('version', '?')})")
+            raise ReportgenError(f"'{where}' is {what}, not a report of schema {SCHEMA} that this reportgen can "
+                                 "read: build the report again with `reportgen build`")
+        names = {f.name for f in dataclasses.fields(cls)}
+        entry_names = {f.name for f in dataclasses.fields(AnalysisEntry)}
+        try:
+            values = {k: v for k, v in data.items() if k in names}
+            values["analyses"] = [AnalysisEntry(**{k: v for k, v in a.items() if k in entry_names})
+                                  for a in data["analyses"]]
+            return cls(**values)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ReportgenError(f"'{where}' is incomplete or damaged ({type(exc).__name__}: {exc}): build the "
+                                 "report again with `reportgen build`") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of the site in ``folder``; `ReportgenError` in one line when there is none we can read."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportgenError(f"cannot read '{path}' ({type(exc).__name__}): give the folder of a reportgen "
+                             "site") from None
+    return Manifest.from_json(data, str(path))
+
+
+def write_manifest(writer: Any, manifest: Manifest) -> None:
+    """Write manifest.json through ``writer`` (`reportgen.artifacts.ArtifactWriter`) after recording in it the
+    sha256 of every other file the writer wrote."""
+    manifest.files = dict(sorted((k, v) for k, v in writer.hashes.items() if k != MANIFEST))
+    writer.write_text(MANIFEST, json.dumps(manifest.to_json(), indent=1, sort_keys=False))
