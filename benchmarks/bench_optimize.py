@@ -3,8 +3,9 @@
 On the zoo's ``shapes-cnn`` architecture with random weights (a VGG-style 16-32-64-64 net of the same layout if the
 zoo is not importable), 64x64 inputs:
 
-1. `maximize`: 8 images (one per class) x 50 steps with the default transforms, and the same with the edge-energy
-   and l2 penalties added;
+1. `maximize`: 8 images (one per class) x 50 steps with the default recipe (pixels, 2-pixel jitter, a blur every 4
+   steps), the same with the edge-energy and l2 penalties added, and class-max's recipe (grey Fourier spectrum,
+   soft window, random zoom and rotation);
 2. `deepdream`: 4 images, 3 octaves x 10 steps on the last conv;
 3. `adversarial`: 8 images, 50 l2 steps without stopping early;
 4. `random_sphere`: 2 images x 1000 points, batch 500.
@@ -25,7 +26,16 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from reportgen.methods.adversarial import adversarial, random_sphere  # noqa: E402
-from reportgen.methods.optimize import class_logit, deepdream, edge_energy, l2, maximize  # noqa: E402
+from reportgen.methods.optimize import (  # noqa: E402
+    class_logit,
+    deepdream,
+    maximize,
+    noise,
+    penalized,
+    standard_edits,
+    standard_param,
+    standard_transforms,
+)
 
 from _timing import best_time  # noqa: E402
 
@@ -50,6 +60,16 @@ def shapes_cnn() -> tuple[nn.Module, str, str]:
         return nn.Sequential(layers).eval(), "VGG-style net 16-32-64-64 (random weights)", "conv4"
 
 
+def recipe(shape, generator, **settings) -> dict:
+    """``param``, ``transforms`` and ``edits`` of `maximize` for `MaxDefaults`-named ``settings`` (the report's
+    recipe, as ``reportgen.analyses.optimized._maximize`` builds it)."""
+    keys = ("fourier", "fourier_decay", "grey", "window")
+    param = standard_param(noise(shape, generator), **{k: v for k, v in settings.items() if k in keys})
+    transforms = standard_transforms(generator, **{k: v for k, v in settings.items()
+                                                  if k in ("jitter", "scale_jitter", "rotate")})
+    return dict(param=param, transforms=transforms, edits=standard_edits(fourier=settings.get("fourier", False)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
@@ -61,17 +81,19 @@ def main() -> None:
     print(f"model: {desc}; torch {torch.__version__}; {torch.get_num_threads()} threads")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     x8 = torch.randn(8, 3, 64, 64, generator=g())
+    classes = class_logit(list(range(8)))
+    priors = dict(fourier=True, fourier_decay=1.5, grey=True, window=0.8, scale_jitter=0.2, rotate=45)
     rows = [
-        ("maximize 8x64x64, 50 steps", 50, lambda: maximize(model, class_logit(list(range(8))), shape=(8, 3, 64, 64),
-                                                            steps=50, generator=g())),
+        ("maximize 8x64x64, 50 steps", 50, lambda: maximize(model, classes, **recipe((8, 3, 64, 64), g()), steps=50)),
         ("maximize + edge + l2 penalties", 50, lambda: maximize(
-            model, class_logit(list(range(8))) - 1e-3 * edge_energy() - 1e-4 * l2(), shape=(8, 3, 64, 64), steps=50,
-            generator=g())),
+            model, penalized(classes, l2_weight=1e-4, edge_weight=1e-3), **recipe((8, 3, 64, 64), g()), steps=50)),
+        ("maximize, class-max recipe", 50, lambda: maximize(
+            model, classes, **recipe((8, 3, 64, 64), g(), **priors), steps=50)),
         ("deepdream 4x64x64, 3x10 steps", 30, lambda: deepdream(model, x8[:4], last_conv, generator=g())),
         ("adversarial 8x64x64, 50 l2 steps", 50, lambda: adversarial(model, x8, steps=50, stop_at_change=False)),
         ("random_sphere 2 x 1000 points", 0, lambda: random_sphere(model, x8[:2], 5.0, m=1000, generator=g())),
     ]
-    maximize(model, class_logit(0), shape=(8, 3, 64, 64), steps=2, generator=g())  # warm-up: first-call overheads
+    maximize(model, class_logit(0), **recipe((8, 3, 64, 64), g()), steps=2)  # warm-up: first-call overheads
     for name, steps, fn in rows:
         t = best_time(fn, args.repeat)
         per = f"  ({1000 * t / steps:6.1f} ms/step)" if steps else ""

@@ -758,8 +758,8 @@ def maximize(
     ``objective`` (its penalties read the untransformed ``x``) with learning rate ``lr``; then, without gradients,
     the parameter tensor ``p`` becomes ``compose(*edits)(p)`` (pixel edits such as `gaussian_blur`, `bounded`: they
     make sense for `pixel_param` only, and need a parameterization of one tensor, so that `every` counts steps).
-    ``transforms`` and ``edits`` may also be one callable. Each of the N images is optimized on its own (batch-norm runs in eval mode),
-    so one batch can hold one image per class::
+    ``transforms`` and ``edits`` may also be one callable. Each of the N images is optimized on its own (batch-norm
+    runs in eval mode), so one batch can hold one image per class::
 
         g = torch.Generator().manual_seed(0)
         param = pixel_param(noise((10, 3, 32, 32), g))
