@@ -167,7 +167,8 @@ def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
     indices, logits, labels = [], [], []
     n = len(ctx.images)
     warn = ctx.output.warn
-    batches = ctx.images.batches(batch_size, ctx.device, on_bad=lambda name, why: warn(f"skipped image '{name}': {why}"))
+    batches = ctx.images.batches(batch_size, ctx.device,
+                                 on_bad=lambda name, why: warn(f"skipped image '{name}': {why}"))
     with capture(ctx.model, layers) as rec, torch.no_grad():
         for batch in ctx.iterate(batches, length=(n + batch_size - 1) // batch_size, label="forward pass"):
             try:

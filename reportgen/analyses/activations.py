@@ -190,8 +190,8 @@ class Distributions(Analysis):
             result.metrics[f"dead {name}"] = r["dead_fraction"]
             result.items.append(Plot(
                 key=f"hist-{name}", kind="histogram", layer=name, label=name, group="Histograms",
-                caption=f"All {r['count']:,} values of {name} over {len(ctx.predictions.indices)} images ({params.bins} "
-                        f"bins, log counts); red: mean {_short(r['mean'])} ± std {_short(r['std'])}; {n_dead} of "
+                caption=f"All {r['count']:,} values of {name} over {len(ctx.predictions.indices)} images "
+                        f"({params.bins} bins, log counts); red: mean {_short(r['mean'])} ± std {_short(r['std'])}; {n_dead} of "
                         f"{units} units never positive.",
                 data={"edges": r["hist_edges"], "counts": r["hist_counts"], "mean": r["mean"], "std": r["std"],
                       "xlabel": f"{name} output", "title": name}))
@@ -388,8 +388,8 @@ class Embeddings(Analysis):
         result.metrics["embedded images"] = int(len(indices))
         result.metrics["t-SNE seconds per layer"] = t_tsne / len(keys)
         if reducer.seen > reducer.max_points:
-            result.notes.append(f"A seeded uniform sample of {reducer.max_points} of the {reducer.seen} images is embedded "
-                                "(max_points).")
+            result.notes.append(f"A seeded uniform sample of {reducer.max_points} of the {reducer.seen} images is "
+                                "embedded (max_points).")
         if reducer.alias:
             result.notes.append(f"{', '.join(sorted(reducer.alias))} outputs the logits themselves: shown as 'logits'.")
         return result
