@@ -53,10 +53,9 @@ class Chosen:
 
 @dataclass
 class Plan:
-    """What the plan stage decided: the analyses that apply, why the others do not, and the one pass's reducers
-    (keyed by analysis name, then the analysis's own key)."""
+    """What the plan stage decided: why the chosen analyses that do not apply do not, and the one pass's reducers
+    of those that do (keyed by analysis name, then the analysis's own key)."""
 
-    applicable: list
     skipped: dict[str, str]
     reducers: dict[str, dict]
 
@@ -139,18 +138,18 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
     cfg = ctx.config
     ctx.facts = learn_model(ctx.loaded, list(cfg.layers), ctx.generator("plan"), ctx.device, ctx.class_folders)
     map_labels(ctx.images, ctx.loaded.class_names)
-    applicable, skipped = [], {}
+    reducers, skipped = {}, {}
     for a in chosen.analyses:
         if a.needs_images and not ctx.is_image_model:
             skipped[a.name] = "applies to image models only"
             continue
         try:
             a.check(ctx, chosen.params[a.name])
-            applicable.append(a)
         except NotApplicable as exc:
             skipped[a.name] = str(exc)
-    reducers = {a.name: a.reducers(ctx, chosen.params[a.name]) for a in applicable}
-    return Plan(applicable, skipped, reducers)
+            continue
+        reducers[a.name] = a.reducers(ctx, chosen.params[a.name])
+    return Plan(skipped, reducers)
 
 
 def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from . import Analysis, python_name, register
 
 SCALES = ("shared", "per-image", "both")
+NO_GAP_LINEAR = "the model does not end in global average pooling + one linear layer"
 # roles of a map's class target, in the order their groups appear
 ROLES = ("predicted", "true", "requested")
 ROLE_TITLES = {"predicted": "Predicted class", "true": "True class (where the prediction is wrong)",
@@ -182,7 +183,6 @@ def check_cam_layer(ctx: Any, analysis: str, layer: str) -> None:
     from ..capture import resolve_layer
 
     resolve_layer(ctx.model, layer)
-    ctx.facts.require_python(f"analysis.{analysis}.layer")
     row = ctx.facts.row(layer)
     calls = row.calls if row else 0
     if calls != 1:
@@ -224,12 +224,22 @@ class AttributionAnalysis(Analysis):
     chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
     map_words: ClassVar[str] = ""  # what a map's value is (a note on the page)
     relu_rules: ClassVar[bool] = False  # True: the method changes the ReLU backward rule
-    exactness: ClassVar[str] = ""  # why the maps are exact on any model (methods without ReLU rules or layers)
+    hooks: ClassVar[bool] = False  # True: the method reads a layer's output through hooks
+    exact_because: ClassVar[str] = ""  # why the maps are exact on any model (methods without ReLU rules or hooks)
 
     def check(self, ctx: Any, params: Any) -> None:
         requested_classes(ctx)
-        if self.relu_rules:
+        if self.relu_rules or self.hooks:
             ctx.facts.require_python(self.title)
+
+    def exactness(self, facts: Any) -> tuple[str, str]:
+        """("exact" | "approximate" | "not applicable", why) for these maps on the model of ``facts``."""
+        if not self.relu_rules:
+            return "exact", self.exact_because
+        method = python_name(self.name)
+        if facts.nonlinearities.exact_methods.get(method, True):
+            return "exact", "every ReLU call rewritten"
+        return "approximate", facts.nonlinearities.reasons.get(method, "")
 
     def options(self, ctx: Any, params: Any) -> dict:
         """Keyword arguments of `attribute`, resolved once per build from the params and the model facts."""
@@ -342,7 +352,7 @@ class Occlusion(AttributionAnalysis):
     order = 10
     Params = OcclusionParams
     chunked = False
-    exactness = "forward passes only"
+    exact_because = "forward passes only"
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
@@ -400,7 +410,7 @@ class Gradient(AttributionAnalysis):
              "Models and Saliency Maps, ICLR Workshop 2014")
     paper_url = "https://arxiv.org/abs/1312.6034"
     order = 20
-    exactness = "plain autograd"
+    exact_because = "plain autograd"
     map_words = "|d class logit / d pixel|, the maximum over colour channels"
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
@@ -419,7 +429,7 @@ class SmoothGrad(AttributionAnalysis):
     order = 30
     Params = SmoothGradParams
     chunked = False
-    exactness = "plain autograd on noisy copies"
+    exact_because = "plain autograd on noisy copies"
 
     def options(self, ctx: Any, params: Any) -> dict:
         return {"n": params.n, "sigma": params.sigma, "batch_size": ctx.config.batch_size,
@@ -482,12 +492,17 @@ class Cam(AttributionAnalysis):
             "CVPR 2016"
     paper_url = "https://arxiv.org/abs/1512.04150"
     order = 60
+    hooks = True
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
-        ctx.facts.require_python(self.title)
         if ctx.facts.cam is None:
-            raise NotApplicable("the model does not end in global average pooling + one linear layer")
+            raise NotApplicable(NO_GAP_LINEAR)
+
+    def exactness(self, facts: Any) -> tuple[str, str]:
+        if facts.cam is None:
+            return "not applicable", NO_GAP_LINEAR
+        return "exact", f"layer '{facts.cam[0]}', weights of '{facts.cam[1]}'"
 
     def options(self, ctx: Any, params: Any) -> dict:
         layer, fc = ctx.facts.cam
@@ -512,13 +527,20 @@ class CamFamily(AttributionAnalysis):
     (``grad-cam-plus-plus`` -> ``cams.grad_cam_plus_plus(model, inputs, target, layer)``), plus its explain page."""
 
     Params = LayerMapParams
+    hooks = True
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
-        ctx.facts.require_python(self.title)
         check_cam_layer(ctx, self.name, params.layer)
         if not params.layer and ctx.facts.cam_layer is None:
             raise NotApplicable(ctx.facts.cam_layer_reason)
+
+    def exactness(self, facts: Any) -> tuple[str, str]:
+        if self.relu_rules:
+            return super().exactness(facts)
+        if facts.cam_layer is None:
+            return "not applicable", facts.cam_layer_reason
+        return "exact", f"default layer '{facts.cam_layer}'"
 
     def options(self, ctx: Any, params: Any) -> dict:
         return {"layer": params.layer or ctx.facts.cam_layer}
@@ -634,7 +656,6 @@ class Nonlinearities(Analysis):
         from . import all_analyses
 
         result = Result()
-        facts = ctx.facts
         report = nonlinearities(ctx, self.title)
         rows = [[name, "nn.ReLU module, called once", 1, "no"] for name in report.relu_modules]
         rows += [[name, "nn.ReLU module, reused", calls, "yes" if name in report.inplace_relus else "no"]
@@ -655,25 +676,7 @@ class Nonlinearities(Analysis):
                     "non-linearities keep their gradient.",
             columns=["where", "kind", "calls", "in place"], rows=rows))
 
-        method_rows = []
-        for a in all_analyses():
-            if not isinstance(a, AttributionAnalysis):
-                continue
-            method = python_name(a.name)
-            if a.relu_rules:
-                exact = report.exact_methods.get(method, True)
-                method_rows.append([a.name, "exact" if exact else "approximate",
-                                    "every ReLU call rewritten" if exact else report.reasons.get(method, "")])
-            elif isinstance(a, Cam):
-                method_rows.append([a.name, "exact" if facts.cam else "not applicable",
-                                    f"layer '{facts.cam[0]}', weights of '{facts.cam[1]}'" if facts.cam else
-                                    "the model does not end in global average pooling + one linear layer"])
-            elif isinstance(a, CamFamily):
-                method_rows.append([a.name, "exact" if facts.cam_layer else "not applicable",
-                                    f"default layer '{facts.cam_layer}'" if facts.cam_layer else
-                                    facts.cam_layer_reason])
-            else:
-                method_rows.append([a.name, "exact", a.exactness])
+        method_rows = [[a.name, *a.exactness(ctx.facts)] for a in all_analyses() if isinstance(a, AttributionAnalysis)]
         result.items.append(Table(
             key="methods", label="Which attribution maps are exact on this model",
             caption="'Exact' = computed as the method's paper defines it. Approximate maps mix the modified ReLU "
