@@ -670,10 +670,10 @@ class Nonlinearities(Analysis):
                  for where, calls in report.other_nonlinearities.items()]
         result.items.append(Table(
             key="relus", label="Non-linearities in one forward pass",
-            caption="Every ReLU call and every other non-linearity seen in the build's probe forward pass (one "
-                    "seeded random input), with the module that ran it. Deconvnet and guided backpropagation "
-                    "rewrite the backward rule of every ReLU call listed here, whatever its form; other "
-                    "non-linearities keep their gradient.",
+            caption="Every ReLU call and every other non-linearity seen in the build's probe forward pass (two "
+                    "seeded random images in one batch), with the module that ran it. Deconvnet and guided "
+                    "backpropagation rewrite the backward rule of every ReLU call listed here, whatever its form; "
+                    "other non-linearities keep their gradient.",
             columns=["where", "kind", "calls", "in place"], rows=rows))
 
         method_rows = [[a.name, *a.exactness(ctx.facts)] for a in all_analyses() if isinstance(a, AttributionAnalysis)]
