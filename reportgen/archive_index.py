@@ -12,7 +12,8 @@ from .manifest import GENERATOR, MANIFEST, AnalysisEntry, Manifest
 
 # (title, analysis name, how many items per snapshot, which items): pictures already in each snapshot shown in one
 # row per checkpoint. "image" picks items tagged with a sample image (the same images in every snapshot, since the
-# sample pick depends only on the seed and the labels); "first" the first items of the analysis.
+# sample pick depends only on the seed and the image set, never on the predictions: `reportgen.build.pick_samples`);
+# "first" the first items of the analysis.
 STRIPS = [
     ("Hidden units of the perceptron", "perceptron", 1, "first"),
     ("First-layer filters", "filters", 1, "first"),

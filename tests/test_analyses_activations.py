@@ -86,10 +86,11 @@ def test_lenet_report_has_every_analysis(lenet):
     assert {i["image"] for i in maps} == set(manifest["images"]["samples"][k]["index"] for k in range(2))
     conv1 = [i for i in maps if i["layer"] == "conv1"]
     assert conv1 and all(i["count"] == 16 for i in conv1)
-    # distributions: per-layer metrics, dead fraction in [0, 1]
+    # distributions: per-layer metrics; dead units only on the ReLU modules' outputs, where "never > 0" means that
     m = s["distributions"]["metrics"]
     for layer in layers:
-        assert 0.0 <= m[f"dead {layer}"] <= 1.0 and m[f"std {layer}"] > 0
+        assert 0.0 <= m[f"never positive {layer}"] <= 1.0 and m[f"std {layer}"] > 0
+    assert {k for k in m if k.startswith("dead ")} == {"dead relu1", "dead relu2", "dead relu3"}
     # embeddings: k-NN accuracy per layer with the two ends named input and logits (fc2 is the logits)
     knn = {k: v for k, v in s["embeddings"]["metrics"].items() if k.startswith("k-NN ")}
     assert list(knn) == ["k-NN input", "k-NN conv1", "k-NN conv2", "k-NN fc1", "k-NN logits"]

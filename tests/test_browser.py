@@ -2,26 +2,37 @@
 
 Screenshots (desktop, 390 px phone, dark scheme) of the model card and of one image page are kept in
 ``$REPORTGEN_TEST_ARTIFACTS`` (default ``test-artifacts/`` in the repo root) for people to look at.
+
+The browser is found by `find_browser` (the lookup `.ci/run` uses too). Without one the tests are skipped, except
+in CI (``CI=true``), where they fail: a CI run must not turn green without the browser having run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from click.testing import CliRunner
+from find_browser import DEBIAN_CHROMIUM, find_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = find_browser()
 ZOO_MODEL = "lenet-digits"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+NO_BROWSER = f"needs Debian's chromium on PATH or at {DEBIAN_CHROMIUM} (apt-get install chromium)"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                      "(apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser_present():
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but no browser: the browser test {NO_BROWSER}")
+        pytest.skip(NO_BROWSER)
 
 # every image gets its real source, also those below the fold that loading="lazy" would leave unloaded
 LOAD_ALL_IMAGES = """async () => {
@@ -62,7 +73,10 @@ def site(tmp_path_factory) -> Path:
         save_file({k: v.contiguous() for k, v in entry.build_model().state_dict().items()}, str(tmp / "w.safetensors"))
         args += ["--weights", str(tmp / "w.safetensors")]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert (tmp / "site" / "index.html").is_file(), result.output
+    assert result.exit_code == 0, result.output  # a failed analysis exits 1: its page would only show the error
+    manifest = json.loads((tmp / "site" / "manifest.json").read_text())
+    failed = {a["name"]: a["reason"] for a in manifest["analyses"] if a["status"] == "failed"}
+    assert not failed, failed
     return tmp / "site"
 
 
@@ -158,6 +172,16 @@ def test_every_page_loads_clean(site, browser):
     problems = {"console errors": watch.errors, "images not loaded": unloaded, "broken links": broken,
                 "links to other sites": external, "requests outside the site": sorted(set(watch.outside))}
     assert not any(problems.values()), {k: v for k, v in problems.items() if v}
+
+
+def test_manifest_lists_every_file_on_disk(site):
+    """Every file of the site is in the manifest (except manifest.json itself), with its true sha256."""
+    manifest = json.loads((site / "manifest.json").read_text())
+    on_disk = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert on_disk == set(manifest["files"]), (sorted(on_disk - set(manifest["files"]))[:10],
+                                                sorted(set(manifest["files"]) - on_disk)[:10])
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((site / rel).read_bytes()).hexdigest() == digest, rel
 
 
 def test_zoom_and_mathml(site, browser):

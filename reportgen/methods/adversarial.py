@@ -6,7 +6,10 @@ are Euclidean over all ``C*H*W`` values of one image. The model runs in eval mod
 duration of a call and comes back exactly as it was (flags restored in ``finally``; gradients only with respect to
 the inputs).
 
-Szegedy et al. 2014, "Intriguing properties of neural networks", https://arxiv.org/abs/1312.6199 .
+Szegedy et al. 2014, "Intriguing properties of neural networks", https://arxiv.org/abs/1312.6199 . The
+random-sphere control (`random_sphere`) is this project's design, not Szegedy et al.'s (they compared with Gaussian
+noise); why random directions rarely flip a label: Fawzi et al. 2016, "Robustness of classifiers: from adversarial to
+random noise", https://arxiv.org/abs/1608.08967 .
 """
 
 from __future__ import annotations
@@ -200,8 +203,11 @@ def random_sphere(
 
     For each image of ``inputs`` ``(N, C, H, W)`` draws ``m`` points uniformly on the sphere of ``radius`` (a number,
     or ``(N,)``, e.g. ``2 * ||adv - x||``) around it with `sphere_points`, classifies them ``batch_size`` at a time
-    and counts label changes. Szegedy et al. 2014 report that random directions of twice the adversarial norm rarely
-    flip the label. Same generator seed and batch size, same result. No clamping: points may leave the pixel range.
+    and counts label changes. A sphere at a fixed multiple of the adversarial distance is this project's control,
+    not Szegedy et al.'s (they added Gaussian noise). Fawzi et al. 2016 (https://arxiv.org/abs/1608.08967) show that
+    for a linear classifier, and approximately for one with a slightly curved boundary, the distance to the boundary
+    along a random direction is about sqrt(d) times the smallest one (d = ``C*H*W``), so few points should flip.
+    Same generator seed and batch size, same result. No clamping: points may leave the pixel range.
     """
     device, dtype = _device_dtype(model)
     x0 = inputs.detach().to(device=device, dtype=dtype)
