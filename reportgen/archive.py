@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__
-from .build import build_report, choose_analyses
+from .build import build_site, choose_analyses
 from .config import BuildConfig, config_dict
 from .console import Output
 from .errors import ConfigError, ModelError, ReportgenError
@@ -109,7 +109,7 @@ def snapshot_fingerprint(checkpoint_sha: str, images_sha: str, cfg: BuildConfig)
 def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Output] = None) -> dict:
     """Build (or reuse) one snapshot per checkpoint and the comparison index into ``cfg.out``; returns a summary.
 
-    Each snapshot is built by the same recipe as `reportgen build` (`reportgen.build.build_report`)."""
+    Each snapshot is built by the same recipe as `reportgen build` (`reportgen.build.build_site`)."""
     from .models import sha256_file
 
     output = output or Output()
@@ -139,7 +139,7 @@ def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Outpu
                 output.info(f"{c.label}: building from {c.path.name}")
                 snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
                             "step": c.step, "label": c.label}
-                build_report(snap_cfg, chosen, target, output, snapshot=snapshot)
+                build_site(snap_cfg, chosen, target, output, snapshot=snapshot)
                 summary["built"].append(c.label)
             manifest = read_manifest(target)
             snapshots.append({"label": c.label, "step": c.step, "checkpoint": c.path.name,
