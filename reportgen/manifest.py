@@ -28,6 +28,7 @@ SECTIONS = {
     "parameters": "Parameters",
     "activations": "Activations",
     "influence": "The input's influence",
+    "trust": "Which maps to trust",
     "optimized": "Optimized inputs",
 }
 

@@ -1,0 +1,374 @@
+"""Which maps to trust: the faithfulness and sanity checks of every attribution method, as two analyses.
+
+Both take the attribution methods as the report enumerates them (every `AttributionAnalysis` in the registry, with
+its own ``[analysis.NAME]`` parameters and its own `attribute` entry point), compute each method's maps of the
+sample images for their predicted class, and check them with `reportgen.methods.faithfulness`:
+
+- `deletion-insertion`: the deletion and insertion curves (Petsiuk et al. 2018) and their areas per method, against
+  a random pixel order, with the object-mask scores of the same maps where the data has masks;
+- `randomization-test`: the cascading model-parameter randomization (Adebayo et al. 2018) on a deep copy of the
+  model, with the cascade of maps, the similarity curves and a pass/fail verdict at a stated threshold.
+
+The model card's "which maps to trust" table and each image's "at a glance" row lay out the tables these two
+analyses return (joined by the method name in their first column).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import Grid, NotApplicable, Plot, Result, Table
+from ..config import analysis_params, doc, raise_errors
+from ..errors import ConfigError
+from . import Analysis, register
+
+RANDOM_ROW = "random order"
+EDGE_ROW = "edge detector (control)"
+
+
+METHODS_DOC = ("Attribution methods to check (analysis names, e.g. grad-cam); empty = every attribution method that "
+               "applies to the model and is not skipped with --skip.")
+
+
+@dataclass
+class DeletionParams:
+    steps: int = field(default=16, metadata=doc(
+        "Steps of each curve: after step j, j/steps of the pixels have been deleted (or inserted).", min=2, max=256))
+    fill: float = field(default=0.0, metadata=doc(
+        "Value of deleted pixels in normalized input units (0 = the normalization mean colour)."))
+    blur: float = field(default=0.05, metadata=doc(
+        "Standard deviation of the Gaussian blur of insertion's start image, as a fraction of the shorter image "
+        "side (Petsiuk et al. blur 224-pixel images with sigma 5, about 0.02).", min=0.0, max=1.0))
+    methods: list[str] = field(default_factory=list, metadata=doc(METHODS_DOC))
+
+
+@dataclass
+class RandomizationParams:
+    threshold: float = field(default=0.5, metadata=doc(
+        "A method passes when the mean Spearman rank correlation of |maps| between the trained model and the "
+        "fully randomized one is at most this.", min=-1.0, max=1.0))
+    steps: int = field(default=8, metadata=doc(
+        "At most this many steps in the cascade: a model with more layers that own parameters has neighbouring "
+        "layers re-initialized together (the cost is one map per step, method and image).", min=1, max=100))
+    images: int = field(default=4, metadata=doc(
+        "Sample images used (the first of the build's samples); the cost grows with it.", min=1, max=200))
+    methods: list[str] = field(default_factory=list, metadata=doc(METHODS_DOC))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The attribution methods, as the report enumerates them
+
+
+def attribution_methods(ctx: Any, names: list[str], key: str) -> list[tuple[Any, dict]]:
+    """``(analysis, options)`` of each attribution method to check, in report order: those named (``names``,
+    checked against the registry; `ConfigError` naming ``key`` otherwise) or every one not skipped with --skip;
+    each with its own ``[analysis.NAME]`` parameters, leaving out those that do not apply to this model."""
+    from . import all_analyses
+    from .influence import AttributionAnalysis
+
+    known = [a for a in all_analyses() if isinstance(a, AttributionAnalysis)]
+    unknown = [n for n in names if n not in {a.name for a in known}]
+    if unknown:
+        raise ConfigError(f"{key}: unknown attribution method {', '.join(repr(n) for n in unknown)}; known: "
+                          + ", ".join(a.name for a in known))
+    chosen = [a for a in known if (a.name in names if names else a.name not in ctx.config.skip)]
+    methods, errors = [], []
+    for a in chosen:
+        params = analysis_params(a.Params, a.name, ctx.config.analysis.get(a.name, {}), errors)
+        raise_errors(errors, "config")
+        try:
+            a.check(ctx, params)
+        except NotApplicable:
+            continue
+        methods.append((a, a.options(ctx, params)))
+    return methods
+
+
+def method_maps(analysis: Any, model: Any, inputs: Any, targets: Any, options: dict, batch_size: int) -> Any:
+    """One method's maps (N, h, w) float32 on the CPU, through its analysis's `attribute`, in the same chunks as
+    the report's own maps (methods that batch their copies themselves get every image at once)."""
+    import torch
+
+    size = batch_size if analysis.chunked else len(inputs)
+    return torch.cat([analysis.attribute(model, x, t, **options).detach().float().cpu()
+                      for x, t in zip(inputs.split(size), targets.split(size))])
+
+
+def predicted(ctx: Any, images: list[int]) -> Any:
+    """The predicted classes of ``images`` as a LongTensor on the device."""
+    import torch
+
+    preds = ctx.predictions.preds
+    return torch.tensor([int(preds[ctx.predictions.row(i)]) for i in images], device=ctx.device)
+
+
+def check_methods(ctx: Any, params: Any, key: str) -> None:
+    if not attribution_methods(ctx, params.methods, f"analysis.{key}.methods"):
+        raise NotApplicable("no attribution method applies to this model (or all are skipped)")
+
+
+HIGHER = {"deletion": False, "insertion": True, "mass": True, "hit": True}  # which way is better
+WORDS = {"deletion": "deletion", "insertion": "insertion", "mass": "mass on object", "hit": "pointing game"}
+
+
+def best_at(values: dict[str, dict[str, float]]) -> dict[str, str]:
+    """For ``values[method][score]`` (scores of `HIGHER`; NaN = none), the scores each method is best at (ties
+    all count), in words: ``{"gradient": "deletion, insertion", "cam": "–"}``."""
+    best: dict[str, set[str]] = {}
+    for score, higher in HIGHER.items():
+        kept = {m: v[score] for m, v in values.items() if not np.isnan(v.get(score, np.nan))}
+        if kept:
+            top = max(kept.values()) if higher else min(kept.values())
+            best[score] = {m for m, v in kept.items() if v == top}
+    return {m: ", ".join(WORDS[k] for k in best if m in best[k]) or "–" for m in values}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deletion and insertion
+
+
+@register
+class DeletionInsertion(Analysis):
+    name = "deletion-insertion"
+    title = "Deletion and insertion"
+    section = "trust"
+    summary = ("how fast the class probability falls when each method's most important pixels are deleted, and "
+               "rises when they are inserted into a blurred copy")
+    paper = "Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018"
+    paper_url = "https://arxiv.org/abs/1806.07421"
+    order = 10
+    Params = DeletionParams
+    needs_logits = True  # both checks are about the class probability / the class's maps
+
+    def check(self, ctx: Any, params: Any) -> None:
+        check_methods(ctx, params, self.name)
+
+    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+        import torch
+
+        from ..methods.faithfulness import curve_auc, deletion_insertion
+        from .influence import mask_scores, nan_mean
+
+        result = Result()
+        inputs = ctx.sample_inputs()
+        targets = predicted(ctx, ctx.samples)
+        n = len(ctx.samples)
+        h, w = inputs.shape[-2:]
+        masks = ctx.images.masks
+        bs = ctx.config.batch_size
+        options = {"steps": params.steps, "fill": params.fill, "blur_sigma": params.blur, "batch_size": bs}
+        rows: dict[str, dict] = {}
+        curves: dict[str, tuple] = {}
+        methods = attribution_methods(ctx, params.methods, f"analysis.{self.name}.methods")
+        for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
+            maps = method_maps(a, ctx.model, inputs, targets, opts, bs)
+            dele, ins = deletion_insertion(ctx.model, inputs, targets, maps,
+                                           generator=ctx.generator(f"{self.name}:{a.name}"), **options)
+            row = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
+            if masks is not None and tuple(maps.shape[-2:]) == (h, w):
+                mass, hit = mask_scores(np.clip(maps.numpy(), 0, None), np.stack([masks[i] for i in ctx.samples]))
+                row.update(mass=mass, hit=hit)
+            rows[a.name], curves[a.name] = row, (a, dele.numpy(), ins.numpy())
+        # all-equal maps + random tie-breaking = a random pixel order per image: the baseline every map must beat
+        dele, ins = deletion_insertion(ctx.model, inputs, targets, torch.zeros(n, h, w),
+                                       generator=ctx.generator(f"{self.name}:random"), **options)
+        random = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
+        random_curves = (dele.numpy().mean(axis=0), ins.numpy().mean(axis=0))
+        has_masks = any("mass" in r for r in rows.values())
+
+        means = {name: {k: nan_mean(v) for k, v in r.items()} for name, r in rows.items()}
+        best = best_at(means)
+
+        columns = ["method", "deletion AUC ↓", "sd", "insertion AUC ↑", "sd"]
+        if has_masks:
+            columns += ["mass on object ↑", "pointing game ↑"]
+        columns.append("best at")
+        table = []
+        for name, r in rows.items():
+            row = [name, means[name]["deletion"], float(np.std(r["deletion"])), means[name]["insertion"],
+                   float(np.std(r["insertion"]))]
+            if has_masks:
+                row += [means[name].get("mass", float("nan")), means[name].get("hit", float("nan"))]
+            table.append(row + [best[name]])
+        base = [RANDOM_ROW, float(random["deletion"].mean()), float(np.std(random["deletion"])),
+                float(random["insertion"].mean()), float(np.std(random["insertion"]))]
+        table.append(base + ([float("nan"), float("nan")] if has_masks else []) + ["baseline"])
+        result.items.append(Table(
+            key="trust", label="Which maps to trust: deletion and insertion",
+            caption=f"Mean over the {n} sample images (their predicted class) of the area under each curve, and its "
+                    "standard deviation (sd); ↓ = lower is better, ↑ = higher is better. Deletion: the most "
+                    "important pixels first are set to the fill value; "
+                    "insertion: they are put into a blurred copy; the curve is the class's softmax probability. "
+                    "'random order' deletes and inserts the pixels in a random order: a map that does not beat it "
+                    "says nothing about this model's decision."
+                    + (" Mask scores (of the same maps): the share of the map on the object, and how often its "
+                       "maximum lies on it." if has_masks else ""),
+            columns=columns, rows=table))
+
+        x = [j / params.steps for j in range(params.steps + 1)]
+        for name, (a, dele, ins) in curves.items():
+            result.items.append(Plot(
+                key=f"curves-{name}", kind="lines", label=a.title, group="Mean curves of each method",
+                caption=f"{a.title}: the predicted class's probability (mean over the {n} sample images) as the "
+                        f"pixels are deleted (AUC {means[name]['deletion']:.3f}) or inserted (AUC "
+                        f"{means[name]['insertion']:.3f}) in the order of the maps, and in a random order "
+                        f"(AUC {base[1]:.3f} and {base[3]:.3f}).",
+                data={"x": x, "series": {"deletion": dele.mean(axis=0).tolist(),
+                                         "insertion": ins.mean(axis=0).tolist(),
+                                         "deletion, random order": random_curves[0].tolist(),
+                                         "insertion, random order": random_curves[1].tolist()},
+                      "xlabel": "fraction of pixels deleted or inserted", "ylabel": "probability of the class",
+                      "ylim": [0, 1.02], "title": a.title}))
+
+        for p, i in enumerate(ctx.samples):
+            per = []
+            here = best_at({name: {k: float(v[p]) for k, v in r.items()} for name, r in rows.items()})
+            for name, r in rows.items():
+                row = [name, float(r["deletion"][p]), float(r["insertion"][p])]
+                if has_masks:
+                    hit = float(r["hit"][p]) if "hit" in r else float("nan")
+                    row += [float(r["mass"][p]) if "mass" in r else float("nan"),
+                            "–" if np.isnan(hit) else "yes" if hit == 1 else "no"]
+                per.append(row + [here[name]])
+            per.append([RANDOM_ROW, float(random["deletion"][p]), float(random["insertion"][p])]
+                       + (["–", "–"] if has_masks else []) + ["baseline"])
+            result.items.append(Table(
+                key=f"image-{i:05d}", image=i, group=ctx.images.names[i], label="Deletion and insertion",
+                caption="Area under the deletion curve (lower is better) and the insertion curve (higher is "
+                        "better) of each method's map for the predicted class"
+                        + (", with the share of the map on the object and whether its maximum is on it." if has_masks
+                           else "."),
+                columns=["method", "deletion AUC ↓", "insertion AUC ↑"]
+                + (["mass on object ↑", "maximum on object"] if has_masks else []) + ["best at"], rows=per))
+
+        full = ins[:, -1].mean() if curves else float("nan")
+        result.metrics.update({
+            "methods": len(rows), "sample images": n, "steps": params.steps,
+            "best deletion AUC": min((v["deletion"] for v in means.values()), default=float("nan")),
+            "best insertion AUC": max((v["insertion"] for v in means.values()), default=float("nan")),
+            "random-order deletion AUC": base[1], "random-order insertion AUC": base[3],
+            "probability of the blurred image": float(random_curves[1][0]),
+            "probability with every pixel deleted": float(random_curves[0][-1]),
+            "probability of the image": float(full)})
+        result.notes.append(
+            f"Each curve has {params.steps + 1} points: after step j, the j/{params.steps} most important pixels "
+            "(all channels of a pixel together, ties in a seeded random order) are deleted or inserted, and every "
+            "copy goes through the model in batches. The curves record the softmax probability of the sample's "
+            "predicted class, as Petsiuk et al. do; deleted pixels take the value "
+            f"{params.fill:g} in normalized units"
+            + (" (the mean colour)" if params.fill == 0 else "")
+            + f"; insertion starts from a Gaussian blur with sigma {params.blur:g} of the shorter side.")
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model-parameter randomization
+
+
+@register
+class RandomizationTest(Analysis):
+    name = "randomization-test"
+    title = "Model-parameter randomization"
+    section = "trust"
+    summary = ("each method's maps recomputed while the model's layers are re-initialized from the logits down: "
+               "maps that do not change do not explain the model")
+    paper = "Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, Sanity Checks for Saliency Maps, NeurIPS 2018"
+    paper_url = "https://arxiv.org/abs/1810.03292"
+    order = 20
+    Params = RandomizationParams
+    needs_logits = True  # both checks are about the class probability / the class's maps
+
+    def check(self, ctx: Any, params: Any) -> None:
+        ctx.facts.require_python(self.title)
+        check_methods(ctx, params, self.name)
+
+    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+        from ..methods.faithfulness import cascade_layers, edge_map, randomization_test
+
+        result = Result()
+        images = ctx.samples[: params.images]
+        inputs = ctx.images.load_inputs(images, ctx.device)
+        targets = predicted(ctx, images)
+        bs = ctx.config.batch_size
+        # learned on a deep copy: the user's model is not run or changed
+        layers = cascade_layers(ctx.model, inputs, params.steps)
+        labels = [" + ".join(step) if len(step) <= 2 else f"{step[0]} … {step[-1]} ({len(step)} modules)"
+                  for step in layers]
+        seed = int(ctx.rng(self.name).integers(2**31))
+        methods = attribution_methods(ctx, params.methods, f"analysis.{self.name}.methods")
+        runs = {}
+        for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
+            def attribute(model: Any, x: Any, t: Any, _a: Any = a, _o: dict = opts) -> Any:
+                return method_maps(_a, model, x, t, _o, bs)
+
+            runs[a.name] = (a, randomization_test(ctx.model, inputs, targets, attribute, layers=layers, seed=seed))
+        control = randomization_test(ctx.model, inputs, targets, lambda m, x, t: edge_map(x), layers=layers,
+                                     seed=seed)
+
+        def verdict(rho: float) -> str:
+            return "pass" if rho <= params.threshold else "fail"
+
+        rows = []
+        for name, (a, r) in [*runs.items(), (EDGE_ROW, (None, control))]:
+            rho = float(r.spearman[-1].mean())
+            rows.append([name, float(r.spearman[0].mean()), rho, float(r.ssim[-1].mean()), verdict(rho)])
+        top = labels[0]
+        result.items.append(Table(
+            key="trust", label="Which maps to trust: the randomization check",
+            caption=f"Similarity of each method's maps of the {len(images)} sample images (predicted class) to the "
+                    "trained model's maps, after re-initializing the top layer only "
+                    f"('{top}') and after all {len(layers)} steps of the cascade (every parameter re-initialized): "
+                    "Spearman rank correlation of "
+                    "|maps| (1 = the same order of pixels) and SSIM of the maps scaled to [0, 1], means over the "
+                    f"images. A method passes when the last Spearman correlation is at most {params.threshold:g}. "
+                    "The edge detector is a control that ignores the model and so must fail.",
+            columns=["method", f"Spearman, '{top}' randomized", "Spearman, all layers randomized",
+                     "SSIM, all layers randomized", "check"], rows=rows))
+
+        steps = ["trained", *[f"+ {n}" for n in labels]]
+        for name, (a, r) in [*runs.items(), (EDGE_ROW, (None, control))]:
+            title = a.title if a is not None else "Edge detector (control)"
+            tiles = np.concatenate([r.original[:, None].abs().numpy(), r.maps.abs().numpy().transpose(1, 0, 2, 3)],
+                                   axis=1)
+            result.items.append(Grid(
+                key=f"cascade-{name}", tiles=tiles.reshape(-1, *tiles.shape[2:]), style="heat",
+                per_tile_scale=True, cols=len(steps), label=f"{title}: the cascade", group=title,
+                caption=f"{title}: |map| of each sample image (one row each) for the trained model (first column), "
+                        "then after re-initializing the layers cumulatively from the logits down: "
+                        + ", ".join(labels) + ". Each map on its own scale (0 black to its maximum yellow)."))
+            result.items.append(Plot(
+                key=f"similarity-{name}", kind="lines", label=f"{title}: similarity", group=title,
+                caption=f"{title}: mean similarity to the trained model's maps after each step of the cascade, "
+                        f"with the pass threshold {params.threshold:g} of the Spearman correlation. Verdict: "
+                        f"{verdict(float(r.spearman[-1].mean()))}.",
+                data={"x": list(range(len(steps))), "xticklabels": steps, "marker": True, "ylim": [-0.2, 1.05],
+                      "series": {"Spearman of |maps|": [1.0, *r.spearman.mean(dim=1).tolist()],
+                                 "SSIM": [1.0, *r.ssim.mean(dim=1).tolist()],
+                                 "threshold": [params.threshold] * len(steps)},
+                      "xlabel": "layers re-initialized (cumulative, from the logits down)",
+                      "ylabel": "similarity to the trained maps", "title": title}))
+
+        for p, i in enumerate(images):
+            result.items.append(Table(
+                key=f"image-{i:05d}", image=i, group=ctx.images.names[i], label="Randomization check",
+                caption="Similarity of each method's map of this image to its map after all layers were "
+                        f"re-initialized (the check passes at a Spearman correlation of at most "
+                        f"{params.threshold:g}).",
+                columns=["method", "Spearman, all layers randomized", "SSIM, all layers randomized", "check"],
+                rows=[[name, float(r.spearman[-1, p]), float(r.ssim[-1, p]), verdict(float(r.spearman[-1, p]))]
+                      for name, (_, r) in runs.items()]))
+        passed = [n for n, (_, r) in runs.items() if float(r.spearman[-1].mean()) <= params.threshold]
+        result.metrics.update({"methods": len(runs), "passed": len(passed), "failed": len(runs) - len(passed),
+                               "threshold": params.threshold, "steps in the cascade": len(layers),
+                               "sample images": len(images)})
+        result.notes.append(
+            "The cascade re-initializes, on a deep copy of the model (the model itself is not changed), the "
+            f"{sum(len(s) for s in layers)} modules that own parameters in {len(layers)} steps (a normalization "
+            f"layer with the layer before it; at most {params.steps} steps), from the logits down, each as PyTorch "
+            "initializes it (seeded; batch "
+            "norm to the identity). Each method's maps are recomputed after each step for the same target classes "
+            "(the trained model's predictions).")
+        return result

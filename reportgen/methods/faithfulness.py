@@ -1,0 +1,379 @@
+"""Which attribution maps to trust: faithfulness and sanity checks, as plain functions on tensors.
+
+Two checks, each batched, each independent of how the maps were made (a map is just a tensor here):
+
+- **Deletion and insertion** (Petsiuk, Das & Saenko, RISE, BMVC 2018, https://arxiv.org/abs/1806.07421): pixels
+  move, in order of decreasing attribution, from one image to another in ``steps`` equal steps, and the target's
+  softmax probability is recorded after each step. Deletion moves them from the image to a constant fill (a map
+  that finds what the model uses makes the probability fall fast: a low area under the curve is good); insertion
+  moves them from a blurred copy into the image (the probability should rise fast: a high area is good).
+- **Model-parameter randomization** (Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, Sanity Checks for Saliency
+  Maps, NeurIPS 2018, https://arxiv.org/abs/1810.03292): on a deep copy of the model, the layers are re-initialized
+  one after the other from the logits down, the maps recomputed after each step and compared with the original
+  ones (Spearman rank correlation of absolute values, SSIM). Maps that stay alike when the weights that make the
+  decision are destroyed do not explain the decision.
+
+Shared arguments, as in `reportgen.methods.attribution`: ``model`` returns logits (N, K) and comes back unchanged;
+``inputs`` (N, C, H, W) normalized; ``target`` an int, N ints or a LongTensor (N,); ``maps`` (N, h, w) float, the
+attribution of each image (any sign; larger = more important; resized to (H, W) when coarser).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attribution import Target, _check_inputs, as_targets, target_scores
+
+Attribute = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deletion and insertion
+
+
+def pixel_order(maps: torch.Tensor, size: tuple[int, int], generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+    """The rank of every pixel (N, H*W) int64 in order of decreasing map value: 0 = the most important pixel.
+
+    ``maps`` (N, h, w) is resized to ``size`` = (H, W) (nearest neighbour) when coarser. Ties are broken in a
+    random order (seeded by ``generator``) rather than in raster order, which would favour the image's top rows:
+    maps that are flat over large areas (a CAM after its ReLU) then count as random there, which is what they say.
+    """
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be (N, h, w), got {tuple(maps.shape)}")
+    m = maps.detach().float()
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m[:, None], size=size, mode="nearest")[:, 0]
+    flat = m.reshape(m.shape[0], -1).cpu()
+    n, p = flat.shape
+    shuffle = torch.stack([torch.randperm(p, generator=generator) for _ in range(n)])
+    by_value = torch.argsort(-flat.gather(1, shuffle), dim=1, stable=True)
+    order = shuffle.gather(1, by_value)  # order[i, r] = the pixel of rank r
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(p).expand(n, p).contiguous())
+    return ranks
+
+
+def step_counts(pixels: int, steps: int) -> list[int]:
+    """How many pixels have moved after each of the ``steps`` steps: ``steps + 1`` counts from 0 to ``pixels``."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return [round(j * pixels / steps) for j in range(steps + 1)]
+
+
+def perturbation_curves(model: nn.Module, start: torch.Tensor, end: torch.Tensor, target: Target,
+                        maps: torch.Tensor, *, steps: int = 32, batch_size: int = 64,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """The target's softmax probability (N, steps + 1) in [0, 1] while pixels move from ``start`` to ``end``.
+
+    ``start`` and ``end`` (N, C, H, W); after step j the ``round(j * H * W / steps)`` most important pixels of
+    ``maps`` (all channels of a pixel together; `pixel_order`) come from ``end``, the others from ``start``.
+    Column 0 is ``start`` itself, the last column ``end``. All ``N * (steps + 1)`` copies go through the model in
+    batches of ``batch_size``, without gradients. Deletion and insertion are this function with (image, fill) and
+    (blurred image, image).
+    """
+    _check_inputs(start)
+    if start.shape != end.shape:
+        raise ValueError(f"start {tuple(start.shape)} and end {tuple(end.shape)} must have the same shape")
+    if maps.dim() != 3 or maps.shape[0] != start.shape[0]:
+        raise ValueError(f"maps {tuple(maps.shape)} for {start.shape[0]} images: give one (h, w) map per image")
+    ranks = pixel_order(maps, tuple(start.shape[-2:]), generator)
+    return _curves(model, start, end, as_targets(target, start.shape[0], start.device), ranks, steps, batch_size)
+
+
+def _curves(model: nn.Module, start: torch.Tensor, end: torch.Tensor, targets: torch.Tensor, ranks: torch.Tensor,
+            steps: int, batch_size: int) -> torch.Tensor:
+    n, _, h, w = start.shape
+    ranks = ranks.to(start.device).view(n, 1, h, w)
+    counts = torch.tensor(step_counts(h * w, steps), device=start.device)
+    jobs = [(i, j) for i in range(n) for j in range(steps + 1)]  # every (image, step) copy, batched below
+    probs = torch.empty(n, steps + 1)
+    with torch.no_grad():
+        for k in range(0, len(jobs), batch_size):
+            chunk = torch.tensor(jobs[k:k + batch_size], device=start.device)
+            img, step = chunk[:, 0], chunk[:, 1]
+            moved = ranks[img] < counts[step].view(-1, 1, 1, 1)
+            copies = torch.where(moved, end[img], start[img])
+            scores = target_scores(model(copies), targets[img], score="prob")
+            probs[img.cpu(), step.cpu()] = scores.float().cpu()
+    return probs
+
+
+def deletion_curve(model: nn.Module, inputs: torch.Tensor, target: Target, maps: torch.Tensor, *,
+                   steps: int = 32, fill: float = 0.0, batch_size: int = 64,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Deletion (Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421): (N, steps + 1) probabilities in [0, 1]
+    as the most important pixels are set to ``fill`` (in normalized input units: 0 = the normalization mean
+    colour). Lower area = the map found what the model needs."""
+    return perturbation_curves(model, inputs, torch.full_like(inputs, fill), target, maps, steps=steps,
+                               batch_size=batch_size, generator=generator)
+
+
+def insertion_curve(model: nn.Module, inputs: torch.Tensor, target: Target, maps: torch.Tensor, *,
+                    steps: int = 32, blurred: torch.Tensor | None = None, blur_sigma: float = 0.05,
+                    batch_size: int = 64, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Insertion (Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421): (N, steps + 1) probabilities in [0, 1]
+    as the most important pixels of ``inputs`` are put into ``blurred`` (default: `gaussian_blur` of the inputs
+    with ``blur_sigma`` times the shorter image side). Higher area = the map found what the model needs."""
+    start = gaussian_blur(inputs, blur_sigma) if blurred is None else blurred
+    return perturbation_curves(model, start, inputs, target, maps, steps=steps, batch_size=batch_size,
+                               generator=generator)
+
+
+def deletion_insertion(model: nn.Module, inputs: torch.Tensor, target: Target, maps: torch.Tensor, *,
+                       steps: int = 32, fill: float = 0.0, blur_sigma: float = 0.05, batch_size: int = 64,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`deletion_curve` and `insertion_curve` of the same maps with the same tie-breaking order: two
+    (N, steps + 1) probability tensors. The copies of both go through the model in shared batches."""
+    _check_inputs(inputs)
+    if maps.dim() != 3 or maps.shape[0] != inputs.shape[0]:
+        raise ValueError(f"maps {tuple(maps.shape)} for {inputs.shape[0]} images: give one (h, w) map per image")
+    n = inputs.shape[0]
+    ranks = pixel_order(maps, tuple(inputs.shape[-2:]), generator)
+    targets = as_targets(target, n, inputs.device)
+    curves = _curves(model, torch.cat([inputs, gaussian_blur(inputs, blur_sigma)]),
+                     torch.cat([torch.full_like(inputs, fill), inputs]), torch.cat([targets, targets]),
+                     torch.cat([ranks, ranks]), steps, batch_size)
+    return curves[:n], curves[n:]
+
+
+def curve_auc(curves: torch.Tensor) -> torch.Tensor:
+    """Area under curves (N, steps + 1) sampled at equal steps over [0, 1] (trapezoid rule): (N,) in [0, 1]."""
+    c = curves.double()
+    steps = c.shape[1] - 1
+    if steps < 1:
+        raise ValueError("a curve needs at least two points")
+    return (c.sum(dim=1) - (c[:, 0] + c[:, -1]) / 2) / steps
+
+
+def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian blur of (N, C, H, W) per channel; ``sigma`` as a fraction of the shorter side (0 = no blur).
+    The kernel is cut at 3 sigma; borders are reflected, so a constant image stays constant."""
+    _check_inputs(inputs)
+    s = sigma * min(inputs.shape[-2:])
+    if s <= 0:
+        return inputs.clone()
+    radius = min(max(1, math.ceil(3 * s)), min(inputs.shape[-2:]) - 1)
+    x = torch.arange(-radius, radius + 1, dtype=inputs.dtype, device=inputs.device)
+    kernel = torch.exp(-x ** 2 / (2 * s * s))
+    kernel = kernel / kernel.sum()
+    c = inputs.shape[1]
+    out = F.pad(inputs, (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Similarity of maps
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks (N, P) float64 of each row, ties given their average rank (as Spearman's coefficient needs)."""
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for i, row in enumerate(x.detach().double().cpu()):
+        _, inverse, counts = torch.unique(row, sorted=True, return_inverse=True, return_counts=True)
+        first = torch.cumsum(counts, 0) - counts  # rank of the first element of each group of ties
+        out[i] = (first + (counts - 1) / 2.0)[inverse]
+    return out
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps (N, ...) -> (N,) in [-1, 1], ties at their average rank.
+
+    A constant map has no rank order: the correlation with it is 0, or 1 when both maps are constant.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"maps {tuple(a.shape)} and {tuple(b.shape)} must have the same shape")
+    ra, rb = _average_ranks(a.reshape(a.shape[0], -1)), _average_ranks(b.reshape(b.shape[0], -1))
+    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
+    na, nb = ra.norm(dim=1), rb.norm(dim=1)
+    rho = (ra * rb).sum(dim=1) / (na * nb).clamp_min(1e-300)
+    flat_a, flat_b = na == 0, nb == 0
+    rho = torch.where(flat_a | flat_b, (flat_a & flat_b).double(), rho)
+    return rho.clamp(-1.0, 1.0)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean structural similarity of each pair of maps (N, h, w) -> (N,) (Wang, Bovik, Sheikh & Simoncelli, Image
+    Quality Assessment: From Error Visibility to Structural Similarity, IEEE TIP 2004,
+    https://doi.org/10.1109/TIP.2003.819861).
+
+    As Adebayo et al., on absolute values scaled to [0, 1] per map (divided by its maximum; an all-zero map stays
+    zero), data range 1, K1 = 0.01, K2 = 0.03, a Gaussian window (``window`` pixels, ``sigma``; no padding, as the
+    paper's code). A window larger than the map shrinks to the map. 1 = identical maps.
+    """
+    if a.shape != b.shape or a.dim() != 3:
+        raise ValueError(f"maps must be two (N, h, w) tensors of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+
+    def unit(m: torch.Tensor) -> torch.Tensor:
+        m = m.detach().double().abs().cpu()
+        top = m.flatten(1).amax(dim=1).view(-1, 1, 1)
+        return torch.where(top > 0, m / top.clamp_min(1e-300), torch.zeros_like(m))[:, None]
+
+    x, y = unit(a), unit(b)
+    size = min(window, *a.shape[-2:])
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma * sigma))
+    kernel = (g[:, None] * g[None, :]) / (g.sum() ** 2)
+    kernel = kernel.view(1, 1, size, size)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model-parameter randomization
+
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def cascade_layers(model: nn.Module, inputs: torch.Tensor, max_steps: int | None = None) -> list[tuple[str, ...]]:
+    """The steps of the randomization cascade, nearest the logits first: each a tuple of dotted names of modules
+    that own parameters (not counting their children's) and run in a forward pass of ``inputs``.
+
+    Modules are ordered by when they first start running; a normalization layer (batch, group or layer norm)
+    joins the step of the module that started just before it (a conv and its batch norm are one layer, as in
+    the paper's per-layer cascade). With ``max_steps``, a longer cascade is cut into that many runs of neighbouring
+    steps of near-equal length (as the paper randomizes Inception's blocks), which bounds the cost. Learned on a
+    deep copy (hooks on the copy only): ``model`` is not touched.
+    """
+    twin = copy.deepcopy(model)
+    owners = {id(m): name for name, m in twin.named_modules()
+              if any(True for _ in m.parameters(recurse=False))}
+    started: list[tuple[str, nn.Module]] = []
+    handles = []
+
+    def hook(module: nn.Module, _args: object) -> None:
+        name = owners[id(module)]
+        if all(name != n for n, _ in started):
+            started.append((name, module))
+
+    try:
+        for _name, m in twin.named_modules():
+            if id(m) in owners:
+                handles.append(m.register_forward_pre_hook(hook))
+        with torch.no_grad():
+            twin(inputs[:1].detach())
+    finally:
+        for h in handles:
+            h.remove()
+    steps: list[list[str]] = []
+    for name, module in started:
+        if steps and isinstance(module, NORMS):
+            steps[-1].append(name)
+        else:
+            steps.append([name])
+    steps.reverse()
+    if max_steps is not None and len(steps) > max_steps:
+        bounds = [round(k * len(steps) / max_steps) for k in range(max_steps + 1)]
+        steps = [[name for step in steps[a:b] for name in step] for a, b in itertools.pairwise(bounds)]
+    return [tuple(step) for step in steps]
+
+
+def reinitialize(module: nn.Module, seed: int) -> None:
+    """Re-initialize the parameters ``module`` owns (not its children's), in place and seeded.
+
+    A module with ``reset_parameters`` (Conv, Linear, BatchNorm...) is reset as PyTorch initializes it, drawn on
+    the CPU from ``seed`` and copied over (so the result does not depend on the device); batch norm resets to
+    weight 1, bias 0 and fresh running statistics. Any other parameter is drawn from a normal distribution with
+    its own mean and standard deviation.
+    """
+    own = dict(module.named_parameters(recurse=False))
+    buffers = dict(module.named_buffers(recurse=False))
+    gen = torch.Generator().manual_seed(seed)
+    if hasattr(module, "reset_parameters"):
+        fresh = copy.deepcopy(module).cpu()
+        with torch.random.fork_rng(devices=[]):  # reset_parameters draws from the global CPU generator
+            torch.manual_seed(seed)
+            fresh.reset_parameters()
+        new = {**dict(fresh.named_parameters(recurse=False)), **dict(fresh.named_buffers(recurse=False))}
+    else:
+        new = {}
+    with torch.no_grad():
+        for name, p in own.items():
+            if name in new:
+                p.copy_(new[name])
+            else:
+                std = float(p.float().std()) if p.numel() > 1 else 1.0
+                p.copy_(torch.randn(p.shape, generator=gen).mul_(std).add_(float(p.float().mean())))
+        for name, b in buffers.items():
+            if name in new:
+                b.copy_(new[name])
+
+
+@dataclass
+class Randomization:
+    """What `randomization_test` measured. ``layers``: the cascade's steps (tuples of dotted names), nearest the
+    logits first; step k randomized ``layers[:k + 1]``. ``original`` (N, h, w) maps of the trained model;
+    ``maps`` (S, N, h, w) after each of the S steps; ``spearman`` and ``ssim`` (S, N) float64: each step's maps
+    against the original (|values|)."""
+
+    layers: list[tuple[str, ...]]
+    original: torch.Tensor
+    maps: torch.Tensor
+    spearman: torch.Tensor
+    ssim: torch.Tensor
+
+
+def randomization_test(model: nn.Module, inputs: torch.Tensor, target: Target, attribute: Attribute, *,
+                       layers: list[tuple[str, ...] | str] | None = None, seed: int = 0) -> Randomization:
+    """Cascading model-parameter randomization (Adebayo et al. 2018, https://arxiv.org/abs/1810.03292).
+
+    ``attribute(model, inputs, targets) -> (N, h, w)`` computes the maps of one method; it is called once on
+    ``model`` and once per step on a deep copy whose layers are re-initialized cumulatively (`reinitialize`, the
+    modules of step k with seeds from ``seed``, k and their position), following ``layers``: the steps, nearest the
+    logits first, each a dotted name or a tuple of them (default: `cascade_layers`). ``model`` itself
+    is never changed (it is only read and passed to ``attribute``). The targets stay those given (usually the
+    trained model's predicted classes). Returns a `Randomization`.
+    """
+    _check_inputs(inputs)
+    targets = as_targets(target, inputs.shape[0], inputs.device)
+    original = attribute(model, inputs, targets).detach().float().cpu()
+    twin = copy.deepcopy(model)
+    cascade = [(s,) if isinstance(s, str) else tuple(s) for s in layers] if layers is not None else \
+        cascade_layers(model, inputs)
+    if not cascade:
+        raise ValueError("the model has no parameters to randomize")
+    maps, rho, sim = [], [], []
+    for k, step in enumerate(cascade):
+        for j, name in enumerate(step):
+            reinitialize(twin.get_submodule(name), seed * 1_000_003 + k * 101 + j)
+        m = attribute(twin, inputs, targets).detach().float().cpu()
+        maps.append(m)
+        rho.append(spearman(original.abs(), m.abs()))
+        sim.append(ssim(original, m))
+    return Randomization(cascade, original, torch.stack(maps), torch.stack(rho), torch.stack(sim))
+
+
+def edge_map(inputs: torch.Tensor) -> torch.Tensor:
+    """The Sobel edge magnitude of the image (N, H, W) >= 0, the maximum over channels: a "saliency map" that does
+    not depend on the model at all, the control that must fail the randomization check."""
+    _check_inputs(inputs)
+    sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=inputs.dtype,
+                      device=inputs.device)
+    kernels = torch.stack([sx, sx.T])[:, None]
+    c = inputs.shape[1]
+    x = F.pad(inputs.detach().reshape(-1, 1, *inputs.shape[-2:]), (1, 1, 1, 1), mode="replicate")
+    g = F.conv2d(x, kernels).view(inputs.shape[0], c, 2, *inputs.shape[-2:])
+    return g.pow(2).sum(dim=2).sqrt().amax(dim=1)
+
+
+def target_probabilities(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """The target's softmax probability (N,) of ``inputs``, without gradients."""
+    with torch.no_grad():
+        return target_scores(model(inputs), as_targets(target, inputs.shape[0], inputs.device), score="prob")
