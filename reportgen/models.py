@@ -1,8 +1,10 @@
 """Model specs: one string names a model, and this module turns it into a module plus what it expects as input.
 
-Forms: a zoo name (``shapes-cnn``), ``torchvision:ARCH`` (weights from ``--weights``, the number of classes taken
-from them), a TorchScript file, or ``package.module:factory`` (a callable returning an ``nn.Module``). Weights are
-safetensors or a PyTorch state dict read with ``torch.load(weights_only=True)``: arbitrary pickles are never run.
+Forms: a zoo name (``shapes-cnn``), ``torchvision:ARCH`` and ``timm:NAME`` (weights from ``--weights``, the number
+of classes taken from them), a local Hugging Face image-classification folder, a ``torch.export`` program
+(``.pt2``), a TorchScript file, or ``package.module:factory`` (a callable returning an ``nn.Module``); the loaders
+of the newer forms live in `reportgen.loaders`. Weights are safetensors or a PyTorch state dict read with
+``torch.load(weights_only=True)``: arbitrary pickles are never run.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class LoadedModel:
 
     model: Any
     spec: str
-    form: str  # "zoo", "torchvision", "torchscript", "factory"
+    form: str  # "zoo", "torchvision", "timm", "huggingface", "export", "torchscript", "factory"
     input: InputSpec
     class_names: list[str]
     weights_path: Optional[str] = None
@@ -66,12 +68,16 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_state_dict(path: str | Path) -> dict:
+def read_state_dict(path: str | Path, allow_namespace: bool = False) -> dict:
     """A flat {name: tensor} dict from a .safetensors file or a torch state dict (``weights_only=True``).
 
     A training checkpoint dict holding the state dict under ``state_dict`` or ``model`` is unwrapped. Anything that
-    would need arbitrary unpickling is refused with a `ModelError`.
+    would need arbitrary unpickling is refused with a `ModelError`. ``allow_namespace`` also admits
+    ``argparse.Namespace`` objects (plain attribute holders), which timm's training script stores as ``args`` in
+    its checkpoints.
     """
+    import argparse
+
     import torch
 
     path = Path(path)
@@ -92,7 +98,8 @@ def read_state_dict(path: str | Path) -> dict:
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are noise to the user
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals([argparse.Namespace] if allow_namespace else []):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         msg = first_line(exc)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
@@ -138,15 +145,6 @@ def apply_weights(model: Any, state: dict, path: str | Path) -> None:
         raise ModelError(f"weights '{path}' do not fit the architecture ({'; '.join(parts)}): "
                          "check that the weights belong to this model")
     model.load_state_dict(state, strict=True)
-
-
-def _infer_num_classes(state: dict) -> Optional[int]:
-    """Output classes from a state dict: the first dimension of its last 2-D weight (the classifier)."""
-    last = None
-    for key, value in state.items():
-        if key.endswith("weight") and getattr(value, "ndim", 0) == 2:
-            last = value
-    return int(last.shape[0]) if last is not None else None
 
 
 def _side_json(weights: Optional[str]) -> dict:
@@ -201,6 +199,14 @@ def _input_spec(cfg: Any, side: dict, defaults: Optional[dict], spec: str) -> In
     return InputSpec("image", (int(size[0]), int(size[1])), int(channels), mean, std)
 
 
+def _check_fixed_size(fixed: Optional[tuple[int, int]], inp: InputSpec, spec: str) -> None:
+    """A `ModelError` when ``--input-size`` asks for a size an architecture with a fixed one cannot take."""
+    if fixed is not None and tuple(inp.size) != tuple(fixed):
+        raise ModelError(f"model '{spec}' takes exactly {fixed[0]}x{fixed[1]} inputs (its position embeddings are "
+                         f"made for that size), not {inp.size[0]}x{inp.size[1]}: drop --input-size or give "
+                         f"{fixed[0]}x{fixed[1]}")
+
+
 def _load_factory(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     try:
@@ -231,8 +237,15 @@ def resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
-SPEC_HELP = ("a zoo name (`reportgen zoo list`), torchvision:ARCH, a TorchScript file, "
-             "or package.module:factory")
+SPEC_HELP = ("a zoo name (`reportgen zoo list`), torchvision:ARCH, timm:NAME, a Hugging Face model folder, "
+             "a .pt2 file (torch.export), a TorchScript file, or package.module:factory")
+
+# Every model file or folder reportgen reads, and how to produce it: the error for an unreadable model file.
+MODEL_FILE_FORMS = (
+    "accepted: a torch.export program (torch.export.save(torch.export.export(model.eval(), (x,), dynamic_shapes="
+    "({0: torch.export.Dim('batch')},)), 'model.pt2')), a Hugging Face folder (model.save_pretrained(folder)), "
+    "a TorchScript file (torch.jit.script(model).save(path)), or torchvision:ARCH / timm:NAME / "
+    "package.module:factory with --weights holding model.state_dict() (torch.save or safetensors)")
 
 
 def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: bool = True) -> LoadedModel:
@@ -269,32 +282,20 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
         else:
             inp = InputSpec("image", tuple(entry.input_size), entry.channels, tuple(entry.mean), tuple(entry.std))
         class_names = list(cfg.class_names or entry.class_names)
-    elif spec.startswith("torchvision:"):
-        import torchvision
+    elif spec.startswith(("torchvision:", "timm:")):
+        from .loaders.timm_models import load_timm
+        from .loaders.torchvision_models import load_torchvision
 
-        arch = spec.split(":", 1)[1]
-        if arch not in torchvision.models.list_models(module=torchvision.models):
-            import difflib
-
-            close = difflib.get_close_matches(arch, torchvision.models.list_models(module=torchvision.models), n=3)
-            raise ModelError(f"torchvision has no classification model '{arch}'"
-                             + (f" (closest: {', '.join(close)})" if close else "")
-                             + ": see torchvision.models.list_models()")
-        state = read_state_dict(weights) if weights else None
-        num_classes = (_infer_num_classes(state) if state else None) or side.get("num_classes") or 1000
-        kwargs = {"num_classes": num_classes}
-        if arch.startswith("inception") or arch.startswith("googlenet"):
-            kwargs["aux_logits"] = False
-            kwargs["init_weights"] = False
-        model = torchvision.models.get_model(arch, weights=None, **kwargs)
-        if state is not None:
-            apply_weights(model, state, weights)
+        form, name = spec.split(":", 1)
+        state = read_state_dict(weights, allow_namespace=form == "timm") if weights else None
+        if form == "torchvision":
+            source = load_torchvision(name, state, weights, side)
         else:
-            notes.append("no --weights given: the model has random weights, so its report shows an untrained net")
-        form = "torchvision"
-        inp = _input_spec(cfg, side, {"input_size": [224, 224], "channels": 3, "mean": list(IMAGENET_MEAN),
-                                      "std": list(IMAGENET_STD)}, spec)
-        class_names = list(cfg.class_names or side.get("class_names") or [])
+            source = load_timm(name, state, weights, cfg.input_size or side.get("input_size"))
+        model, notes = source.model, source.notes
+        inp = _input_spec(cfg, side, source.defaults, spec)
+        _check_fixed_size(source.fixed_size, inp, spec)
+        class_names = list(cfg.class_names or side.get("class_names") or source.class_names)
     elif re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec) and not Path(spec).exists():
         model = _load_factory(spec)
         if not isinstance(model, nn.Module):
@@ -304,21 +305,44 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
         form = "factory"
         inp = _input_spec(cfg, side, None, spec)
         class_names = list(cfg.class_names or side.get("class_names") or [])
-    elif Path(spec).exists():
+    elif Path(spec).is_dir():
+        from .loaders.hf import load_hf_folder
+
         path = Path(spec)
-        if path.is_dir():
-            raise ModelError(f"model '{spec}' is a folder: give a TorchScript file, a zoo name or module:factory")
-        try:
-            with warnings.catch_warnings():  # the deprecation notice of torch.jit.load is not the user's to fix
-                warnings.simplefilter("ignore", FutureWarning)
-                model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            first = first_line(exc, 160)
-            raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}): export it with "
-                             "torch.jit.script(model).save(path), or give a zoo name / module:factory") from None
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder '{spec}' has no config.json, so it is not a Hugging Face model folder: "
+                             f"give {SPEC_HELP}")
+        if weights:
+            raise ModelError(f"--weights is not used with a Hugging Face folder ('{spec}' holds its weights): "
+                             "drop --weights")
+        source = load_hf_folder(path)
+        model, notes, form = source.model, source.notes, "huggingface"
+        weights = next(iter(sorted(path.glob("model*.safetensors"))), None)
+        weights = str(weights) if weights else None
+        side = side or _side_json(str(path / "config.json"))
+        inp = _input_spec(cfg, side, source.defaults, spec)
+        class_names = list(cfg.class_names or side.get("class_names") or source.class_names)
+    elif Path(spec).exists():
+        from .loaders.exported import is_export_archive, load_exported
+
+        path = Path(spec)
+        side = side or _side_json(str(path))
+        if is_export_archive(path):
+            source = load_exported(path)
+            model, notes, form = source.model, source.notes, "export"
+            inp = _input_spec(cfg, side, source.defaults, spec)
+        else:
+            try:
+                with warnings.catch_warnings():  # the deprecation notice of torch.jit.load is not the user's to fix
+                    warnings.simplefilter("ignore", FutureWarning)
+                    model = torch.jit.load(str(path), map_location="cpu")
+            except Exception as exc:
+                first = first_line(exc, 160)
+                raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}), nor a torch.export "
+                                 f"program: {MODEL_FILE_FORMS}") from None
+            form = "torchscript"
+            inp = _input_spec(cfg, side, None, spec)
         weights = str(path)
-        form = "torchscript"
-        inp = _input_spec(cfg, side or _side_json(str(path)), None, spec)
         class_names = list(cfg.class_names or side.get("class_names") or [])
     else:
         import difflib

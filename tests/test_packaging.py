@@ -28,4 +28,5 @@ def test_wheel_holds_templates_and_weights(tmp_path):
     for name in weights:
         assert f"models_zoo/weights/{name}" in names
     assert "reportgen/imaging/__init__.py" in names and "reportgen/methods/__init__.py" in names
+    assert "reportgen/loaders/exported.py" in names
 

@@ -70,6 +70,17 @@ _POINTWISE_FUNCTIONS = {
     F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.selu, F.hardswish, F.hardsigmoid, F.hardtanh, F.mish,
     F.dropout, F.dropout2d, F.batch_norm, F.instance_norm, F.group_norm,
 }  # fmt: skip
+# a torch.export program's graphs (reportgen.loaders.exported) call the ATen operators themselves
+_POINTWISE_FUNCTIONS |= {
+    getattr(getattr(torch.ops.aten, op), overload)
+    for op, overload in (("add", "Tensor"), ("add_", "Tensor"), ("sub", "Tensor"), ("mul", "Tensor"),
+                         ("mul_", "Tensor"), ("div", "Tensor"), ("neg", "default"), ("cat", "default"),
+                         ("relu", "default"), ("relu_", "default"), ("hardtanh", "default"), ("hardtanh_", "default"),
+                         ("gelu", "default"), ("silu", "default"), ("silu_", "default"), ("sigmoid", "default"),
+                         ("tanh", "default"), ("clamp", "default"), ("dropout", "default"),
+                         ("batch_norm", "default"), ("hardswish", "default"), ("hardswish_", "default"),
+                         ("hardsigmoid", "default"), ("contiguous", "default"), ("clone", "default"))
+}
 
 _POINTWISE_METHODS = {
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "abs", "relu", "relu_", "sigmoid", "tanh",
