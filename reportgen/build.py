@@ -1,8 +1,9 @@
 """The build, top to bottom: load -> plan -> forward pass -> analyse -> write -> render.
 
-`build` checks the output folder, then `build_report` runs the recipe into a staged folder that
+`build` checks the output folder, then `build_site` runs the recipe into a staged folder that
 `reportgen.staging` swaps into place at the end (atomic; a failed or interrupted build leaves the previous site
-as it was). Each stage is a public function with one job:
+as it was). `reportgen build`, `reportgen.build_report` (`reportgen.api`, which adds a model object and a Dataset
+as `Given`), `reportgen archive` and `reportgen.Snapshots` all run it. Each stage is a public function with one job:
 
 - `load`: the model and the image set, each read once;
 - `plan`: one probe pass teaches the build the model's facts (`reportgen.plan.ModelFacts`); each chosen analysis
@@ -19,6 +20,7 @@ import dataclasses
 import platform
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -60,8 +62,23 @@ class Plan:
     reducers: dict[str, dict]
 
 
-def build(cfg: BuildConfig, output: Optional[Output] = None) -> BuildReport:
-    """Build the report that ``cfg`` describes into ``cfg.out`` (atomically); returns where and how long."""
+@dataclass
+class Given:
+    """What a Python caller hands the build instead of names in the config (`reportgen.build_report`).
+
+    ``model``: an ``nn.Module`` used as it is: never moved to another device, its train/eval flags,
+    ``requires_grad`` flags and ``.grad`` tensors restored at the end (also after an error), no hook left.
+    ``images``: a map-style ``Dataset`` of (image, label) pairs (`reportgen.api.dataset_image_set`).
+    ``model_sha256``: the sha256 of the model's state dict, when the caller has it already."""
+
+    model: Any = None
+    images: Any = None
+    model_sha256: Optional[str] = None
+
+
+def build(cfg: BuildConfig, output: Optional[Output] = None, given: Optional[Given] = None) -> BuildReport:
+    """Build the report that ``cfg`` (and ``given``) describe into ``cfg.out`` (atomically); returns where and how
+    long. The one path of `reportgen build` and `reportgen.build_report`."""
     output = output or Output()
     t0 = time.perf_counter()
     out = check_out_path(Path(cfg.out))
@@ -69,25 +86,38 @@ def build(cfg: BuildConfig, output: Optional[Output] = None) -> BuildReport:
     check_replaceable(out, [model_file, cfg.weights, cfg.images])
     chosen = choose_analyses(cfg)
     with staged_site(out, []) as tmp:
-        report = build_report(cfg, chosen, tmp, output)
+        report = build_site(cfg, chosen, tmp, output, given=given)
     report.out = out
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def build_report(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
-                 snapshot: Optional[dict] = None) -> BuildReport:
+def build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
+               snapshot: Optional[dict] = None, given: Optional[Given] = None) -> BuildReport:
     """The recipe: one report into the existing, empty ``folder``; ``snapshot`` (a checkpoint archive's record of
-    this snapshot) goes into its manifest."""
+    this snapshot) goes into its manifest. The global RNG states are restored afterwards (a training loop that
+    builds a snapshot every epoch keeps its own random stream), and so is a ``given`` model."""
+    import torch
+
+    from .api import kept_as_is
+
+    model = given.model if given is not None else None
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), kept_as_is(model):
+        return _build_site(cfg, chosen, folder, output, snapshot, given)
+
+
+def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, snapshot: Optional[dict],
+                given: Optional[Given]) -> BuildReport:
     t0 = time.perf_counter()
-    ctx = load(cfg, output)
+    ctx = load(cfg, output, given)
     timings = {"load model and images": time.perf_counter() - t0}
     t_plan = time.perf_counter()
     plan = make_plan(ctx, chosen)
     timings["plan (one probe pass)"] = time.perf_counter() - t_plan
     t_pass = time.perf_counter()
     ctx.predictions = forward_pass(ctx, plan.reducers)
-    ctx.samples = pick_samples(ctx.predictions, cfg.samples, ctx.rng("samples"))
+    ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
     timings["forward pass"] = time.perf_counter() - t_pass
     writer = ArtifactWriter(folder)
     entries = write(analyse(ctx, chosen, plan), writer)
@@ -104,12 +134,13 @@ def choose_analyses(cfg: BuildConfig) -> Chosen:
     return Chosen(analyses, resolve_params(analyses, cfg))
 
 
-def load(cfg: BuildConfig, output: Output) -> Any:
+def load(cfg: BuildConfig, output: Output, given: Optional[Given] = None) -> Any:
     """Load the model (eval mode, on the configured device, not run yet) and open the image set; returns the build
     `Context` (``ctx.facts`` is None until `make_plan`).
 
     A folder of images is scanned once: its class folders may name the classes of a model that does not name them
-    itself, and the same scan is then read with the model's input spec.
+    itself, and the same scan is then read with the model's input spec. A ``given`` model object stays on its own
+    device; a ``given`` Dataset is read item by item (`reportgen.api.dataset_image_set`).
     """
     import torch
 
@@ -118,12 +149,29 @@ def load(cfg: BuildConfig, output: Output) -> Any:
     from .models import load_model, resolve_device
 
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    scanned = scan_folder(cfg.images) if cfg.images and not cfg.images.startswith("zoo:") else None
-    class_folders = scanned.class_names if scanned else None
-    loaded = load_model(cfg, class_folders, check=False)  # the plan's probe checks the output
-    images = load_image_set(cfg.images, loaded.input, loaded.zoo_name, cfg.seed, cfg.max_images, scanned=scanned)
-    loaded.model.to(device)
+    given = given or Given()
+    scanned = scan_folder(cfg.images) if cfg.images and not cfg.images.startswith("zoo:") and (
+        given.images is None) else None
+    dataset = None
+    if given.images is not None:
+        from .api import dataset_image_set
+
+        dataset = dataset_image_set(given.images, cfg.max_images)
+    class_folders = scanned.class_names if scanned else dataset.class_names if dataset else None
+    if given.model is not None:
+        from .api import loaded_from_object, model_device
+
+        loaded = loaded_from_object(given.model, cfg, given.model_sha256)
+        device = model_device(given.model, cfg.device)
+    else:
+        loaded = load_model(cfg, class_folders, check=False)  # the plan's probe checks the output
+        device = resolve_device(cfg.device)
+        loaded.model.to(device)
+    if dataset is not None:
+        images = dataset.bind(loaded.input)
+    else:
+        images = load_image_set(cfg.images, loaded.input, loaded.zoo_name, cfg.seed, cfg.max_images,
+                                scanned=scanned)
     return Context(config=cfg, loaded=loaded, images=images, device=device, facts=None, output=output,
                    class_folders=class_folders)
 
@@ -142,6 +190,9 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
     for a in chosen.analyses:
         if a.needs_images and not ctx.is_image_model:
             skipped[a.name] = "applies to image models only"
+            continue
+        if a.needs_logits and ctx.facts.output_reason:
+            skipped[a.name] = f"{ctx.facts.output_reason}: there is no class score to work with"
             continue
         try:
             a.check(ctx, chosen.params[a.name])
@@ -168,7 +219,7 @@ def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
     warn = ctx.output.warn
     batches = ctx.images.batches(batch_size, ctx.device,
                                  on_bad=lambda name, why: warn(f"skipped image '{name}': {why}"))
-    with capture(ctx.model, layers) as rec, torch.no_grad():
+    with capture(ctx.model, layers, as_maps=True) as rec, torch.no_grad():
         for batch in ctx.iterate(batches, length=(n + batch_size - 1) // batch_size, label="forward pass"):
             try:
                 out = ctx.model(batch.inputs)
@@ -187,6 +238,12 @@ def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
         from .errors import DataError
 
         raise DataError(f"none of the {n} images in '{ctx.images.source}' could be read: see the warnings above")
+    top = max(int(np.concatenate(labels).max()), -1)
+    if top >= len(ctx.class_names):  # only a Python Dataset can give labels the model does not have
+        from .errors import DataError
+
+        raise DataError(f"the image set has label {top} but the model has {len(ctx.class_names)} outputs: labels "
+                        f"must be indices of the model's outputs (0 to {len(ctx.class_names) - 1}, -1 = unknown)")
     return Predictions(np.concatenate(indices), np.concatenate(logits), np.concatenate(labels))
 
 
@@ -216,7 +273,12 @@ def analyse(ctx: Any, chosen: Chosen, plan: Plan) -> Iterator[Outcome]:
         output.detail(f"running {a.name}")
         outcome = Outcome(a, params)
         try:
-            outcome.result = a.run(ctx, params, plan.reducers[a.name])
+            with warnings.catch_warnings():
+                # the page says where a ReLU rule is approximate (the non-linearities check): no console warning
+                from .methods.relu_rules import NonReluWarning
+
+                warnings.simplefilter("ignore", NonReluWarning)
+                outcome.result = a.run(ctx, params, plan.reducers[a.name])
         except NotApplicable as exc:
             outcome.status, outcome.reason = "not applicable", str(exc)
         except (ReportgenError, KeyboardInterrupt):
@@ -287,18 +349,20 @@ def resolve_params(analyses: list, cfg: BuildConfig) -> dict:
     return params
 
 
-def pick_samples(predictions: Any, n: int, rng: np.random.Generator) -> list[int]:
-    """A seeded pick of ``n`` image indices, spread over the true classes (or predicted ones when unlabelled)."""
-    keys = predictions.labels if (predictions.labels >= 0).any() else predictions.preds
+def pick_samples(indices: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
+    """A seeded pick of ``n`` of the readable image ``indices`` (M,), spread over their ``labels`` (M,), -1 unknown.
+
+    The pick depends only on the seed and the image set, never on the model's predictions: an archive shows the same
+    sample images at every checkpoint (unlabelled images form one group of their own)."""
     by_class: dict[int, list[int]] = {}
-    for idx, key in zip(predictions.indices.tolist(), keys.tolist()):
+    for idx, key in zip(np.asarray(indices).tolist(), np.asarray(labels).tolist()):
         by_class.setdefault(int(key), []).append(idx)
     for members in by_class.values():
         rng.shuffle(members)
     picks: list[int] = []
     order = sorted(by_class)
     depth = 0
-    while len(picks) < min(n, len(predictions.indices)):
+    while len(picks) < min(n, len(indices)):
         for c in order:
             if depth < len(by_class[c]) and len(picks) < n:
                 picks.append(by_class[c][depth])
@@ -311,6 +375,8 @@ def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timi
     """The manifest of one report: versions, model, image set, config, seed, timings, one entry per analysis."""
     import torch
     import torchvision
+
+    from .api import state_dict_sha256
 
     images = ctx.images
     predictions = ctx.predictions
@@ -329,6 +395,9 @@ def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timi
         model=to_jsonable({
             "spec": ctx.loaded.spec, "form": ctx.loaded.form, "weights": ctx.loaded.weights_path,
             "weights_sha256": ctx.loaded.weights_sha256, "zoo": ctx.loaded.zoo_name,
+            # the weights as the report saw them, whatever form they came in (a file, a factory, an object)
+            "state_dict_sha256": (ctx.loaded.weights_sha256 if ctx.loaded.form == "object"
+                                  else state_dict_sha256(ctx.model)),
             "parameters": int(sum(p.numel() for p in ctx.model.parameters())),
             "input": dataclasses.asdict(ctx.loaded.input), "classes": ctx.class_names, "notes": ctx.loaded.notes,
             "layers": [dataclasses.asdict(r) for r in ctx.facts.layers], "selected_layers": ctx.layers}),

@@ -98,6 +98,7 @@ def capture(
     grads: bool = False,
     keep_live: bool = False,
     clone: bool = True,
+    as_maps: bool = False,
 ) -> Iterator[Recorder]:
     """Record the outputs (and optionally output gradients) of ``layers`` during forward passes of ``model``.
 
@@ -109,6 +110,9 @@ def capture(
             that follow the layer (torchvision's BasicBlock).
         keep_live: keep the un-detached outputs in ``Recorder.live`` (for optimizing through a layer).
         clone: store clones, so that a later in-place op in the forward pass cannot change a cached activation.
+        as_maps: read token outputs (N, L, D) and channels-last maps (N, H, W, C) as (N, C, h, w) maps of their
+            patches (`reportgen.methods.tokens.infer_view`, from the output's shape and the input's size): acts,
+            live outputs and gradients alike. Maps, vectors and other outputs are recorded as they are.
 
     Yields:
         a `Recorder` whose dicts are refreshed by each forward pass.
@@ -120,6 +124,11 @@ def capture(
     modules = [(name, resolve_layer(model, name)) for name in layers]
     rec = Recorder(layers)
     handles = []
+    input_size: list = [None]
+
+    def note_input(_module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            input_size[0] = tuple(args[0].shape[-2:])
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
@@ -127,19 +136,30 @@ def capture(
             rec.calls[name] += 1
             if not isinstance(out, torch.Tensor):  # e.g. a module returning a dict: counted, nothing to record
                 return
+            raw, view = out, None
+            if as_maps and out.dim() >= 2:
+                from .methods.tokens import infer_view
+
+                view = infer_view(tuple(out.shape[1:]), input_size[0])
+                if view.kind in ("tokens", "channels-last"):
+                    out = view.to_map(out)
+                else:
+                    view = None
             rec.acts[name] = out.detach().clone() if clone else out.detach()
             if keep_live:
                 rec.live[name] = out
-            if grads and out.requires_grad:
+            if grads and raw.requires_grad:
+                # on the output the model goes on with (a reshaped view of it is not on the backward path)
+                def grad_hook(g, _name=name, _view=view):
+                    rec.grads[_name] = (g if _view is None else _view.to_map(g)).detach().clone()
 
-                def grad_hook(g, _name=name):
-                    rec.grads[_name] = g.detach().clone()
-
-                out.register_hook(grad_hook)
+                raw.register_hook(grad_hook)
 
         return hook
 
     try:
+        if as_maps and modules:
+            handles.append(model.register_forward_pre_hook(note_input))
         for name, module in modules:
             handles.append(module.register_forward_hook(make_hook(name)))
         yield rec

@@ -141,10 +141,10 @@ def main() -> None:
 @common
 def build(model, weights, config_path, output: Output, **options):
     """Build the report of MODEL (default: the zoo's default model) into a static site."""
-    from .build import build as run_build
+    from .api import build_report
 
     cfg = report_config(config_path, model=model, weights=weights, **options)
-    report = run_build(cfg, output)
+    report = build_report(config=cfg, output=output)
     index = report.out / "index.html"
     if report.failed:
         output.warn(f"{len(report.failed)} analysis(es) failed: {', '.join(report.failed)} (shown on their pages)")
@@ -175,7 +175,8 @@ def layers_cmd(model, weights, input_size, channels, mean, std, class_names, out
     for r in rows:
         shape = " x ".join(map(str, r.out_shape)) if r.out_shape else "-"
         mark = " *" if r.name in chosen else ""
-        click.echo(f"{r.name.ljust(width)}  {r.type:<20} {shape:<18} {r.params:>10,}  {r.calls}{mark}")
+        view = f"  ({r.view})" if r.view else ""
+        click.echo(f"{r.name.ljust(width)}  {r.type:<20} {shape:<18} {r.params:>10,}  {r.calls}{mark}{view}")
     total = sum(p.numel() for p in loaded.model.parameters())
     output.info(f"{len(rows)} layers, {total:,} parameters; * = analysed by default")
 

@@ -14,6 +14,7 @@ class LayerRow:
     params: int  # own parameters (not counting children)
     calls: int  # times the module ran in one forward pass (>1: a reused module)
     leaf: bool
+    view: str = ""  # how a token / channels-last output is shown (`reportgen.methods.tokens.View.describe`)
 
 
 def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
@@ -26,14 +27,19 @@ def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
 
     if isinstance(model, torch.jit.ScriptModule):  # no hooks on a compiled graph: names and parameters only
         return rows_from_probe(model, {}, {})
+    from .methods.tokens import infer_view
+
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(torch.zeros((1, *input_shape)))
-    return rows_from_probe(model, rec.acts, rec.calls)
+    size = tuple(input_shape[1:]) if len(input_shape) == 3 else None
+    views = {name: infer_view(tuple(a.shape[1:]), size) for name, a in rec.acts.items()}
+    return rows_from_probe(model, rec.acts, rec.calls, views)
 
 
-def rows_from_probe(model: Any, acts: dict, calls: dict) -> list[LayerRow]:
+def rows_from_probe(model: Any, acts: dict, calls: dict, views: Optional[dict] = None) -> list[LayerRow]:
     """The layer table from a recorded probe pass: ``acts`` maps a dotted name to its (last) output tensor (N, ...),
-    ``calls`` to the number of times it ran; modules missing from ``acts`` did not run (or output no tensor)."""
+    ``calls`` to the number of times it ran; modules missing from ``acts`` did not run (or output no tensor).
+    ``views``: {name: `reportgen.methods.tokens.View`}; token and channels-last layers say how they are shown."""
     import torch
 
     rows = []
@@ -43,18 +49,44 @@ def rows_from_probe(model: Any, acts: dict, calls: dict) -> list[LayerRow]:
         kind = module.original_name if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
         own = sum(p.numel() for p in module.parameters(recurse=False))
         shape = tuple(acts[name].shape[1:]) if name in acts else None
+        view = (views or {}).get(name)
         rows.append(LayerRow(name, kind, shape, int(own), int(calls.get(name, 0)),
-                             leaf=not any(True for _ in module.children())))
+                             leaf=not any(True for _ in module.children()),
+                             view=view.describe() if view is not None and view.kind in ("tokens", "channels-last")
+                             else ""))
     return rows
 
 
 def default_layers(rows: list[LayerRow], limit: int = 8) -> list[str]:
-    """Conv and linear layers that ran, at most ``limit`` evenly spread, always the first and the last."""
-    picks = [r.name for r in rows if r.type in ("Conv2d", "Linear") and r.out_shape is not None]
-    if len(picks) <= limit:
-        return picks
-    step = (len(picks) - 1) / (limit - 1)
-    return [picks[round(i * step)] for i in range(limit)]
+    """Conv and linear layers that ran, at most ``limit`` evenly spread, always the first and the last.
+
+    A transformer (some layer outputs tokens or a channels-last map) gets its own spread: the patch embedding (the
+    first conv), blocks evenly spread (token layers whose parent holds two or more modules of their type), the
+    last such normalization layer, and the last Linear (the logits)."""
+    ran = [r for r in rows if r.out_shape is not None]
+    if any(r.view for r in ran):
+        types = {}
+        for r in ran:
+            parent = r.name.rpartition(".")[0]
+            types[(parent, r.type)] = types.get((parent, r.type), 0) + 1
+        blocks = [r.name for r in ran if r.view and not r.leaf and types[(r.name.rpartition(".")[0], r.type)] >= 2]
+        first_conv = next((r.name for r in ran if r.type == "Conv2d"), None)
+        norm = next((r.name for r in reversed(ran) if r.view and "Norm" in r.type), None)
+        last_linear = next((r.name for r in reversed(ran) if r.type == "Linear"), None)
+        ends = [n for n in (first_conv, norm, last_linear) if n is not None]
+        if blocks:
+            picks = _spread(blocks, max(2, limit - len(ends)))
+            chosen = set(picks + ends)
+            return [r.name for r in ran if r.name in chosen]
+    return _spread([r.name for r in ran if r.type in ("Conv2d", "Linear")], limit)
+
+
+def _spread(names: list[str], limit: int) -> list[str]:
+    """At most ``limit`` of ``names``, evenly spread, always the first and the last."""
+    if len(names) <= limit:
+        return names
+    step = (len(names) - 1) / (limit - 1)
+    return [names[round(i * step)] for i in range(limit)]
 
 
 def penultimate_layer(rows: list[LayerRow]) -> Optional[str]:

@@ -32,7 +32,12 @@ class ModelFacts:
     ``cam_layer``: the last layer that runs once and outputs a (K, h, w) map, h*w > 1 (Grad-CAM's default), or
     None with ``cam_layer_reason``. ``nonlinearities``: how the model computes its ReLUs and other non-linearities
     (None for a TorchScript model). ``python``: False for a TorchScript model (no hooks: layer-based analyses do not
-    apply). ``input_shape``: (C, H, W).
+    apply). ``input_shape``: (C, H, W). ``output_reason``: why the logits cannot be used (NaN or infinite on the
+    probe: a diverged model), else "". ``views``: {layer: `reportgen.methods.tokens.View`} of every layer that ran
+    (token and channels-last layers are read as maps of their patches). ``attention``: the attention modules whose
+    weights were recovered exactly on the probe (`reportgen.methods.attention`), in depth order;
+    ``attention_refused``: {module: why not}; ``attention_windowed``: those of ``attention`` that attend within
+    shifted windows (Swin), not globally.
     """
 
     layers: list[LayerRow]
@@ -44,6 +49,11 @@ class ModelFacts:
     cam_layer: Optional[str] = None
     cam_layer_reason: str = ""
     nonlinearities: Optional["NonlinearityReport"] = None
+    output_reason: str = ""
+    views: dict = field(default_factory=dict)
+    attention: list = field(default_factory=list)
+    attention_refused: dict = field(default_factory=dict)
+    attention_windowed: list = field(default_factory=list)
     _model: Any = field(default=None, repr=False)
     _receptive_fields: dict = field(default_factory=dict, repr=False)
 
@@ -52,10 +62,16 @@ class ModelFacts:
         return next((r for r in self.layers if r.name == name), None)
 
     def map_layers(self, names: Optional[list[str]] = None) -> list[str]:
-        """Those of ``names`` (default: the selected layers) whose output is a feature map (C, H, W)."""
+        """Those of ``names`` (default: the selected layers) whose output is a feature map (C, H, W), tokens or a
+        channels-last map (both read as maps by ``capture(..., as_maps=True)``)."""
         rows = {r.name: r for r in self.layers}
+        return [n for n in (self.selected if names is None else names) if n in rows and rows[n].out_shape is not None
+                and (self.views[n].spatial if n in self.views else len(rows[n].out_shape) == 3)]
+
+    def token_layers(self, names: Optional[list[str]] = None) -> list[str]:
+        """Those of ``names`` (default: the selected layers) whose output is tokens (N, L, D)."""
         return [n for n in (self.selected if names is None else names)
-                if n in rows and rows[n].out_shape is not None and len(rows[n].out_shape) == 3]
+                if n in self.views and self.views[n].kind == "tokens"]
 
     def require_python(self, what: str) -> None:
         """`NotApplicable` for a TorchScript model, saying that ``what`` needs the Python model."""
@@ -65,11 +81,19 @@ class ModelFacts:
             raise NotApplicable(f"{what} {TORCHSCRIPT_REASON}")
 
     def receptive_field(self, layer: str) -> "RF":
-        """The receptive field of ``layer``'s units (computed on first use by tracing the model, then cached)."""
-        if layer not in self._receptive_fields:
-            from .methods.receptive_field import receptive_field
+        """The receptive field of ``layer``'s units (computed on first use by tracing the model, then cached).
 
-            self._receptive_fields[layer] = receptive_field(self._model, layer, self.input_shape)
+        A token or channels-last layer's "field" is the patch each cell sits on (``method`` "patch"): attention
+        mixes all tokens, so no bounded field exists, but the patch is where the token is."""
+        if layer not in self._receptive_fields:
+            from .methods.receptive_field import RF, receptive_field
+
+            view = self.views.get(layer)
+            if view is not None and view.kind in ("tokens", "channels-last") and view.stride:
+                s = view.stride
+                self._receptive_fields[layer] = RF((s, s), (s, s), ((s - 1) / 2, (s - 1) / 2), method="patch")
+            else:
+                self._receptive_fields[layer] = receptive_field(self._model, layer, self.input_shape)
         return self._receptive_fields[layer]
 
 
@@ -94,8 +118,10 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
     import torch
 
     from .capture import capture, layer_names, resolve_layer
-    from .methods.cams import cam_layers_from_probe, last_map_layer_from_probe, linear_inputs
+    from .methods.attention import attention_modules, recording_attention
+    from .methods.cams import cam_layers_from_probe, linear_inputs, map_layers_from_probe
     from .methods.relu_rules import recording_nonlinearities
+    from .methods.tokens import infer_view
     from .models import check_output, run_probe
 
     model, input_shape = loaded.model, tuple(loaded.input.shape)
@@ -108,15 +134,55 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
         return ModelFacts(layers=rows, selected=list(layers) or default_layers(rows), input_shape=input_shape,
                           python=False, cam_layer_reason=f"Grad-CAM {TORCHSCRIPT_REASON}", _model=model)
     with capture(model, layer_names(model)) as rec, linear_inputs(model) as fc_inputs, \
-            recording_nonlinearities(model) as nonlinear:
+            recording_nonlinearities(model) as nonlinear, recording_attention(model) as attention:
         logits = run_probe(loaded, x)
     check_output(loaded, image_class_names, x, logits)
-    rows = rows_from_probe(model, rec.acts, rec.calls)
-    try:
-        cam_layer, reason = last_map_layer_from_probe(model, rec.acts, rec.calls), ""
-    except ValueError as exc:
-        cam_layer, reason = None, str(exc)
+    output_reason = ""
+    if not torch.isfinite(logits).all():
+        output_reason = (f"the model's logits are NaN or infinite on {int((~torch.isfinite(logits)).any(1).sum())} "
+                         f"of the {len(x)} probe images (a diverged or broken checkpoint)")
+    size = tuple(input_shape[1:]) if len(input_shape) == 3 else None
+    views = {name: infer_view(tuple(a.shape[1:]), size) for name, a in rec.acts.items()}
+    rows = rows_from_probe(model, rec.acts, rec.calls, views)
+    cam_layer, reason = default_grad_cam_layer(model, map_layers_from_probe(model, rec.acts, rec.calls, views),
+                                               views, x[:1])
     return ModelFacts(layers=rows, selected=list(layers) or default_layers(rows), input_shape=input_shape,
                       penultimate=penultimate_layer(rows),
                       cam=cam_layers_from_probe(rec.acts, rec.calls, fc_inputs, logits),
-                      cam_layer=cam_layer, cam_layer_reason=reason, nonlinearities=nonlinear.report(), _model=model)
+                      cam_layer=cam_layer, cam_layer_reason=reason, nonlinearities=nonlinear.report(),
+                      output_reason=output_reason, views=views,
+                      attention=[n for n in attention_modules(model) if n in attention.weights],
+                      attention_refused=dict(attention.refused),
+                      attention_windowed=[n for n in attention_modules(model) if n in attention.windows], _model=model)
+
+
+def default_grad_cam_layer(model: Any, candidates: list[str], views: dict, probe: Any) -> tuple[Optional[str], str]:
+    """(Grad-CAM's default layer, "") or (None, why there is none), from the map layers of the probe pass in the
+    order they finished.
+
+    A CNN: the last of them (the last conv block). A transformer whose head reads only its prefix tokens (ViT's
+    class token) gives the patch tokens of the last blocks no gradient at all, so their Grad-CAM is zero; there
+    the default is the last token layer whose patch tokens do get a gradient from the top logit (in a ViT, the
+    input normalization of the last block, as pytorch-grad-cam's documentation recommends), found with one
+    backward pass of one probe image (only for such models).
+    """
+    if not candidates:
+        return None, "no layer outputs a (N, K, h, w) map with h*w > 1: give the CAM layer explicitly"
+    last = candidates[-1]
+    if views.get(last) is None or views[last].kind != "tokens" or not views[last].prefix:
+        return last, ""
+    import torch
+
+    from .capture import capture, preserved
+
+    tokens = [n for n in candidates if views[n].kind == "tokens"]
+    x = probe.detach().clone().requires_grad_(True)
+    with preserved(model), capture(model, tokens, grads=True, as_maps=True) as rec, torch.enable_grad():
+        out = model(x)
+        torch.autograd.grad(out[0, out[0].argmax()], x, allow_unused=True)
+    for name in reversed(tokens):
+        g = rec.grads.get(name)
+        if g is not None and float(g.abs().max()) > 0:
+            return name, ""
+    return None, ("no token layer's patch tokens get a gradient from the logits (the head reads only the class "
+                  "token): give the CAM layer explicitly")

@@ -191,8 +191,8 @@ def method_params(name: str) -> dict:
 def display_map(name: str, model: nn.Module, x: torch.Tensor, target, **params) -> torch.Tensor:
     """The report's display map (N, H, W) of method ``name``; CAM layers found as the build's plan finds them."""
     if name == "cam" and not params:
-        layer, fc = C.find_cam_layers(model, x[:1])
-        params = {"layer": layer, "fc": fc}
+        layer, fc, rectified = C.find_cam_layers(model, x[:1])
+        params = {"layer": layer, "fc": fc, "rectified": rectified}
     elif "cam" in name and "layer" not in params:
         params = {**params, "layer": C.default_cam_layer(model, x[:1])}
     return SHOWN[name].attribute(model, x, target, **params)
@@ -217,7 +217,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def test_grad_cam_is_proportional_to_cam_on_gap_linear_model():
     model, x = GapNet(), images(4)
-    assert C.find_cam_layers(model, x[:1]) == ("features", "fc")
+    assert C.find_cam_layers(model, x[:1]) == ("features", "fc", False)
     assert C.default_cam_layer(model, x[:1]) == "features"
     targets = [0, 1, 2, 3]
     cam_maps, cam_low = C.class_activation_map(model, x, targets, "features", C.fc_weights(model, "fc"),
@@ -249,7 +249,7 @@ def test_cam_on_torchvision_resnet_block_layer_and_reused_layer_error():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BasicBlock(8, 8), BasicBlock(8, 8),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
     x = images(2)
-    assert C.find_cam_layers(model, x[:1]) == ("2", "5")
+    assert C.find_cam_layers(model, x[:1]) == ("2", "5", False)
     # Grad-CAM on bn2, whose output the block then rewrites in place (out += identity): still the gradient
     # w.r.t. bn2's own output, checked against an explicit split of the block.
     got = C.grad_cam(model, x, 1, "2.bn2")
@@ -404,7 +404,7 @@ def test_every_method_leaves_the_model_unchanged(name, case):
 def test_probes_leave_the_model_unchanged():
     model = hygiene_model()
     before = state(model)
-    assert C.find_cam_layers(model, images(1)) == ("features", "fc")
+    assert C.find_cam_layers(model, images(1)) == ("features", "fc", False)
     assert C.default_cam_layer(model, images(1)) == "features"
     inspect_nonlinearities(model, images(1))
     assert_untouched(model, before)

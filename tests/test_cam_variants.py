@@ -115,7 +115,7 @@ def test_xgrad_cam_on_gap_linear_is_cam_over_z():
     # sum_ij (w/Z) A / sum_ij A = w/Z: the same weights as Grad-CAM, i.e. CAM's scaled by 1/Z (the 1e-7 is lost in
     # the rounding: the channel sums here are > 1e-3, or exactly 0 for a dead channel, whose map is 0 anyway).
     model, x, targets = gap_net(), images(), [0, 2, 3]
-    assert C.find_cam_layers(model, x[:1]) == ("3", "6")
+    assert C.find_cam_layers(model, x[:1]) == ("3", "6", False)
     cam = C.cam(model, x, targets, "3", "6")
     torch.testing.assert_close(C.xgrad_cam(model, x, targets, "3"), cam / 64, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(C.xgrad_cam(model, x, targets, "3"), C.grad_cam(model, x, targets, "3"),

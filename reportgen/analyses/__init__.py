@@ -46,6 +46,7 @@ class Analysis:
     paper_url: ClassVar[str] = ""
     order: ClassVar[int] = 50  # position within its section
     needs_images: ClassVar[bool] = True  # False for analyses that also apply to 2-D point models
+    needs_logits: ClassVar[bool] = False  # True when the result is about the class scores (not applicable to NaN)
     Params: ClassVar[type] = NoParams
 
     def reducers(self, ctx: Any, params: Any) -> dict[str, Reducer]:

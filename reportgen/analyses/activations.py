@@ -39,7 +39,7 @@ def sample_acts(ctx, indices: list[int], layers: list[str]) -> tuple[Any, dict, 
     from ..capture import capture
 
     inputs = ctx.images.load_inputs(list(indices), ctx.device)
-    with capture(ctx.model, layers) as rec, torch.no_grad():
+    with capture(ctx.model, layers, as_maps=True) as rec, torch.no_grad():
         logits = ctx.model(inputs)
         acts = {name: rec.acts[name] for name in layers}
     return inputs, acts, logits
@@ -85,6 +85,8 @@ class ActivationMaps(Analysis):
                 picks[name] = pick_channels(a, params.channels, params.pick, generator=gen).tolist()
         shown = [n for n in layers if n in picks]
         skipped = [n for n in layers if n not in picks]
+        # a Conv2d's output is not what the next layer sees after BatchNorm and ReLU: each caption names the module
+        kinds = {n: r.type for n in shown if (r := ctx.facts.row(n)) is not None}
         how = ("the most active on average over the shown images" if params.pick == "active"
                else "a seeded random pick")
         display = ctx.sample_display()[: len(indices)] if indices else None
@@ -116,7 +118,8 @@ class ActivationMaps(Analysis):
                 result.items.append(Grid(
                     key=f"img{i}-{name}", tiles=enlarge_tiles(tiles, 48), style="signed", cols=min(len(tiles), 8), vmax=lim,
                     image=i, layer=name, group=group, label=name,
-                    caption=f"{name} on image {name_i}: {what}, {how}: {listed} (reading order). One shared "
+                    caption=f"{name} on image {name_i}: the output of this {kinds.get(name, 'module')} itself; {what}, "
+                            f"{how}: {listed} (reading order). One shared "
                             f"symmetric scale: red +{_short(lim)}, white 0, blue -{_short(lim)}."))
         if skipped:
             result.notes.append(f"Layers without a (N, C, H, W) or (N, F) output are not shown: {', '.join(skipped)}.")
@@ -143,6 +146,35 @@ class StatsReducer(Reducer):
                 self.stats[name].update(a)
 
 
+class EverPositive(Reducer):
+    """Which units of each layer were ever > 0 over the whole image set: channels of a map (N, C, H, W), features
+    of a vector (N, F) or of a token sequence (N, T, D). For the outputs of ReLU modules, where "never > 0" means
+    "never fires" (a dead unit)."""
+
+    def __init__(self, layers: list[str]) -> None:
+        self.layers = list(layers)
+        self.ever: dict[str, np.ndarray] = {}
+
+    def update(self, batch, acts, logits):
+        for name in self.layers:
+            a = acts[name]
+            if a.ndim in (2, 3, 4) and a.numel():
+                unit = 2 if a.ndim == 3 else 1  # a token's ReLU (a transformer's MLP) acts on its D features
+                active = (a.detach().amax(dim=[d for d in range(a.ndim) if d != unit]) > 0).cpu().numpy()
+                self.ever[name] = active | self.ever[name] if name in self.ever else active
+
+
+def relu_outputs(ctx) -> tuple[list[str], list[str]]:
+    """(ReLU modules that run once per forward pass, whose output is measured; ReLUs that cannot be measured
+    this way: reused modules and functional calls, by where they run), from the plan's non-linearity report."""
+    report = ctx.facts.nonlinearities
+    if report is None:
+        return [], []
+    others = [f"{name} (runs {n} times)" for name, n in report.reused_relu_modules.items()]
+    others += [f"{where} ({n} functional call{'s' if n > 1 else ''})" for where, n in report.functional_relus.items()]
+    return list(report.relu_modules), others
+
+
 @dataclass
 class DistributionParams:
     bins: int = field(default=64, metadata=doc("Histogram bins (an even number).", min=2, max=1024))
@@ -153,7 +185,8 @@ class Distributions(Analysis):
     name = "distributions"
     title = "Activation distributions"
     section = "activations"
-    summary = "histogram, mean, spread and dead units of every selected layer over the whole image set"
+    summary = ("histogram, mean and spread of every selected layer, and dead units of every ReLU, over the whole "
+               "image set")
     paper = "Glorot, Bordes & Bengio, Deep Sparse Rectifier Neural Networks, AISTATS 2011"
     paper_url = "https://proceedings.mlr.press/v15/glorot11a.html"
     order = 20
@@ -167,7 +200,7 @@ class Distributions(Analysis):
             raise ConfigError(f"analysis.distributions.bins: must be even, got {params.bins}")
 
     def reducers(self, ctx, params):
-        return {"stats": StatsReducer(ctx.layers, params.bins)}
+        return {"stats": StatsReducer(ctx.layers, params.bins), "relus": EverPositive(relu_outputs(ctx)[0])}
 
     def run(self, ctx, params, reduced):
         reducer = reduced["stats"]
@@ -184,15 +217,17 @@ class Distributions(Analysis):
             means.append(r["mean"])
             stds.append(r["std"])
             dead.append(r["dead_fraction"])
-            rows.append([name, units, r["mean"], r["std"], r["min"], r["max"], n_dead, r["dead_fraction"]])
+            row = ctx.facts.row(name)
+            rows.append([name, row.type if row else "", units, r["mean"], r["std"], r["min"], r["max"], n_dead,
+                         r["dead_fraction"]])
             result.metrics[f"mean {name}"] = r["mean"]
             result.metrics[f"std {name}"] = r["std"]
-            result.metrics[f"dead {name}"] = r["dead_fraction"]
+            result.metrics[f"never positive {name}"] = r["dead_fraction"]
             result.items.append(Plot(
                 key=f"hist-{name}", kind="histogram", layer=name, label=name, group="Histograms",
                 caption=f"All {r['count']:,} values of {name} over {len(ctx.predictions.indices)} images "
-                        f"({params.bins} bins, log counts); red: mean {_short(r['mean'])} ± std {_short(r['std'])}; {n_dead} of "
-                        f"{units} units never positive.",
+                        f"({params.bins} bins, log counts); red: mean {_short(r['mean'])} ± std {_short(r['std'])}; "
+                        f"{n_dead} of {units} units never positive.",
                 data={"edges": r["hist_edges"], "counts": r["hist_counts"], "mean": r["mean"], "std": r["std"],
                       "xlabel": f"{name} output", "title": name}))
         if not rows:
@@ -200,17 +235,39 @@ class Distributions(Analysis):
         result.items.insert(0, Table(
             key="summary", label="Per layer", group=None,
             caption="Over every value of every image: mean, population std, range, and units (channels of a map, "
-                    "features of a vector) never > 0 on any image: after a ReLU these units are dead.",
-            columns=["layer", "units", "mean", "std", "min", "max", "never positive", "fraction"], rows=rows))
+                    "features of a vector) never > 0 on any image. This is the sign of the module's own output: "
+                    "for a Conv2d or Linear followed by BatchNorm it says nothing about whether a later ReLU fires "
+                    "(see the dead units of the ReLUs).",
+            columns=["layer", "module", "units", "mean", "std", "min", "max", "never positive", "fraction"],
+            rows=rows))
         x = list(range(len(names)))
         result.items.insert(1, Plot(
             key="across-layers", kind="lines", label="Across layers",
             caption="Mean and standard deviation of each layer's outputs, and the fraction of its units never "
                     "positive, from the first selected layer to the last.",
-            data={"x": x, "xticklabels": names, "series": {"mean": means, "std": stds, "dead fraction": dead},
+            data={"x": x, "xticklabels": names, "series": {"mean": means, "std": stds,
+                                                           "never-positive fraction": dead},
                   "marker": True, "ylabel": "value"}))
-        result.notes.append("Dead units are counted on each layer's own output: for a conv or linear layer followed "
-                            "by a ReLU, a unit never positive here is a ReLU that never fires on this image set.")
+        measured, unmeasured = relu_outputs(ctx)
+        relus = reduced["relus"]
+        dead_rows = []
+        for name in measured:
+            if name in relus.ever:
+                ever = relus.ever[name]
+                n_dead = int((~ever).sum())
+                dead_rows.append([name, len(ever), n_dead, n_dead / len(ever)])
+                result.metrics[f"dead {name}"] = n_dead / len(ever)
+        if dead_rows:
+            result.items.insert(2, Table(
+                key="dead", label="Dead units of the ReLUs", group=None,
+                caption="Units (channels of a map, features of a vector) of each ReLU module's output that are 0 on "
+                        "every image and position of the set: ReLUs that never fire here.",
+                columns=["ReLU", "units", "dead", "fraction"], rows=dead_rows))
+        else:
+            result.notes.append("No ReLU module runs exactly once per forward pass, so no dead units are measured.")
+        if unmeasured:
+            result.notes.append("ReLUs without one output to measure (not in the dead-unit table): "
+                                + ", ".join(unmeasured[:10]) + (", ..." if len(unmeasured) > 10 else "") + ".")
         return result
 
 
@@ -332,6 +389,7 @@ class Embeddings(Analysis):
     def run(self, ctx, params, reduced):
         import time
 
+        from ..methods.degenerate import degenerate_reason
         from ..methods.embed import embed_layers, embed_pca, knn_accuracy
 
         reducer: FeatureSample = reduced["sample"]
@@ -341,10 +399,17 @@ class Embeddings(Analysis):
         labelled = labels >= 0
         colour = np.where(labelled, labels, preds)
         seed = int(ctx.rng("embeddings-tsne").integers(0, 2**31 - 1))
+        result = Result()
+        for key in list(feats):
+            reason = degenerate_reason(feats[key], f"the features of {key}")
+            if reason is not None:
+                del feats[key]
+                result.notes.append(f"{reason[0].upper()}{reason[1:]}: no embedding.")
+        if not feats:
+            raise NotApplicable("no layer has features that vary over the images: " + " ".join(result.notes))
         t0 = time.perf_counter()
         tsne = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs)
         t_tsne = time.perf_counter() - t0
-        result = Result()
         per_layer = []
         knn = {}
         for key, f in feats.items():
@@ -353,8 +418,12 @@ class Embeddings(Analysis):
                 knn[key] = knn_accuracy(f[labelled], labels[labelled], k=params.k, seed=seed % (2**31))
             dims = f.shape[1]
             raw = reducer.raw_dims[key]
+            view = ctx.facts.views.get(key)
+            tokens = (f" of its patch tokens read as a map ({view.describe()}; prefix tokens such as the class "
+                      "token left out)" if view is not None and view.kind == "tokens" and view.prefix else "")
             caption = (f"{len(indices)} images, {dims} numbers each"
-                       + (f" (its {raw} values average-pooled spatially)" if dims < raw else "")
+                       + (f" (its {raw} values{tokens} average-pooled spatially)" if dims < raw else
+                          f" (the values{tokens})" if tokens else "")
                        + f"; colours = {'true class' if labelled.all() else 'true class (predicted where unknown)'}."
                        + (f" Held-out {params.k}-NN accuracy {knn[key]:.3f}." if key in knn else ""))
             per_layer.append(Plot(
@@ -467,6 +536,7 @@ class Neighbours(Analysis):
         return {"bank": FeatureBank(feature_layer(ctx), params.max_points, ctx.rng("neighbours"))}
 
     def run(self, ctx, params, reduced):
+        from ..methods.degenerate import degenerate_reason
         from ..methods.embed import nearest_neighbours
 
         bank: FeatureBank = reduced["bank"]
@@ -485,13 +555,21 @@ class Neighbours(Analysis):
             for j, i in enumerate(missing):
                 in_bank[i] = m + j
         q = [in_bank[i] for i in refs]
-        near_f = nearest_neighbours(feats, q, k=params.k)
-        near_p = nearest_neighbours(pixels, q, k=params.k)
+        result = Result()
+        spaces = {}
+        for space, values, what in (("features", feats, f"the features of {bank.layer}"),
+                                    ("pixels", pixels, "the pixels")):
+            reason = degenerate_reason(values, what)
+            if reason is None:
+                spaces[space] = nearest_neighbours(values, q, k=params.k)
+            else:
+                result.notes.append(f"{reason[0].upper()}{reason[1:]}: no neighbours in that space.")
+        if not spaces:
+            raise NotApplicable(" ".join(result.notes))
         labels = ctx.images.labels
         names = ctx.class_names
         has_labels = bool((labels >= 0).any())
-        same = {"features": [], "pixels": []}
-        result = Result()
+        same = {space: [] for space in spaces}
 
         def pic(i: int, role: str) -> Picture:
             lab = int(labels[i])
@@ -503,7 +581,8 @@ class Neighbours(Analysis):
 
         for r, i in enumerate(refs):
             rows, images = [], []
-            for space, near in (("features", near_f[r]), ("pixels", near_p[r])):
+            for space, near_all in spaces.items():
+                near = near_all[r]
                 found = [int(index[j]) for j in near]
                 agree = (sum(int(labels[j] == labels[i]) for j in found) if has_labels and labels[i] >= 0 else None)
                 if agree is not None:
@@ -517,8 +596,11 @@ class Neighbours(Analysis):
                 key=f"ref-{i}", image=i, label=f"Reference {ctx.images.names[i]}"
                 + (f" ({names[lab]})" if lab >= 0 else ""),
                 caption=f"First image of each row: the reference; then its {params.k} nearest images (Euclidean "
-                        f"distance, nearest first) among {m} images, in the feature space of {bank.layer} (top) and "
-                        "in pixel space (bottom, the normalized inputs).",
+                        f"distance, nearest first) among {m} images, "
+                        + " and ".join(f"in the feature space of {bank.layer}" + (" (top)" if len(spaces) > 1 else "")
+                                       if space == "features" else
+                                       "in pixel space" + (" (bottom" if len(spaces) > 1 else " (")
+                                       + ", the normalized inputs)" for space in spaces) + ".",
                 columns=["space", "same class", "neighbour classes"], rows=rows, images=images))
         for space, values in same.items():
             if values:
@@ -560,20 +642,21 @@ class TopParams:
         "Channels per layer: the ones with the largest mean activation over the image set.", min=1, max=256))
 
 
-def conv_selected(ctx) -> list[str]:
-    from torch import nn
-
-    return [n for n in ctx.layers if isinstance(ctx.model.get_submodule(n), nn.Conv2d)]
+def top_layers(ctx) -> list[str]:
+    """The selected layers whose output is a map: conv-like maps, tokens and channels-last maps (their patches)."""
+    return ctx.facts.map_layers()
 
 
 def crop_padded(img: np.ndarray, rf, y: int, x: int) -> np.ndarray:
     """The receptive field of unit (y, x) cut from ``img`` (H, W, C) floats, padded with mid grey where the field
-    extends past the image, so that every crop of one layer has the field's full size."""
+    extends past the image, so that every crop of one layer has the field's full size. A field as large as the
+    image in either direction gives the whole image (a padded crop would be mostly grey, and a 2,000-pixel field
+    of a deep network would take gigabytes over a grid of crops)."""
     from ..methods.receptive_field import rf_box
 
     h, w = img.shape[:2]
     top, left, bottom, right = rf_box(rf, y, x, (h, w))
-    if rf.covers_input:
+    if rf.covers_input or rf.size[0] >= h or rf.size[1] >= w:
         return img
     full_top = int(round(rf.start[0] + y * rf.jump[0] - (rf.size[0] - 1) / 2))
     full_left = int(round(rf.start[1] + x * rf.jump[1] - (rf.size[1] - 1) / 2))
@@ -594,11 +677,11 @@ class TopImages(Analysis):
     Params = TopParams
 
     def check(self, ctx, params):
-        if not conv_selected(ctx):
-            raise NotApplicable("none of the selected layers is a Conv2d layer")
+        if not top_layers(ctx):
+            raise NotApplicable("none of the selected layers outputs a feature map or patch tokens")
 
     def reducers(self, ctx, params):
-        return {"top": TopReducer(conv_selected(ctx), params.n)}
+        return {"top": TopReducer(top_layers(ctx), params.n)}
 
     def run(self, ctx, params, reduced):
         reducer: TopReducer = reduced["top"]
@@ -623,12 +706,18 @@ class TopImages(Analysis):
                 for v, i, (y, x) in zip(top["values"][c], top["indices"][c], top["positions"][c]):
                     tiles.append(crop_padded(image(int(i)), rf, int(y), int(x)))
             n = top["values"].shape[1]
-            size = "the whole image" if rf.covers_input else f"{rf.size[0]}x{rf.size[1]} pixels"
+            patch = rf.method == "patch"
+            in_h, in_w = ctx.facts.input_shape[-2:]
+            whole = rf.covers_input or rf.size[0] >= in_h or rf.size[1] >= in_w  # as `crop_padded` decides
+            size = "the whole image" if whole else f"{rf.size[0]}x{rf.size[1]} pixels"
+            where = (f"cropped to the patch of the maximal token ({size}); attention lets every token see the whole "
+                     "image, so the patch is where the token sits, not all it sees" if patch else
+                     f"cropped to the receptive field of the maximal unit ({size}; grey where it extends past the "
+                     "image)")
             result.items.append(Grid(
                 key=f"top-{name}", tiles=enlarge_tiles(np.stack(tiles), 56), style="rgb", cols=n, layer=name, label=name,
                 caption=f"Row by row, channels {', '.join(map(str, chosen.tolist()))} of {name} (the {len(chosen)} "
                         f"with the largest mean activation over {reducer.count} images); in each row the {n} images "
-                        f"whose map reaches the highest maximum, highest first, cropped to the receptive field of "
-                        f"the maximal unit ({size}; grey where it extends past the image)."))
+                        f"whose map reaches the highest maximum, highest first, {where}."))
             result.metrics[f"receptive field {name}"] = int(rf.size[0])
         return result

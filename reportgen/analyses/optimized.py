@@ -162,6 +162,7 @@ class ClassMaxParams(RealismParams):
 
 @register
 class ClassMax(Analysis):
+    needs_logits = True
     name = "class-max"
     title = "Class images"
     section = "optimized"
@@ -390,13 +391,31 @@ class DeepDream(Analysis):
         from ..capture import capture
         from ..methods.optimize import deepdream, layer_energy
 
+        from ..errors import first_line
+
         layer = self.layer(ctx, params)
         idx = ctx.samples[: params.images]
         x = ctx.images.load_inputs(idx, ctx.device)
-        dream = deepdream(ctx.model, x, layer, octaves=params.octaves, octave_scale=params.octave_scale,
-                          steps_per_octave=params.steps_per_octave, lr=params.lr, jitter=params.jitter,
-                          clamp=_clamp(ctx), generator=ctx.generator(self.name), truncate=True)
-        with capture(ctx.model, [layer], keep_live=True) as rec, torch.no_grad():
+        octaves, single = params.octaves, ""
+
+        def dream_at(octaves: int) -> Any:
+            return deepdream(ctx.model, x, layer, octaves=octaves, octave_scale=params.octave_scale,
+                             steps_per_octave=params.steps_per_octave, lr=params.lr, jitter=params.jitter,
+                             clamp=_clamp(ctx), generator=ctx.generator(self.name), truncate=True)
+
+        try:
+            dream = dream_at(octaves)
+        except Exception as exc:
+            if octaves == 1:
+                raise
+            # a model with a fixed input size (a ViT's position embeddings) cannot read the smaller octaves
+            octaves = 1
+            h, w = ctx.loaded.input.size
+            single = (f" The model does not run on images smaller than {h}x{w} ({type(exc).__name__}: "
+                      f"{first_line(exc)[:160]}), so DeepDream ran at that one scale instead of {params.octaves} "
+                      "octaves.")
+            dream = dream_at(octaves)
+        with capture(ctx.model, [layer], keep_live=True, as_maps=True) as rec, torch.no_grad():
             ctx.model(x)
             before = layer_energy(layer)(None, rec).cpu().numpy()
             ctx.model(dream)
@@ -416,9 +435,9 @@ class DeepDream(Analysis):
         gains = after / np.maximum(before, 1e-12)
         result.metrics["median energy gain"] = float(np.median(gains))
         result.notes.append(
-            f"Layer {layer}: {params.octaves} octave(s) of scale {params.octave_scale:g}, {params.steps_per_octave} "
+            f"Layer {layer}: {octaves} octave(s) of scale {params.octave_scale:g}, {params.steps_per_octave} "
             f"steps each of mean size {params.lr:g} (normalized units), random shifts of up to {params.jitter} px. "
-            "Energy is the mean square of the layer's output.")
+            "Energy is the mean square of the layer's output." + single)
         return result
 
 
@@ -453,6 +472,7 @@ def _step_rows(labels, probs, names, stop: int, limit: int = 20) -> list[list]:
 
 @register
 class Adversarial(Analysis):
+    needs_logits = True
     name = "adversarial"
     title = "Adversarial examples"
     section = "optimized"
@@ -487,6 +507,9 @@ class Adversarial(Analysis):
         rel = res.rel_norm.cpu().numpy()
         ok = res.success.cpu().numpy()
         taken = res.steps_taken.cpu().numpy()
+        # the page keeps the adversarial image as an 8-bit PNG: rounding may undo a change made just past the boundary
+        saved = np.clip(np.round(adv_pix * 255.0), 0, 255).astype(np.uint8)
+        saved_pred = _probs(ctx, ctx.images.normalize(saved).to(ctx.device)).argmax(1).numpy()
         result = Result()
         mono = ctx.loaded.input.channels == 1
         summary_rows = []
@@ -495,7 +518,8 @@ class Adversarial(Analysis):
             name = ctx.images.names[i]
             o, f = int(res.original[j]), int(res.final[j])
             summary_rows.append([name, names[o], float(probs[0, j]), names[f], float(probs[-1, j]),
-                                 int(taken[j]), float(rel[j]), "yes" if ok[j] else "no"])
+                                 int(taken[j]), float(rel[j]), "yes" if ok[j] else "no",
+                                 "yes" if saved_pred[j] != o else "no"])
             group = f"Image {name}"
             diff, vmax, diff_caption = self.difference(adv_pix[j], orig_pix[j], mono)
             per_image += [
@@ -518,10 +542,14 @@ class Adversarial(Analysis):
             ]
         result.items.append(Table(
             key="summary", group="Summary", label="Untargeted: the predicted label pushed away",
-            columns=["image", "predicted", "p", "after", "p after", "steps", "change %", "label changed"],
+            columns=["image", "predicted", "p", "after", "p after", "steps", "change %", "label changed",
+                     "8-bit image changed"],
             rows=summary_rows,
             caption="Gradient ascent on the cross-entropy of each image's predicted label. change % = "
-                    "100 ||x - x~|| / ||x|| in the model's normalized input space."))
+                    "100 ||x - x~|| / ||x|| in the model's normalized input space. The last column classifies the "
+                    "adversarial image as saved on this page (rounded to 8-bit pixels): 'yes' when its label still "
+                    "differs from the original's."))
+        result.metrics["8-bit images changed"] = float((saved_pred != res.original.cpu().numpy()).mean())
         success = float(ok.mean()) if len(ok) else float("nan")
         result.metrics["success rate"] = success
         result.metrics["mean change % (successes)"] = float(rel[ok].mean()) if ok.any() else float("nan")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..artifacts import Picture, Plot, Result, Table
+from ..artifacts import NotApplicable, Picture, Plot, Result, Table
 from ..config import doc
 from . import Analysis, register
 
@@ -39,15 +39,27 @@ class Predictions(Analysis):
     summary = "accuracy, per-class accuracy, confusion matrix and the worst predictions over the whole image set"
     order = 10
     needs_images = False
+    needs_logits = True
     Params = PredictionParams
 
     def run(self, ctx, params, reduced):
         predictions = ctx.predictions
+        finite = np.isfinite(predictions.logits).all(axis=1)
+        if not finite.any():
+            raise NotApplicable(f"the model's logits are NaN or infinite for all {len(finite)} images (a diverged "
+                                "or broken checkpoint): there are no predictions")
+        notes = []
+        if not finite.all():
+            notes.append(f"The logits are NaN or infinite for {int((~finite).sum())} of the {len(finite)} images "
+                         f"(e.g. {ctx.images.names[int(predictions.indices[~finite][0])]}): they are left out of "
+                         "every number on this page.")
+            predictions = type(predictions)(predictions.indices[finite], predictions.logits[finite],
+                                            predictions.labels[finite])
         names = ctx.class_names
         k = len(names)
         preds = predictions.preds
         probs = predictions.probs
-        result = Result()
+        result = Result(notes=notes)
         result.metrics["images"] = int(len(preds))
         counts = np.bincount(preds, minlength=k)
         result.items.append(Plot(

@@ -33,36 +33,62 @@ def plot_kind(name: str) -> Callable:
     return register
 
 
+def show(maps: Any, images: Any = None, **options: Any) -> Any:
+    """Draw a method function's output with the report's colour scales; a matplotlib Figure
+    (`reportgen.imaging.notebook.show` documents the options)."""
+    from .notebook import show as draw
+
+    return draw(maps, images, **options)
+
+
+def color_limit(x: np.ndarray, style: str, vmax: Optional[float] = None) -> float:
+    """The value drawn at the end of the colour scale: ``vmax`` when given (finite and > 0), else max |x| ("signed")
+    or max x ("heat") over the finite values; 1 when that is not above 0 (an all-zero map)."""
+    if vmax and np.isfinite(vmax) and vmax > 0:
+        return float(vmax)
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    lim = float((np.abs(x) if style == "signed" else x).max()) if x.size else 1.0
+    return lim if lim > 0 else 1.0
+
+
 def signed_colors(x: np.ndarray, vmax: Optional[float] = None) -> np.ndarray:
     """(H, W) values -> (H, W, 3) floats in [0, 1]: blue for -vmax, white for 0, red for +vmax.
 
-    ``vmax`` defaults to max |x| (1 when x is all zero), so zero always lands exactly on white.
+    ``vmax`` defaults to max |x| over the finite values (1 when x is all zero), so zero always lands exactly on
+    white. Non-finite values (NaN, infinity: a diverged model) are drawn mid grey, a colour the scale never takes.
     """
     x = np.asarray(x, dtype=np.float64)
-    lim = float(vmax) if vmax else float(np.abs(x).max()) if x.size else 1.0
-    lim = lim if lim > 0 else 1.0
+    bad = ~np.isfinite(x)
+    lim = color_limit(x, "signed", vmax)
+    x = np.where(bad, 0.0, x)
     t = np.clip(x / lim, -1.0, 1.0)[..., None]
     white = np.ones(3)
     red = np.array([0.80, 0.10, 0.10])
     blue = np.array([0.10, 0.25, 0.80])
-    return np.where(t >= 0, white + t * (red - white), white + (-t) * (blue - white))
+    rgb = np.where(t >= 0, white + t * (red - white), white + (-t) * (blue - white))
+    return np.where(bad[..., None], 0.5, rgb)
 
 
 _HEAT_LUT: Optional[np.ndarray] = None
 
 
 def heat_colors(x: np.ndarray, vmax: Optional[float] = None) -> np.ndarray:
-    """(H, W) non-negative values -> (H, W, 3) in [0, 1] with the "inferno" map scaled to [0, vmax]."""
+    """(H, W) non-negative values -> (H, W, 3) in [0, 1] with the "inferno" map scaled to [0, vmax].
+
+    ``vmax`` defaults to the largest finite value (1 when there is none above 0). Non-finite values are drawn mid
+    grey, a colour inferno never takes."""
     global _HEAT_LUT
     if _HEAT_LUT is None:
         import matplotlib
 
         _HEAT_LUT = matplotlib.colormaps["inferno"](np.linspace(0, 1, 256))[:, :3]
     x = np.asarray(x, dtype=np.float64)
-    lim = float(vmax) if vmax else float(x.max()) if x.size else 1.0
-    lim = lim if lim > 0 else 1.0
+    bad = ~np.isfinite(x)
+    lim = color_limit(x, "heat", vmax)
+    x = np.where(bad, 0.0, x)
     idx = np.clip(np.round(np.clip(x, 0, None) / lim * 255), 0, 255).astype(np.int64)
-    return _HEAT_LUT[idx]
+    return np.where(bad[..., None], 0.5, _HEAT_LUT[idx])
 
 
 def to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -198,8 +224,7 @@ def render_picture(item: Picture, writer: ArtifactWriter, rel: str) -> dict:
     img = to_uint8(colorize(item.array, item.style, item.vmax, item.base))
     entry = {**_base_entry(item, "picture"), **_write_image(enlarge(img), writer, rel)}
     if item.colorbar and item.style in ("signed", "heat"):
-        arr = np.asarray(item.array, dtype=np.float64)
-        vmax = item.vmax or (float(np.abs(arr).max()) if item.style == "signed" else float(arr.max())) or 1.0
+        vmax = color_limit(item.array, item.style, item.vmax)
         entry["colorbar"] = writer.write_bytes(rel[:-4] + ".colorbar.png", colorbar_png(item.style, vmax))
     return entry
 

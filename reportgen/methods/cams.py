@@ -12,7 +12,7 @@ normalized). Where a variant has more than one published definition, the one of 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,11 @@ def grad_cam_weights(acts: torch.Tensor, grads: torch.Tensor | None, targets: to
     return grads.mean(dim=(2, 3))
 
 
-def fc_weights(model: nn.Module, fc: str) -> Weighting:
+def fc_weights(model: nn.Module, fc: str, rectified: bool = False) -> Weighting:
     """CAM channel weights: row ``target`` of the final linear layer ``fc`` (Zhou et al. 2016,
     https://arxiv.org/abs/1512.04150). Only meaningful when the model ends in global average pooling + ``fc``
-    (see `find_cam_layers`)."""
+    (see `find_cam_layers`). ``rectified``: the pooling reads ``ReLU(A)``, so the weights are element-wise,
+    ``w_k * [A_k > 0]``, and the weighted sum is ``sum_k w_k ReLU(A_k)``."""
     linear = resolve_layer(model, fc)
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"CAM needs '{fc}' to be an nn.Linear, it is {type(linear).__name__}")
@@ -43,7 +44,8 @@ def fc_weights(model: nn.Module, fc: str) -> Weighting:
         if acts.shape[1] != weight.shape[1]:
             raise ValueError(f"CAM: the layer has {acts.shape[1]} channels but '{fc}' takes {weight.shape[1]} "
                              "inputs; pick the layer that feeds the global average pooling")
-        return weight[targets.to(weight.device)].to(acts)
+        w = weight[targets.to(weight.device)].to(acts)
+        return w[:, :, None, None] * (acts > 0).to(acts) if rectified else w
 
     weighting.needs_grads = False  # type: ignore[attr-defined]
     return weighting
@@ -137,13 +139,15 @@ def class_activation_map(model: nn.Module, inputs: torch.Tensor, target: Target,
     logits w.r.t. it (None when the weighting has ``needs_grads = False``) and the (N,) targets, and returns either
     channel weights (N, K) or element-wise weights (N, K, h, w). With ``return_lowres=True`` returns
     ``(maps, lowres)``, lowres (N, h, w) before upsampling. The layer must run exactly once per forward pass (a
-    reused module's output is ambiguous).
+    reused module's output is ambiguous). A token layer (N, L, D) or a channels-last map (N, H, W, C) is read as
+    the (N, D, h, w) map of its patch tokens, the class token set aside (`reportgen.methods.tokens`), as
+    pytorch-grad-cam's ``reshape_transform`` does for vision transformers.
     """
     _check_inputs(inputs)
     targets = as_targets(target, inputs.shape[0], inputs.device)
     needs_grads = getattr(weighting, "needs_grads", True)
     x = inputs.detach().clone().requires_grad_(needs_grads)
-    with capture(model, [layer], grads=needs_grads) as rec, torch.set_grad_enabled(needs_grads):
+    with capture(model, [layer], grads=needs_grads, as_maps=True) as rec, torch.set_grad_enabled(needs_grads):
         scores = target_scores(model(x), targets)
         calls = rec.calls[layer]
         if calls != 1:
@@ -179,10 +183,12 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str)
     return class_activation_map(model, inputs, target, layer, grad_cam_weights)
 
 
-def cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str, fc: str) -> torch.Tensor:
-    """CAM (N, H, W) >= 0 for a model ending in global average pooling of ``layer`` + the linear layer ``fc``
-    (Zhou et al. 2016, https://arxiv.org/abs/1512.04150). No backward pass."""
-    return class_activation_map(model, inputs, target, layer, fc_weights(model, fc))
+def cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str, fc: str, *,
+        rectified: bool = False) -> torch.Tensor:
+    """CAM (N, H, W) >= 0 for a model ending in global average pooling of ``layer`` (of ``ReLU(layer)`` when
+    ``rectified``) + the linear layer ``fc`` (Zhou et al. 2016, https://arxiv.org/abs/1512.04150). No backward
+    pass. Before the final ReLU and upsampling, the low-resolution map M^c satisfies ``s_c = mean(M^c) + b_c``."""
+    return class_activation_map(model, inputs, target, layer, fc_weights(model, fc, rectified))
 
 
 def grad_cam_plus_plus(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str) -> torch.Tensor:
@@ -254,13 +260,24 @@ def linear_inputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
             handle.remove()
 
 
-def find_cam_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[str, str] | None:
-    """``(layer, fc)`` when the model's output is ``fc(mean over space of layer's output)``, else None.
+class CamLayers(NamedTuple):
+    """Where CAM is defined: the logits are ``fc(mean over space of A)`` with ``A`` the output of ``layer``, or
+    ``ReLU(output)`` when ``rectified`` (a functional ``F.relu`` between the layer and the pooling, as in
+    torchvision's DenseNet)."""
+
+    layer: str
+    fc: str
+    rectified: bool = False
+
+
+def find_cam_layers(model: nn.Module, example_input: torch.Tensor) -> CamLayers | None:
+    """`CamLayers` when the model's output is ``fc(mean over space of layer's (rectified) output)``, else None.
 
     Checked on a probe forward pass of ``example_input`` (N, C, H, W; one image is enough): the output must be the
     output of an nn.Linear ``fc`` run once, and some layer run once, with a (N, K, h, w) output, h*w > 1, must have
-    a spatial mean equal to ``fc``'s input. The last such layer to finish is returned (e.g. ``layer4`` in a
-    torchvision ResNet). This is exactly when CAM is defined. `cam_layers_from_probe` does the same from a probe
+    a spatial mean, or a spatial mean of its ReLU, equal to ``fc``'s input. The last such layer to finish is
+    returned (e.g. ``layer4`` in a torchvision ResNet, ``features`` rectified in a DenseNet); a plain match wins
+    over a rectified one. This is exactly when CAM is defined. `cam_layers_from_probe` does the same from a probe
     pass recorded elsewhere (the build's plan).
     """
     _check_inputs(example_input)
@@ -270,15 +287,18 @@ def find_cam_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[str,
 
 
 def cam_layers_from_probe(acts: dict[str, torch.Tensor], calls: dict[str, int],
-                          fc_inputs: dict[str, torch.Tensor], logits: object) -> tuple[str, str] | None:
+                          fc_inputs: dict[str, torch.Tensor], logits: object) -> CamLayers | None:
     """`find_cam_layers` on a recorded probe pass: every layer's cloned output ``acts`` (in the order layers
     finished) and ``calls``, every nn.Linear's input ``fc_inputs``, and the model's output ``logits``."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         return None
 
     def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        # non-finite numbers (a diverged model) prove nothing about the computation: never "close"
+        if a.shape != b.shape or not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            return False
         scale = float(b.abs().max()) if b.numel() else 0.0
-        return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+        return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
 
     fc = next((name for name in reversed(list(fc_inputs))
                if calls.get(name) == 1 and name in acts and close(acts[name], logits)), None)
@@ -289,9 +309,13 @@ def cam_layers_from_probe(acts: dict[str, torch.Tensor], calls: dict[str, int],
         return None
     for name in reversed(list(acts)):
         out = acts[name]
-        if (calls[name] == 1 and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
-                and out.shape[:2] == features.shape and close(out.mean(dim=(2, 3)), features)):
-            return name, fc
+        if not (calls[name] == 1 and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+                and out.shape[:2] == features.shape):
+            continue
+        if close(out.mean(dim=(2, 3)), features):
+            return CamLayers(name, fc)
+        if close(torch.relu(out).mean(dim=(2, 3)), features):
+            return CamLayers(name, fc, rectified=True)
     return None
 
 
@@ -305,15 +329,35 @@ def default_cam_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     _check_inputs(example_input)
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(example_input.detach())
-    return last_map_layer_from_probe(model, rec.acts, rec.calls)
+    from .tokens import infer_view
+
+    size = tuple(example_input.shape[-2:])
+    views = {name: infer_view(tuple(a.shape[1:]), size) for name, a in rec.acts.items()}
+    return last_map_layer_from_probe(model, rec.acts, rec.calls, views)
 
 
-def last_map_layer_from_probe(model: nn.Module, acts: dict[str, torch.Tensor], calls: dict[str, int]) -> str:
-    """`default_cam_layer` on a recorded probe pass (``acts`` in the order layers finished, ``calls``)."""
-    resamplers = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    for name in reversed(list(acts)):
-        out = acts[name]
-        if (calls[name] == 1 and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
-                and not isinstance(model.get_submodule(name), resamplers)):
-            return name
+def last_map_layer_from_probe(model: nn.Module, acts: dict[str, torch.Tensor], calls: dict[str, int],
+                              views: dict | None = None) -> str:
+    """`default_cam_layer` on a recorded probe pass (``acts`` in the order layers finished, ``calls``).
+
+    With ``views`` ({name: `reportgen.methods.tokens.View`}), token and channels-last layers count as maps too."""
+    for name in map_layers_from_probe(model, acts, calls, views)[::-1]:
+        return name
     raise ValueError("no layer outputs a (N, K, h, w) map with h*w > 1: give the CAM layer explicitly")
+
+
+def map_layers_from_probe(model: nn.Module, acts: dict[str, torch.Tensor], calls: dict[str, int],
+                          views: dict | None = None) -> list[str]:
+    """The layers that run once and output a map with more than one cell (in the order they finished), adaptive
+    pooling layers left out (they resample to a fixed size: VGG's 7x7 ``avgpool`` upsamples a 2x2 map)."""
+    resamplers = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    found = []
+    for name, out in acts.items():
+        view = (views or {}).get(name)
+        if view is not None and view.spatial:
+            cells = view.grid[0] * view.grid[1]
+        else:
+            cells = out.shape[-1] * out.shape[-2] if out.dim() == 4 else 0
+        if calls[name] == 1 and cells > 1 and not isinstance(model.get_submodule(name), resamplers):
+            found.append(name)
+    return found

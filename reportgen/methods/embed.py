@@ -1,5 +1,9 @@
 """Feature-space views of a layer: 2-D embeddings, held-out k-NN accuracy, nearest neighbours.
 
+Every function here raises `reportgen.methods.degenerate.DegenerateError` (a ValueError) for features that are
+not finite, and all but `embed_pca` (whose own eigensolver returns zeros) for features that are constant over the
+points, before scikit-learn sees them.
+
 t-SNE: van der Maaten & Hinton, "Visualizing Data using t-SNE" (JMLR 2008),
 https://www.jmlr.org/papers/v9/vandermaaten08a.html . The k-NN probe of representation quality follows Wu et al.
 (2018), https://arxiv.org/abs/1805.01978 .
@@ -14,6 +18,8 @@ import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .degenerate import require_usable
 
 __all__ = ["embed_pca", "embed_tsne", "knn_accuracy", "nearest_neighbours", "embed_layers"]
 
@@ -49,6 +55,7 @@ def embed_pca(features: Any, n: int = 2) -> np.ndarray:
     from threadpoolctl import threadpool_limits
 
     x = _features(features).astype(np.float64)
+    require_usable(x, constant_ok=True)  # zero variance gives zero components here, with no division
     n = min(n, *x.shape)
     if n == 0:
         return np.zeros((x.shape[0], 0), dtype=np.float32)
@@ -107,6 +114,7 @@ def embed_tsne(features: Any, perplexity: float = 30.0, seed: int = 0, *, n_jobs
     n_points = x.shape[0]
     if n_points < 3:
         return np.zeros((n_points, 2), dtype=np.float32)
+    require_usable(x)
     with threadpool_limits(limits=1):
         x = _pca_reduce(x, TSNE_PCA_DIM, seed)
         perplexity = float(min(perplexity, (n_points - 1) / 3))
@@ -129,6 +137,7 @@ def knn_accuracy(features: Any, labels: Any, k: int = 5, holdout: float = 0.3, s
     from sklearn.neighbors import KNeighborsClassifier
 
     x = _features(features)
+    require_usable(x)
     y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{x.shape[0]} feature rows but {y.shape[0]} labels")
@@ -162,7 +171,9 @@ def nearest_neighbours(
     """
     import torch
 
-    x = torch.from_numpy(_features(features)).double()
+    x = _features(features)
+    require_usable(x)
+    x = torch.from_numpy(x).double()
     q_idx = torch.as_tensor(np.asarray(queries_idx, dtype=np.int64).reshape(-1))
     n_points = x.shape[0]
     k = max(0, min(k, n_points - (1 if exclude_self else 0)))

@@ -792,7 +792,7 @@ def maximize(
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with capture(model, objective.layers, keep_live=True, clone=False) as rec, \
+        with capture(model, objective.layers, keep_live=True, clone=False, as_maps=True) as rec, \
                 _stop_after(model, objective.layers[0] if truncate else "", truncate):
             for _ in range(steps):
                 x = image_fn()
@@ -860,7 +860,8 @@ def deepdream(
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with capture(model, [layer], keep_live=True, clone=False) as rec, _stop_after(model, layer, truncate):
+        with capture(model, [layer], keep_live=True, clone=False, as_maps=True) as rec, \
+                _stop_after(model, layer, truncate):
             for size in sizes:
                 octave = base if size == (h, w) else F.interpolate(base, size=size, mode="bilinear", align_corners=False)
                 if detail.shape[-2:] != size:

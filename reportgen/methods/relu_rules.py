@@ -29,6 +29,9 @@ _RELU_FUNCS: dict[object, bool] = {
     torch.relu_: True,
     torch.Tensor.relu_: True,
     F.relu_: True,
+    # a torch.export program's graphs call the ATen operators themselves (reportgen.loaders.exported)
+    torch.ops.aten.relu.default: False,
+    torch.ops.aten.relu_.default: True,
 }
 
 
@@ -73,17 +76,33 @@ class _RuleReLU(torch.autograd.Function):
         return grad_in, None, None
 
 
+class NonReluWarning(UserWarning):
+    """A ReLU rule ran on a model with other non-linearities, which keep their plain gradient."""
+
+
 class _RuleMode(TorchFunctionMode):
     def __init__(self, guided: bool) -> None:
         super().__init__()
         self.guided = guided
+        self.relus = 0
+        self.others: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         call = _relu_call(func, args, kwargs)
         if call is not None:
             x, inplace = call
+            self.relus += 1
             return _RuleReLU.apply(x, self.guided, inplace)
+        try:
+            # nn.MultiheadAttention's functional form hides its softmax from this mode (nested calls are not seen)
+            name = "F.multi_head_attention_forward" if func is F.multi_head_attention_forward else \
+                _OTHER_FUNCS.get(func)
+        except TypeError:  # an unhashable callable
+            name = None
+        # clamp / clip are also plain arithmetic (and this module's own backward uses clamp): not counted
+        if name is not None and "clamp" not in name and "clip" not in name:
+            self.others[name] = self.others.get(name, 0) + 1
         return func(*args, **kwargs)
 
 
@@ -94,12 +113,23 @@ def relu_rule(rule: Rule) -> Iterator[None]:
     Covers ``nn.ReLU`` (also reused and ``inplace=True``), ``F.relu``, ``F.relu_``, ``torch.relu``, ``torch.relu_``,
     ``Tensor.relu`` and ``Tensor.relu_``. Keep the backward pass inside the block too: code that recomputes the
     forward during backward (activation checkpointing) then gets the same rule. Other non-linearities keep their
-    ordinary gradient; `inspect_nonlinearities` tells whether a model has any.
+    ordinary gradient; `inspect_nonlinearities` tells whether a model has any, and when the block computed any
+    (GELU, softmax attention, sigmoid gates...) a `NonReluWarning` names them once the block ends: the result mixes
+    the rule with the plain gradient, and without any ReLU it is the plain gradient.
     """
+    import warnings
+
     if rule not in ("guided", "deconv"):
         raise ValueError(f"unknown ReLU rule {rule!r}: use 'guided' or 'deconv'")
-    with _RuleMode(guided=rule == "guided"):
+    mode = _RuleMode(guided=rule == "guided")
+    with mode:
         yield
+    if mode.others:
+        names = ", ".join(f"{name} ({calls}x)" for name, calls in sorted(mode.others.items()))
+        what = ("no ReLU at all, so the result is the plain gradient" if not mode.relus else
+                f"{mode.relus} ReLU call(s) and other non-linearities that keep their plain gradient, so the result "
+                "mixes the rule with the gradient")
+        warnings.warn(NonReluWarning(f"the '{rule}' ReLU rule ran on a model with {what}: {names}"), stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,6 +164,16 @@ def _other_functions() -> dict[object, str]:
             fn = getattr(owner, attr, None)
             if fn is not None:
                 table.setdefault(fn, prefix + attr)
+    # a torch.export program's graphs call ATen operators, one overload each (reportgen.loaders.exported)
+    for attr in ("gelu", "silu", "silu_", "elu", "elu_", "celu", "celu_", "selu", "selu_", "leaky_relu",
+                 "leaky_relu_", "prelu", "_prelu_kernel", "rrelu", "relu6", "hardtanh", "hardtanh_", "tanh", "tanh_",
+                 "sigmoid", "sigmoid_", "softplus", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "mish",
+                 "mish_", "log_sigmoid", "softshrink", "hardshrink", "threshold", "threshold_", "glu", "softmax",
+                 "_softmax", "log_softmax", "_log_softmax", "scaled_dot_product_attention", "clamp", "clamp_",
+                 "clamp_min", "clamp_min_", "clip", "clip_"):
+        packet = getattr(torch.ops.aten, attr, None)
+        for overload in packet.overloads() if packet is not None else ():
+            table.setdefault(getattr(packet, overload), "aten." + attr.lstrip("_"))
     return table
 
 

@@ -1,0 +1,444 @@
+"""Attention weights of vision transformers, recovered without changing what the model computes, and the maps
+made from them: class-token attention, attention rollout and its gradient-weighted variant.
+
+Fast attention kernels (``nn.MultiheadAttention`` with ``need_weights=False``, timm's fused attention, PyTorch's
+``scaled_dot_product_attention``) never materialize the weights. Here they are recomputed from the attention
+module's own input and projections, ``A = softmax(q k^T * scale)`` per head, and the module's output is
+recomputed from ``A`` too: a layer whose recomputed output differs from what the module returned (by more than
+1e-4 relative) is refused, so a map is never drawn from weights the model did not use. Supported modules:
+``torch.nn.MultiheadAttention`` (torchvision's ViT), timm's ``Attention`` (``qkv`` + ``proj``), Hugging Face
+ViT attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``) and
+torchvision's Swin ``ShiftedWindowAttention`` (window attention: no class token; shown as the weight each position
+receives within its window, see `Windows`).
+
+Papers: attention rollout, Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020,
+https://arxiv.org/abs/2005.00928 ; gradient-weighted rollout, Chefer, Gur & Wolf, Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers, ICCV 2021,
+https://arxiv.org/abs/2103.15679 .
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture import preserved, resolve_layer
+from .attribution import Target, _check_inputs, as_targets, target_scores
+
+__all__ = ["attention_modules", "recording_attention", "attention_weights", "attention_rollout", "grad_rollout",
+           "class_token_attention", "attention_maps", "attention_grids", "rollout_map", "grad_rollout_map",
+           "Unsupported", "Windows"]
+
+
+class Unsupported(ValueError):
+    """This module's attention cannot be recomputed exactly (an unknown kind, a mask, extra key/value biases)."""
+
+
+def _kind(module: nn.Module) -> Optional[str]:
+    if isinstance(module, nn.MultiheadAttention):
+        return "torch"
+    if type(module).__name__ == "ShiftedWindowAttention" and isinstance(getattr(module, "qkv", None), nn.Linear) \
+            and hasattr(module, "get_relative_position_bias"):
+        return "swin"
+    linear = lambda *names: all(isinstance(getattr(module, n, None), nn.Linear) for n in names)  # noqa: E731
+    if linear("qkv", "proj") and hasattr(module, "num_heads") and hasattr(module, "scale"):
+        return "timm"
+    if linear("q_proj", "k_proj", "v_proj", "o_proj") and hasattr(module, "num_attention_heads"):
+        return "hf"
+    if linear("query", "key", "value") and hasattr(module, "num_attention_heads") \
+            and hasattr(module, "attention_head_size"):
+        return "hf-legacy"
+    return None
+
+
+def attention_modules(model: nn.Module) -> list[str]:
+    """Dotted names of the attention modules this module can read, in registration order (= depth order in
+    torchvision, timm and Hugging Face ViTs)."""
+    return [name for name, m in model.named_modules() if name and _kind(m) is not None]
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(N, L, h*d) -> (N, h, L, d)."""
+    n, length, e = x.shape
+    return x.reshape(n, length, h, e // h).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """(N, h, L, d) -> (N, L, h*d)."""
+    n, h, length, d = x.shape
+    return x.transpose(1, 2).reshape(n, length, h * d)
+
+
+def _split(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float,
+                                                                  Callable[[torch.Tensor], torch.Tensor]]:
+    """(q, k, v) as (N, h, L, d), the logit scale, and ``finish(A @ v)`` -> the module's (first) output."""
+    kind = _kind(module)
+    if kind == "torch":
+        m: nn.MultiheadAttention = module  # type: ignore[assignment]
+        names = ["query", "key", "value", "key_padding_mask", "need_weights", "attn_mask"]
+        given = dict(zip(names, args), **kwargs)
+        if given.get("key_padding_mask") is not None or given.get("attn_mask") is not None or given.get("is_causal"):
+            raise Unsupported("masked attention")
+        if m.bias_k is not None or m.add_zero_attn:
+            raise Unsupported("extra key/value biases")
+        q_in, k_in, v_in = given["query"], given["key"], given["value"]
+        if not m.batch_first:
+            q_in, k_in, v_in = (t.transpose(0, 1) for t in (q_in, k_in, v_in))
+        e, h = m.embed_dim, m.num_heads
+        if m._qkv_same_embed_dim:
+            w_q, w_k, w_v = m.in_proj_weight.split(e)
+        else:
+            w_q, w_k, w_v = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+        b_q, b_k, b_v = m.in_proj_bias.split(e) if m.in_proj_bias is not None else (None, None, None)
+        q, k, v = (_heads(F.linear(t, w, b), h) for t, w, b in ((q_in, w_q, b_q), (k_in, w_k, b_k), (v_in, w_v, b_v)))
+
+        def finish(ctx: torch.Tensor) -> torch.Tensor:
+            out = m.out_proj(_merge(ctx))
+            return out if m.batch_first else out.transpose(0, 1)
+
+        return q, k, v, (e // h) ** -0.5, finish
+    x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+    if kind == "timm":
+        if (len(args) > 1 and args[1] is not None) or kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
+            raise Unsupported("masked attention")
+        n, length, _ = x.shape
+        qkv = module.qkv(x).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = module.q_norm(q), module.k_norm(k)
+        gate = module.gate(x).sigmoid() if getattr(module, "gate", None) is not None else None
+
+        def finish(ctx: torch.Tensor) -> torch.Tensor:
+            out = _merge(ctx)
+            out = module.norm(out) if hasattr(module, "norm") else out
+            out = out * gate if gate is not None else out
+            return module.proj(out)
+
+        return q, k, v, float(module.scale), finish
+    if (len(args) > 1 and args[1] is not None) or kwargs.get("attention_mask") is not None \
+            or kwargs.get("head_mask") is not None:
+        raise Unsupported("masked attention")
+    h = module.num_attention_heads
+    if kind == "hf":
+        q, k, v = (_heads(proj(x), h) for proj in (module.q_proj, module.k_proj, module.v_proj))
+        scale = float(getattr(module, "scaling", q.shape[-1] ** -0.5))
+        return q, k, v, scale, lambda ctx: module.o_proj(_merge(ctx))
+    q, k, v = (_heads(proj(x), h) for proj in (module.query, module.key, module.value))
+    return q, k, v, module.attention_head_size ** -0.5, _merge
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Where the (B * windows, h, T, T) weights of a shifted-window attention layer sit on its (H, W) map
+    (Liu et al., Swin Transformer, ICCV 2021, https://arxiv.org/abs/2103.14030)."""
+
+    batch: int
+    size: tuple[int, int]  # the layer's (H, W)
+    padded: tuple[int, int]
+    window: tuple[int, int]
+    shift: tuple[int, int]
+
+    def received(self, weights: torch.Tensor) -> torch.Tensor:
+        """(B * nW, h, T, T) -> (B, h, H, W): the weight each position receives from the positions of its window,
+        averaged over them (each window's values sum to 1 per query, so a uniform window gives 1 / T)."""
+        (ph, pw), (wh, ww) = self.padded, self.window
+        got = weights.mean(dim=2)  # (B * nW, h, T)
+        heads = got.shape[1]
+        got = got.reshape(self.batch, ph // wh, pw // ww, heads, wh, ww).permute(0, 3, 1, 4, 2, 5)
+        got = got.reshape(self.batch, heads, ph, pw)
+        if any(self.shift):
+            got = torch.roll(got, shifts=self.shift, dims=(2, 3))
+        return got[:, :, : self.size[0], : self.size[1]]
+
+
+def _swin(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable, Windows]:
+    """torchvision's shifted-window attention, step by step up to the weights and back to its output."""
+    b, h_in, w_in, c = x.shape
+    window, shift = list(module.window_size), list(module.shift_size)
+    if getattr(module, "logit_scale", None) is not None:
+        raise Unsupported("cosine attention (Swin v2)")
+    pad_r, pad_b = (window[1] - w_in % window[1]) % window[1], (window[0] - h_in % window[0]) % window[0]
+    xp = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    ph, pw = xp.shape[1:3]
+    shift = [0 if window[0] >= ph else shift[0], 0 if window[1] >= pw else shift[1]]
+    if any(shift):
+        xp = torch.roll(xp, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    n_win = (ph // window[0]) * (pw // window[1])
+    xw = xp.view(b, ph // window[0], window[0], pw // window[1], window[1], c).permute(0, 1, 3, 2, 4, 5)
+    xw = xw.reshape(b * n_win, window[0] * window[1], c)
+    heads = module.num_heads
+    qkv = module.qkv(xw).reshape(xw.shape[0], xw.shape[1], 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1) + module.get_relative_position_bias()
+    if any(shift):
+        # the same region labels torchvision uses: tokens from different regions of a shifted window get -100
+        label = x.new_zeros((ph, pw))
+        count = 0
+        for hs in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+            for ws in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+                label[hs[0]: hs[1], ws[0]: ws[1]] = count
+                count += 1
+        label = label.view(ph // window[0], window[0], pw // window[1], window[1]).permute(0, 2, 1, 3)
+        label = label.reshape(n_win, window[0] * window[1])
+        mask = (label[:, None, :] - label[:, :, None]).ne(0).to(logits.dtype) * -100.0
+        logits = (logits.view(b, n_win, heads, xw.shape[1], xw.shape[1]) + mask[None, :, None]).view_as(logits)
+    weights = torch.softmax(logits, dim=-1)
+
+    def output_of(a: torch.Tensor) -> torch.Tensor:
+        out = module.proj((a.to(v.dtype) @ v).transpose(1, 2).reshape(xw.shape[0], xw.shape[1], c))
+        out = out.view(b, ph // window[0], pw // window[1], window[0], window[1], c).permute(0, 1, 3, 2, 4, 5)
+        out = out.reshape(b, ph, pw, c)
+        if any(shift):
+            out = torch.roll(out, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return out[:, :h_in, :w_in, :]
+
+    return weights, output_of(weights), output_of, Windows(b, (h_in, w_in), (ph, pw), tuple(window), tuple(shift))
+
+
+def attention_from_inputs(module: nn.Module, args: tuple, kwargs: dict
+                          ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor],
+                                     Optional[Windows]]:
+    """``(A, out, output_of, windows)``: the weights (N, h, L, L), rows summing to 1, the module's output
+    recomputed from them, ``output_of(A)`` that recomputes the output from any weights (differentiable in ``A``),
+    and None; for a shifted-window layer A is (N * windows, h, T, T) and ``windows`` says where they sit."""
+    if _kind(module) == "swin":
+        return _swin(module, args[0] if args else kwargs["x"])
+    q, k, v, scale, finish = _split(module, args, kwargs)
+    weights = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+
+    def output_of(a: torch.Tensor) -> torch.Tensor:
+        return finish(a.to(v.dtype) @ v)
+
+    return weights, output_of(weights), output_of, None
+
+
+@dataclass
+class AttentionRecord:
+    """What `recording_attention` yields: per module name, the weights (N, h, L, L) of the last forward pass, the
+    gradient of the objective w.r.t. them (when asked for), and the modules whose weights could not be recovered
+    exactly, with why. ``windows``: for shifted-window layers, the layout of their (N * windows, h, T, T) weights.
+    ``input_size``: the (H, W) of the model's last input."""
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    windows: dict[str, Windows] = field(default_factory=dict)  # shifted-window layers: where the weights sit
+    input_size: Optional[tuple[int, int]] = None
+    _pending: dict = field(default_factory=dict, repr=False)
+
+
+@contextmanager
+def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, grads: bool = False,
+                        rtol: float = 1e-4) -> Iterator[AttentionRecord]:
+    """Record the attention weights of ``names`` (default: every `attention_modules`) during forward passes.
+
+    Each module's inputs and output are kept by hooks (removed on exit); the weights are recomputed from the inputs
+    and accepted only when the output recomputed from them matches the module's own output within ``rtol`` of its
+    largest magnitude. With ``grads=True`` the gradient that reaches each module's output in a backward pass is
+    turned into the gradient w.r.t. its weights, ``dObjective/dA`` (N, h, L, L), exactly (the output is linear in
+    ``A`` for fixed values). Read the record after the backward pass, still inside the block or after it.
+    """
+    names = attention_modules(model) if names is None else list(names)
+    modules = [(name, resolve_layer(model, name)) for name in names]
+    rec = AttentionRecord()
+    handles = []
+
+    def note_input(_m, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            rec.input_size = tuple(args[0].shape[-2:])
+
+    def make_hooks(name: str, module: nn.Module):
+        def pre(_m, args, kwargs):
+            rec._pending[name] = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                                  {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+        def post(_m, _args, _kwargs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            args, kwargs = rec._pending.pop(name)
+            try:
+                with torch.no_grad():
+                    weights, redo, _, windows = attention_from_inputs(module, args, kwargs)
+                    scale = float(out.detach().abs().max()) or 1.0
+                    err = float((redo - out.detach()).abs().max())
+                if not err <= rtol * scale:
+                    raise Unsupported(f"the weights recomputed from its projections reproduce its output only to "
+                                      f"{err / scale:.1e} relative")
+            except Unsupported as exc:
+                rec.refused[name] = str(exc)
+                return
+            rec.weights[name] = weights
+            if windows is not None:
+                rec.windows[name] = windows
+            rec.refused.pop(name, None)
+            if grads and out.requires_grad:
+                def grad_hook(g, _name=name, _args=args, _kwargs=kwargs):
+                    with torch.enable_grad():
+                        w, _, output_of, _ = attention_from_inputs(module, _args, _kwargs)
+                        a = w.detach().requires_grad_(True)
+                        (grad_a,) = torch.autograd.grad(output_of(a), a, g)
+                    rec.grads[_name] = grad_a.detach()
+
+                out.register_hook(grad_hook)
+
+        return pre, post
+
+    try:
+        handles.append(model.register_forward_pre_hook(note_input))
+        for name, module in modules:
+            if _kind(module) is None:
+                raise Unsupported(f"'{name}' is a {type(module).__name__}, not an attention module this report can "
+                                  "read")
+            pre, post = make_hooks(name, module)
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(post, with_kwargs=True))
+        yield rec
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def attention_weights(model: nn.Module, inputs: torch.Tensor, names: Optional[list[str]] = None
+                      ) -> dict[str, torch.Tensor]:
+    """Every readable attention module's weights (N, h, L, L) for ``inputs`` (N, C, H, W); one no-grad pass.
+    Modules whose weights cannot be recovered exactly are left out (see `recording_attention`)."""
+    _check_inputs(inputs)
+    with preserved(model), recording_attention(model, names) as rec, torch.no_grad():
+        model.eval()
+        model(inputs)
+    return rec.weights
+
+
+def attention_grids(model: nn.Module, inputs: torch.Tensor, names: Optional[list[str]] = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What the attention maps page draws, one no-grad pass of ``inputs`` (N, C, H, W): ``({name: (N, h, gh,
+    gw)}, {name: why not})``. A global attention layer gives the class token's attention to each patch
+    (`class_token_attention`); a shifted-window layer the weight each position receives within its window
+    (`Windows.received`)."""
+    _check_inputs(inputs)
+    with preserved(model), recording_attention(model, names) as rec, torch.no_grad():
+        model.eval()
+        model(inputs)
+    grids = {}
+    for name, weights in rec.weights.items():
+        if name in rec.windows:
+            grids[name] = rec.windows[name].received(weights)
+        else:
+            prefix, grid = _token_layout(weights.shape[-1], rec.input_size)
+            grids[name] = class_token_attention(weights, prefix, grid)
+    return grids, dict(rec.refused)
+
+
+def class_token_attention(weights: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(N, h, L, L) weights -> (N, h, gh, gw): the attention of the class token (token 0) to each patch.
+
+    Without a class token (``prefix`` 0) it is the attention each patch receives, averaged over all queries."""
+    n, h = weights.shape[:2]
+    row = weights[:, :, 0, prefix:] if prefix else weights[:, :, :, prefix:].mean(dim=2)
+    return row.reshape(n, h, *grid)
+
+
+def attention_rollout(weights: list[torch.Tensor], prefix: int, grid: tuple[int, int],
+                      residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (N, gh, gw) >= 0 (Abnar & Zuidema 2020): per layer the mean over heads, mixed with the
+    identity for the residual connection, ``A' = residual * I + (1 - residual) * mean_h A`` (rows still sum to 1),
+    multiplied from the first layer to the last; the class token's row (or, without one, the column mean) over
+    the patches. ``weights``: one (N, h, L, L) per layer, first layer first."""
+    rollout = None
+    for a in weights:
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        step = residual * eye + (1 - residual) * a.mean(dim=1)
+        rollout = step if rollout is None else step @ rollout
+    return class_token_attention(rollout[:, None], prefix, grid)[:, 0]
+
+
+def grad_rollout(weights: list[torch.Tensor], grads: list[torch.Tensor], prefix: int,
+                 grid: tuple[int, int]) -> torch.Tensor:
+    """Gradient-weighted rollout (N, gh, gw) >= 0 (Chefer, Gur & Wolf 2021, eq. 5-6): ``R = I``, then for each
+    layer, first to last, ``R <- R + mean_h[(dS/dA * A)^+] R``; the class token's row over the patches (the column
+    mean without a class token). ``S`` is the target's logit; ``weights`` and ``grads`` one (N, h, L, L) per layer."""
+    r = None
+    for a, g in zip(weights, grads):
+        cam = (g * a).clamp(min=0).mean(dim=1)
+        r = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(cam).clone() if r is None else r
+        r = r + cam @ r
+    return class_token_attention(r[:, None], prefix, grid)[:, 0]
+
+
+def attention_maps(model: nn.Module, inputs: torch.Tensor, target: Target,
+                   names: Optional[list[str]] = None) -> dict[str, Any]:
+    """Everything the attention analyses draw, from one forward and one backward pass of ``inputs`` (N, C, H, W):
+    ``{"weights": {name: (N, h, L, L)}, "class_token": {name: (N, h, gh, gw)}, "rollout": (N, gh, gw),
+    "grad_rollout": (N, gh, gw), "prefix": p, "grid": (gh, gw), "refused": {name: why}}``.
+
+    The token layout (prefix tokens, patch grid) is inferred from the token count and the input size as in
+    `reportgen.methods.tokens.infer_view`.
+    """
+    _check_inputs(inputs)
+    targets = as_targets(target, inputs.shape[0], inputs.device)
+    x = inputs.detach().clone().requires_grad_(True)
+    with preserved(model), recording_attention(model, names, grads=True) as rec, torch.enable_grad():
+        model.eval()
+        scores = target_scores(model(x), targets)
+        torch.autograd.grad(scores.sum(), x)
+    order = _global_layers(rec, names or attention_modules(model))
+    p, grid = _token_layout(rec.weights[order[0]].shape[-1], rec.input_size)
+    weights = [rec.weights[n] for n in order]
+    return {"weights": dict(zip(order, weights)),
+            "class_token": {n: class_token_attention(rec.weights[n], p, grid) for n in order},
+            "rollout": attention_rollout(weights, p, grid),
+            "grad_rollout": grad_rollout(weights, [rec.grads[n] for n in order], p, grid),
+            "prefix": p, "grid": grid, "refused": dict(rec.refused)}
+
+
+def _global_layers(rec: AttentionRecord, names: list[str]) -> list[str]:
+    """Those of ``names`` whose weights were recovered and that attend globally (not within windows)."""
+    order = [n for n in names if n in rec.weights and n not in rec.windows]
+    if not order:
+        why = "; ".join(f"{k}: {v}" for k, v in rec.refused.items()) or \
+            "only window attention, which has no class token and no token set shared by all layers"
+        raise Unsupported(f"no global attention layer's weights could be recovered ({why})")
+    return order
+
+
+def _token_layout(length: int, input_size: Optional[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
+    """(prefix tokens, patch grid) of ``length`` tokens for an input of ``input_size`` (H, W)."""
+    from .tokens import infer_view
+
+    view = infer_view((length, 1), input_size, min_patches=1)  # an attention module's tokens: no ambiguity
+    if view.kind != "tokens":
+        raise Unsupported(f"{length} tokens do not tile a {input_size} input into square patches")
+    return view.prefix, view.grid
+
+
+def _to_pixels(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, gh, gw) -> (N, H, W): each patch's value over its pixels (nearest: one value per patch, as computed)."""
+    return F.interpolate(grid_maps[:, None], size=size, mode="nearest")[:, 0]
+
+
+def rollout_map(model: nn.Module, inputs: torch.Tensor, target: Target = None,
+                names: Optional[list[str]] = None, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (N, H, W) >= 0 of ``inputs`` (N, C, H, W), each patch's value over its pixels (Abnar &
+    Zuidema 2020, https://arxiv.org/abs/2005.00928; see `attention_rollout`). Class-agnostic: ``target`` is
+    accepted for the common call shape and not used. ``names``: the attention modules, first layer first (default:
+    every readable one)."""
+    _check_inputs(inputs)
+    with preserved(model), recording_attention(model, names) as rec, torch.no_grad():
+        model.eval()
+        model(inputs.detach())
+    order = _global_layers(rec, names or attention_modules(model))
+    prefix, grid = _token_layout(rec.weights[order[0]].shape[-1], rec.input_size)
+    maps = attention_rollout([rec.weights[n] for n in order], prefix, grid, residual)
+    return _to_pixels(maps, tuple(inputs.shape[-2:]))
+
+
+def grad_rollout_map(model: nn.Module, inputs: torch.Tensor, target: Target,
+                     names: Optional[list[str]] = None) -> torch.Tensor:
+    """Gradient-weighted attention rollout (N, H, W) >= 0 for the ``target`` logit, each patch's value over its
+    pixels (Chefer, Gur & Wolf 2021, https://arxiv.org/abs/2103.15679; see `grad_rollout`). One forward and one
+    backward pass."""
+    result = attention_maps(model, inputs, target, names)
+    return _to_pixels(result["grad_rollout"], tuple(inputs.shape[-2:]))

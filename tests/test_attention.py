@@ -1,0 +1,222 @@
+"""Attention weights recovered from the modules' own projections (they reproduce each module's output), and the
+maps drawn from them, on hand-built cases with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from reportgen.methods.attention import (attention_maps, attention_modules, attention_rollout, grad_rollout,
+                                         recording_attention)
+
+
+class OneHeadViT(nn.Module):
+    """A class token and 4 patch tokens (2x2 grid of 4-px patches of an 8x8 grey image) through one
+    nn.MultiheadAttention with 1 head, then a linear head on the class token. The query is a constant vector c
+    (W_q = 0, b_q = c) and the key is the token itself (W_k = I), so the class token's attention to token j is
+    softmax_j(c . x_j / sqrt(D)): known from the tokens alone."""
+
+    def __init__(self, d=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(1, d, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.attn = nn.MultiheadAttention(d, 1, batch_first=True)
+        with torch.no_grad():
+            w_q, w_k, _ = self.attn.in_proj_weight.split(d)
+            w_q.zero_()
+            w_k.copy_(torch.eye(d))
+            b_q, b_k, _ = self.attn.in_proj_bias.split(d)
+            b_q.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0])[:d])
+            b_k.zero_()
+        self.head = nn.Linear(d, 3)
+
+    def tokens(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls.expand(len(x), -1, -1), t], dim=1)
+
+    def forward(self, x):
+        t = self.tokens(x)
+        out, _ = self.attn(t, t, t, need_weights=False)
+        return self.head((t + out)[:, 0])
+
+
+def test_one_head_attention_equals_the_analytic_softmax():
+    model = OneHeadViT().eval()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    result = attention_maps(model, x, 0)
+    assert result["prefix"] == 1 and result["grid"] == (2, 2)
+    with torch.no_grad():
+        t = model.tokens(x)  # (3, 5, 4)
+    c = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    expected = torch.softmax(t @ c / math.sqrt(4), dim=1)  # class token's attention to all 5 tokens
+    weights = result["weights"]["attn"]
+    assert torch.allclose(weights[:, 0, 0], expected, atol=1e-6)
+    assert torch.allclose(result["class_token"]["attn"][:, 0].flatten(1), expected[:, 1:], atol=1e-6)
+    # rollout of one layer: 0.5 I + 0.5 A; the class token's row over the patches is 0.5 * A[0, 1:]
+    assert torch.allclose(result["rollout"].flatten(1), 0.5 * expected[:, 1:], atol=1e-6)
+
+
+def test_rollout_and_grad_rollout_known_answers():
+    # two layers of uniform attention over 1 + 4 tokens: each rollout step is 0.5 I + 0.5/5, so the class row over
+    # the patches after two steps is 2 * 0.5 * 0.1 * 0.5 + 0.1 * 0.1 ... computed as a matrix product by hand
+    a = torch.full((1, 2, 5, 5), 0.2)
+    step = 0.5 * torch.eye(5) + 0.5 * torch.full((5, 5), 0.2)
+    expected = (step @ step)[0, 1:].reshape(2, 2)
+    assert torch.allclose(attention_rollout([a, a], 1, (2, 2))[0], expected)
+    # grad rollout: R = I + relu(g * A) mean over heads; with g = -1 on head 0 and +1 on head 1 only head 1 counts
+    g = torch.stack([-torch.ones(5, 5), torch.ones(5, 5)])[None]
+    r = torch.eye(5) + 0.5 * (0.2 * torch.ones(5, 5))
+    assert torch.allclose(grad_rollout([a], [g], 1, (2, 2))[0], r[0, 1:].reshape(2, 2))
+
+
+def test_recovered_weights_reproduce_torchvision_vit_outputs():
+    import tiny_models
+
+    model = tiny_models.tiny_vit().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    names = attention_modules(model)
+    assert len(names) == 2
+    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
+        model(x)
+    assert set(rec.weights) == set(names) and not rec.refused
+    for w in rec.weights.values():
+        assert w.shape == (2, 2, 17, 17) and torch.allclose(w.sum(-1), torch.ones(2, 2, 17), atol=1e-6)
+
+
+def test_grad_of_weights_matches_finite_differences():
+    """dS/dA from the recorded output gradient equals the derivative of S when A is perturbed inside the module."""
+    model = OneHeadViT().eval()
+    x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    result = attention_maps(model, x, 1)
+    with recording_attention(model, grads=True) as rec, torch.enable_grad():
+        xx = x.clone().requires_grad_(True)
+        model(xx)[0, 1].backward()
+    grad = rec.grads["attn"][0, 0]
+    # S depends on A through out = out_proj(A v): S(A + eps E_ij) - S(A) for one (i, j) = 0 (class row) and j = 2
+    with torch.no_grad():
+        t = model.tokens(x)
+        d = t.shape[-1]
+        w_v = model.attn.in_proj_weight[2 * d:]
+        v = t @ w_v.T + model.attn.in_proj_bias[2 * d:]
+        a = result["weights"]["attn"][0, 0]
+
+        def score(att):
+            out = model.attn.out_proj(att @ v[0])
+            return model.head((t[0] + out)[0])[1]
+
+        eps = 0.1  # S is linear in A (values fixed): a large step is exact and float32 rounding stays small
+        bump = torch.zeros_like(a)
+        bump[0, 2] = eps
+        numeric = (score(a + bump) - score(a - bump)) / (2 * eps)
+    assert float(grad[0, 2]) == pytest.approx(float(numeric), rel=1e-3, abs=1e-6)
+
+
+def test_cam_applies_to_a_functional_relu_before_pooling_and_decomposes_the_logit():
+    """DenseNet's head: features -> F.relu -> global average pooling -> Linear. CAM is defined on ReLU(features):
+    the low-resolution map's mean plus the bias is the class logit (Zhou et al.'s decomposition)."""
+    from reportgen.methods import cams as C
+
+    class DenseHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6))
+            self.classifier = nn.Linear(6, 4)
+
+        def forward(self, x):
+            out = torch.nn.functional.relu(self.features(x))
+            return self.classifier(torch.nn.functional.adaptive_avg_pool2d(out, 1).flatten(1))
+
+    model = DenseHead().eval()
+    x = torch.randn(3, 3, 8, 10, generator=torch.Generator().manual_seed(0))
+    found = C.find_cam_layers(model, x)
+    assert found == ("features", "classifier", True)
+    weighting = C.fc_weights(model, "classifier", rectified=True)
+    targets = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        acts = model.features(x)
+        logits = model(x)
+        weights = weighting(acts, None, targets)
+        m = (weights * acts).sum(dim=1)  # before the display ReLU
+    bias = model.classifier.bias[targets]
+    assert torch.allclose(m.mean(dim=(1, 2)) + bias, logits[torch.arange(3), targets], atol=1e-5)
+    maps = C.cam(model, x, targets, "features", "classifier", rectified=True)
+    assert maps.shape == (3, 8, 10) and torch.allclose(
+        maps, torch.nn.functional.interpolate(m.clamp(min=0)[:, None], size=(8, 10), mode="bilinear")[:, 0],
+        atol=1e-6)
+
+
+def test_swin_window_attention_reproduces_the_module_output_and_receives_within_windows():
+    """torchvision's shifted-window attention (with and without shift, with padding) recomputed step by step: the
+    output recomputed from the recovered weights equals the module's, and the received-attention map of uniform
+    logits is 1 / (window size) wherever a window is whole."""
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    from reportgen.methods.attention import attention_from_inputs
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 10, 8)  # (N, H, W, C): not a multiple of the window, so padded
+    for shift in ([0, 0], [2, 2]):
+        module = ShiftedWindowAttention(8, [4, 4], shift, num_heads=2).eval()
+        with torch.no_grad():
+            expected = module(x)
+            weights, out, _, windows = attention_from_inputs(module, (x,), {})
+        assert weights.shape == (2 * 9, 2, 16, 16)  # 3 x 3 windows of 4 x 4 per image
+        assert torch.allclose(out, expected, atol=1e-6)
+        received = windows.received(weights)
+        assert received.shape == (2, 2, 9, 10)
+        # each query's weights sum to 1 over its window of 16 positions: the mean received weight is 1 / 16
+        assert torch.allclose(windows.received(torch.full_like(weights, 1 / 16)), torch.full_like(received, 1 / 16))
+
+
+def _timm_vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                             num_classes=3).eval()
+
+
+def _hf_vit():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=32, num_labels=3)
+    return transformers.ViTForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize("make,count", [(_timm_vit, 12), (_hf_vit, 2)])
+def test_timm_and_hugging_face_attention_is_recovered_exactly(make, count):
+    """timm's fused attention and Hugging Face's attention never hand their weights out by default: recovered from
+    the projections, they reproduce each module's output to 1e-5 (else `recording_attention` refuses the layer)."""
+    model = make()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def run(inputs):
+        out = model(inputs) if not hasattr(model, "config") else model(pixel_values=inputs).logits
+        return out
+
+    names = attention_modules(model)
+    assert len(names) == count
+    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
+        run(x)
+    assert set(rec.weights) == set(names) and not rec.refused
+    assert all(w.shape == (2, w.shape[1], 17, 17) for w in rec.weights.values())
+
+
+def test_swin_model_attention_grids_follow_the_stages():
+    import tiny_models
+
+    from reportgen.methods.attention import attention_grids
+
+    model = tiny_models.tiny_swin().eval()
+    grids, refused = attention_grids(model, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert not refused
+    assert {k: tuple(v.shape) for k, v in grids.items()} == {
+        "features.1.0.attn": (2, 2, 8, 8), "features.1.1.attn": (2, 2, 8, 8),
+        "features.3.0.attn": (2, 2, 4, 4), "features.3.1.attn": (2, 2, 4, 4)}
+    # the last stage is one 4x4 window: each position receives the mean of its column, and they sum to 1 per query
+    assert torch.allclose(grids["features.3.0.attn"].sum(dim=(2, 3)), torch.ones(2, 2), atol=1e-5)
