@@ -27,6 +27,7 @@ FAST = """
 steps = 8
 [analysis.unit-max]
 steps = 8
+channels = 2
 [analysis.deepdream]
 images = 1
 octaves = 2

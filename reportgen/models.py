@@ -144,6 +144,14 @@ def apply_weights(model: Any, state: dict, path: str | Path) -> None:
                 parts.append(f"{label}: {shown}")
         raise ModelError(f"weights '{path}' do not fit the architecture ({'; '.join(parts)}): "
                          "check that the weights belong to this model")
+    from collections import OrderedDict
+
+    # Some modules read a format version from the state dict's metadata (torchvision's MNASNet refuses to load
+    # without one); a flat dict (safetensors, or our own reading) has none: the weights fit this code, so give them
+    # this code's versions.
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True)
 
 
@@ -337,7 +345,11 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
                     warnings.simplefilter("ignore", FutureWarning)
                     model = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
-                first = first_line(exc, 160)
+                import zipfile
+
+                # both formats are zip archives: a file that is not one is neither, and torch's own message about
+                # it is a paragraph of internals
+                first = "not a zip archive" if not zipfile.is_zipfile(path) else first_line(exc, 160)
                 raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}), nor a torch.export "
                                  f"program: {MODEL_FILE_FORMS}") from None
             form = "torchscript"

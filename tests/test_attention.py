@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.methods.attention import (attention_maps, attention_modules, attention_rollout, grad_rollout,
-                                         recording_attention)
+from reportgen.methods.attention import (attention_maps, attention_modules, grad_rollout_of_weights,
+                                         recording_attention, rollout_of_weights)
 
 
 class OneHeadViT(nn.Module):
@@ -66,11 +66,11 @@ def test_rollout_and_grad_rollout_known_answers():
     a = torch.full((1, 2, 5, 5), 0.2)
     step = 0.5 * torch.eye(5) + 0.5 * torch.full((5, 5), 0.2)
     expected = (step @ step)[0, 1:].reshape(2, 2)
-    assert torch.allclose(attention_rollout([a, a], 1, (2, 2))[0], expected)
+    assert torch.allclose(rollout_of_weights([a, a], 1, (2, 2))[0], expected)
     # grad rollout: R = I + relu(g * A) mean over heads; with g = -1 on head 0 and +1 on head 1 only head 1 counts
     g = torch.stack([-torch.ones(5, 5), torch.ones(5, 5)])[None]
     r = torch.eye(5) + 0.5 * (0.2 * torch.ones(5, 5))
-    assert torch.allclose(grad_rollout([a], [g], 1, (2, 2))[0], r[0, 1:].reshape(2, 2))
+    assert torch.allclose(grad_rollout_of_weights([a], [g], 1, (2, 2))[0], r[0, 1:].reshape(2, 2))
 
 
 def test_recovered_weights_reproduce_torchvision_vit_outputs():
@@ -220,3 +220,24 @@ def test_swin_model_attention_grids_follow_the_stages():
         "features.3.0.attn": (2, 2, 4, 4), "features.3.1.attn": (2, 2, 4, 4)}
     # the last stage is one 4x4 window: each position receives the mean of its column, and they sum to 1 per query
     assert torch.allclose(grids["features.3.0.attn"].sum(dim=(2, 3)), torch.ones(2, 2), atol=1e-5)
+
+
+def test_cam_applies_when_the_pooled_map_is_the_logits():
+    """SqueezeNet ends in a 1x1 conv with one channel per class, a ReLU and global average pooling: no linear
+    layer, identity weights, and class c's CAM is the rectified channel c (its mean is the logit)."""
+    import torchvision
+
+    from reportgen.methods import cams as C
+
+    torch.manual_seed(0)
+    model = torchvision.models.squeezenet1_1(num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    found = C.find_cam_layers(model, x)
+    assert found == ("classifier.2", "", False)  # the ReLU module's output: already rectified
+    with torch.no_grad():
+        acts = torch.relu(model.classifier[1](model.features(x)))
+        logits = model(x)
+    targets = torch.tensor([2, 0])
+    _, low = C.class_activation_map(model, x, targets, found.layer, C.fc_weights(model, ""), return_lowres=True)
+    assert torch.allclose(low, acts[torch.arange(2), targets])
+    assert torch.allclose(low.mean(dim=(1, 2)), logits[torch.arange(2), targets], atol=1e-5)

@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from reportgen.analyses import all_analyses, python_name
 from reportgen.analyses.influence import AttributionAnalysis
+from reportgen.methods import attention as ATT
 from reportgen.methods import attribution as A
 from reportgen.methods import cams as C
 from reportgen.methods.relu_rules import inspect_nonlinearities, relu_rule
@@ -72,6 +73,32 @@ class GapNet(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class VitNet(nn.Module):
+    """torchvision's ViT on 8x8 images: 2-px patches (a 4x4 grid + the class token), 2 blocks of 2 heads, 4
+    classes; for the attention methods, which need attention modules."""
+
+    def __init__(self, seed: int = 0) -> None:
+        from torchvision.models import VisionTransformer
+
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(nn.Identity())
+        self.vit = VisionTransformer(image_size=8, patch_size=2, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16,
+                                     num_classes=4)
+        nn.init.normal_(self.vit.heads.head.weight, std=0.5)
+
+    def forward(self, x):
+        return self.vit(self.features(x))
+
+
+ATTENTION = ("attention_rollout", "grad_rollout")
+
+
+def net_for(name: str, seed: int = 0) -> nn.Module:
+    """The registry-wide tests' model: a GAP + linear CNN, or a small ViT for the attention methods."""
+    return VitNet(seed) if name in ATTENTION else GapNet(seed)
 
 
 def images(n: int = 3, c: int = 3, h: int = 8, w: int = 8, seed: int = 1) -> torch.Tensor:
@@ -180,7 +207,7 @@ SHOWN = {python_name(a.name): a for a in all_analyses() if isinstance(a, Attribu
 
 def test_every_shown_method_is_a_function_named_like_its_analysis():
     for name in SHOWN:
-        assert callable(getattr(A, name, None) or getattr(C, name, None)), name
+        assert callable(getattr(A, name, None) or getattr(C, name, None) or getattr(ATT, name, None)), name
 
 
 def method_params(name: str) -> dict:
@@ -195,12 +222,14 @@ def display_map(name: str, model: nn.Module, x: torch.Tensor, target, **params) 
         params = {"layer": layer, "fc": fc, "rectified": rectified}
     elif "cam" in name and "layer" not in params:
         params = {**params, "layer": C.default_cam_layer(model, x[:1])}
+    elif name in ATTENTION and "names" not in params:
+        params = {**params, "names": ATT.attention_modules(model)}
     return SHOWN[name].attribute(model, x, target, **params)
 
 
 @pytest.mark.parametrize("name", list(SHOWN))
 def test_batch_equals_single_runs(name):
-    model, x, targets = GapNet(), images(3), [0, 3, 1]
+    model, x, targets = net_for(name).eval(), images(3), [0, 3, 1]
     batched = display_map(name, model, x, torch.tensor(targets), **method_params(name))
     assert batched.shape == (3, 8, 8)
     singles = torch.cat([display_map(name, model, x[i:i + 1], targets[i], **method_params(name)) for i in range(3)])
@@ -350,8 +379,15 @@ class FailOn(nn.Module):
         return x
 
 
-def hygiene_model(fail_at: int = 0) -> nn.Module:
-    model = GapNet()
+def hygiene_model(fail_at: int = 0, name: str = "") -> nn.Module:
+    if name in ATTENTION:
+        model = VitNet()
+        model.features.append(FailOn(fail_at))
+        model.vit.conv_proj.weight.requires_grad_(False)  # a mix of flags that must come back as they were
+        model.eval()
+        model.vit.heads.train()  # and a mix of modes (a Linear head: the attention weights stay recoverable)
+        return model
+    model = net_for(name)
     model.features.insert(1, FailOn(fail_at))
     model.features.insert(2, nn.ReLU(inplace=True))  # an in-place ReLU after a hooked layer
     model.features[0].weight.requires_grad_(False)  # a mix of flags that must come back as they were
@@ -381,7 +417,7 @@ def assert_untouched(model: nn.Module, before) -> None:
 @pytest.mark.parametrize("name", list(SHOWN))
 @pytest.mark.parametrize("case", ["ok", "fail_first_call", "fail_second_call", "bad_target"])
 def test_every_method_leaves_the_model_unchanged(name, case):
-    model = hygiene_model(fail_at={"fail_first_call": 1, "fail_second_call": 2}.get(case, 0))
+    model = hygiene_model(fail_at={"fail_first_call": 1, "fail_second_call": 2}.get(case, 0), name=name)
     before = state(model)
     params = method_params(name)
     if "cam" in name:
@@ -393,7 +429,7 @@ def test_every_method_leaves_the_model_unchanged(name, case):
     if case == "ok":
         assert display_map(name, model, x, target, **params).shape == (2, 8, 8)
     elif case == "fail_second_call" and name in ("gradient", "deconvnet", "guided_backprop", "cam", "grad_cam",
-                                                  "grad_cam_plus_plus", "xgrad_cam", "layer_cam"):
+                                                  "grad_cam_plus_plus", "xgrad_cam", "layer_cam", *ATTENTION):
         display_map(name, model, x, target, **params)  # one forward pass: nothing to fail
     else:
         with pytest.raises((RuntimeError, ValueError), match="injected|out of range"):

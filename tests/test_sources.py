@@ -71,10 +71,12 @@ def test_regnet_meta_build_puts_torchvision_back():
 
 
 @pytest.mark.parametrize("arch, fmt", [("squeezenet1_1", "pt"), ("googlenet", "safetensors"),
-                                       ("mobilenet_v3_small", "pt"), ("resnet18", "safetensors")])
+                                       ("mobilenet_v3_small", "pt"), ("resnet18", "safetensors"),
+                                       ("mnasnet0_5", "safetensors"), ("mnasnet0_5", "pt")])
 def test_torchvision_state_dict_round_trip(tmp_path, arch, fmt):
     """A 5-class model saved as users save it loads back through the spec and gives the same logits at the
-    architecture's default size; GoogLeNet keeps its auxiliary heads and returns plain logits in eval mode."""
+    architecture's default size; GoogLeNet keeps its auxiliary heads and returns plain logits in eval mode; MNASNet,
+    which reads a format version from the state dict's metadata, loads from a flat safetensors file too."""
     import torchvision
 
     aux = {"aux_logits": True, "init_weights": False} if arch == "googlenet" else {}

@@ -159,9 +159,9 @@ class AttentionRollout(RolloutFamily):
                  "patch (the same for every class)")
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
-        from ..methods.attention import rollout_map
+        from ..methods.attention import attention_rollout
 
-        return rollout_map(model, inputs, target, options["names"])
+        return attention_rollout(model, inputs, target, options["names"])
 
 
 @register
@@ -177,6 +177,6 @@ class GradRollout(RolloutFamily):
                  "one value per patch")
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
-        from ..methods.attention import grad_rollout_map
+        from ..methods.attention import grad_rollout
 
-        return grad_rollout_map(model, inputs, target, options["names"])
+        return grad_rollout(model, inputs, target, options["names"])

@@ -31,8 +31,8 @@ from ..capture import preserved, resolve_layer
 from .attribution import Target, _check_inputs, as_targets, target_scores
 
 __all__ = ["attention_modules", "recording_attention", "attention_weights", "attention_rollout", "grad_rollout",
-           "class_token_attention", "attention_maps", "attention_grids", "rollout_map", "grad_rollout_map",
-           "Unsupported", "Windows"]
+           "class_token_attention", "attention_maps", "attention_grids", "rollout_of_weights",
+           "grad_rollout_of_weights", "Unsupported", "Windows"]
 
 
 class Unsupported(ValueError):
@@ -307,7 +307,6 @@ def attention_weights(model: nn.Module, inputs: torch.Tensor, names: Optional[li
     Modules whose weights cannot be recovered exactly are left out (see `recording_attention`)."""
     _check_inputs(inputs)
     with preserved(model), recording_attention(model, names) as rec, torch.no_grad():
-        model.eval()
         model(inputs)
     return rec.weights
 
@@ -320,7 +319,6 @@ def attention_grids(model: nn.Module, inputs: torch.Tensor, names: Optional[list
     (`Windows.received`)."""
     _check_inputs(inputs)
     with preserved(model), recording_attention(model, names) as rec, torch.no_grad():
-        model.eval()
         model(inputs)
     grids = {}
     for name, weights in rec.weights.items():
@@ -341,8 +339,8 @@ def class_token_attention(weights: torch.Tensor, prefix: int, grid: tuple[int, i
     return row.reshape(n, h, *grid)
 
 
-def attention_rollout(weights: list[torch.Tensor], prefix: int, grid: tuple[int, int],
-                      residual: float = 0.5) -> torch.Tensor:
+def rollout_of_weights(weights: list[torch.Tensor], prefix: int, grid: tuple[int, int],
+                       residual: float = 0.5) -> torch.Tensor:
     """Attention rollout (N, gh, gw) >= 0 (Abnar & Zuidema 2020): per layer the mean over heads, mixed with the
     identity for the residual connection, ``A' = residual * I + (1 - residual) * mean_h A`` (rows still sum to 1),
     multiplied from the first layer to the last; the class token's row (or, without one, the column mean) over
@@ -355,8 +353,8 @@ def attention_rollout(weights: list[torch.Tensor], prefix: int, grid: tuple[int,
     return class_token_attention(rollout[:, None], prefix, grid)[:, 0]
 
 
-def grad_rollout(weights: list[torch.Tensor], grads: list[torch.Tensor], prefix: int,
-                 grid: tuple[int, int]) -> torch.Tensor:
+def grad_rollout_of_weights(weights: list[torch.Tensor], grads: list[torch.Tensor], prefix: int,
+                            grid: tuple[int, int]) -> torch.Tensor:
     """Gradient-weighted rollout (N, gh, gw) >= 0 (Chefer, Gur & Wolf 2021, eq. 5-6): ``R = I``, then for each
     layer, first to last, ``R <- R + mean_h[(dS/dA * A)^+] R``; the class token's row over the patches (the column
     mean without a class token). ``S`` is the target's logit; ``weights`` and ``grads`` one (N, h, L, L) per layer."""
@@ -381,7 +379,6 @@ def attention_maps(model: nn.Module, inputs: torch.Tensor, target: Target,
     targets = as_targets(target, inputs.shape[0], inputs.device)
     x = inputs.detach().clone().requires_grad_(True)
     with preserved(model), recording_attention(model, names, grads=True) as rec, torch.enable_grad():
-        model.eval()
         scores = target_scores(model(x), targets)
         torch.autograd.grad(scores.sum(), x)
     order = _global_layers(rec, names or attention_modules(model))
@@ -389,8 +386,8 @@ def attention_maps(model: nn.Module, inputs: torch.Tensor, target: Target,
     weights = [rec.weights[n] for n in order]
     return {"weights": dict(zip(order, weights)),
             "class_token": {n: class_token_attention(rec.weights[n], p, grid) for n in order},
-            "rollout": attention_rollout(weights, p, grid),
-            "grad_rollout": grad_rollout(weights, [rec.grads[n] for n in order], p, grid),
+            "rollout": rollout_of_weights(weights, p, grid),
+            "grad_rollout": grad_rollout_of_weights(weights, [rec.grads[n] for n in order], p, grid),
             "prefix": p, "grid": grid, "refused": dict(rec.refused)}
 
 
@@ -419,26 +416,28 @@ def _to_pixels(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(grid_maps[:, None], size=size, mode="nearest")[:, 0]
 
 
-def rollout_map(model: nn.Module, inputs: torch.Tensor, target: Target = None,
-                names: Optional[list[str]] = None, residual: float = 0.5) -> torch.Tensor:
+def attention_rollout(model: nn.Module, inputs: torch.Tensor, target: Target = None,
+                      names: Optional[list[str]] = None, residual: float = 0.5) -> torch.Tensor:
     """Attention rollout (N, H, W) >= 0 of ``inputs`` (N, C, H, W), each patch's value over its pixels (Abnar &
-    Zuidema 2020, https://arxiv.org/abs/2005.00928; see `attention_rollout`). Class-agnostic: ``target`` is
-    accepted for the common call shape and not used. ``names``: the attention modules, first layer first (default:
-    every readable one)."""
+    Zuidema 2020, https://arxiv.org/abs/2005.00928; see `rollout_of_weights`). Class-agnostic: the map is the same
+    for every ``target`` (checked against the logits all the same, as every method does). ``names``: the attention
+    modules, first layer first (default: every readable one). The model runs as it is (eval mode is the caller's
+    choice; dropout in train mode makes the weights unrecoverable and the layer is refused)."""
     _check_inputs(inputs)
     with preserved(model), recording_attention(model, names) as rec, torch.no_grad():
-        model.eval()
-        model(inputs.detach())
+        logits = model(inputs.detach())
+        if target is not None:
+            target_scores(logits, as_targets(target, inputs.shape[0], inputs.device))
     order = _global_layers(rec, names or attention_modules(model))
     prefix, grid = _token_layout(rec.weights[order[0]].shape[-1], rec.input_size)
-    maps = attention_rollout([rec.weights[n] for n in order], prefix, grid, residual)
+    maps = rollout_of_weights([rec.weights[n] for n in order], prefix, grid, residual)
     return _to_pixels(maps, tuple(inputs.shape[-2:]))
 
 
-def grad_rollout_map(model: nn.Module, inputs: torch.Tensor, target: Target,
-                     names: Optional[list[str]] = None) -> torch.Tensor:
+def grad_rollout(model: nn.Module, inputs: torch.Tensor, target: Target,
+                 names: Optional[list[str]] = None) -> torch.Tensor:
     """Gradient-weighted attention rollout (N, H, W) >= 0 for the ``target`` logit, each patch's value over its
-    pixels (Chefer, Gur & Wolf 2021, https://arxiv.org/abs/2103.15679; see `grad_rollout`). One forward and one
-    backward pass."""
+    pixels (Chefer, Gur & Wolf 2021, https://arxiv.org/abs/2103.15679; see `grad_rollout_of_weights`). One forward
+    and one backward pass."""
     result = attention_maps(model, inputs, target, names)
     return _to_pixels(result["grad_rollout"], tuple(inputs.shape[-2:]))

@@ -34,7 +34,15 @@ def fc_weights(model: nn.Module, fc: str, rectified: bool = False) -> Weighting:
     """CAM channel weights: row ``target`` of the final linear layer ``fc`` (Zhou et al. 2016,
     https://arxiv.org/abs/1512.04150). Only meaningful when the model ends in global average pooling + ``fc``
     (see `find_cam_layers`). ``rectified``: the pooling reads ``ReLU(A)``, so the weights are element-wise,
-    ``w_k * [A_k > 0]``, and the weighted sum is ``sum_k w_k ReLU(A_k)``."""
+    ``w_k * [A_k > 0]``, and the weighted sum is ``sum_k w_k ReLU(A_k)``. ``fc`` "": the logits are the pooled map
+    itself (SqueezeNet's final 1x1 conv), the weights are the identity and class c's map is channel c."""
+    if not fc:
+        def identity(acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+            w = F.one_hot(targets.to(acts.device), acts.shape[1]).to(acts)
+            return w[:, :, None, None] * (acts > 0).to(acts) if rectified else w
+
+        identity.needs_grads = False  # type: ignore[attr-defined]
+        return identity
     linear = resolve_layer(model, fc)
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"CAM needs '{fc}' to be an nn.Linear, it is {type(linear).__name__}")
@@ -266,7 +274,7 @@ class CamLayers(NamedTuple):
     torchvision's DenseNet)."""
 
     layer: str
-    fc: str
+    fc: str  # "" when the logits are the pooled map itself (one channel per class): identity weights
     rectified: bool = False
 
 
@@ -303,8 +311,11 @@ def cam_layers_from_probe(acts: dict[str, torch.Tensor], calls: dict[str, int],
     fc = next((name for name in reversed(list(fc_inputs))
                if calls.get(name) == 1 and name in acts and close(acts[name], logits)), None)
     if fc is None:
-        return None
-    features = fc_inputs[fc]
+        # no classifier layer: the logits may be the spatial mean of a map with one channel per class (a final
+        # 1x1 conv, as in SqueezeNet): CAM with identity weights, each class's map is its own channel
+        features, fc = logits, ""
+    else:
+        features = fc_inputs[fc]
     if features.dim() != 2:
         return None
     for name in reversed(list(acts)):
