@@ -63,6 +63,7 @@ class Context:
     samples: list[int] = field(default_factory=list)
     output: Output = field(default_factory=lambda: Output(silent=True))
     class_folders: Optional[list[str]] = None  # an image folder's class sub-folders (they may name the classes)
+    maps: dict[str, dict] = field(default_factory=dict)  # attribution maps of this build; see `keep_maps`
 
     @property
     def layers(self) -> list[str]:
@@ -110,3 +111,10 @@ class Context:
 
     def iterate(self, iterable: Any, length: int, label: str) -> Any:
         return self.output.progress(iterable, length=length, label=label)
+
+    def keep_maps(self, method: str, keys: list[tuple[int, int]], maps: Any) -> None:
+        """Keep the raw maps (T, h, w) an attribution method drew for ``keys``, (image index, class) pairs, as
+        ``ctx.maps[method][key]`` (h, w) float32 on the CPU, so that later analyses of this build (the trust section)
+        read the very maps the method's page shows instead of recomputing them. Memory is bounded by samples x
+        classes per sample x methods x h x w x 4 bytes (16 maps of 224x224 for 12 methods: 39 MB)."""
+        self.maps.setdefault(method, {}).update((k, m) for k, m in zip(keys, maps.detach().float().cpu()))

@@ -220,6 +220,7 @@ class AttributionAnalysis(Analysis):
     the caption words, and override `options` when the method needs keyword arguments (a layer, a window)."""
 
     section = "influence"
+    needs_logits = True
     Params = HeatmapParams
     chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
     map_words: ClassVar[str] = ""  # what a map's value is (a note on the page)
@@ -231,6 +232,12 @@ class AttributionAnalysis(Analysis):
         requested_classes(ctx)
         if self.relu_rules or self.hooks:
             ctx.facts.require_python(self.title)
+        report = ctx.facts.nonlinearities
+        if self.relu_rules and report is not None and not report.n_relu_calls:
+            kinds = {k.rpartition("(")[2].rstrip(")") for k in report.other_nonlinearities}
+            others = ", ".join(sorted(kinds)) or "none"
+            raise NotApplicable(f"the model has no ReLU (its non-linearities: {others}), so {self.title}'s ReLU "
+                                "rule would change nothing: its map would be the plain gradient")
 
     def exactness(self, facts: Any) -> tuple[str, str]:
         """("exact" | "approximate" | "not applicable", why) for these maps on the model of ``facts``."""
@@ -279,9 +286,10 @@ class AttributionAnalysis(Analysis):
         classes = torch.tensor([t.cls for t in targets], device=inputs.device)
         size = ctx.config.batch_size if self.chunked else len(targets)
         chunks = list(zip(picks.split(size), classes.split(size)))
-        maps = [self.attribute(ctx.model, inputs[pick], cls, **options).detach().float().cpu()
-                for pick, cls in ctx.iterate(chunks, length=len(chunks), label=self.name)]
-        return torch.cat(maps).numpy().astype(np.float64), options
+        maps = torch.cat([self.attribute(ctx.model, inputs[pick], cls, **options).detach().float().cpu()
+                          for pick, cls in ctx.iterate(chunks, length=len(chunks), label=self.name)])
+        ctx.keep_maps(self.name, [(t.image, t.cls) for t in targets], maps)  # the trust checks read them
+        return maps.numpy().astype(np.float64), options
 
     def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
         result = Result()
@@ -502,19 +510,25 @@ class Cam(AttributionAnalysis):
     def exactness(self, facts: Any) -> tuple[str, str]:
         if facts.cam is None:
             return "not applicable", NO_GAP_LINEAR
-        return "exact", f"layer '{facts.cam[0]}', weights of '{facts.cam[1]}'"
+        relu = " (rectified)" if facts.cam.rectified else ""
+        weights = f"weights of '{facts.cam.fc}'" if facts.cam.fc else "its channel means are the logits"
+        return "exact", f"layer '{facts.cam.layer}'{relu}, {weights}"
 
     def options(self, ctx: Any, params: Any) -> dict:
-        layer, fc = ctx.facts.cam
-        return {"layer": layer, "fc": fc}
+        layer, fc, rectified = ctx.facts.cam
+        return {"layer": layer, "fc": fc, "rectified": rectified}
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.cams import cam
 
-        return cam(model, inputs, target, options["layer"], options["fc"])
+        return cam(model, inputs, target, options["layer"], options["fc"], rectified=options.get("rectified", False))
 
     def words(self, options: dict) -> str:
-        return (f"ReLU of the channels of '{options['layer']}' weighted by the class's row of '{options['fc']}', "
+        channels = (f"ReLU of the channels of '{options['layer']}' (the model rectifies them before pooling)"
+                    if options.get("rectified") else f"the channels of '{options['layer']}'")
+        if not options["fc"]:  # the pooled channels are the logits themselves (SqueezeNet)
+            return f"ReLU of the class's own channel of {channels}, upsampled bilinearly"
+        return (f"ReLU of {channels} weighted by the class's row of '{options['fc']}', "
                 "upsampled bilinearly")
 
     def short(self, options: dict) -> str:
@@ -698,6 +712,7 @@ class Nonlinearities(Analysis):
 @register
 class TopPredictions(Analysis):
     name = "top-predictions"
+    needs_logits = True
     title = "Top predictions"
     section = "influence"
     summary = "each sample image with its five most probable classes"
