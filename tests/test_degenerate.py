@@ -96,3 +96,15 @@ def test_nan_logits_make_the_class_score_analyses_not_applicable(tmp_path, image
         assert a[name]["status"] == "not applicable" and "NaN or infinite" in a[name]["reason"], name
     assert any("logits contain NaN" in n for n in a["embeddings"]["notes"])
     assert a["filters"]["status"] == "ok" and a["activation-maps"]["status"] == "ok"
+
+
+def test_a_shared_grid_scale_ignores_non_finite_tiles():
+    from reportgen.artifacts import Grid
+    from reportgen.imaging import grid_rgb, heat_colors
+
+    tiles = np.stack([np.full((2, 2), 2.0), np.full((2, 2), np.nan), np.full((2, 2), 1.0)])
+    rgb = grid_rgb(Grid(key="g", tiles=tiles, style="heat", cols=3))
+    # one scale for all: the tile of 1.0 is drawn at half the scale of the tile of 2.0, the NaN tile grey
+    half = heat_colors(np.array([[1.0]]), 2.0)[0, 0]
+    assert np.allclose(rgb[1, -2], half)
+    assert np.allclose(rgb[1, rgb.shape[1] // 2], 0.5)

@@ -52,7 +52,6 @@ class AttentionMaps(Analysis):
 
     def run(self, ctx, params, reduced):
         import torch
-
         import torch.nn.functional as F
 
         from ..methods.attention import attention_grids

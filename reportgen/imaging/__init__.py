@@ -158,8 +158,7 @@ def grid_rgb(item: Grid) -> np.ndarray:
     if item.style == "rgb":
         colored = np.stack([to_rgb(t) for t in tiles])
     else:
-        shared = None if item.per_tile_scale else (
-            item.vmax or (float(np.abs(tiles).max()) if item.style == "signed" else float(tiles.max())) or 1.0)
+        shared = None if item.per_tile_scale else color_limit(tiles, item.style, item.vmax)
         colored = np.stack([colorize(t, item.style, shared) for t in tiles])
     # enlarge tiles first so that the 1-pixel separators stay thin in the final picture
     h, w = colored.shape[1:3]
