@@ -1,20 +1,27 @@
-"""Time the faithfulness and sanity checks (not a test): ``python benchmarks/bench_faithfulness.py``.
+"""Time the faithfulness and sanity checks (not a test): ``python benchmarks/bench_faithfulness.py [--model M]``.
 
-On the zoo's trained ``shapes-cnn`` and the first ``--images`` images of its test split, at the report's defaults
-(each attribution method with its default parameters; deletion and insertion with 16 steps; the randomization
-cascade of at most 8 steps), prints for every attribution method the seconds of
+``--model shapes-cnn`` (the zoo's trained model, 64x64, its test split) or a torchvision architecture with random
+weights and two classes (``resnet18``, ``vit_b_16``: ``torchvision.models.NAME(num_classes=2)``, 224x224, the shapes
+images resized). On the first ``--images`` images, for every attribution method at its report defaults, prints
 
-- its maps alone (what the report spends on it anyway),
-- deletion and insertion of those maps (2 x 17 perturbed copies per image),
-- the randomization cascade (the maps recomputed once per layer of the cascade),
+- ``passes``: the images one map sends through the model (forward passes of one image; the unit of
+  ``[analysis.randomization-test] max_passes``);
+- ``maps``: its maps alone (what the method's own page spends anyway, and what deletion-insertion no longer repeats:
+  it reads the page's maps);
+- ``del+ins``: deletion and insertion of those maps (2 x 17 perturbed copies per image, batched);
+- ``step``: one step of the randomization cascade (the maps recomputed once on the re-initialized copy), measured;
+- ``cascade``: the whole cascade at the report's defaults, ``step`` x its steps, or ``left out`` where the method
+  costs more than ``max_passes`` per map and so does not run unless named,
 
-each divided by the number of images: the extra seconds per sample image per method that the two checks cost.
-Best of ``--repeat`` runs. CPU threads: torch's default unless ``--threads``.
+each in seconds per sample image: the extra seconds per sample image per method that the two checks cost. Methods
+named in ``--no-maps`` are only counted (passes, from one map of one image on a copy), not timed. Prints the load
+average before and after (the machine may be shared). CPU threads: torch's default unless ``--threads``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -22,29 +29,61 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch
-from _timing import best_time
 
 
-def context(images: int):
-    """The build's context for shapes-cnn (model, image set, plan), with the first ``images`` images as samples."""
-    from reportgen.build import choose_analyses, forward_pass, load, make_plan
+def context(model: str, images: int):
+    """The build's context (model, image set, plan) with the first ``images`` images as samples."""
+    from reportgen.build import Given, choose_analyses, forward_pass, load, make_plan
     from reportgen.config import load_config
     from reportgen.console import Output
 
-    cfg = load_config(None, model="shapes-cnn", device="cpu", max_images=images, samples=images,
-                      only=["deletion-insertion", "randomization-test"])
-    ctx = load(cfg, Output(silent=True))
+    only = ["deletion-insertion", "randomization-test"]
+    if model == "shapes-cnn":
+        cfg = load_config(None, model="shapes-cnn", device="cpu", max_images=images, samples=images, only=only)
+        given = None
+    else:
+        import torchvision
+
+        torch.manual_seed(0)
+        net = getattr(torchvision.models, model)(num_classes=2).eval()
+        cfg = load_config(None, images=shapes_folder(images), input_size=[224, 224], channels=3, device="cpu",
+                          max_images=images, samples=images, only=only, class_names=["a", "b"])
+        given = Given(model=net)
+    ctx = load(cfg, Output(silent=True), given)
     make_plan(ctx, choose_analyses(cfg))
     ctx.predictions = forward_pass(ctx, {})
     ctx.samples = list(range(images))
     return ctx
 
 
+def shapes_folder(images: int) -> str:
+    """A temporary folder with the first ``images`` test images of the shapes data set as PNG files (the build
+    resizes them to the model's 224x224 input)."""
+    import tempfile
+
+    from PIL import Image
+
+    import models_zoo
+
+    data = models_zoo.ZOO["shapes-cnn"].load_dataset("test", seed=0)
+    folder = tempfile.mkdtemp(prefix="bench-faithfulness-")
+    for i in range(images):
+        Image.fromarray(data.inputs[i]).save(os.path.join(folder, f"{i:05d}.png"))
+    return folder
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes-cnn", help="shapes-cnn, resnet18 or vit_b_16")
     parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-maps", default="", help="comma-separated methods to count only, not time")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,38 +96,53 @@ def main() -> None:
     )
     from reportgen.methods.faithfulness import (
         cascade_layers,
+        counting_images,
         deletion_insertion,
         randomization_test,
     )
 
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
-    ctx = context(args.images)
+    ctx = context(args.model, args.images)
     inputs, targets, bs = ctx.sample_inputs(), predicted(ctx, ctx.samples), ctx.config.batch_size
     dp, rp = DeletionParams(), RandomizationParams()  # the report's defaults
     layers = cascade_layers(ctx.model, inputs, rp.steps)
     n = len(ctx.samples)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeat}; shapes-cnn, "
-          f"{n} images 64x64, {len(layers)} steps in the cascade (setup {time.perf_counter() - t0:.1f} s)")
-    print(f"  {'method':<20}{'maps':>10}{'del+ins':>10}{'cascade':>10}   seconds per image")
+    steps = len(layers)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, {n} images "
+          f"{inputs.shape[-2]}x{inputs.shape[-1]}, {steps} steps in the cascade, randomization on "
+          f"{min(rp.images, n)} images, max_passes {rp.max_passes} (setup {time.perf_counter() - t0:.1f} s); "
+          f"load average {load_before[0]:.1f}")
+    print(f"  {'method':<20}{'passes':>8}{'maps':>9}{'del+ins':>9}{'step':>9}{'cascade':>10}   seconds per image")
+    skip = {s for s in args.no_maps.split(",") if s}
+    twin = copy.deepcopy(ctx.model)
     total = [0.0, 0.0, 0.0]
     for a, opts in attribution_methods(ctx, [], "methods"):
-        maps = method_maps(a, ctx.model, inputs, targets, opts, bs)
+        with counting_images(twin) as count:
+            method_maps(a, twin, inputs[:1], targets[:1], opts, bs)
+        passes = count[0]
+        if a.name in skip:
+            print(f"  {a.name:<20}{passes:>8}{'(not timed)':>27}")
+            continue
+        t_maps, maps = timed(lambda _a=a, _o=opts: method_maps(_a, ctx.model, inputs, targets, _o, bs))
+        t_curves, _ = timed(lambda _m=maps: deletion_insertion(
+            ctx.model, inputs, targets, _m, steps=dp.steps, fill=dp.fill, blur_sigma=dp.blur, batch_size=bs,
+            generator=torch.Generator().manual_seed(0)))
 
         def attribute(model, x, t, _a=a, _o=opts):
             return method_maps(_a, model, x, t, _o, bs)
 
-        def curves(_maps=maps):
-            return deletion_insertion(ctx.model, inputs, targets, _maps, steps=dp.steps, fill=dp.fill,
-                                      blur_sigma=dp.blur, batch_size=bs,
-                                      generator=torch.Generator().manual_seed(0))
-
-        row = [best_time(lambda _f=attribute: _f(ctx.model, inputs, targets), args.repeat),
-               best_time(curves, args.repeat),
-               best_time(lambda _f=attribute: randomization_test(ctx.model, inputs, targets, _f, layers=layers),
-                         args.repeat)]
-        total = [t + r for t, r in zip(total, row)]
-        print(f"  {a.name:<20}" + "".join(f"{r / n:>10.3f}" for r in row))
-    print(f"  {'all methods':<20}" + "".join(f"{t / n:>10.3f}" for t in total))
+        t_step, _ = timed(lambda _f=attribute, _m=maps: randomization_test(
+            ctx.model, inputs, targets, _f, layers=layers[:1], original=_m))
+        runs = passes <= rp.max_passes
+        cascade = t_step * steps if runs else 0.0
+        total = [t + r for t, r in zip(total, (t_maps, t_curves, cascade))]
+        print(f"  {a.name:<20}{passes:>8}" + "".join(f"{r / n:>9.3f}" for r in (t_maps, t_curves, t_step))
+              + (f"{cascade / n:>10.2f}" if runs else f"{'left out':>10}"))
+    print(f"  {'all methods':<20}{'':>8}" + "".join(f"{t / n:>9.3f}" for t in total[:2]) + f"{'':>9}"
+          f"{total[2] / n:>10.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f} (before {load_before[0]:.1f}); "
+          f"total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -300,6 +300,9 @@ def test_report_tables_pages_and_reproducibility(tmp_path, image_folder):
     assert [r[0] for r in verdicts["rows"]] == ["gradient", "grad-cam", "edge detector (control)"]
     assert verdicts["rows"][-1][2] == pytest.approx(1.0) and verdicts["rows"][-1][-1] == "fail"
     assert {i["type"] for i in rt["items"]} == {"table", "grid", "plot"}
+    # both methods have their pages in this build: their maps are read, none recomputed
+    assert "The maps checked are those the method pages of this report show (3 per method)." in di["notes"]
+    assert "The maps checked are those the method pages of this report show (2 per method)." in rt["notes"]
     assert sum(i["type"] == "plot" for i in di["items"]) == 2  # one figure of curves per method
     card = (tmp_path / "a" / "index.html").read_text()
     assert 'id="trust"' in card and "edge detector" not in card.split('id="trust"')[1].split("</section>")[0]
@@ -336,3 +339,100 @@ def test_skip_and_unknown_methods(tmp_path, image_folder):
     names = [a.name for a in build(cfg, Output(silent=True)).manifest.analyses]
     assert "deletion-insertion" not in names and "randomization-test" not in names
     assert 'id="trust"' not in (tmp_path / "s" / "index.html").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded cost: the page's maps are read, not recomputed; costly methods leave the cascade unless named
+
+
+def build_context(image_folder, samples=3):
+    """The context a build hands its analyses (tiny CNN, 32x32), after the one pass and the sample pick."""
+    from conftest import TINY_ARGS
+
+    from reportgen.build import (
+        choose_analyses,
+        forward_pass,
+        load,
+        make_plan,
+        pick_samples,
+    )
+    from reportgen.config import load_config
+    from reportgen.console import Output
+
+    cfg = load_config(None, model=TINY_ARGS[0], input_size=[32, 32], channels=3, images=str(image_folder),
+                      samples=samples, only=["predictions", "deletion-insertion", "randomization-test"])
+    ctx = load(cfg, Output(silent=True))
+    make_plan(ctx, choose_analyses(cfg))
+    ctx.predictions = forward_pass(ctx, {})
+    ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, samples, ctx.rng("samples"))
+    return ctx
+
+
+def test_the_checks_read_the_maps_the_method_pages_show_and_compute_only_the_missing(image_folder):
+    from reportgen.analyses import get
+    from reportgen.analyses.faithfulness import (
+        attribution_methods,
+        predicted,
+        report_maps,
+    )
+
+    ctx = build_context(image_folder)
+    targets = predicted(ctx, ctx.samples)
+    page = get("smoothgrad")  # random noise per call: a recomputation would not give the page's maps
+    ((a, opts),) = attribution_methods(ctx, ["smoothgrad"], "methods")
+    _, computed = report_maps(ctx, a, opts, ctx.samples, targets)
+    assert computed == 3 and ctx.maps == {}  # no page ran yet: computed, and not kept as if a page drew them
+    result = page.run(ctx, page.Params(), {})
+    maps, computed = report_maps(ctx, a, opts, ctx.samples, targets)
+    assert computed == 0
+    drawn = {item.key: item.array for item in result.items if item.key.startswith("shared-predicted-")}
+    for p, i in enumerate(ctx.samples):
+        np.testing.assert_array_equal(drawn[f"shared-predicted-{i:05d}-{int(targets[p])}"],
+                                      np.clip(maps[p].numpy().astype(np.float64), 0, None))
+    # a class no page drew (and one image's map dropped) is computed, the rest still read
+    del ctx.maps["smoothgrad"][(ctx.samples[1], int(targets[1]))]
+    again, computed = report_maps(ctx, a, opts, ctx.samples, targets)
+    assert computed == 1
+    assert torch.equal(again[0], maps[0]) and torch.equal(again[2], maps[2])
+
+
+def test_counting_images_counts_batches_stops_at_the_limit_and_leaves_no_hook():
+    from reportgen.methods.faithfulness import TooManyPasses, counting_images
+
+    model = RegionNet()
+    with counting_images(model) as count:
+        model(torch.ones(3, 1, 8, 8))
+        model(torch.ones(2, 1, 8, 8))
+    assert count == [5] and not model._forward_pre_hooks
+    calls = []
+    model.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    with pytest.raises(TooManyPasses), counting_images(model, limit=4):
+        model(torch.ones(3, 1, 8, 8))
+        model(torch.ones(3, 1, 8, 8))  # would make 6 > 4: stopped before it runs
+    assert calls == [3] and not model._forward_pre_hooks
+
+
+def test_randomization_leaves_out_costly_methods_with_a_note_unless_named(image_folder):
+    from reportgen.analyses.faithfulness import RandomizationParams, RandomizationTest
+
+    ctx = build_context(image_folder, samples=1)
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    test = RandomizationTest()
+    # SmoothGrad (50 noisy copies) and occlusion (one copy per patch position) cost more than 8 passes per map
+    params = RandomizationParams(steps=2, images=1, max_passes=8, methods=[])
+    result = test.run(ctx, params, {})
+    table = next(i for i in result.items if i.key == "trust")
+    verdicts = {r[0]: r[-1] for r in table.rows}
+    assert verdicts["gradient"] in ("pass", "fail")
+    assert verdicts["smoothgrad"] == verdicts["occlusion"] == "not run (cost)"  # in the table, not dropped
+    assert not any(i.key in ("cascade-smoothgrad", "similarity-occlusion") for i in result.items)
+    note = next(n for n in result.notes if n.startswith("Left out of this check"))
+    assert "smoothgrad" in note and "occlusion" in note and "gradient" not in note and "more than 8 images" in note
+    assert result.metrics["left out (cost)"] >= 2
+    named = test.run(ctx, RandomizationParams(steps=2, images=1, max_passes=8, methods=["smoothgrad"]), {})
+    assert [r[0] for r in next(i for i in named.items if i.key == "trust").rows] == [
+        "smoothgrad", "edge detector (control)"]
+    assert not any(n.startswith("Left out") for n in named.notes)
+    after = ctx.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in ctx.model.modules())

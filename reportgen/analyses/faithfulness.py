@@ -1,13 +1,16 @@
 """Which maps to trust: the faithfulness and sanity checks of every attribution method, as two analyses.
 
 Both take the attribution methods as the report enumerates them (every `AttributionAnalysis` in the registry, with
-its own ``[analysis.NAME]`` parameters and its own `attribute` entry point), compute each method's maps of the
-sample images for their predicted class, and check them with `reportgen.methods.faithfulness`:
+its own ``[analysis.NAME]`` parameters and its own `attribute` entry point), read each method's maps of the sample
+images for their predicted class from this build (the maps its page drew, `Context.keep_maps`; only those no page
+drew are computed, `report_maps`), and check them with `reportgen.methods.faithfulness`:
 
 - `deletion-insertion`: the deletion and insertion curves (Petsiuk et al. 2018) and their areas per method, against
   a random pixel order, with the object-mask scores of the same maps where the data has masks;
 - `randomization-test`: the cascading model-parameter randomization (Adebayo et al. 2018) on a deep copy of the
-  model, with the cascade of maps, the similarity curves and a pass/fail verdict at a stated threshold.
+  model, with the cascade of maps, the similarity curves and a pass/fail verdict at a stated threshold. Its cost is
+  bounded: a method whose one map sends more than ``max_passes`` images through the model is "not run (cost)",
+  named in its table and notes, unless asked for.
 
 The model card's "which maps to trust" table and each image's "at a glance" row lay out the tables these two
 analyses return (joined by the method name in their first column).
@@ -15,6 +18,7 @@ analyses return (joined by the method name in their first column).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,7 @@ from . import Analysis, register
 
 RANDOM_ROW = "random order"
 EDGE_ROW = "edge detector (control)"
+LEFT_OUT = "not run (cost)"
 
 
 METHODS_DOC = ("Attribution methods to check (analysis names, e.g. grad-cam); empty = every attribution method that "
@@ -55,6 +60,11 @@ class RandomizationParams:
         "layers re-initialized together (the cost is one map per step, method and image).", min=1, max=100))
     images: int = field(default=4, metadata=doc(
         "Sample images used (the first of the build's samples); the cost grows with it.", min=1, max=200))
+    max_passes: int = field(default=16, metadata=doc(
+        "A method whose one map sends more than this many images through the model (Score-CAM: one per channel of "
+        "its layer; occlusion: one per patch position; SmoothGrad: one per noisy copy) is left out, with a note, "
+        "unless named in `methods`: the cascade recomputes every map at every step, so a method costs at most "
+        "max_passes x steps x images forward (and backward) passes of one image.", min=1))
     methods: list[str] = field(default_factory=list, metadata=doc(METHODS_DOC))
 
 
@@ -97,6 +107,24 @@ def method_maps(analysis: Any, model: Any, inputs: Any, targets: Any, options: d
                       for x, t in zip(inputs.split(size), targets.split(size))])
 
 
+def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targets: Any) -> tuple[Any, int]:
+    """One method's maps (N, h, w) float32 on the CPU of ``images`` (image indices) for ``targets`` (N,): the very
+    maps its own analysis drew earlier in this build (`Context.keep_maps`), and those it did not draw (the method
+    skipped with --skip/--only, or another class) computed now with `method_maps`; and how many were computed."""
+    import torch
+
+    stored = ctx.maps.get(analysis.name, {})
+    keys = [(i, int(t)) for i, t in zip(images, targets.tolist())]
+    missing = [p for p, k in enumerate(keys) if k not in stored]
+    fresh = {}
+    if missing:
+        inputs = ctx.images.load_inputs([images[p] for p in missing], ctx.device)
+        computed = method_maps(analysis, ctx.model, inputs, targets[torch.tensor(missing, device=targets.device)],
+                               options, ctx.config.batch_size)
+        fresh = dict(zip(missing, computed))
+    return torch.stack([fresh[p] if p in fresh else stored[k] for p, k in enumerate(keys)]), len(missing)
+
+
 def predicted(ctx: Any, images: list[int]) -> Any:
     """The predicted classes of ``images`` as a LongTensor on the device."""
     import torch
@@ -105,9 +133,32 @@ def predicted(ctx: Any, images: list[int]) -> Any:
     return torch.tensor([int(preds[ctx.predictions.row(i)]) for i in images], device=ctx.device)
 
 
+def too_costly(analysis: Any, twin: Any, inputs: Any, targets: Any, options: dict, batch_size: int,
+               max_passes: int) -> bool:
+    """Whether one map of one image (``inputs`` (1, C, H, W)) sends more than ``max_passes`` images through
+    ``twin`` (a copy of the model: the counting hook goes on it). The probe stops before the pass that would go
+    over, so it costs at most ``max_passes`` forward passes of one image."""
+    from ..methods.faithfulness import TooManyPasses, counting_images
+
+    try:
+        with counting_images(twin, limit=max_passes):
+            method_maps(analysis, twin, inputs, targets, options, batch_size)
+    except TooManyPasses:
+        return True
+    return False
+
+
 def check_methods(ctx: Any, params: Any, key: str) -> None:
     if not attribution_methods(ctx, params.methods, f"analysis.{key}.methods"):
         raise NotApplicable("no attribution method applies to this model (or all are skipped)")
+
+
+def maps_note(computed: dict[str, int], n: int) -> str:
+    """Where the checked maps came from: the method pages of this build, or computed for the check."""
+    fresh = ", ".join(f"{name} ({k} of {n})" for name, k in computed.items() if k)
+    return ("The maps checked are those the method pages of this report show"
+            + (f", except these, computed for this check with the same method and parameters because no page of "
+               f"this build drew them: {fresh}." if fresh else f" ({n} per method)."))
 
 
 HIGHER = {"deletion": False, "insertion": True, "mass": True, "hit": True}  # which way is better
@@ -162,9 +213,10 @@ class DeletionInsertion(Analysis):
         options = {"steps": params.steps, "fill": params.fill, "blur_sigma": params.blur, "batch_size": bs}
         rows: dict[str, dict] = {}
         curves: dict[str, tuple] = {}
+        computed: dict[str, int] = {}
         methods = attribution_methods(ctx, params.methods, f"analysis.{self.name}.methods")
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
-            maps = method_maps(a, ctx.model, inputs, targets, opts, bs)
+            maps, computed[a.name] = report_maps(ctx, a, opts, ctx.samples, targets)
             dele, ins = deletion_insertion(ctx.model, inputs, targets, maps,
                                            generator=ctx.generator(f"{self.name}:{a.name}"), **options)
             row = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
@@ -261,6 +313,7 @@ class DeletionInsertion(Analysis):
             f"{params.fill:g} in normalized units"
             + (" (the mean colour)" if params.fill == 0 else "")
             + f"; insertion starts from a Gaussian blur with sigma {params.blur:g} of the shorter side.")
+        result.notes.append(maps_note(computed, n))
         return result
 
 
@@ -299,12 +352,21 @@ class RandomizationTest(Analysis):
                   for step in layers]
         seed = int(ctx.rng(self.name).integers(2**31))
         methods = attribution_methods(ctx, params.methods, f"analysis.{self.name}.methods")
-        runs = {}
+        twin = copy.deepcopy(ctx.model)  # the cost probe's counting hook goes on a copy, never on the user's model
+        runs, left_out, computed = {}, [], {}
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
+            if a.name not in params.methods and too_costly(a, twin, inputs[:1], targets[:1], opts, bs,
+                                                            params.max_passes):
+                left_out.append(a.name)
+                continue
+
             def attribute(model: Any, x: Any, t: Any, _a: Any = a, _o: dict = opts) -> Any:
                 return method_maps(_a, model, x, t, _o, bs)
 
-            runs[a.name] = (a, randomization_test(ctx.model, inputs, targets, attribute, layers=layers, seed=seed))
+            original, computed[a.name] = report_maps(ctx, a, opts, images, targets)
+            runs[a.name] = (a, randomization_test(ctx.model, inputs, targets, attribute, layers=layers, seed=seed,
+                                                  original=original))
+        del twin
         control = randomization_test(ctx.model, inputs, targets, lambda m, x, t: edge_map(x), layers=layers,
                                      seed=seed)
 
@@ -315,6 +377,8 @@ class RandomizationTest(Analysis):
         for name, (a, r) in [*runs.items(), (EDGE_ROW, (None, control))]:
             rho = float(r.spearman[-1].mean())
             rows.append([name, float(r.spearman[0].mean()), rho, float(r.ssim[-1].mean()), verdict(rho)])
+        nan = float("nan")
+        rows[-1:-1] = [[name, nan, nan, nan, LEFT_OUT] for name in left_out]  # stated in the table, not dropped
         top = labels[0]
         result.items.append(Table(
             key="trust", label="Which maps to trust: the randomization check",
@@ -324,7 +388,9 @@ class RandomizationTest(Analysis):
                     "Spearman rank correlation of "
                     "|maps| (1 = the same order of pixels) and SSIM of the maps scaled to [0, 1], means over the "
                     f"images. A method passes when the last Spearman correlation is at most {params.threshold:g}. "
-                    "The edge detector is a control that ignores the model and so must fail.",
+                    "The edge detector is a control that ignores the model and so must fail."
+                    + (f" '{LEFT_OUT}': one map of the method sends more than {params.max_passes} images through "
+                       "the model; see the notes." if left_out else ""),
             columns=["method", f"Spearman, '{top}' randomized", "Spearman, all layers randomized",
                      "SSIM, all layers randomized", "check"], rows=rows))
 
@@ -359,7 +425,7 @@ class RandomizationTest(Analysis):
                         f"{params.threshold:g}).",
                 columns=["method", "Spearman, all layers randomized", "SSIM, all layers randomized", "check"],
                 rows=[[name, float(r.spearman[-1, p]), float(r.ssim[-1, p]), verdict(float(r.spearman[-1, p]))]
-                      for name, (_, r) in runs.items()]))
+                      for name, (_, r) in runs.items()] + [[name, nan, nan, LEFT_OUT] for name in left_out]))
         passed = [n for n, (_, r) in runs.items() if float(r.spearman[-1].mean()) <= params.threshold]
         result.metrics.update({"methods": len(runs), "passed": len(passed), "failed": len(runs) - len(passed),
                                "threshold": params.threshold, "steps in the cascade": len(layers),
@@ -371,4 +437,12 @@ class RandomizationTest(Analysis):
             "initializes it (seeded; batch "
             "norm to the identity). Each method's maps are recomputed after each step for the same target classes "
             "(the trained model's predictions).")
+        result.notes.append(maps_note(computed, len(images)))
+        if left_out:
+            result.notes.append(
+                f"Left out of this check: {', '.join(left_out)}. One map of each sends more than "
+                f"{params.max_passes} images through the model (max_passes), and the cascade would recompute it "
+                f"{len(layers)} times for each of the {len(images)} images; name them in "
+                "[analysis.randomization-test] methods to check them anyway.")
+        result.metrics["left out (cost)"] = len(left_out)
         return result

@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -222,14 +223,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     size = min(window, *a.shape[-2:])
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-r ** 2 / (2 * sigma * sigma))
-    kernel = (g[:, None] * g[None, :]) / (g.sum() ** 2)
-    kernel = kernel.view(1, 1, size, size)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel)
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    g = (g / g.sum()).expand(5, size)
+    # the Gaussian window is the outer product of two 1-D ones: two 1-D passes over the five local moments at once
+    # cost 2 * size instead of size ** 2 products per pixel (this ran once per map and cascade step)
+    moments = F.conv2d(torch.cat([x, y, x * x, y * y, x * y], dim=1), g.reshape(5, 1, 1, size), groups=5)
+    moments = F.conv2d(moments, g.reshape(5, 1, size, 1), groups=5)
+    mx, my, xx, yy, xy = moments.split(1, dim=1)
+    vx, vy, cxy = xx - mx * mx, yy - my * my, xy - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return s.mean(dim=(1, 2, 3))
@@ -331,7 +331,8 @@ class Randomization:
 
 
 def randomization_test(model: nn.Module, inputs: torch.Tensor, target: Target, attribute: Attribute, *,
-                       layers: list[tuple[str, ...] | str] | None = None, seed: int = 0) -> Randomization:
+                       layers: list[tuple[str, ...] | str] | None = None, seed: int = 0,
+                       original: torch.Tensor | None = None) -> Randomization:
     """Cascading model-parameter randomization (Adebayo et al. 2018, https://arxiv.org/abs/1810.03292).
 
     ``attribute(model, inputs, targets) -> (N, h, w)`` computes the maps of one method; it is called once on
@@ -339,11 +340,12 @@ def randomization_test(model: nn.Module, inputs: torch.Tensor, target: Target, a
     modules of step k with seeds from ``seed``, k and their position), following ``layers``: the steps, nearest the
     logits first, each a dotted name or a tuple of them (default: `cascade_layers`). ``model`` itself
     is never changed (it is only read and passed to ``attribute``). The targets stay those given (usually the
-    trained model's predicted classes). Returns a `Randomization`.
+    trained model's predicted classes). ``original`` (N, h, w): the trained model's maps when already computed
+    (a report passes the maps its method pages show), else computed here. Returns a `Randomization`.
     """
     _check_inputs(inputs)
     targets = as_targets(target, inputs.shape[0], inputs.device)
-    original = attribute(model, inputs, targets).detach().float().cpu()
+    original = (attribute(model, inputs, targets) if original is None else original).detach().float().cpu()
     twin = copy.deepcopy(model)
     cascade = [(s,) if isinstance(s, str) else tuple(s) for s in layers] if layers is not None else \
         cascade_layers(model, inputs)
@@ -358,6 +360,31 @@ def randomization_test(model: nn.Module, inputs: torch.Tensor, target: Target, a
         rho.append(spearman(original.abs(), m.abs()))
         sim.append(ssim(original, m))
     return Randomization(cascade, original, torch.stack(maps), torch.stack(rho), torch.stack(sim))
+
+
+class TooManyPasses(RuntimeError):
+    """`counting_images` stopped a model call that would have gone over its ``limit``."""
+
+
+@contextmanager
+def counting_images(model: nn.Module, limit: int | None = None) -> Iterator[list[int]]:
+    """Count the images that go through ``model`` while the block runs: yields a one-element list, the number of
+    images so far (the batch sizes of the calls of ``model`` itself, not of its submodules), a method's cost in
+    forward passes of one image. With ``limit``, a call that would take the count over it raises `TooManyPasses`
+    before it runs. The counting hook is removed in ``finally``: put it on a copy, never on a user's model."""
+    count = [0]
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        first = args[0] if args else None
+        count[0] += int(first.shape[0]) if torch.is_tensor(first) and first.dim() else 1
+        if limit is not None and count[0] > limit:
+            raise TooManyPasses(f"more than {limit} images through the model")
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
 
 
 def edge_map(inputs: torch.Tensor) -> torch.Tensor:
