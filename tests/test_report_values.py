@@ -67,6 +67,34 @@ def test_predictions_accuracy_loss_recall_confusion_and_worst_order():
     assert worst[2].caption.startswith("true b (p=")  # a correct prediction ranked among the "worst"
 
 
+def test_predictions_of_many_classes_draw_the_busiest_and_keep_the_row_totals():
+    """1,000 classes (an ImageNet head): the bar chart and the confusion matrix show only the classes that occur
+    most, and the confusion rows keep all their images through an "other" column."""
+    from reportgen.analyses.predictions import SHOWN_CLASSES, PredictionParams, Predictions
+
+    k, n = 1000, 60
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 40, n)  # 40 true classes occur
+    preds = np.where(np.arange(n) % 3 == 0, rng.integers(0, k, n), labels)
+    logits = np.full((n, k), -5.0, dtype=np.float32)
+    logits[np.arange(n), preds] = 5.0
+    names = [f"class {c}" for c in range(k)]
+    ctx = SimpleNamespace(predictions=PredictionArrays(np.arange(n), logits, labels), class_names=names,
+                          is_image_model=True, images=None)
+    result = Predictions().run(ctx, PredictionParams(worst=0), {})
+    items = {i.key: i for i in result.items}
+    bars = items["predicted-classes"].data
+    assert len(bars["names"]) == SHOWN_CLASSES
+    counts = np.bincount(preds, minlength=k)
+    assert sum(bars["values"]) == sum(sorted(counts, reverse=True)[:SHOWN_CLASSES])  # the busiest ones
+    cm = items["confusion"].data
+    assert len(cm["class_names"]) == SHOWN_CLASSES and cm["col_names"][-1] == "other"
+    matrix = np.array(cm["matrix"])
+    for name, row in zip(cm["class_names"], matrix):  # each drawn true class keeps all its images
+        assert row.sum() == (labels == names.index(name)).sum()
+    assert len(items["per-class"].rows) == len(set(labels.tolist()))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # adversarial table
 

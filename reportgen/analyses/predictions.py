@@ -25,6 +25,18 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarra
     return m
 
 
+# Bar charts and confusion matrices of more classes than this show the busiest classes (an ImageNet model has 1,000)
+SHOWN_CLASSES = 30
+
+
+def busiest_classes(k: int, *class_arrays: np.ndarray, limit: int = SHOWN_CLASSES) -> np.ndarray:
+    """The at most ``limit`` classes (of ``k``) that occur most often in ``class_arrays`` (ties: lower index first),
+    in ascending order; only classes that occur at all."""
+    counts = sum(np.bincount(a, minlength=k) for a in class_arrays)
+    order = np.lexsort((np.arange(k), -counts))
+    return np.sort(order[: min(limit, int((counts > 0).sum()))])
+
+
 @dataclass
 class PredictionParams:
     worst: int = field(default=12, metadata=doc("How many of the worst predictions (highest loss) to show.",
@@ -62,10 +74,15 @@ class Predictions(Analysis):
         result = Result(notes=notes)
         result.metrics["images"] = int(len(preds))
         counts = np.bincount(preds, minlength=k)
+        shown = busiest_classes(k, preds) if k > SHOWN_CLASSES else np.arange(k)
+        rest = int(len(preds) - counts[shown].sum())
         result.items.append(Plot(
             key="predicted-classes", kind="bars", label="Predicted classes",
-            caption="How often each class is predicted over the image set (arg-max of the logits).",
-            data={"names": names, "values": counts.tolist(), "ylabel": "images"}))
+            caption="How often each class is predicted over the image set (arg-max of the logits)"
+                    + (f"; the {len(shown)} most predicted of the {k} classes"
+                       + (f" ({rest} images are predicted as other classes)" if rest else "") if k > SHOWN_CLASSES
+                       else "") + ".",
+            data={"names": [names[c] for c in shown], "values": counts[shown].tolist(), "ylabel": "images"}))
         known = predictions.labels >= 0
         if not known.any():
             result.notes.append("The image set has no labels, so accuracy cannot be measured.")
@@ -79,16 +96,31 @@ class Predictions(Analysis):
         for c in range(k):
             sel = labels == c
             per_class.append(float((p[sel] == c).mean()) if sel.any() else float("nan"))
+        listed = [c for c in range(k) if k <= SHOWN_CLASSES or (labels == c).any()]
         result.items.append(Table(
             key="per-class", label="Per-class accuracy",
-            caption="Accuracy of each true class (recall); n = labelled images of that class.",
+            caption="Accuracy of each true class (recall); n = labelled images of that class"
+                    + (f"; the {len(listed)} of the {k} classes that have labelled images" if len(listed) < k else "")
+                    + ".",
             columns=["class", "n", "accuracy"],
-            rows=[[names[c], int((labels == c).sum()), per_class[c]] for c in range(k)]))
+            rows=[[names[c], int((labels == c).sum()), per_class[c]] for c in listed]))
+        matrix = confusion_matrix(labels, p, k)
+        caption = ("Rows are true classes, columns predicted classes; colour = fraction of the row, numbers = image "
+                   "counts.")
+        if k > SHOWN_CLASSES:
+            shown = busiest_classes(k, labels, p)
+            # the other classes' predictions in one column, so that each row still holds all its images
+            other = matrix[shown].sum(axis=1) - matrix[np.ix_(shown, shown)].sum(axis=1)
+            matrix = np.concatenate([matrix[np.ix_(shown, shown)], other[:, None]], axis=1)
+            caption += (f" Only the {len(shown)} classes of the {k} that occur most often as true or predicted class "
+                        "are drawn; the last column counts predictions of all other classes.")
+            cm_names = [names[c] for c in shown]
+            cm_data = {"class_names": cm_names, "col_names": [*cm_names, "other"]}
+        else:
+            cm_data = {"class_names": list(names)}
         result.items.append(Plot(
-            key="confusion", kind="confusion", label="Confusion matrix",
-            caption="Rows are true classes, columns predicted classes; colour = fraction of the row, numbers = "
-                    "image counts.",
-            data={"matrix": confusion_matrix(labels, p, k).tolist(), "class_names": names}))
+            key="confusion", kind="confusion", label="Confusion matrix", caption=caption,
+            data={"matrix": matrix.tolist(), **cm_data}))
         if params.worst and ctx.is_image_model:
             rows = np.argsort(-loss, kind="stable")[: params.worst]
             image_idx = predictions.indices[known][rows]

@@ -63,24 +63,26 @@ def bars(data: dict):
 
 @plot_kind("confusion")
 def confusion(data: dict):
-    """data: matrix (K, K) counts, rows = true class, columns = predicted; class_names."""
+    """data: matrix (K, K') counts, rows = true class, columns = predicted; class_names (the rows, and the columns
+    unless col_names gives them: a last "other" column)."""
     m = np.asarray(data["matrix"], dtype=np.float64)
     names = data["class_names"]
+    cols = data.get("col_names", names)
     k = len(names)
-    side = min(9.0, 2.0 + 0.45 * k)
+    side = min(9.0, 2.0 + 0.45 * max(k, len(cols)))
     fig, ax = new_figure(side + 0.8, side)
     rows = m.sum(axis=1, keepdims=True)
     frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    if k <= 20:
+    if max(k, len(cols)) <= 20:
         for i in range(k):
-            for j in range(k):
+            for j in range(len(cols)):
                 if m[i, j]:
                     ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if frac[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k))
+    ax.set_xticks(range(len(cols)))
     ax.set_yticks(range(k))
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels(cols, rotation=45, ha="right", fontsize=7)
     ax.set_yticklabels(names, fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
