@@ -154,14 +154,15 @@ def test_swin_window_attention_reproduces_the_module_output_and_receives_within_
     """torchvision's shifted-window attention (with and without shift, with padding) recomputed step by step: the
     output recomputed from the recovered weights equals the module's, and the received-attention map of uniform
     logits is 1 / (window size) wherever a window is whole."""
-    from torchvision.models.swin_transformer import ShiftedWindowAttention
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
     from reportgen.methods.attention import attention_from_inputs
 
     torch.manual_seed(0)
     x = torch.randn(2, 9, 10, 8)  # (N, H, W, C): not a multiple of the window, so padded
-    for shift in ([0, 0], [2, 2]):
-        module = ShiftedWindowAttention(8, [4, 4], shift, num_heads=2).eval()
+    for kind, shift in ((ShiftedWindowAttention, [0, 0]), (ShiftedWindowAttention, [2, 2]),
+                        (ShiftedWindowAttentionV2, [2, 2])):  # v2: cosine attention, no key bias
+        module = kind(8, [4, 4], shift, num_heads=2).eval()
         with torch.no_grad():
             expected = module(x)
             weights, out, _, windows = attention_from_inputs(module, (x,), {})

@@ -8,8 +8,8 @@ recomputed from ``A`` too: a layer whose recomputed output differs from what the
 1e-4 relative) is refused, so a map is never drawn from weights the model did not use. Supported modules:
 ``torch.nn.MultiheadAttention`` (torchvision's ViT), timm's ``Attention`` (``qkv`` + ``proj``), Hugging Face
 ViT attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``) and
-torchvision's Swin ``ShiftedWindowAttention`` (window attention: no class token; shown as the weight each position
-receives within its window, see `Windows`).
+torchvision's Swin ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2`` (window attention, v2 with cosine
+logits: no class token; shown as the weight each position receives within its window, see `Windows`).
 
 Papers: attention rollout, Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020,
 https://arxiv.org/abs/2005.00928 ; gradient-weighted rollout, Chefer, Gur & Wolf, Generic Attention-model
@@ -19,6 +19,7 @@ https://arxiv.org/abs/2103.15679 .
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -42,8 +43,8 @@ class Unsupported(ValueError):
 def _kind(module: nn.Module) -> Optional[str]:
     if isinstance(module, nn.MultiheadAttention):
         return "torch"
-    if type(module).__name__ == "ShiftedWindowAttention" and isinstance(getattr(module, "qkv", None), nn.Linear) \
-            and hasattr(module, "get_relative_position_bias"):
+    if type(module).__name__ in ("ShiftedWindowAttention", "ShiftedWindowAttentionV2") \
+            and isinstance(getattr(module, "qkv", None), nn.Linear) and hasattr(module, "get_relative_position_bias"):
         return "swin"
     linear = lambda *names: all(isinstance(getattr(module, n, None), nn.Linear) for n in names)  # noqa: E731
     if linear("qkv", "proj") and hasattr(module, "num_heads") and hasattr(module, "scale"):
@@ -159,8 +160,7 @@ def _swin(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """torchvision's shifted-window attention, step by step up to the weights and back to its output."""
     b, h_in, w_in, c = x.shape
     window, shift = list(module.window_size), list(module.shift_size)
-    if getattr(module, "logit_scale", None) is not None:
-        raise Unsupported("cosine attention (Swin v2)")
+    logit_scale = getattr(module, "logit_scale", None)  # Swin v2: cosine attention with a learned temperature
     pad_r, pad_b = (window[1] - w_in % window[1]) % window[1], (window[0] - h_in % window[0]) % window[0]
     xp = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     ph, pw = xp.shape[1:3]
@@ -171,9 +171,17 @@ def _swin(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     xw = xp.view(b, ph // window[0], window[0], pw // window[1], window[1], c).permute(0, 1, 3, 2, 4, 5)
     xw = xw.reshape(b * n_win, window[0] * window[1], c)
     heads = module.num_heads
-    qkv = module.qkv(xw).reshape(xw.shape[0], xw.shape[1], 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    logits = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1) + module.get_relative_position_bias()
+    bias = module.qkv.bias
+    if logit_scale is not None and bias is not None:  # Swin v2 has no key bias: torchvision zeroes that third
+        bias = torch.cat([bias[: c], torch.zeros_like(bias[c: 2 * c]), bias[2 * c:]])
+    qkv = F.linear(xw, module.qkv.weight, bias).reshape(xw.shape[0], xw.shape[1], 3, heads, c // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    if logit_scale is not None:
+        scale = torch.clamp(logit_scale, max=math.log(100.0)).exp()
+        logits = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * scale
+    else:
+        logits = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+    logits = logits + module.get_relative_position_bias()
     if any(shift):
         # the same region labels torchvision uses: tokens from different regions of a shifted window get -100
         label = x.new_zeros((ph, pw))
