@@ -179,10 +179,13 @@ def default_grad_cam_layer(model: Any, candidates: list[str], views: dict, probe
     x = probe.detach().clone().requires_grad_(True)
     with preserved(model), capture(model, tokens, grads=True, as_maps=True) as rec, torch.enable_grad():
         out = model(x)
-        torch.autograd.grad(out[0, out[0].argmax()], x, allow_unused=True)
+        (g_input,) = torch.autograd.grad(out[0, out[0].argmax()], x, allow_unused=True)
     for name in reversed(tokens):
         g = rec.grads.get(name)
         if g is not None and float(g.abs().max()) > 0:
             return name, ""
+    if g_input is None or not float(g_input.abs().max()) > 0:
+        return None, ("the top logit does not depend on the input at all (e.g. a zero-initialized classifier head), "
+                      "so no layer gets a gradient")
     return None, ("no token layer's patch tokens get a gradient from the logits (the head reads only the class "
                   "token): give the CAM layer explicitly")

@@ -139,3 +139,18 @@ def test_a_small_swin_report(tmp_path, image_folder):
     assert any("within shifted windows" in n for n in analyses["attention"]["notes"])
     views = {r["name"]: r["view"] for r in manifest["model"]["layers"] if r["view"]}
     assert views["features.1"] == "channels-last 8x8 map"
+
+
+def test_a_zero_head_vit_says_why_grad_cam_has_no_layer():
+    import tiny_models
+    from torch import nn
+
+    from reportgen.models import InputSpec, LoadedModel
+    from reportgen.plan import learn_model
+
+    model = tiny_models.tiny_vit().eval()
+    nn.init.zeros_(model.heads.head.weight)  # as torchvision initializes it
+    loaded = LoadedModel(model, "tiny_models:tiny_vit", "factory",
+                         InputSpec("image", (32, 32), 3, (0.5,) * 3, (0.25,) * 3), ["a", "b", "c"])
+    facts = learn_model(loaded, [], torch.Generator().manual_seed(0))
+    assert facts.cam_layer is None and "does not depend on the input" in facts.cam_layer_reason
