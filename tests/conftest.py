@@ -39,3 +39,25 @@ def image_folder(tmp_path) -> Path:
 
 
 TINY_ARGS = ["tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3"]
+
+
+def run(*args):
+    """The CLI with ``args`` (converted to str), in-process; exceptions propagate."""
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def fails_in_one_line(result, *fragments, code=None):
+    """A failed command: non-zero exit (``code`` when given), one line of output, no traceback, the fragments."""
+    text = result.output.strip()
+    assert result.exit_code != 0, text
+    if code is not None:
+        assert result.exit_code == code, text
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    for f in fragments:
+        assert f in text, text
+    return text

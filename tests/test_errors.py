@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TINY_ARGS, write_image_folder
-from reportgen.cli import main
+from conftest import TINY_ARGS, fails_in_one_line, run, write_image_folder
 from reportgen.data import BadImage, read_image
 from reportgen.models import InputSpec
 
@@ -36,23 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 RGB = InputSpec("image", (16, 16), 3, (0.0,) * 3, (1.0,) * 3)
 GREY = InputSpec("image", (16, 16), 1, (0.0,), (1.0,))
 XSS = "<img src=x onerror=alert(1)>"
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def fails_in_one_line(result, *fragments, code=None):
-    """A failed command: non-zero exit (``code`` when given), one line of output, no traceback, the fragments."""
-    text = result.output.strip()
-    assert result.exit_code != 0, text
-    if code is not None:
-        assert result.exit_code == code, text
-    assert "Traceback" not in text
-    assert len(text.splitlines()) == 1, text
-    for f in fragments:
-        assert f in text, text
-    return text
 
 
 def build(out, images, *extra, model=TINY_ARGS):

@@ -12,27 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from reportgen.cli import main
+from conftest import fails_in_one_line, run
 
 FAST = ("[analysis.class-max]\nsteps = 1\n[analysis.unit-max]\nsteps = 1\n"
         "[analysis.deepdream]\nimages = 1\noctaves = 1\nsteps_per_octave = 1\n"
         "[analysis.adversarial]\nsteps = 1\nsphere_points = 0\n[analysis.smoothgrad]\nn = 2\n"
         "[analysis.embeddings]\nperplexity = 5\n")
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def fails_in_one_line(result, *fragments):
-    text = result.output.strip()
-    assert result.exit_code != 0, text
-    assert "Traceback" not in text and len(text.splitlines()) == 1, text
-    for f in fragments:
-        assert f in text, text
-    return text
 
 
 def export(model, path: Path, batch: int = 4, dynamic: bool = True) -> Path:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from reportgen.cli import main
+from conftest import fails_in_one_line, run
 from reportgen.config import load_config
 from reportgen.loaders.torchvision_models import (
     arch_kwargs,
@@ -22,18 +21,6 @@ from reportgen.loaders.torchvision_models import (
 )
 from reportgen.models import load_model
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def fails_in_one_line(result, *fragments):
-    text = result.output.strip()
-    assert result.exit_code != 0, text
-    assert "Traceback" not in text and len(text.splitlines()) == 1, text
-    for f in fragments:
-        assert f in text, text
-    return text
 
 
 def save(state: dict, path: Path) -> Path:
