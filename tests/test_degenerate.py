@@ -88,6 +88,8 @@ def test_constant_layer_builds_with_a_note_on_each_affected_figure(tmp_path, ima
     assert "features of 3 are constant" in notes and "features of logits are constant" in notes
     assert "features of 6 are constant" in " ".join(a["neighbours"]["notes"])
     assert a["neighbours"]["status"] == "ok"  # pixel-space neighbours are still shown
+    hist = next(i for i in a["distributions"]["items"] if i["key"] == "hist-3")
+    assert "Every value is 0.5: the layer is constant over the image set" in hist["caption"]
 
 
 def test_nan_logits_make_the_class_score_analyses_not_applicable(tmp_path, image_folder):

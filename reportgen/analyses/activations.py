@@ -227,7 +227,10 @@ class Distributions(Analysis):
                 key=f"hist-{name}", kind="histogram", layer=name, label=name, group="Histograms",
                 caption=f"All {r['count']:,} values of {name} over {len(ctx.predictions.indices)} images "
                         f"({params.bins} bins, log counts); red: mean {_short(r['mean'])} ± std {_short(r['std'])}; "
-                        f"{n_dead} of {units} units never positive.",
+                        f"{n_dead} of {units} units never positive."
+                        + (f" Every value is {_short(r['min'])}: the layer is constant over the image set (a "
+                           "zero-initialized or dead layer), and the one bar only marks where." if r["min"] == r["max"]
+                           else ""),
                 data={"edges": r["hist_edges"], "counts": r["hist_counts"], "mean": r["mean"], "std": r["std"],
                       "xlabel": f"{name} output", "title": name}))
         if not rows:
