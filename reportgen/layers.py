@@ -27,13 +27,11 @@ def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
 
     if isinstance(model, torch.jit.ScriptModule):  # no hooks on a compiled graph: names and parameters only
         return rows_from_probe(model, {}, {})
-    from .methods.tokens import infer_view
+    from .methods.tokens import probe_views
 
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(torch.zeros((1, *input_shape)))
-    size = tuple(input_shape[1:]) if len(input_shape) == 3 else None
-    views = {name: infer_view(tuple(a.shape[1:]), size) for name, a in rec.acts.items()}
-    return rows_from_probe(model, rec.acts, rec.calls, views)
+    return rows_from_probe(model, rec.acts, rec.calls, probe_views(rec.acts, tuple(input_shape)))
 
 
 def rows_from_probe(model: Any, acts: dict, calls: dict, views: Optional[dict] = None) -> list[LayerRow]:

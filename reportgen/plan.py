@@ -68,11 +68,6 @@ class ModelFacts:
         return [n for n in (self.selected if names is None else names) if n in rows and rows[n].out_shape is not None
                 and (self.views[n].spatial if n in self.views else len(rows[n].out_shape) == 3)]
 
-    def token_layers(self, names: Optional[list[str]] = None) -> list[str]:
-        """Those of ``names`` (default: the selected layers) whose output is tokens (N, L, D)."""
-        return [n for n in (self.selected if names is None else names)
-                if n in self.views and self.views[n].kind == "tokens"]
-
     def require_python(self, what: str) -> None:
         """`NotApplicable` for a TorchScript model, saying that ``what`` needs the Python model."""
         if not self.python:
@@ -121,7 +116,7 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
     from .methods.attention import attention_modules, recording_attention
     from .methods.cams import cam_layers_from_probe, linear_inputs, map_layers_from_probe
     from .methods.relu_rules import recording_nonlinearities
-    from .methods.tokens import infer_view
+    from .methods.tokens import probe_views
     from .models import check_output, run_probe
 
     model, input_shape = loaded.model, tuple(loaded.input.shape)
@@ -141,8 +136,7 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
     if not torch.isfinite(logits).all():
         output_reason = (f"the model's logits are NaN or infinite on {int((~torch.isfinite(logits)).any(1).sum())} "
                          f"of the {len(x)} probe images (a diverged or broken checkpoint)")
-    size = tuple(input_shape[1:]) if len(input_shape) == 3 else None
-    views = {name: infer_view(tuple(a.shape[1:]), size) for name, a in rec.acts.items()}
+    views = probe_views(rec.acts, input_shape)
     rows = rows_from_probe(model, rec.acts, rec.calls, views)
     cam_layer, reason = default_grad_cam_layer(model, map_layers_from_probe(model, rec.acts, rec.calls, views),
                                                views, x[:1])

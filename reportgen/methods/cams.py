@@ -340,11 +340,9 @@ def default_cam_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     _check_inputs(example_input)
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(example_input.detach())
-    from .tokens import infer_view
+    from .tokens import probe_views
 
-    size = tuple(example_input.shape[-2:])
-    views = {name: infer_view(tuple(a.shape[1:]), size) for name, a in rec.acts.items()}
-    return last_map_layer_from_probe(model, rec.acts, rec.calls, views)
+    return last_map_layer_from_probe(model, rec.acts, rec.calls, probe_views(rec.acts, tuple(example_input.shape[1:])))
 
 
 def last_map_layer_from_probe(model: nn.Module, acts: dict[str, torch.Tensor], calls: dict[str, int],

@@ -60,6 +60,13 @@ class View:
         return {"map": "feature map", "vector": "vector"}.get(self.kind, "")
 
 
+def probe_views(acts: dict, input_shape: tuple) -> dict[str, View]:
+    """{layer: `View`} of a recorded probe pass: ``acts`` maps a name to its output (N, ...), ``input_shape`` is one
+    input without the batch dimension ((C, H, W) for images; other shapes know maps only)."""
+    size = tuple(input_shape[-2:]) if len(input_shape) == 3 else None
+    return {name: infer_view(tuple(a.shape[1:]), size) for name, a in acts.items()}
+
+
 def _stride(size: tuple[int, int], grid: tuple[int, int]) -> Optional[int]:
     """The common integer stride of a grid over the input, or None."""
     (h_in, w_in), (h, w) = size, grid
