@@ -211,7 +211,7 @@ def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
     from .capture import capture
     from .context import Predictions
 
-    batch_size = ctx.config.batch_size
+    batch_size = ctx.batch_size(grad=False)
     flat = [r for mine in reducers.values() for r in mine.values()]
     layers = sorted({layer for r in flat for layer in r.layers})
     indices, logits, labels = [], [], []

@@ -93,6 +93,8 @@ def report_options(fn: Callable) -> Callable:
         click.option("--layers", multiple=True, help="Dotted layer names to analyse (see `reportgen layers MODEL`)."),
         click.option("--max-images", type=int, help="Use at most this many images."),
         click.option("--batch-size", type=int, help="Images per forward pass (default: 64)."),
+        click.option("--memory", type=float, help="GiB one batch's activations may take; batches of a large model "
+                                                  "shrink to fit (default: 2)."),
         click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8)."),
     ]):
         fn = decorator(fn)

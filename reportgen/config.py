@@ -46,6 +46,9 @@ class BuildConfig:
     max_images: Optional[int] = field(default=None, metadata=doc(
         "Use at most this many images of the set (a seeded, class-balanced pick is not made: the first N).", min=1))
     batch_size: int = field(default=64, metadata=doc("Images per forward pass.", min=1, max=4096))
+    memory: float = field(default=2.0, metadata=doc(
+        "GiB that one batch's activations may take: a large model at a large input size gets batches smaller than "
+        "batch_size (down to 1 image), measured from its layers' output sizes.", min=0.01))
     samples: int = field(default=8, metadata=doc(
         "Number of sample images for per-image analyses (a seeded pick).", min=1, max=200))
     classes: list[str] = field(default_factory=list, metadata=doc(

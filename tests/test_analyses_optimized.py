@@ -139,8 +139,8 @@ def test_shapes_class_images_at_the_defaults_are_one_centred_object_of_their_cla
     assert p.fourier and p.grey and p.window > 0 and p.rotate > 0 and p.target == "logit"
     # the analysis's own mapping of its config keys onto the recipe, on a context with just what it reads
     ctx = SimpleNamespace(model=model, loaded=SimpleNamespace(input=SimpleNamespace(
-        shape=(3, 64, 64), mean=entry.mean, std=entry.std)))
-    res = _maximize(ctx, class_logit(list(range(8))), 8, p, torch.Generator().manual_seed(0))
+        shape=(3, 64, 64), mean=entry.mean, std=entry.std)), batch_size=lambda grad: 64)
+    res = _maximize(ctx, class_logit, list(range(8)), p, torch.Generator().manual_seed(0))
     with torch.no_grad():
         hits = int((model(res.images).argmax(1) == torch.arange(8)).sum())
     assert hits >= 6, hits

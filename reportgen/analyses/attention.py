@@ -60,7 +60,7 @@ class AttentionMaps(Analysis):
         windowed = set(ctx.facts.attention_windowed)
         inputs = ctx.sample_inputs()
         per_layer: dict[str, list] = {n: [] for n in names}
-        for chunk in inputs.split(ctx.config.batch_size):
+        for chunk in inputs.split(ctx.batch_size(grad=False)):
             grids, refused = attention_grids(ctx.model, chunk, names)
             missing = [n for n in names if n not in grids]
             if missing:

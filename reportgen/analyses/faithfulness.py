@@ -120,7 +120,7 @@ def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targe
     if missing:
         inputs = ctx.images.load_inputs([images[p] for p in missing], ctx.device)
         computed = method_maps(analysis, ctx.model, inputs, targets[torch.tensor(missing, device=targets.device)],
-                               options, ctx.config.batch_size)
+                               options, ctx.batch_size(grad=True))
         fresh = dict(zip(missing, computed))
     return torch.stack([fresh[p] if p in fresh else stored[k] for p, k in enumerate(keys)]), len(missing)
 
@@ -209,7 +209,7 @@ class DeletionInsertion(Analysis):
         n = len(ctx.samples)
         h, w = inputs.shape[-2:]
         masks = ctx.images.masks
-        bs = ctx.config.batch_size
+        bs = ctx.batch_size(grad=False)
         options = {"steps": params.steps, "fill": params.fill, "blur_sigma": params.blur, "batch_size": bs}
         rows: dict[str, dict] = {}
         curves: dict[str, tuple] = {}
@@ -345,7 +345,7 @@ class RandomizationTest(Analysis):
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets = predicted(ctx, images)
-        bs = ctx.config.batch_size
+        bs = ctx.batch_size(grad=True)
         # learned on a deep copy: the user's model is not run or changed
         layers = cascade_layers(ctx.model, inputs, params.steps)
         labels = [" + ".join(step) if len(step) <= 2 else f"{step[0]} … {step[-1]} ({len(step)} modules)"

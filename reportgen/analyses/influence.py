@@ -284,7 +284,7 @@ class AttributionAnalysis(Analysis):
         options = self.options(ctx, params)
         picks = torch.tensor([position[t.image] for t in targets], device=inputs.device)
         classes = torch.tensor([t.cls for t in targets], device=inputs.device)
-        size = ctx.config.batch_size if self.chunked else len(targets)
+        size = ctx.batch_size(grad=True) if self.chunked else len(targets)
         chunks = list(zip(picks.split(size), classes.split(size)))
         maps = torch.cat([self.attribute(ctx.model, inputs[pick], cls, **options).detach().float().cpu()
                           for pick, cls in ctx.iterate(chunks, length=len(chunks), label=self.name)])
@@ -382,7 +382,7 @@ class Occlusion(AttributionAnalysis):
         else:
             stride = default["stride"]
         return {"window": window, "stride": stride, "fill": params.fill, "per_pixel": params.per_pixel,
-                "score": params.score, "batch_size": ctx.config.batch_size}
+                "score": params.score, "batch_size": ctx.batch_size(grad=False)}
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attribution import occlusion
@@ -440,7 +440,7 @@ class SmoothGrad(AttributionAnalysis):
     exact_because = "plain autograd on noisy copies"
 
     def options(self, ctx: Any, params: Any) -> dict:
-        return {"n": params.n, "sigma": params.sigma, "batch_size": ctx.config.batch_size,
+        return {"n": params.n, "sigma": params.sigma, "batch_size": ctx.batch_size(grad=True),
                 "generator": ctx.generator(self.name)}
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:

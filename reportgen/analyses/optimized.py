@@ -62,9 +62,46 @@ class RealismParams:
         min=0.0, max=100.0))
 
 
-def _maximize(ctx, objective, n: int, params: RealismParams, generator, truncate: bool = False) -> Any:
+def _maximize(ctx, make_objective, items: list, params: RealismParams, generator, truncate: bool = False) -> Any:
     """`maximize` with the report's recipe: the config keys of ``params`` mapped onto an objective with penalties, a
-    parameterization, random transforms and pixel edits, all random draws from ``generator`` (start noise first)."""
+    parameterization, random transforms and pixel edits, all random draws from ``generator`` (start noise first).
+
+    One image per item (class, channel), ``make_objective(items)`` the objective of a batch of them. The items are
+    optimized in batches of `Context.batch_size` (all at once unless a large model's activations would not fit),
+    each batch on its own; the results are concatenated in item order."""
+    import torch
+
+    from ..methods import optimize as opt
+
+    size = ctx.batch_size(grad=True)
+    parts = [_maximize_batch(ctx, make_objective(items[k:k + size]), len(items[k:k + size]), params, generator,
+                             truncate) for k in range(0, len(items), size)]
+    if len(parts) == 1:
+        return parts[0]
+    return opt.MaxResult(torch.cat([p.images for p in parts]), torch.cat([p.curve for p in parts], dim=1),
+                         torch.cat([p.final_scores for p in parts]))
+
+
+def _adversarial(ctx, x, target, common: dict) -> Any:
+    """`reportgen.methods.adversarial.adversarial` of the images ``x`` (N, C, H, W), in batches of
+    `Context.batch_size` (each image's steps depend on that image alone, so batching does not change them)."""
+    import dataclasses
+
+    import torch
+
+    from ..methods.adversarial import AdvResult, adversarial
+
+    size = ctx.batch_size(grad=True)
+    parts = [adversarial(ctx.model, x[k:k + size], target=None if target is None else target[k:k + size], **common)
+             for k in range(0, len(x), size)]
+    if len(parts) == 1:
+        return parts[0]
+    per_step = {"labels", "probs"}  # (S + 1, N): the images are the second dimension
+    return AdvResult(**{f.name: torch.cat([getattr(p, f.name) for p in parts], dim=1 if f.name in per_step else 0)
+                        for f in dataclasses.fields(AdvResult)})
+
+
+def _maximize_batch(ctx, objective, n: int, params: RealismParams, generator, truncate: bool) -> Any:
     from ..methods import optimize as opt
 
     clamp = _clamp(ctx)
@@ -199,8 +236,8 @@ class ClassMax(Analysis):
 
         classes, note = self.pick_classes(ctx, params)
         names = ctx.class_names
-        objective = (class_logit if params.target == "logit" else class_prob)(classes)
-        res = _maximize(ctx, objective, len(classes), params, ctx.generator(self.name))
+        make = class_logit if params.target == "logit" else class_prob
+        res = _maximize(ctx, make, classes, params, ctx.generator(self.name))
         pix = _pixels(ctx, res.images)
         probs = _probs(ctx, res.images).numpy()
         what = "logit" if params.target == "logit" else "probability"
@@ -306,7 +343,8 @@ class UnitMax(Analysis):
             else:
                 chans = sorted(torch.randperm(n_ch, generator=gen)[:k].tolist())
             # truncated: the layers after this one do not change its output, so they need not run
-            res = _maximize(ctx, channel(layer, chans), k, params, gen, truncate=True)
+            res = _maximize(ctx, lambda part, _layer=layer: channel(_layer, part), chans, params, gen,
+                            truncate=True)
             pix = _pixels(ctx, res.images)
             mean = (stats.total[layer] / max(stats.count, 1)).numpy()
             peak = stats.peak[layer].numpy()
@@ -493,7 +531,7 @@ class Adversarial(Analysis):
     def run(self, ctx, params, reduced):
         import torch
 
-        from ..methods.adversarial import adversarial, random_sphere
+        from ..methods.adversarial import random_sphere
 
         names = ctx.class_names
         idx = list(ctx.samples)
@@ -501,7 +539,7 @@ class Adversarial(Analysis):
         clamp = _clamp(ctx)
         common = dict(steps=params.steps, step_size=params.step_size or None, norm=params.norm,
                       stop_at_change=params.stop_at_change, clamp=clamp)
-        res = adversarial(ctx.model, x, **common)
+        res = _adversarial(ctx, x, None, common)
         labels, probs = res.labels.cpu().numpy(), res.probs.cpu().numpy()
         orig_pix, adv_pix = _pixels(ctx, x), _pixels(ctx, res.adv)
         rel = res.rel_norm.cpu().numpy()
@@ -561,7 +599,7 @@ class Adversarial(Analysis):
             sel = np.flatnonzero(ok)
             radius = 2.0 * (res.adv - x.to(res.adv.dtype)).flatten(1).norm(dim=1)[torch.as_tensor(sel)]
             sph = random_sphere(ctx.model, x[torch.as_tensor(sel)], radius, m=params.sphere_points,
-                                batch_size=ctx.config.batch_size, generator=ctx.generator(self.name + "/sphere"))
+                                batch_size=ctx.batch_size(grad=False), generator=ctx.generator(self.name + "/sphere"))
             frac = sph.fraction.cpu().numpy()
             xnorm = x.flatten(1).norm(dim=1).cpu().numpy()
             rows = []
@@ -613,7 +651,7 @@ class Adversarial(Analysis):
         else:
             goal = _probs(ctx, x).topk(2, dim=1).indices[:, 1]
             chosen = "each image's second most likely class"
-        res = adversarial(ctx.model, x, target=goal.to(ctx.device), **common)
+        res = _adversarial(ctx, x, goal.to(ctx.device), common)
         probs_all = _probs(ctx, res.adv).numpy()
         orig_pix, adv_pix = _pixels(ctx, x), _pixels(ctx, res.adv)
         mono = ctx.loaded.input.channels == 1
