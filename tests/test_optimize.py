@@ -400,6 +400,35 @@ def test_random_sphere_counts_and_is_seeded(digits_mlp):
     assert (a.fraction < 0.5).all(), a.fraction
     huge = random_sphere(model, x[:1], 1e4, m=50, generator=gen())
     assert huge.changed.item() > 0  # far away the label is no longer the image's
+    # the points come in blocks of 50 whatever the batch size: the same counts with batches of 7
+    c = random_sphere(model, x[:3], radius, m=300, batch_size=7, generator=gen(5))
+    assert torch.equal(a.changed, c.changed) and (c.drawn == 300).all()
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    from reportgen.methods.adversarial import wilson_interval
+
+    for k, n in [(0, 100), (3, 50), (50, 100), (100, 100), (1, 7)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        low, high = wilson_interval(k, n)
+        assert abs(low - ci.low) < 1e-5 and abs(high - ci.high) < 1e-5, (k, n)
+
+
+def test_random_sphere_stops_once_the_interval_is_tight():
+    # a model that never changes its label: 0 flips; the 95% Wilson half-width is 0.0357 after 50 points and
+    # 0.0185 after 100, so a tolerance of 0.02 stops every image after the second block
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([5.0, -5.0]))
+    x = torch.randn(2, 3, 8, 8, generator=gen(1))
+    res = random_sphere(model, x, 1.0, m=1000, batch_size=32, generator=gen(2), tolerance=0.02)
+    assert res.drawn.tolist() == [100, 100] and res.changed.tolist() == [0, 0]
+    assert torch.allclose(res.high, torch.full((2,), 1.959964**2 / (100 + 1.959964**2)))
+    full = random_sphere(model, x, 1.0, m=1000, batch_size=256, generator=gen(2))
+    assert full.drawn.tolist() == [1000, 1000]
 
 
 def test_zoo_lenet_adversarial():

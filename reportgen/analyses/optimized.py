@@ -246,7 +246,8 @@ class ClassMax(Analysis):
         for i, c in enumerate(classes):
             top = int(probs[i].argmax())
             hits += top == c
-            verdict = "classified as this class" if top == c else f"classified as '{names[top]}' (p={probs[i, top]:.2f})"
+            verdict = ("classified as this class" if top == c
+                       else f"classified as '{names[top]}' (p={probs[i, top]:.2f})")
             result.items.append(Picture(
                 key=f"class-{c:04d}", array=pix[i], style="rgb", label=names[c], group="Class images",
                 caption=f"Maximizes the {what} of '{names[c]}' (objective {res.final_scores[i]:.3g} at the end); "
@@ -497,8 +498,14 @@ class AdversarialParams:
         "Class name for the targeted variant; empty = each image's second most likely class."))
     targeted: bool = field(default=True, metadata=doc("Also run the targeted variant."))
     sphere_points: int = field(default=1000, metadata=doc(
-        "Random points per image on the sphere of radius 2 ||x - x~|| around it (the control); 0 = skip.",
+        "Random points per image on the sphere of radius 2 ||x - x~|| around it (the control), at most; 0 = skip.",
         min=0, max=100000))
+    sphere_tolerance: float = field(default=0.02, metadata=doc(
+        "Stop drawing sphere points for an image once the 95% Wilson interval of its flip fraction is within "
+        "+/- this (checked every 50 points); 0 = always draw sphere_points.", min=0.0, max=0.5))
+
+
+SPHERE_BLOCK = 50  # sphere points drawn per check of the stopping rule
 
 
 def _step_rows(labels, probs, names, stop: int, limit: int = 20) -> list[list]:
@@ -599,23 +606,29 @@ class Adversarial(Analysis):
             sel = np.flatnonzero(ok)
             radius = 2.0 * (res.adv - x.to(res.adv.dtype)).flatten(1).norm(dim=1)[torch.as_tensor(sel)]
             sph = random_sphere(ctx.model, x[torch.as_tensor(sel)], radius, m=params.sphere_points,
-                                batch_size=ctx.batch_size(grad=False), generator=ctx.generator(self.name + "/sphere"))
+                                batch_size=ctx.batch_size(grad=False), generator=ctx.generator(self.name + "/sphere"),
+                                tolerance=params.sphere_tolerance, block=SPHERE_BLOCK)
             frac = sph.fraction.cpu().numpy()
+            stop = (f"{SPHERE_BLOCK} points at a time, until the interval was within +/-"
+                    f"{params.sphere_tolerance:g} (checked after each {SPHERE_BLOCK}, so its coverage is "
+                    f"approximate) or {params.sphere_points} points were drawn." if params.sphere_tolerance > 0
+                    else f"{params.sphere_points} points per image.")
             xnorm = x.flatten(1).norm(dim=1).cpu().numpy()
             rows = []
             for r, j in enumerate(sel):
                 rows.append([ctx.images.names[idx[j]], names[int(sph.original[r])], float(rel[j]),
-                             float(100 * float(sph.radius[r]) / xnorm[j]), params.sphere_points,
-                             int(sph.changed[r]), float(frac[r])])
+                             float(100 * float(sph.radius[r]) / xnorm[j]), int(sph.drawn[r]),
+                             int(sph.changed[r]), float(frac[r]),
+                             f"{float(sph.low[r]):.3f} to {float(sph.high[r]):.3f}"])
             result.items.append(Table(
                 key="sphere", group="Summary", label="Control: random changes twice as large",
                 columns=["image", "predicted", "adversarial change %", "sphere radius %", "points",
-                         "label changes", "fraction"],
+                         "label changes", "fraction", "95% interval"],
                 rows=rows,
-                caption=f"{params.sphere_points} points drawn uniformly on the sphere of radius 2 ||x - x~|| "
-                        "around each image whose label the attack changed (radius as % of ||x||, normalized "
-                        "inputs, not clipped to the pixel range), classified by the model; label changes = points "
-                        "classified differently from the image."))
+                caption=f"Points drawn uniformly on the sphere of radius 2 ||x - x~|| around each image whose label "
+                        "the attack changed (radius as % of ||x||, normalized inputs, not clipped to the pixel "
+                        "range), classified by the model; label changes = points classified differently from the "
+                        f"image. {stop} The interval is the 95% Wilson score interval of the fraction."))
             result.metrics["sphere: mean fraction flipped"] = float(frac.mean())
         elif params.sphere_points:
             result.notes.append("No label changed, so the random-sphere control has no radius to test.")
@@ -640,8 +653,6 @@ class Adversarial(Analysis):
 
     def targeted(self, ctx, params, x, common, result) -> Table:
         import torch
-
-        from ..methods.adversarial import adversarial
 
         names = ctx.class_names
         idx = list(ctx.samples)
