@@ -43,6 +43,7 @@ class BuildReport:
     failed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     manifest: Optional[Manifest] = None
+    rank: int = 0  # a distributed build's helper ranks (> 0) write no site: their share of the pass went to rank 0
 
 
 @dataclass
@@ -76,27 +77,43 @@ class Given:
     model_sha256: Optional[str] = None
 
 
-def build(cfg: BuildConfig, output: Optional[Output] = None, given: Optional[Given] = None) -> BuildReport:
+def build(cfg: BuildConfig, output: Optional[Output] = None, given: Optional[Given] = None,
+          group: Any = None) -> BuildReport:
     """Build the report that ``cfg`` (and ``given``) describe into ``cfg.out`` (atomically); returns where and how
-    long. The one path of `reportgen build` and `reportgen.build_report`."""
+    long. The one path of `reportgen build` and `reportgen.build_report`.
+
+    Under torchrun (several processes) every process runs it with its ``group`` (`reportgen.distributed`): all
+    share the one pass, rank 0 writes the site, the others return a report without one (``rank`` > 0)."""
+    from .distributed import current_world
+
+    world = current_world() if group is None else None
+    if world is not None:
+        from .distributed import shared_build
+
+        return shared_build(world, cfg.device, lambda grp: build(cfg, output, given, grp))
     output = output or Output()
     t0 = time.perf_counter()
+    if group is not None and group.rank != 0:
+        report = build_site(cfg, choose_analyses(cfg), None, output, given=given, group=group)
+        report.seconds = time.perf_counter() - t0
+        return report
     out = check_out_path(Path(cfg.out))
     model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
     check_replaceable(out, [model_file, cfg.weights, cfg.images])
     chosen = choose_analyses(cfg)
     with staged_site(out, []) as tmp:
-        report = build_site(cfg, chosen, tmp, output, given=given)
+        report = build_site(cfg, chosen, tmp, output, given=given, group=group)
     report.out = out
     report.seconds = time.perf_counter() - t0
     return report
 
 
 def build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
-               snapshot: Optional[dict] = None, given: Optional[Given] = None) -> BuildReport:
+               snapshot: Optional[dict] = None, given: Optional[Given] = None, group: Any = None) -> BuildReport:
     """The recipe: one report into the existing, empty ``folder``; ``snapshot`` (a checkpoint archive's record of
     this snapshot) goes into its manifest. The global RNG states are restored afterwards (a training loop that
-    builds a snapshot every epoch keeps its own random stream), and so is a ``given`` model."""
+    builds a snapshot every epoch keeps its own random stream), and so is a ``given`` model. ``group``: the process
+    group of a distributed build; its ranks other than 0 stop after the one pass (``folder`` is not used)."""
     import torch
 
     from .api import kept_as_is
@@ -104,11 +121,11 @@ def build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
     model = given.model if given is not None else None
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices), kept_as_is(model):
-        return _build_site(cfg, chosen, folder, output, snapshot, given)
+        return _build_site(cfg, chosen, folder, output, snapshot, given, group)
 
 
 def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, snapshot: Optional[dict],
-                given: Optional[Given]) -> BuildReport:
+                given: Optional[Given], group: Any = None) -> BuildReport:
     t0 = time.perf_counter()
     ctx = load(cfg, output, given)
     timings = {"load model and images": time.perf_counter() - t0}
@@ -116,7 +133,9 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
     plan = make_plan(ctx, chosen)
     timings["plan (one probe pass)"] = time.perf_counter() - t_plan
     t_pass = time.perf_counter()
-    ctx.predictions = forward_pass(ctx, plan.reducers)
+    ctx.predictions = forward_pass(ctx, plan.reducers, group)
+    if ctx.predictions is None:  # a helper rank of a distributed build: its share of the pass is with rank 0
+        return BuildReport(out=folder, seconds=0.0, rank=group.rank)
     ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
     timings["forward pass"] = time.perf_counter() - t_pass
     writer = ArtifactWriter(folder)
@@ -203,11 +222,16 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
     return Plan(skipped, reducers)
 
 
-def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
+def forward_pass(ctx: Any, reducers: dict[str, dict], group: Any = None) -> Any:
     """Push the image set through the model once, ``batch_size`` images at a time; every reducer sees every batch;
-    the logits of every readable image are kept (`reportgen.context.Predictions`)."""
+    the logits of every readable image are kept (`reportgen.context.Predictions`).
+
+    With the ``group`` of a distributed build each rank reads and runs only its batches (`Group.batches`), the
+    reducers agree on their histograms' ranges round by round (`Reducer.span`/`cover`), and rank 0 receives every
+    rank's share merged (`Group.gather`); the other ranks return None."""
     import torch
 
+    from .analyses import Reducer
     from .capture import capture
     from .context import Predictions
 
@@ -217,10 +241,22 @@ def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
     indices, logits, labels = [], [], []
     n = len(ctx.images)
     warn = ctx.output.warn
-    batches = ctx.images.batches(batch_size, ctx.device,
-                                 on_bad=lambda name, why: warn(f"skipped image '{name}': {why}"))
+
+    def on_bad(name: str, why: str) -> None:
+        warn(f"skipped image '{name}': {why}")
+
+    if group is None:
+        batches, length = ctx.images.batches(batch_size, ctx.device, on_bad=on_bad), (n + batch_size - 1) // batch_size
+    else:
+        batches, length = group.batches(ctx.images, batch_size, ctx.device, on_bad), group.rounds(n, batch_size)
+    # the same decision on every rank: whether any reducer holds state that the ranks must agree on
+    agree = group is not None and any(type(r).span is not Reducer.span for r in flat)
     with capture(ctx.model, layers, as_maps=True) as rec, torch.no_grad():
-        for batch in ctx.iterate(batches, length=(n + batch_size - 1) // batch_size, label="forward pass"):
+        for batch in ctx.iterate(batches, length=length, label="forward pass"):
+            if batch is None:  # a round without a batch for this rank: it still takes part in the agreement
+                if agree:
+                    group.cover(flat, None)
+                continue
             try:
                 out = ctx.model(batch.inputs)
             except Exception as exc:  # the user's model failing on real data is a model problem, said in one line
@@ -229,11 +265,20 @@ def forward_pass(ctx: Any, reducers: dict[str, dict]) -> Any:
                 raise ModelError(f"model '{ctx.loaded.spec}' failed on a batch of the image set "
                                  f"({type(exc).__name__}: {first_line(exc)}): check that it runs on inputs of shape "
                                  f"{tuple(batch.inputs.shape)}") from None
+            if agree:
+                group.cover(flat, [r.span({name: rec.acts[name] for name in r.layers}) for r in flat])
             for reducer in flat:
                 reducer.update(batch, {name: rec.acts[name] for name in reducer.layers}, out)
             indices.append(batch.indices.numpy())
             logits.append(out.detach().float().cpu().numpy())
             labels.append(batch.labels.numpy())
+    if group is not None:
+        shared = group.gather(reducers, indices, logits, labels, ctx.images.skipped, ctx.images.names)
+        if shared is None:
+            return None
+        idx, all_logits, lab, bad = shared
+        ctx.images.skipped[:] = bad
+        indices, logits, labels = ([idx], [all_logits], [lab]) if len(idx) else ([], [], [])
     if not indices:
         from .errors import DataError
 

@@ -147,6 +147,8 @@ def build(model, weights, config_path, output: Output, **options):
 
     cfg = report_config(config_path, model=model, weights=weights, **options)
     report = build_report(config=cfg, output=output)
+    if report.rank:  # a helper rank of a distributed build (torchrun): rank 0 wrote the site and says so
+        return
     index = report.out / "index.html"
     if report.failed:
         output.warn(f"{len(report.failed)} analysis(es) failed: {', '.join(report.failed)} (shown on their pages)")
@@ -320,7 +322,11 @@ def archive_cmd(checkpoints, model, config_path, output: Output, **options):
     Snapshots whose checkpoint, image set and config are unchanged are reused, not recomputed.
     """
     from .archive import archive
+    from .distributed import current_world
 
+    if current_world() is not None:  # every process would build the whole archive into the same folder
+        raise ReportgenError("reportgen archive does not share its work between processes yet: run it as one "
+                             "process (python -m reportgen archive ..., without torchrun)")
     cfg = report_config(config_path, model=model, **options)
     summary = archive(cfg, list(checkpoints), output)
     click.echo(f"Archive written to {summary['out'] / 'index.html'} in {summary['seconds']:.1f} s "

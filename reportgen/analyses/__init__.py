@@ -34,6 +34,21 @@ class Reducer:
     def update(self, batch: Any, acts: dict, logits: Any) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def merge(self, other: "Reducer") -> None:  # pragma: no cover - interface
+        """Add the state of ``other``, the same reducer fed another share of the image set (a distributed pass,
+        `reportgen.distributed`): afterwards this holds what one reducer fed both shares would hold."""
+        raise NotImplementedError(f"{type(self).__name__} cannot merge: it cannot run on several processes")
+
+    def span(self, acts: dict) -> Any:
+        """What the state of every rank must be made to cover before a batch is counted (a histogram's range), as a
+        small picklable value; None when nothing (the default). See `cover`."""
+        return None
+
+    def cover(self, span: Any) -> None:
+        """Grow the state to cover another batch's ``span``: a distributed pass calls it on every rank with every
+        batch's span in the global batch order, so that state fixed by the first batches (histogram edges) is the
+        same on every rank and the same as in one process."""
+
 
 class Analysis:
     """Base class; subclasses set the class attributes and implement `run` (and optionally `reducers`)."""

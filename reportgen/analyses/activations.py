@@ -145,6 +145,25 @@ class StatsReducer(Reducer):
             if a.ndim >= 2:
                 self.stats[name].update(a)
 
+    def span(self, acts):
+        """{layer: (min, max)} of this batch: the histograms' ranges, agreed on by the ranks of a distributed pass."""
+        spans = {}
+        for name in self.layers:
+            a = acts[name]
+            if a.ndim >= 2 and a.numel():
+                lo, hi = self.stats[name].span(a.detach())
+                if np.isfinite(lo) and np.isfinite(hi):  # NaN: `update` says so
+                    spans[name] = (lo, hi)
+        return spans
+
+    def cover(self, span):
+        for name, (lo, hi) in span.items():
+            self.stats[name].cover(lo, hi)
+
+    def merge(self, other):
+        for name in self.layers:
+            self.stats[name].merge(other.stats[name])
+
 
 class EverPositive(Reducer):
     """Which units of each layer were ever > 0 over the whole image set: channels of a map (N, C, H, W), features
@@ -162,6 +181,10 @@ class EverPositive(Reducer):
                 unit = 2 if a.ndim == 3 else 1  # a token's ReLU (a transformer's MLP) acts on its D features
                 active = (a.detach().amax(dim=[d for d in range(a.ndim) if d != unit]) > 0).cpu().numpy()
                 self.ever[name] = active | self.ever[name] if name in self.ever else active
+
+    def merge(self, other):
+        for name, active in other.ever.items():
+            self.ever[name] = active | self.ever[name] if name in self.ever else active.copy()
 
 
 def relu_outputs(ctx) -> tuple[list[str], list[str]]:
@@ -291,18 +314,36 @@ def pool_to(acts, max_dim: int):
     return a.reshape(a.shape[0], -1).cpu()
 
 
+def index_hash(indices: np.ndarray, key: int) -> np.ndarray:
+    """A seeded 64-bit hash of image indices (B,) int -> (B,) uint64: SplitMix64's finalizer (Steele, Lea & Flood,
+    Fast Splittable Pseudorandom Number Generators, OOPSLA 2014) of ``index + key``. Uniform enough that the
+    ``k`` smallest hashes are a uniform sample of the indices, and a pure function of (index, key)."""
+    z = np.asarray(indices, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+        z = z + np.uint64(key % 2**64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 class FeatureSample(Reducer):
-    """A uniform sample (reservoir sampling, Vitter's algorithm R with a seeded generator) of at most ``max_points``
-    images' flattened features per layer, their labels, predictions and indices. Memory: max_points x the sum of the
-    (pooled) feature sizes, whatever the image set's size. Keys "input" and "logits" hold the pixels and the logits.
+    """A uniform sample of at most ``max_points`` images' flattened features per layer, their labels, predictions and
+    indices. Memory: max_points x the sum of the (pooled) feature sizes, whatever the image set's size. Keys "input"
+    and "logits" hold the pixels and the logits.
+
+    The images kept are those whose seeded hash of the image index is smallest (a bottom-k sample; the key is drawn
+    from ``rng``): the same images whatever the order of the stream, its cut into batches or the number of ranks that
+    share it (`merge`), and a stream of at most ``max_points`` images is kept whole.
     """
 
     def __init__(self, layers: list[str], max_points: int, max_dim: int, rng: np.random.Generator) -> None:
         self.layers = list(layers)
         self.max_points = max_points
         self.max_dim = max_dim
-        self.rng = rng
+        self.key = int(rng.integers(0, 2**63))
         self.seen = 0
+        self.filled = 0  # slots in use
+        self.hashes = np.zeros(max_points, dtype=np.uint64)
         self.feats: dict[str, np.ndarray] = {}
         self.indices = np.zeros(max_points, dtype=np.int64)
         self.labels = np.zeros(max_points, dtype=np.int64)
@@ -310,18 +351,36 @@ class FeatureSample(Reducer):
         self.alias: set[str] = set()  # selected layers whose output is the logits themselves
         self.raw_dims: dict[str, int] = {}  # numbers per image before pooling
 
-    def slots(self, n: int) -> list[tuple[int, int]]:
-        """(row in batch, slot) pairs for the next ``n`` items of the stream."""
-        out = []
-        for b in range(n):
-            t = self.seen + b
-            if t < self.max_points:
-                out.append((b, t))
-            else:
-                j = int(self.rng.integers(0, t + 1))
-                if j < self.max_points:
-                    out.append((b, j))
-        return out
+    def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Admit the images ``indices`` (B,) into the sample: (rows of ``indices`` kept, the slot of each). Kept
+        images displace those with the largest (hash, index); the caller fills the slots' data."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        h = index_hash(idx, self.key)
+        m = self.filled
+        cand_h, cand_i = np.concatenate([self.hashes[:m], h]), np.concatenate([self.indices[:m], idx])
+        keep = np.zeros(len(cand_h), dtype=bool)
+        keep[np.lexsort((cand_i, cand_h))[: self.max_points]] = True
+        rows = np.nonzero(keep[m:])[0]
+        # the slots of displaced images first, then empty ones: every displaced image's slot is refilled here
+        free = np.concatenate([np.nonzero(~keep[:m])[0], np.arange(m, self.max_points)])
+        slots = free[: len(rows)]
+        self.hashes[slots], self.indices[slots] = h[rows], idx[rows]
+        self.filled = min(self.max_points, m + len(idx))
+        return rows, slots
+
+    def merge(self, other: "FeatureSample") -> None:
+        """Add the sample of ``other`` (another share of the same stream): exactly the sample of one stream of both."""
+        self.alias |= other.alias
+        self.raw_dims.update(other.raw_dims)
+        self.seen += other.seen
+        m = other.filled
+        rows, slots = self.take(other.indices[:m])
+        for key, f in other.feats.items():
+            if key not in self.feats:
+                self.feats[key] = np.zeros((self.max_points, f.shape[1]), dtype=np.float32)
+            self.feats[key][slots] = f[:m][rows]
+        self.labels[slots] = other.labels[:m][rows]
+        self.preds[slots] = other.preds[:m][rows]
 
     def update(self, batch, acts, logits):
         import torch
@@ -334,12 +393,11 @@ class FeatureSample(Reducer):
                     self.alias.add(name)
         named = {"input": batch.inputs, **{k: v for k, v in acts.items() if k not in self.alias},
                  "logits": logits}
-        pairs = self.slots(n)
+        kept, slots = self.take(batch.indices.numpy())
         self.seen += n
-        if not pairs:
+        if not len(kept):
             return
-        rows = torch.as_tensor([b for b, _ in pairs])
-        slots = np.array([s for _, s in pairs])
+        rows = torch.as_tensor(kept)
         for key, a in named.items():
             f = pool_to(a[rows.to(a.device)], self.max_dim).numpy()
             if key not in self.feats:
@@ -352,7 +410,7 @@ class FeatureSample(Reducer):
 
     def collected(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """({key: (M, D)}, indices, labels, preds), rows sorted by image index, keys from input to logits."""
-        m = min(self.seen, self.max_points)
+        m = self.filled
         order = np.argsort(self.indices[:m], kind="stable")
         keys = ["input"] + [k for k in self.layers if k in self.feats and k != "input"] + ["logits"]
         return ({k: self.feats[k][:m][order] for k in keys if k in self.feats}, self.indices[:m][order],
@@ -472,8 +530,9 @@ class Embeddings(Analysis):
 
 
 class FeatureBank(Reducer):
-    """A seeded uniform sample (reservoir) of at most ``max_points`` images: their pixels (the normalized inputs)
-    and their features at ``layer``. Memory: max_points x (pixels + features) float32."""
+    """A seeded uniform sample of at most ``max_points`` images, chosen as `FeatureSample` chooses (by a seeded hash
+    of the image index, whatever the order or the number of ranks): their pixels (the normalized inputs) and their
+    features at ``layer``. Memory: max_points x (pixels + features) float32."""
 
     def __init__(self, layer: str, max_points: int, rng: np.random.Generator) -> None:
         self.layers = [layer]
@@ -486,12 +545,10 @@ class FeatureBank(Reducer):
 
     def update(self, batch, acts, logits):
         n = int(batch.inputs.shape[0])
-        pairs = self.sampler.slots(n)
+        rows, slots = self.sampler.take(batch.indices.numpy())
         self.sampler.seen += n
-        if not pairs:
+        if not len(rows):
             return
-        rows = np.array([b for b, _ in pairs])
-        slots = np.array([s for _, s in pairs])
         pix = batch.inputs.detach().float().reshape(n, -1).cpu().numpy()[rows]
         f = acts[self.layer].detach().float().reshape(n, -1).cpu().numpy()[rows]
         if self.pixels is None:
@@ -504,6 +561,27 @@ class FeatureBank(Reducer):
     @property
     def seen(self) -> int:
         return self.sampler.seen
+
+    def merge(self, other: "FeatureBank") -> None:
+        """Add the bank of ``other`` (another share of the same stream): exactly the bank of one stream of both."""
+        self.sampler.seen += other.sampler.seen
+        if other.pixels is None:
+            return
+        m = other.sampler.filled
+        rows, slots = self.sampler.take(other.indices[:m])
+        if self.pixels is None:
+            self.pixels = np.zeros((self.max_points, other.pixels.shape[1]), dtype=np.float32)
+            self.feats = np.zeros((self.max_points, other.feats.shape[1]), dtype=np.float32)
+        self.pixels[slots] = other.pixels[:m][rows]
+        self.feats[slots] = other.feats[:m][rows]
+        self.indices[slots] = other.indices[:m][rows]
+
+    def kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pixels (M, P), features (M, F), image indices (M,)) of the kept images, sorted by image index (so that
+        the bank reads the same whatever the order it was filled in)."""
+        m = self.sampler.filled
+        order = np.argsort(self.indices[:m], kind="stable")
+        return self.pixels[:m][order], self.feats[:m][order], self.indices[:m][order]
 
 
 def feature_layer(ctx) -> str | None:
@@ -547,9 +625,9 @@ class Neighbours(Analysis):
         if bank.pixels is None or m < 2:
             raise NotApplicable("fewer than 2 images were seen")
         refs = list(ctx.samples[: params.k_refs])
-        in_bank = {int(i): pos for pos, i in enumerate(bank.indices[:m])}
+        pixels, feats, index = bank.kept()
+        in_bank = {int(i): pos for pos, i in enumerate(index)}
         missing = [i for i in refs if i not in in_bank]
-        pixels, feats, index = bank.pixels[:m], bank.feats[:m], bank.indices[:m]
         if missing:  # references outside the sample: their features from the sample images themselves
             inputs, acts, _ = sample_acts(ctx, missing, [bank.layer])
             pixels = np.concatenate([pixels, inputs.detach().float().reshape(len(missing), -1).cpu().numpy()])
@@ -636,6 +714,14 @@ class TopReducer(Reducer):
             s = a.detach().double().mean(dim=(2, 3)).sum(dim=0).cpu().numpy()
             self.sums[name] = self.sums.get(name, 0) + s
         self.count += int(batch.inputs.shape[0])
+
+    def merge(self, other):
+        """Top images merge exactly; the sums of channel means add in float64 (one stream's up to rounding)."""
+        for name in self.layers:
+            self.top[name].merge(other.top[name])
+            if name in other.sums:
+                self.sums[name] = self.sums.get(name, 0) + other.sums[name]
+        self.count += other.count
 
 
 @dataclass

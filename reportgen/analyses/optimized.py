@@ -297,6 +297,16 @@ class ChannelStats(Reducer):
             self.peak[name] = peak if name not in self.peak else torch.maximum(self.peak[name], peak)
         self.count += int(batch.indices.numel())
 
+    def merge(self, other) -> None:
+        """Add another share of the same stream: peaks exactly, totals in float64 (up to rounding)."""
+        import torch
+
+        for name in other.total:
+            self.total[name] = self.total.get(name, 0) + other.total[name]
+            peak = other.peak[name]
+            self.peak[name] = peak if name not in self.peak else torch.maximum(self.peak[name], peak)
+        self.count += other.count
+
 
 @dataclass
 class UnitMaxParams(RealismParams):

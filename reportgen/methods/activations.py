@@ -192,19 +192,11 @@ class RunningStats:
         else:
             self.ever_active = self.ever_active | active
 
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = self.span(x)
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError("activations contain NaN or infinity")
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-        if self.hist_edges is None:
-            if hi == lo:  # a constant first batch still needs a range of positive width
-                lo, hi = lo - 0.5, hi + 0.5
-            self.hist_edges = np.linspace(lo, hi, self.bins + 1)
-            self.hist_counts = np.zeros(self.bins, dtype=np.int64)
-        while hi > self.hist_edges[-1]:
-            self._grow(up=True)
-        while lo < self.hist_edges[0]:
-            self._grow(up=False)
+        self.cover(lo, hi)
 
         edges = torch.from_numpy(self.hist_edges)
         # float64 in slices: exact sums and bin tests, without a float64 copy of a whole large batch
@@ -222,6 +214,60 @@ class RunningStats:
             bins = (torch.bucketize(v, edges, right=True) - 1).clamp_(max=self.bins - 1)
             self.hist_counts += torch.bincount(bins, minlength=self.bins).numpy()
             self._at_top += int((v == edges[-1]).sum())
+
+    @staticmethod
+    def span(acts: torch.Tensor) -> tuple[float, float]:
+        """(min, max) of a batch of activations: what `cover` needs to know of it."""
+        return float(acts.min()), float(acts.max())
+
+    def cover(self, lo: float, hi: float) -> None:
+        """Fix (first call) or widen the histogram's range so that it holds [lo, hi], counting nothing: the first step
+        of `update` with each batch's range. The ranks of a distributed pass call it with every batch's range in the
+        global batch order, so that each holds the very edges that one process would hold, and `merge` then adds
+        the counts bin by bin (`reportgen.distributed`)."""
+        if self.hist_edges is None:
+            if hi == lo:  # a constant first batch still needs a range of positive width
+                lo, hi = lo - 0.5, hi + 0.5
+            self.hist_edges = np.linspace(lo, hi, self.bins + 1)
+            self.hist_counts = np.zeros(self.bins, dtype=np.int64)
+        while hi > self.hist_edges[-1]:
+            self._grow(up=True)
+        while lo < self.hist_edges[0]:
+            self._grow(up=False)
+
+    def merge(self, other: "RunningStats") -> None:
+        """Add the statistics of ``other`` (another share of the same stream) to these.
+
+        Counts, min, max and dead units merge exactly; the histograms must have the same edges (both `cover`-ed with
+        the same ranges in the same order), and then their counts add exactly. Mean and spread merge by Chan, Golub
+        & LeVeque's parallel formula in float64: the same numbers as one stream up to rounding (a relative 1e-15).
+        """
+        if other.bins != self.bins:
+            raise ValueError(f"cannot merge histograms of {other.bins} and {self.bins} bins")
+        if other.hist_edges is not None and self.hist_edges is not None and not np.array_equal(
+                other.hist_edges, self.hist_edges):
+            raise ValueError("cannot merge histograms with different edges: cover() both with the same ranges first")
+        if other.count == 0:
+            return
+        if self.hist_edges is None:
+            self.hist_edges = other.hist_edges.copy()
+            self.hist_counts = np.zeros(self.bins, dtype=np.int64)
+        n = self.count + other.count
+        delta = other._mean - self._mean
+        self._m2 += other._m2 + delta * delta * self.count * other.count / n
+        self._mean += delta * other.count / n
+        self.count = n
+        self.total += other.total
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        if other.ever_active is not None:
+            if self.ever_active is None:
+                self.ever_active = other.ever_active.copy()
+            elif self.ever_active.shape != other.ever_active.shape:
+                raise ValueError(f"cannot merge {other.ever_active.shape[0]} units into {self.ever_active.shape[0]}")
+            else:
+                self.ever_active = self.ever_active | other.ever_active
+        self.hist_counts = self.hist_counts + other.hist_counts
+        self._at_top += other._at_top
 
     def _grow(self, up: bool) -> None:
         edges, counts, half = self.hist_edges, self.hist_counts, self.bins // 2
@@ -308,6 +354,25 @@ class StreamingTopK:
             all_i = np.concatenate([self.indices, new_i], axis=1)
             all_p = np.concatenate([self.positions, new_p], axis=1)
         # per row: descending value, then ascending image index
+        order = np.lexsort((all_i, -all_v), axis=1)[:, : self.n]
+        self.values = np.take_along_axis(all_v, order, axis=1)
+        self.indices = np.take_along_axis(all_i, order, axis=1)
+        self.positions = np.take_along_axis(all_p, order[..., None], axis=1)
+
+    def merge(self, other: "StreamingTopK") -> None:
+        """Add the top images of ``other`` (another share of the same stream, other images): the same result as one
+        stream of both, exactly (merged by value, ties to the lower image index)."""
+        if other.values is None:
+            return
+        if self.values is None:
+            self.values, self.indices, self.positions = (other.values.copy(), other.indices.copy(),
+                                                         other.positions.copy())
+            return
+        if self.values.shape[0] != other.values.shape[0]:
+            raise ValueError(f"cannot merge {other.values.shape[0]} channels into {self.values.shape[0]}")
+        all_v = np.concatenate([self.values, other.values], axis=1)
+        all_i = np.concatenate([self.indices, other.indices], axis=1)
+        all_p = np.concatenate([self.positions, other.positions], axis=1)
         order = np.lexsort((all_i, -all_v), axis=1)[:, : self.n]
         self.values = np.take_along_axis(all_v, order, axis=1)
         self.indices = np.take_along_axis(all_i, order, axis=1)

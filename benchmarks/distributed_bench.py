@@ -1,0 +1,77 @@
+"""Wall time of the population pass with 1 process and with N processes (torchrun, gloo, one thread each).
+
+    python benchmarks/distributed_bench.py [--model shapes-cnn] [--max-images 1000] [--procs 2] [--repeat 2]
+
+Each build runs the analyses whose state comes from the one pass (`--only`, default distributions and top images)
+on the zoo model's test split; the pass's time is the manifest's ``timings["forward pass"]`` of rank 0, which for N
+processes includes waiting for the others and gathering their reducers. The whole command's wall time (imports,
+loading, the analyses and the pages on rank 0) is printed beside it. The best of ``--repeat`` runs is kept (the
+least disturbed by other work on the machine); the load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_build(procs: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """(seconds of the pass on rank 0, seconds of the whole command) of one build with ``procs`` processes."""
+    build = ["-m", "reportgen", "build", args.model, "--out", str(out), "--only", args.only, "--batch-size",
+             str(args.batch_size), "--max-images", str(args.max_images), "-q"]
+    if procs > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+               "127.0.0.1", "--master-port", str(free_port()), *build]
+    else:
+        cmd = [sys.executable, *build]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode:
+        sys.exit(f"the build with {procs} process(es) failed:\n{done.stdout}{done.stderr}")
+    timings = json.loads((out / "manifest.json").read_text())["timings"]
+    return timings["forward pass"], wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes-cnn")
+    parser.add_argument("--max-images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--only", default="distributions,top-images")
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        best: dict[int, tuple[float, float]] = {}
+        for _ in range(args.repeat):
+            for procs in (1, args.procs):
+                got = one_build(procs, args, Path(tmp) / f"site-{procs}")
+                best[procs] = min(best.get(procs, got), got)
+    print(f"{args.model}, {args.max_images} images, batch {args.batch_size}, --only {args.only}, one thread per "
+          f"process, best of {args.repeat} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}):")
+    print(f"{'processes':>9}  {'pass s':>7}  {'speed-up':>8}  {'command s':>9}")
+    for procs, (pass_s, wall) in best.items():
+        print(f"{procs:>9}  {pass_s:7.2f}  {best[1][0] / pass_s:7.2f}x  {wall:9.1f}")
+
+
+if __name__ == "__main__":
+    main()

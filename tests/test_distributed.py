@@ -1,0 +1,414 @@
+"""Distributed builds (issue 15): the reducers' merges, and 2 and 3 gloo processes under torchrun against one process.
+
+The end-to-end tests launch ``python -m torch.distributed.run --nproc-per-node N -m reportgen build`` on the tiny
+CNN and a folder of 21 images and an unreadable file (6 batches of 4; the file is the last), with the analyses whose
+state comes from the one pass (histograms, top images, the hashed sample of the neighbours' bank, the logits), and
+compare the site with the one-process build: every figure byte for byte, every number of the manifest exactly but
+the float64 spreads, merged by Chan's formula in another order (relative 1e-12).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import TESTS, run, write_image_folder
+
+ONLY = "distributions,top-images,neighbours"
+ARGS = ["tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3", "--batch-size", "4", "--only", ONLY,
+        "--layers", "1,4", "--samples", "3"]
+# max_points: fewer than the 21 readable images, so that the hashed sample matters; few figures, as rendering them
+# is most of a build's time here
+CONFIG = "[analysis.neighbours]\nmax_points = 10\nk_refs = 2\n[analysis.top-images]\nchannels = 3\nn = 4\n"
+SPREAD_TOLERANCE = 1e-12  # relative, for the float64 std of `distributions` (the only number merged in another order)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the environment
+
+
+def test_world_comes_from_torchruns_environment_and_only_from_it():
+    from reportgen.distributed import World, current_world
+    from reportgen.errors import ConfigError
+
+    env = {"RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert current_world({}) is None  # no variables: the plain build
+    assert current_world({**env, "RANK": "0", "WORLD_SIZE": "1"}) is None  # one process: the plain build too
+    assert current_world(env) == World(2, 3, 0, 1800.0)
+    assert current_world({**env, "REPORTGEN_DIST_TIMEOUT": "5"}).timeout_s == 5.0
+    for broken, fragment in (({"RANK": "1", "WORLD_SIZE": "2"}, "not LOCAL_RANK, MASTER_ADDR, MASTER_PORT"),
+                             ({**env, "RANK": "3"}, "RANK=3 is not in 0..2"),
+                             ({**env, "REPORTGEN_DIST_TIMEOUT": "soon"}, "REPORTGEN_DIST_TIMEOUT='soon'")):
+        with pytest.raises(ConfigError, match=fragment):
+            current_world(broken)
+
+
+def test_detection_imports_no_torch_outside_a_distributed_job():
+    code = ("import sys, reportgen.build, reportgen.distributed as d; "
+            "assert d.current_world() is None; "
+            "print('torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_archive_refuses_to_run_on_several_processes(monkeypatch, tmp_path):
+    from conftest import fails_in_one_line
+
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    fails_in_one_line(run("archive", tmp_path, "--out", tmp_path / "archive"), "does not share its work between "
+                      "processes yet")
+
+
+def test_batches_are_the_one_process_batches_dealt_round_robin():
+    from reportgen.data import BadImage
+    from reportgen.distributed import Group, World
+
+    class Images:  # 22 images of 1x1 pixel, image 9 unreadable
+        names = [f"img{i}" for i in range(22)]
+        labels = np.arange(22) % 3
+        skipped: list = []
+
+        def __len__(self):
+            return 22
+
+        def display(self, i):
+            if i == 9:
+                raise BadImage("broken")
+            return np.full((1, 1, 1), i, dtype=np.uint8)
+
+        def normalize(self, arrays):
+            return torch.from_numpy(arrays).float().reshape(len(arrays), 1, 1, 1)
+
+    got, bad = {}, []
+    for rank in range(3):
+        group = Group(World(rank, 3, rank), store=None)
+        assert group.rounds(22, 4) == 2  # 6 batches, 3 ranks
+        mine = list(group.batches(Images(), 4, "cpu", lambda name, why: bad.append((rank, name, why))))
+        assert len(mine) == 2
+        for t, b in enumerate(mine):
+            assert b is not None
+            got[3 * t + rank] = b.indices.tolist()
+            assert b.inputs.reshape(-1).tolist() == b.indices.tolist() and b.labels.tolist() == [i % 3 for i in
+                                                                                                    got[3 * t + rank]]
+    assert [got[k] for k in range(6)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 10, 11], [12, 13, 14, 15],
+                                          [16, 17, 18, 19], [20, 21]]
+    assert bad == [(2, "img9", "broken")]  # only the rank that read it
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# merges: N shares, fed round robin as the ranks are fed, equal one stream
+
+
+def shares(n_batches: int, world: int) -> list[list[int]]:
+    return [[k for k in range(n_batches) if k % world == r] for r in range(world)]
+
+
+def test_running_stats_merged_from_ranks_equal_one_stream():
+    from reportgen.methods.activations import RunningStats
+
+    gen = torch.Generator().manual_seed(0)
+    # ranges that move both ways, so that the histogram grows up and down at different batches on different ranks
+    batches = [torch.randn(3, 4, 5, 5, generator=gen) * s + o for s, o in
+               ((1, 0), (3, 2), (0.5, -6), (10, 0), (1, 30), (2, -40), (1, 0))]
+    one = RunningStats(bins=16, chunk=37)
+    for b in batches:
+        one.update(b)
+    for world in (2, 3):
+        ranks = [RunningStats(bins=16, chunk=37) for _ in range(world)]
+        for t in range(0, len(batches), world):  # one round: every rank covers every batch's range, in order
+            for stats in ranks:
+                for b in batches[t:t + world]:
+                    stats.cover(*stats.span(b))
+            for r, b in enumerate(batches[t:t + world]):
+                ranks[r].update(b)
+        merged = ranks[0]
+        for other in ranks[1:]:
+            merged.merge(other)
+        got, want = merged.result(), one.result()
+        assert np.array_equal(got["hist_edges"], want["hist_edges"])
+        assert np.array_equal(got["hist_counts"], want["hist_counts"])
+        values = torch.cat([b.reshape(-1) for b in batches]).double().numpy()
+        assert np.array_equal(got["hist_counts"], np.histogram(values, bins=got["hist_edges"])[0])  # independent
+        assert (got["count"], got["min"], got["max"]) == (values.size, values.min(), values.max())
+        assert np.array_equal(got["active_units"], want["active_units"])
+        for key, ref in (("mean", values.mean()), ("std", values.std())):
+            assert got[key] == pytest.approx(ref, rel=SPREAD_TOLERANCE)
+            assert got[key] == pytest.approx(want[key], rel=SPREAD_TOLERANCE)
+
+
+def test_top_images_merged_from_ranks_equal_one_stream_ties_to_the_lower_index():
+    from reportgen.methods.activations import StreamingTopK
+
+    gen = torch.Generator().manual_seed(1)
+    acts = torch.randint(0, 4, (22, 3, 2, 2), generator=gen).float()  # many ties
+    one = StreamingTopK(n=5)
+    for start in range(0, 22, 4):
+        one.update(acts[start:start + 4], torch.arange(start, min(start + 4, 22)))
+    ranks = [StreamingTopK(n=5) for _ in range(3)]
+    for r, mine in enumerate(shares(6, 3)):
+        for k in mine:
+            ranks[r].update(acts[4 * k:4 * k + 4], torch.arange(4 * k, min(4 * k + 4, 22)))
+    for other in ranks[1:]:
+        ranks[0].merge(other)
+    got, want = ranks[0].result(), one.result()
+    for key in ("values", "indices", "positions"):
+        assert np.array_equal(got[key], want[key]), key
+    scores = acts.amax(dim=(2, 3)).double().numpy()  # independent: sort every channel by (-score, index)
+    for c in range(3):
+        expected = sorted(range(22), key=lambda i: (-scores[i, c], i))[:5]
+        assert got["indices"][c].tolist() == expected
+
+
+def test_feature_sample_merged_from_ranks_keeps_the_same_images():
+    from reportgen.analyses.activations import FeatureSample, index_hash
+
+    feats = torch.arange(23 * 3, dtype=torch.float32).reshape(23, 3)
+
+    def batch(k):
+        idx = torch.arange(4 * k, min(4 * k + 4, 23))
+        return SimpleNamespace(inputs=feats[idx], indices=idx, labels=idx % 2)
+
+    one = FeatureSample([], 8, 1 << 20, np.random.default_rng(5))
+    for k in range(6):
+        b = batch(k)
+        one.update(b, {}, b.inputs)
+    ranks = [FeatureSample([], 8, 1 << 20, np.random.default_rng(5)) for _ in range(3)]
+    for r, mine in enumerate(shares(6, 3)):
+        for k in mine:
+            b = batch(k)
+            ranks[r].update(b, {}, b.inputs)
+    for other in ranks[1:]:
+        ranks[0].merge(other)
+    (f1, i1, l1, p1), (f2, i2, l2, p2) = one.collected(), ranks[0].collected()
+    assert np.array_equal(i1, i2) and np.array_equal(l1, l2) and np.array_equal(p1, p2)
+    assert all(np.array_equal(f1[k], f2[k]) for k in f1) and set(f1) == set(f2)
+    assert np.array_equal(f2["input"], feats[i2].numpy()) and ranks[0].seen == 23
+    # independent: the 8 indices of smallest hash
+    assert i2.tolist() == sorted(np.argsort(index_hash(np.arange(23), one.key), kind="stable")[:8].tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# who says what when a rank fails: `Group.failures` with a store in memory (the launches below cost much more)
+
+
+class MemoryStore:
+    """The three calls of a torch.distributed store that `Group` makes."""
+
+    def __init__(self, **states: str) -> None:
+        self.data = {f"reportgen/{rank[1:]}": value.encode() for rank, value in states.items()}
+
+    def set(self, key, value):
+        self.data[key] = value.encode()
+
+    def check(self, keys):
+        return all(k in self.data for k in keys)
+
+    def get(self, key):
+        return self.data[key]
+
+
+@pytest.fixture
+def group_of(monkeypatch):
+    import reportgen.distributed as dist
+
+    monkeypatch.setattr(dist, "GRACE_S", 0.2)
+    previous = signal.getsignal(signal.SIGTERM)  # a stopped rank ignores the launcher's SIGTERM from then on
+    yield lambda rank, size, store: dist.Group(dist.World(rank, size, rank, timeout_s=2.0), store)
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_failing_rank_says_so_and_the_others_stay_silent(group_of, capsys):
+    from reportgen.distributed import DistributedError, PeerFailed, _PeerLost
+    from reportgen.errors import ModelError
+
+    store = MemoryStore(r0="stopped:")
+    with pytest.raises(DistributedError) as failed:
+        with group_of(1, 3, store).failures():
+            raise ModelError("model 'm' failed on a batch")
+    assert type(failed.value) is DistributedError and failed.value.exit_code == ModelError.exit_code
+    assert failed.value.message == "rank 1 of 3 failed: model 'm' failed on a batch"
+    assert store.data["reportgen/1"] == b"failed:model 'm' failed on a batch"
+    for rank in (0, 2):  # the others lost their collective (or got SIGTERM): silent, the cause in their error
+        with pytest.raises(PeerFailed, match="rank 1 of 3 failed: model 'm' failed on a batch") as quiet:
+            with group_of(rank, 3, store).failures():
+                raise _PeerLost("RuntimeError: Connection closed by peer")
+        quiet.value.show()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_killed_rank_is_named_once_by_the_lowest_stopped_rank(group_of):
+    from reportgen.distributed import DistributedError, PeerFailed, _PeerLost
+
+    store = MemoryStore(r2="stopped:")  # rank 1 never speaks again
+    with pytest.raises(DistributedError) as named:
+        with group_of(0, 3, store).failures():
+            raise _PeerLost("RuntimeError: Connection closed by peer")
+    assert type(named.value) is DistributedError
+    assert named.value.message.startswith("rank 1 of 3 stopped without a word during the build (killed or crashed)")
+    with pytest.raises(PeerFailed, match="rank 1 of 3 stopped without a word"):
+        with group_of(2, 3, store).failures():
+            raise _PeerLost("RuntimeError: Connection closed by peer")
+
+
+def test_a_hung_rank_is_named_after_the_timeout_and_the_launchers_teardown_is_silent(group_of):
+    from reportgen.distributed import DistributedError, PeerFailed, _PeerLost
+    from reportgen.staging import BuildInterrupted
+
+    store = MemoryStore()
+    with pytest.raises(DistributedError) as named:  # what gloo says when a peer does not answer in time
+        with group_of(0, 2, store).failures():
+            raise _PeerLost("DistBackendError: Timed out waiting 5000ms for recv operation to complete")
+    assert named.value.message.startswith("rank 1 of 2 did not answer within the collectives' timeout of 2 s "
+                                          "(REPORTGEN_DIST_TIMEOUT; hung or too slow)")
+    with pytest.raises(PeerFailed):  # then the launcher's SIGTERM ends rank 1: nothing more to say
+        with group_of(1, 2, store).failures():
+            raise BuildInterrupted("build interrupted by SIGTERM: the previous site is unchanged", signal.SIGTERM)
+
+
+def test_a_mistake_every_rank_makes_is_said_once_by_rank_0(group_of):
+    from reportgen.distributed import DistributedError, PeerFailed
+    from reportgen.errors import LayerError
+
+    store = MemoryStore()
+    with pytest.raises(DistributedError, match="rank 0 of 2 failed: unknown layer 'x'") as first:
+        with group_of(0, 2, store).failures():
+            raise LayerError("unknown layer 'x'")
+    assert type(first.value) is DistributedError
+    with pytest.raises(PeerFailed, match="rank 0 of 2 failed: unknown layer 'x'"):
+        with group_of(1, 2, store).failures():
+            raise LayerError("unknown layer 'x'")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end: torchrun
+
+
+class DiesOnRankOne(nn.Sequential):
+    """`tiny_cnn` (the same layers) whose process, on rank 1, is killed by SIGKILL at its second batch of the pass."""
+
+    def __init__(self) -> None:
+        from tiny_models import tiny_cnn
+
+        super().__init__(*tiny_cnn())
+        self.batches = 0
+
+    def forward(self, x):
+        if x.shape[0] > 2 and os.environ.get("RANK") == "1":  # the probe pass runs 2 images
+            self.batches += 1
+            if self.batches == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+def killed_on_rank_one() -> nn.Module:
+    return DiesOnRankOne()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(n: int, args: list, cwd: Path, timeout_s: int = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "REPORTGEN_DIST_TIMEOUT": str(timeout_s)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "reportgen", "build", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The image folder, the config and the one-process site (built in this process)."""
+    root = tmp_path_factory.mktemp("dist")
+    images = write_image_folder(root / "images", per_class=7)
+    (images / "dog" / "zz broken.png").write_bytes(b"not a png")  # the last index: the batches stay the same
+    (root / "cfg.toml").write_text(CONFIG)
+    result = run("build", *ARGS, "--images", images, "--out", root / "one", "--config", root / "cfg.toml", "-q")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def numbers_close(a, b, path=""):
+    """The same structure and strings; the same numbers exactly, or within the tolerance for the spreads."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            numbers_close(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            numbers_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and a != b:
+        assert ("std" in path or "/rows[" in path) and a == pytest.approx(b, rel=SPREAD_TOLERANCE), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def assert_same_site(one: Path, many: Path) -> None:
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(many).as_posix() for p in many.rglob("*") if p.is_file())
+    figures = [f for f in files if not f.endswith((".html", "manifest.json"))]  # pages and manifest hold timings
+    assert sum(f.endswith(".png") for f in figures) > 30
+    assert [f for f in figures if (one / f).read_bytes() != (many / f).read_bytes()] == []
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, many))
+    assert m1["images"] == m2["images"]  # counts, unreadable images (gathered from their rank), sample images
+    assert m1["images"]["skipped"] and m1["images"]["used"] == 21
+    assert m1["model"] == m2["model"]
+    for e1, e2 in zip(m1["analyses"], m2["analyses"]):
+        assert (e1["name"], e1["status"]) == (e2["name"], e2["status"]) and e1["status"] == "ok", e1["reason"]
+        numbers_close(e1["metrics"], e2["metrics"], e1["name"])
+        numbers_close(e1["items"], e2["items"], e1["name"])
+        assert e1["notes"] == e2["notes"]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_n_gloo_processes_build_the_same_site_as_one(one_process, n):
+    root = one_process
+    out = root / f"ranks{n}"
+    t0 = time.perf_counter()
+    result = torchrun(n, [*ARGS, "--images", root / "images", "--out", out, "--config", root / "cfg.toml"], root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Report written to") == 1  # rank 0 alone says it
+    assert result.stderr.count("skipped image 'dog/zz broken.png'") == 1  # only the rank that read it
+    assert_same_site(root / "one", out)
+    assert time.perf_counter() - t0 < 120
+
+
+@pytest.mark.parametrize("how, says", [("killed", "rank 1 of 2 stopped without a word during the build")])
+def test_a_rank_that_dies_mid_pass_fails_the_job_in_one_line_and_keeps_the_site(one_process, how, says):
+    """Rank 1 is killed by SIGKILL at its second batch; torchrun then sends SIGTERM to rank 0 (a rank that raises
+    instead is `test_a_failing_rank_says_so_and_the_others_stay_silent`, here without the cost of a launch)."""
+    root = one_process
+    out = root / f"previous-{how}"
+    shutil.copytree(root / "one", out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    result = torchrun(2, [f"test_distributed:{how}_on_rank_one", *ARGS[1:], "--images", root / "images", "--out", out,
+                          "--config", root / "cfg.toml"], root, timeout_s=600)
+    assert result.returncode != 0
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error:")]
+    assert len(ours) == 1 and says in ours[0], result.stdout + result.stderr  # one line, from one rank
+    assert time.perf_counter() - t0 < 200  # no rank waited for the collectives' timeout (600 s)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(f".previous-{how}")) == []  # no tmp, no lock
