@@ -1,0 +1,132 @@
+"""reportgen beside its peers, the table of issue 14 (not a test; the peers are never dependencies):
+
+    python benchmarks/bench_peers.py [--repeat 3] [--rows smoothgrad gbp gradcam tsne]
+
+Rows (torchvision ``resnet18``, random seeded weights, 224x224, torch threads = ``--threads``, default 2):
+  * smoothgrad: n = 50 noisy copies of 1 image vs Captum ``NoiseTunnel(Saliency)`` (all 50 in one batch);
+  * gbp: guided backpropagation of 8 images vs Captum ``GuidedBackprop`` (maps compared: max |difference|);
+  * gradcam: Grad-CAM of 8 images at ``layer4`` vs pytorch-grad-cam ``GradCAM`` (each as its own users call it:
+    reportgen's raw map, the peer's map normalized and resized with OpenCV);
+  * tsne: t-SNE of 6 layers x 1,000 points x 256 dims (seeded Gaussian clusters) by `embed_layers` vs scikit-learn
+    ``TSNE`` run layer after layer with its own threads, with the trustworthiness (10 neighbours) of both.
+Occlusion against Captum has its own script: ``benchmarks/bench_occlusion.py``.
+
+Each time is the best of ``--repeat`` runs; ratio = reportgen / peer. Other work on the machine slows both sides,
+so compare the ratio, and rerun on an idle machine for absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from _timing import best_time  # noqa: E402
+
+
+def resnet18() -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+def row(name: str, ours: float, peer: float, extra: str = "") -> None:
+    print(f"| {name} | {ours:.3f} s | {peer:.3f} s | {ours / peer:.2f} |{' ' + extra if extra else ''}", flush=True)
+
+
+def smoothgrad_row(repeat: int) -> None:
+    from captum.attr import NoiseTunnel, Saliency
+
+    from reportgen.methods.attribution import smoothgrad
+
+    model, x = resnet18(), torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ours = best_time(lambda: smoothgrad(model, x, 3, n=50, sigma=0.15, batch_size=64,
+                                        generator=torch.Generator().manual_seed(0)), repeat)
+    nt = NoiseTunnel(Saliency(model))
+    # Captum's stdevs is absolute; reportgen's sigma is a fraction of the image's range: the same std here
+    std = float(0.15 * (x.max() - x.min()))
+    peer = best_time(lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=50, nt_samples_batch_size=50,
+                                          stdevs=std, target=3, abs=False), repeat)
+    row("SmoothGrad n=50, 1 image, vs Captum NoiseTunnel(Saliency)", ours, peer)
+
+
+def gbp_row(repeat: int) -> None:
+    from captum.attr import GuidedBackprop
+
+    from reportgen.methods.attribution import guided_backprop
+
+    model, x = resnet18(), torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ours = best_time(lambda: guided_backprop(model, x, 3), repeat)
+    gb = GuidedBackprop(model)
+    peer = best_time(lambda: gb.attribute(x, target=3), repeat)
+    diff = float((guided_backprop(model, x, 3) - gb.attribute(x, target=3)).abs().max())
+    row("guided backprop, 8 images, vs Captum GuidedBackprop", ours, peer, f"max |diff| {diff:.1e}")
+
+
+def gradcam_row(repeat: int) -> None:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from reportgen.methods.cams import grad_cam
+
+    model, x = resnet18(), torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ours = best_time(lambda: grad_cam(model, x, 3, "layer4"), repeat)
+    with GradCAM(model=model, target_layers=[model.layer4]) as cam:
+        peer = best_time(lambda: cam(input_tensor=x, targets=[ClassifierOutputTarget(3)] * len(x)), repeat)
+    row("Grad-CAM, 8 images, vs pytorch-grad-cam GradCAM", ours, peer)
+
+
+def tsne_row(repeat: int) -> None:
+    import time
+
+    from sklearn.manifold import TSNE, trustworthiness
+
+    from reportgen.methods.embed import embed_layers
+
+    rng = np.random.default_rng(0)
+    layers = {}
+    for k in range(6):
+        centres = rng.normal(size=(10, 256)) * 2.0
+        layers[f"layer{k}"] = (centres[rng.integers(0, 10, 1000)] + rng.normal(size=(1000, 256))).astype(np.float32)
+    found: dict = {}
+
+    def ours_run() -> None:
+        found["ours"] = embed_layers(layers, perplexity=30.0, seed=0, n_jobs=2)
+
+    def peer_run() -> None:
+        found["peer"] = {n: TSNE(2, perplexity=30.0, init="pca", learning_rate="auto", random_state=0).fit_transform(f)
+                         for n, f in layers.items()}
+
+    t0 = time.perf_counter()
+    ours = best_time(ours_run, repeat)
+    peer = best_time(peer_run, repeat)
+    trust = [(trustworthiness(f, found["ours"][n], n_neighbors=10),
+              trustworthiness(f, found["peer"][n], n_neighbors=10)) for n, f in layers.items()]
+    worst = min(a - b for a, b in trust)
+    row("t-SNE, 6 layers x 1,000 points x 256 dims, vs scikit-learn layer after layer", ours, peer,
+        f"trustworthiness ours - sklearn: worst {worst:+.4f} ({time.perf_counter() - t0:.0f} s in all)")
+
+
+ROWS = {"smoothgrad": smoothgrad_row, "gbp": gbp_row, "gradcam": gradcam_row, "tsne": tsne_row}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", nargs="*", choices=sorted(ROWS), default=list(ROWS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print("| resnet18, 224 px | reportgen | peer | ratio |\n|---|---|---|---|")
+    for name in args.rows:
+        ROWS[name](args.repeat)
+
+
+if __name__ == "__main__":
+    main()
