@@ -1,12 +1,20 @@
-"""Wall time of the population pass with 1 process and with N processes (torchrun, gloo, one thread each).
+"""Wall time of the population pass, and of a checkpoint archive, with 1 process and with N processes (torchrun, gloo,
+one thread each).
 
     python benchmarks/distributed_bench.py [--model shapes-cnn] [--max-images 1000] [--procs 2] [--repeat 2]
+                                           [--part pass|archive|both] [--archive-images 300]
 
 Each build runs the analyses whose state comes from the one pass (`--only`, default distributions and top images)
 on the zoo model's test split; the pass's time is the manifest's ``timings["forward pass"]`` of rank 0, which for N
 processes includes waiting for the others and gathering their reducers. The whole command's wall time (imports,
 loading, the analyses and the pages on rank 0) is printed beside it. The best of ``--repeat`` runs is kept (the
 least disturbed by other work on the machine); the load average is printed too.
+
+The archive part saves 4 checkpoints of the zoo's ``shapes-cnn`` (its shipped weights plus seeded noise that
+shrinks with the epoch, epochs 1 to 4, the zoo name in the metadata) and times ``reportgen archive`` over them
+(`--archive-only` analyses on `--archive-images` images of the test split, built from scratch every time): with N
+processes checkpoint k is built whole by rank k mod N. Printed: the archive's own seconds (from its last line:
+checkpoints found, snapshots built, index written) and the whole command's.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -51,6 +60,45 @@ def one_build(procs: int, args: argparse.Namespace, out: Path) -> tuple[float, f
     return timings["forward pass"], wall
 
 
+def save_checkpoints(folder: Path, n: int = 4) -> None:
+    """``n`` checkpoints of shapes-cnn: the shipped weights plus seeded noise of std 0.05 / epoch, epochs 1..n."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(ROOT / "models_zoo" / "weights" / "shapes-cnn.safetensors"))
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(1, n + 1):
+        noisy = {k: (v + torch.randn(v.shape, generator=gen) * 0.05 / epoch if v.is_floating_point() else v)
+                 .contiguous() for k, v in weights.items()}
+        save_file(noisy, str(folder / f"epoch-{epoch}.safetensors"), metadata={"epoch": str(epoch),
+                                                                                  "zoo": "shapes-cnn"})
+
+
+def one_archive(procs: int, args: argparse.Namespace, checkpoints: Path, out: Path) -> tuple[float, float]:
+    """(seconds of the archive as it reports them, seconds of the whole command) with ``procs`` processes."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # every snapshot built, none reused
+    command = ["-m", "reportgen", "archive", str(checkpoints), "--out", str(out), "--only", args.archive_only,
+               "--max-images", str(args.archive_images), "-q"]
+    if procs > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+               "127.0.0.1", "--master-port", str(free_port()), *command]
+    else:
+        cmd = [sys.executable, *command]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    found = re.search(r"Archive written to .* in ([0-9.]+) s \(4 snapshots built", done.stdout)
+    if done.returncode or not found:
+        sys.exit(f"the archive with {procs} process(es) failed:\n{done.stdout}{done.stderr}")
+    return float(found.group(1)), wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes-cnn")
@@ -59,7 +107,32 @@ def main() -> None:
     parser.add_argument("--only", default="distributions,top-images")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--part", choices=("pass", "archive", "both"), default="both")
+    parser.add_argument("--archive-images", type=int, default=300)
+    parser.add_argument("--archive-only", default="predictions,filters,distributions,grad-cam")
     args = parser.parse_args()
+    if args.part in ("pass", "both"):
+        bench_pass(args)
+    if args.part in ("archive", "both"):
+        bench_archive(args)
+
+
+def bench_archive(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoints(Path(tmp) / "ckpts")
+        best: dict[int, tuple[float, float]] = {}
+        for _ in range(args.repeat):
+            for procs in (1, args.procs):
+                got = one_archive(procs, args, Path(tmp) / "ckpts", Path(tmp) / f"archive-{procs}")
+                best[procs] = min(best.get(procs, got), got)
+    print(f"archive of 4 shapes-cnn checkpoints, {args.archive_images} images, --only {args.archive_only}, one "
+          f"thread per process, best of {args.repeat} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}):")
+    print(f"{'processes':>9}  {'archive s':>9}  {'speed-up':>8}  {'command s':>9}")
+    for procs, (archive_s, wall) in best.items():
+        print(f"{procs:>9}  {archive_s:9.2f}  {best[1][0] / archive_s:7.2f}x  {wall:9.1f}")
+
+
+def bench_pass(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         best: dict[int, tuple[float, float]] = {}
         for _ in range(args.repeat):

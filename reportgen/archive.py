@@ -12,19 +12,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import __version__
 from .build import build_site, choose_analyses
 from .config import BuildConfig, config_dict
 from .console import Output
-from .errors import ConfigError, ModelError, ReportgenError
-from .manifest import read_manifest
+from .errors import ConfigError, ModelError, OutputError, ReportgenError
+from .manifest import MANIFEST, read_manifest
 from .staging import check_out_path, is_report_folder, staged_site
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -106,50 +107,124 @@ def snapshot_fingerprint(checkpoint_sha: str, images_sha: str, cfg: BuildConfig)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Output] = None) -> dict:
-    """Build (or reuse) one snapshot per checkpoint and the comparison index into ``cfg.out``; returns a summary.
+def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Output] = None,
+            group: Any = None) -> dict:
+    """Build (or reuse) one snapshot per checkpoint and the comparison index into ``cfg.out``; returns a summary
+    (``built`` and ``reused`` labels, ``seconds``, ``out``; ``rank`` > 0 on a distributed job's helper ranks).
 
-    Each snapshot is built by the same recipe as `reportgen build` (`reportgen.build.build_site`)."""
-    from .models import sha256_file
+    Each snapshot is built by the same recipe as `reportgen build` (`reportgen.build.build_site`). Under torchrun
+    (several processes) every process runs this with its ``group`` (`reportgen.distributed`): checkpoint k, in the
+    order of `find_checkpoints`, is built (or reused) by rank k mod N with the plain one-process build (no sharded
+    pass inside), rank r > 0 into a folder of its own beside rank 0's staged archive; once every rank is done rank 0
+    moves those snapshots into its staged archive, writes the index and swaps it into place. A rank that fails
+    leaves the previous archive as it was (`reportgen.distributed.Group.failures`)."""
+    from .distributed import current_world
 
+    world = current_world() if group is None else None
+    if world is not None:
+        from .distributed import shared_build
+
+        return shared_build(world, cfg.device, lambda grp: archive(cfg, checkpoint_args, output, grp))
     output = output or Output()
     t0 = time.perf_counter()
     out = check_out_path(Path(cfg.out))
     checkpoints = find_checkpoints(checkpoint_args)
+    for c in checkpoints:  # before any snapshot is built (and on every rank: the same mistake, said once)
+        if (cfg.model or c.zoo) is None:
+            raise ConfigError(f"checkpoint '{c.path}' does not name its model: give MODEL "
+                              "(a zoo name, torchvision:ARCH or module:factory)")
     chosen = choose_analyses(cfg)
-    summary = {"built": [], "reused": [], "seconds": 0.0}
+    mine = [checkpoints[k] for k in (group.assigned(len(checkpoints)) if group else range(len(checkpoints)))]
+    if group is not None:
+        group.product = "archive"
+        if group.rank != 0:
+            return _helper_rank(cfg, chosen, mine, out, output, group)
+    done: dict[str, str] = {}
     with staged_site(out, [cfg.images]) as tmp:
+        if group is not None:
+            group.share(str(tmp))  # the others start now: the output folder is checked and locked
+            group.leftovers.update({r: helper_folder(tmp, r) for r in range(group.size)} | {0: tmp})
+        done.update(_build_snapshots(cfg, chosen, mine, tmp / "snapshots", out, output, group))
+        if group is not None:
+            everyone = group.collect(done)
+            assert everyone is not None
+            (tmp / "snapshots").mkdir(exist_ok=True)  # rank 0 may have no checkpoint of its own (N > checkpoints)
+            for r, theirs in enumerate(everyone[1:], start=1):
+                _move_snapshots(helper_folder(tmp, r), tmp / "snapshots", theirs, r)
+                done.update(theirs)
+            group.share("moved")  # the helper ranks may remove their (now empty) folders and end
         snapshots = []
         for c in checkpoints:
-            model = cfg.model or c.zoo
-            if model is None:
-                raise ConfigError(f"checkpoint '{c.path}' does not name its model: give MODEL "
-                                  "(a zoo name, torchvision:ARCH or module:factory)")
-            snap_cfg = dataclasses.replace(cfg, model=model, weights=str(c.path))
-            ck_sha = sha256_file(c.path)
-            fp = snapshot_fingerprint(ck_sha, image_set_fingerprint(cfg.images, cfg, model), snap_cfg)
-            target = tmp / "snapshots" / c.label
-            previous = _find_previous(out, fp)
-            if previous is not None:
-                shutil.copytree(previous, target)
-                summary["reused"].append(c.label)
-                output.info(f"{c.label}: unchanged, reused")
-            else:
-                target.mkdir(parents=True)
-                output.info(f"{c.label}: building from {c.path.name}")
-                snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
-                            "step": c.step, "label": c.label}
-                build_site(snap_cfg, chosen, target, output, snapshot=snapshot)
-                summary["built"].append(c.label)
-            manifest = read_manifest(target)
+            manifest = read_manifest(tmp / "snapshots" / c.label)
             snapshots.append({"label": c.label, "step": c.step, "checkpoint": c.path.name,
                               "path": f"snapshots/{c.label}/index.html", "manifest": manifest})
         from .archive_index import render_archive
 
         render_archive(tmp, snapshots, cfg)
-    summary["seconds"] = time.perf_counter() - t0
-    summary["out"] = out
-    return summary
+    labels = [c.label for c in checkpoints]
+    return {"built": [x for x in labels if done[x] == "built"], "reused": [x for x in labels if done[x] == "reused"],
+            "seconds": time.perf_counter() - t0, "out": out}
+
+
+def helper_folder(tmp: Path, rank: int) -> Path:
+    """Where rank ``rank`` > 0 of a distributed archive builds its snapshots: beside rank 0's staged folder ``tmp``,
+    so that rank 0 can move them in with a rename (on several machines: a file system they all share)."""
+    return tmp.parent / f"{tmp.name}.rank{rank}"
+
+
+def _build_snapshots(cfg: BuildConfig, chosen: Any, checkpoints: list[Checkpoint], root: Path, out: Path,
+                     output: Output, group: Any = None) -> dict[str, str]:
+    """Build or reuse the snapshot of each of ``checkpoints`` into ``root/<label>``; {label: "built" | "reused"}."""
+    from .models import sha256_file
+
+    where = f" (rank {group.rank})" if group is not None else ""
+    done = {}
+    for c in checkpoints:
+        model = cfg.model or c.zoo
+        snap_cfg = dataclasses.replace(cfg, model=model, weights=str(c.path))
+        ck_sha = sha256_file(c.path)
+        fp = snapshot_fingerprint(ck_sha, image_set_fingerprint(cfg.images, cfg, model), snap_cfg)
+        target = root / c.label
+        previous = _find_previous(out, fp)
+        if previous is not None:
+            shutil.copytree(previous, target)
+            done[c.label] = "reused"
+            output.info(f"{c.label}: unchanged, reused{where}")
+        else:
+            target.mkdir(parents=True)
+            output.info(f"{c.label}: building from {c.path.name}{where}")
+            snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
+                        "step": c.step, "label": c.label}
+            build_site(snap_cfg, chosen, target, output, snapshot=snapshot)
+            done[c.label] = "built"
+    return done
+
+
+def _helper_rank(cfg: BuildConfig, chosen: Any, mine: list[Checkpoint], out: Path, output: Output,
+                 group: Any) -> dict:
+    """Rank r > 0 of a distributed archive: its snapshots into its own folder beside rank 0's staged archive, handed
+    to rank 0, the folder removed whatever happens (a killed rank's by the rank that finds it silent)."""
+    t0 = time.perf_counter()
+    tmp = Path(group.share())  # rank 0 has checked and locked the output folder
+    group.leftovers.update({r: helper_folder(tmp, r) for r in range(group.size)} | {0: tmp})
+    folder = helper_folder(tmp, group.rank)
+    try:
+        folder.mkdir()
+        group.collect(_build_snapshots(cfg, chosen, mine, folder, out, output, group))
+        group.share()  # rank 0 has moved the snapshots out of the folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    group.tell("passed", "")
+    return {"built": [], "reused": [], "seconds": time.perf_counter() - t0, "out": out, "rank": group.rank}
+
+
+def _move_snapshots(folder: Path, root: Path, labels: dict[str, str], rank: int) -> None:
+    """Rank ``rank``'s snapshots from its ``folder`` into rank 0's staged ``root`` (renames in one file system)."""
+    for label in labels:
+        if not (folder / label / MANIFEST).is_file():
+            raise OutputError(f"rank {rank} built snapshot '{label}' into '{folder}', where rank 0 does not see it: "
+                              "on several machines the folder of --out must be on a file system they all share")
+        os.rename(folder / label, root / label)
 
 
 def _find_previous(out: Path, fingerprint: str) -> Optional[Path]:

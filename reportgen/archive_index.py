@@ -57,7 +57,7 @@ def knn_series(snapshots: list[dict]) -> tuple[list[str], dict[str, list]]:
                 layers.append(layer)
         if values:
             series[snap["label"]] = values
-    return layers, {label: [vals.get(l) for l in layers] for label, vals in series.items()}
+    return layers, {label: [vals.get(layer) for layer in layers] for label, vals in series.items()}
 
 
 def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:

@@ -322,12 +322,10 @@ def archive_cmd(checkpoints, model, config_path, output: Output, **options):
     Snapshots whose checkpoint, image set and config are unchanged are reused, not recomputed.
     """
     from .archive import archive
-    from .distributed import current_world
 
-    if current_world() is not None:  # every process would build the whole archive into the same folder
-        raise ReportgenError("reportgen archive does not share its work between processes yet: run it as one "
-                             "process (python -m reportgen archive ..., without torchrun)")
     cfg = report_config(config_path, model=model, **options)
     summary = archive(cfg, list(checkpoints), output)
+    if summary.get("rank"):  # a helper rank of a distributed archive (torchrun): rank 0 wrote it and says so
+        return
     click.echo(f"Archive written to {summary['out'] / 'index.html'} in {summary['seconds']:.1f} s "
                f"({len(summary['built'])} snapshots built, {len(summary['reused'])} reused)")

@@ -13,6 +13,9 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `current_world` reads it, and `shared_bui
 - at the end every rank sends its reducers, logits and unreadable images to rank 0 (`Group.gather`), which merges
   them in rank order (`Reducer.merge`), sorts the logits by image index, runs the analyses and writes the site
   through the same staged, atomic output as one process; the other ranks end there;
+- ``... -m reportgen archive ...`` shares the checkpoints instead: checkpoint k (in the archive's order) is built
+  by rank k mod N with the plain one-process build, into a folder beside rank 0's staged archive; rank 0 moves
+  them in once every rank is done (`Group.collect`) and writes the index (`reportgen.archive.archive`);
 - a rank that fails tells the others through the job's store and says so in one line (``rank R of N failed:
   ...``); a rank that is killed says nothing, so the lowest surviving rank names it; the previous site stays as it
   was, and no rank waits for longer than the timeout (`Group.failures`).
@@ -105,7 +108,8 @@ class _PeerLost(Exception):
 
 
 def shared_build(world: World, device_name: str, run: Callable[["Group"], Any]) -> Any:
-    """Run ``run(group)`` on this rank of the job ``world`` (`reportgen.build.build` with the group), with the
+    """Run ``run(group)`` on this rank of the job ``world`` (`reportgen.build.build` or
+    `reportgen.archive.archive` with the group), with the
     process group up, this rank's GPU selected and every failure turned into one line that names its rank."""
     import torch
 
@@ -133,6 +137,10 @@ class Group:
         self.world = world
         self.rank, self.size = world.rank, world.size
         self.store = store
+        # folders a rank writes that no ``finally`` of its own removes when it is killed, by rank (the archive's
+        # staged folders): a rank that finds that one silent removes its folder for it (`_stopped`)
+        self.leftovers: dict[int, Any] = {}
+        self.product = "site"  # what the job writes, for its messages ("the previous site is left as it was")
 
     @classmethod
     @contextmanager
@@ -242,6 +250,30 @@ class Group:
         bad = sorted((s for e in everyone for s in e[4]), key=lambda s: position.get(s[0], -1))
         return idx[order], all_logits, lab, bad
 
+    # --- the archive ----------------------------------------------------------------------------------------------
+
+    def assigned(self, n_items: int) -> list[int]:
+        """The positions of a list of ``n_items`` that this rank works on: k for every k with k mod size == rank
+        (the archive's checkpoints, in the archive's order)."""
+        return list(range(self.rank, n_items, self.size))
+
+    def share(self, value: Any = None) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank, which also waits there for rank 0; the other
+        ranks pass nothing."""
+        import torch.distributed as dist
+
+        box = [value if self.rank == 0 else None]
+        self._collective(lambda: dist.broadcast_object_list(box, src=0))
+        return box[0]
+
+    def collect(self, value: Any) -> Optional[list]:
+        """Every rank's ``value`` (picklable) on rank 0, in rank order; None on the other ranks."""
+        import torch.distributed as dist
+
+        everyone: Optional[list] = [None] * self.size if self.rank == 0 else None
+        self._collective(lambda: dist.gather_object(value, everyone, dst=0))
+        return everyone
+
     def _collective(self, call: Callable[[], Any]) -> None:
         try:
             call()
@@ -309,6 +341,7 @@ class Group:
         return False
 
     def _stopped(self, exc: BaseException) -> BaseException:
+        import shutil
         import signal
 
         from .staging import BuildInterrupted
@@ -328,19 +361,23 @@ class Group:
                 states = self.states()
         except Exception as lost:  # the store went with rank 0 (a job started without torchrun)
             return DistributedError(f"rank {self.rank} of {self.size} stopped: another rank failed or was lost "
-                                    f"({first_line(lost)}); the previous site is left as it was")
+                                    f"({first_line(lost)}); the previous {self.product} is left as it was")
         failed = [(r, s[1]) for r, s in states.items() if s is not None and s[0] == "failed"]
         if failed:
             r, cause = failed[0]
             return PeerFailed(f"rank {r} of {self.size} failed: {cause}")
         silent = [r for r, s in states.items() if s is None]
+        for r in silent:  # a killed rank's staged folder: nobody else removes it (idempotent on every rank)
+            if self.leftovers.get(r) is not None:
+                shutil.rmtree(self.leftovers[r], ignore_errors=True)
         if silent:
             if "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
                 what = (f"did not answer within the collectives' timeout of {self.world.timeout_s:g} s "
                         f"({TIMEOUT_VARIABLE}; hung or too slow)")
             else:
                 what = "stopped without a word during the build (killed or crashed)"
-            message = f"rank {silent[0]} of {self.size} {what}: the build failed, the previous site is left as it was"
+            message = (f"rank {silent[0]} of {self.size} {what}: the build failed, the previous {self.product} is left "
+                       "as it was")
             stopped = [r for r, s in states.items() if s is not None and s[0] == "stopped"]
             return DistributedError(message) if self.rank == min(stopped, default=self.rank) else PeerFailed(message)
         if isinstance(exc, BuildInterrupted):
@@ -349,4 +386,4 @@ class Group:
             stopped = [r for r, s in states.items() if s is not None and s[0] == "stopped"]
             return exc if self.rank == min(stopped, default=self.rank) else PeerFailed(exc.message, exc.exit_code)
         return DistributedError(f"rank {self.rank} of {self.size} stopped: a collective failed ({exc}); the previous "
-                                "site is left as it was")
+                                f"{self.product} is left as it was")

@@ -4,7 +4,9 @@ The end-to-end tests launch ``python -m torch.distributed.run --nproc-per-node N
 CNN and a folder of 21 images and an unreadable file (6 batches of 4; the file is the last), with the analyses whose
 state comes from the one pass (histograms, top images, the hashed sample of the neighbours' bank, the logits), and
 compare the site with the one-process build: every figure byte for byte, every number of the manifest exactly but
-the float64 spreads, merged by Chan's formula in another order (relative 1e-12).
+the float64 spreads, merged by Chan's formula in another order (relative 1e-12). The archive tests launch
+``... -m reportgen archive`` over 3 tiny checkpoints (each snapshot built whole by one rank) and compare it with the
+one-process archive the same way, with no tolerance at all.
 """
 
 from __future__ import annotations
@@ -65,14 +67,36 @@ def test_detection_imports_no_torch_outside_a_distributed_job():
     assert out.stdout.strip() == "False", out.stderr
 
 
-def test_archive_refuses_to_run_on_several_processes(monkeypatch, tmp_path):
-    from conftest import fails_in_one_line
+def test_checkpoints_are_dealt_round_robin_in_archive_order():
+    from reportgen.distributed import Group, World
 
-    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    fails_in_one_line(run("archive", tmp_path, "--out", tmp_path / "archive"), "does not share its work between "
-                      "processes yet")
+    dealt = {size: [Group(World(r, size, r), store=None).assigned(7) for r in range(size)] for size in (2, 3, 8)}
+    assert dealt[2] == [[0, 2, 4, 6], [1, 3, 5]]
+    assert dealt[3] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert dealt[8] == [[0], [1], [2], [3], [4], [5], [6], []]  # more ranks than checkpoints: some have none
+    for size, shares_ in dealt.items():  # every checkpoint exactly once, on rank k mod size
+        assert sorted(k for share in shares_ for k in share) == list(range(7))
+        assert all(k % size == r for r, share in enumerate(shares_) for k in share)
+
+
+def test_rank_0_moves_the_snapshots_of_the_others_and_says_when_it_cannot_see_them(tmp_path):
+    from reportgen.archive import _move_snapshots, helper_folder
+    from reportgen.errors import OutputError
+
+    tmp = tmp_path / ".archive.tmp-1"
+    helper = helper_folder(tmp, 1)
+    assert helper == tmp_path / ".archive.tmp-1.rank1"
+    (helper / "step-00002" / "img").mkdir(parents=True)
+    (helper / "step-00002" / "manifest.json").write_text("{}")
+    (helper / "step-00002" / "img" / "a.png").write_bytes(b"png")
+    (tmp / "snapshots").mkdir(parents=True)
+    _move_snapshots(helper, tmp / "snapshots", {"step-00002": "built"}, 1)
+    assert (tmp / "snapshots" / "step-00002" / "img" / "a.png").read_bytes() == b"png"
+    assert list(helper.iterdir()) == []
+    # a rank on another machine whose folder is not the one rank 0 sees (no shared file system)
+    with pytest.raises(OutputError, match="rank 1 built snapshot 'step-00004' into .* where rank 0 does not see it: "
+                                          "on several machines the folder of --out must be on a file system"):
+        _move_snapshots(helper, tmp / "snapshots", {"step-00004": "built"}, 1)
 
 
 def test_batches_are_the_one_process_batches_dealt_round_robin():
@@ -326,13 +350,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(n: int, args: list, cwd: Path, timeout_s: int = 60) -> subprocess.CompletedProcess:
+def torchrun(n: int, args: list, cwd: Path, timeout_s: int = 60, command: str = "build") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "REPORTGEN_DIST_TIMEOUT": str(timeout_s)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "reportgen", "build", *map(str, args)]
+           "--master-port", str(free_port()), "-m", "reportgen", command, *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -412,3 +436,83 @@ def test_a_rank_that_dies_mid_pass_fails_the_job_in_one_line_and_keeps_the_site(
     assert time.perf_counter() - t0 < 200  # no rank waited for the collectives' timeout (600 s)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(f".previous-{how}")) == []  # no tmp, no lock
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the archive: checkpoint k built whole by rank k mod N
+
+
+ARCHIVE_ARGS = ["--model", "tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3", "--batch-size", "4",
+                "--only", "predictions,filters,grad-cam", "--samples", "2", "-q"]
+
+
+@pytest.fixture(scope="module")
+def one_process_archive(tmp_path_factory):
+    """3 tiny checkpoints (epochs 1, 2, 3), 12 images, and their archive built by one process (in this one)."""
+    from test_archive import save_checkpoints
+
+    root = tmp_path_factory.mktemp("dist-archive")
+    write_image_folder(root / "images", per_class=4)
+    save_checkpoints(root / "ckpts", [(3, "c.safetensors"), (1, "a.safetensors"), (2, "b.safetensors")])
+    result = run("archive", root / "ckpts", *ARCHIVE_ARGS, "--images", root / "images", "--out", root / "one")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def without_times(manifest: dict) -> dict:
+    """A manifest without what differs between two runs of the same build: timings, the output folder, the pages'
+    and manifests' hashes (they hold timings)."""
+    drop = {"timings", "build_seconds", "seconds"}
+
+    def strip(x, key=""):
+        if isinstance(x, dict):
+            return {k: strip(v, k) for k, v in x.items() if k not in drop and not (key == "config" and k == "out")
+                    and not (key == "files" and k.endswith((".html", "manifest.json")))}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    return strip(manifest)
+
+
+def test_two_gloo_processes_build_the_same_archive_as_one(one_process_archive):
+    root = one_process_archive
+    one, two = root / "one", root / "two"
+    result = torchrun(2, [root / "ckpts", *ARCHIVE_ARGS[:-1], "--images", root / "images", "--out", two], root,
+                      command="archive")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Archive written to") == 1 and "(3 snapshots built, 0 reused)" in result.stdout
+    # checkpoint k of the archive's order (the epochs, not the file names) on rank k mod 2
+    for line in ("step-00001: building from a.safetensors (rank 0)", "step-00002: building from b.safetensors "
+                 "(rank 1)", "step-00003: building from c.safetensors (rank 0)"):
+        assert line in result.stdout + result.stderr
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
+    figures = [f for f in files if f.endswith(".png")]
+    assert len(figures) > 100 and "img/archive/accuracy.png" in figures
+    assert [f for f in figures if (one / f).read_bytes() != (two / f).read_bytes()] == []
+    manifests = [f for f in files if f.endswith("manifest.json")]
+    assert len(manifests) == 4  # the index's and one per snapshot
+    for f in manifests:
+        m1, m2 = (without_times(json.loads((d / f).read_text())) for d in (one, two))
+        assert m1 == m2, f
+    assert [p.name for p in root.iterdir() if p.name.startswith(".two")] == []  # no staged folder, no lock left
+
+
+def test_a_rank_killed_during_its_snapshot_fails_the_archive_in_one_line_and_keeps_the_previous(one_process_archive):
+    """Rank 1 is killed by SIGKILL in the pass of its snapshot (the second checkpoint): one line names it, the previous
+    archive is unchanged, and neither rank 0's staged archive nor rank 1's own folder beside it is left behind."""
+    root = one_process_archive
+    out = root / "previous"
+    shutil.copytree(root / "one", out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    args = [root / "ckpts", "--model", "test_distributed:killed_on_rank_one", *ARCHIVE_ARGS[2:-1], "--images",
+            root / "images", "--out", out]
+    t0 = time.perf_counter()
+    result = torchrun(2, args, root, timeout_s=600, command="archive")
+    assert result.returncode != 0
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error:")]
+    assert len(ours) == 1, result.stdout + result.stderr
+    assert ours[0] == ("Error: rank 1 of 2 stopped without a word during the build (killed or crashed): the build "
+                       "failed, the previous archive is left as it was")
+    assert time.perf_counter() - t0 < 200  # no rank waited for the collectives' timeout (600 s)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in root.iterdir() if p.name.startswith(".previous")] == []
