@@ -264,6 +264,10 @@ class AttributionAnalysis(Analysis):
         """The method in a few words with its key options (captions)."""
         return self.title
 
+    def caption_note(self, options: dict) -> str:
+        """A sentence ending every map's caption, on how the maps were computed ("" for none)."""
+        return ""
+
     def notes(self, ctx: Any, params: Any, options: dict, raw: np.ndarray) -> list[str]:
         """Sentences for the page about these maps (e.g. why they are not exact)."""
         if not self.relu_rules:
@@ -328,6 +332,8 @@ class AttributionAnalysis(Analysis):
         where = "over a dimmed grey copy of the image" if over_image else "one cell per position"
         pct = "the maximum" if params.percentile >= 100 else f"the {params.percentile:g}th percentile"
         probs, names = predictions.probs, ctx.class_names
+        computed = self.caption_note(options)
+        computed = f" {computed}" if computed else ""
         for scale in (["shared", "per-image"] if params.scale == "both" else [params.scale]):
             for k, t in enumerate(targets):
                 limit = shared if scale == "shared" else float(per_image[k])
@@ -346,7 +352,8 @@ class AttributionAnalysis(Analysis):
                     base=display[t.image] if over_image else None, colorbar=True, image=t.image,
                     group=ROLE_TITLES[t.role],
                     label=f"{image_name}: {cls_name} (p={probs[predictions.row(t.image), t.cls]:.2f}), {scale} scale",
-                    caption=f"{what} for class '{cls_name}' ({t.role}) of {image_name}, {where}. {how}{found}"))
+                    caption=(f"{what} for class '{cls_name}' ({t.role}) of {image_name}, {where}. "
+                             f"{how}{found}{computed}")))
         return result
 
 
@@ -381,8 +388,10 @@ class Occlusion(AttributionAnalysis):
             stride = (max(1, window[0] // 2), max(1, window[1] // 2))
         else:
             stride = default["stride"]
+        # ``plans`` collects what each call's incremental engine did (the captions say it): a list, so that the
+        # calls made with these options append to it.
         return {"window": window, "stride": stride, "fill": params.fill, "per_pixel": params.per_pixel,
-                "score": params.score, "batch_size": ctx.batch_size(grad=False)}
+                "score": params.score, "batch_size": ctx.batch_size(grad=False), "plans": []}
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attribution import occlusion
@@ -400,13 +409,19 @@ class Occlusion(AttributionAnalysis):
         (wh, ww), (sh, sw) = options["window"], options["stride"]
         return f"Occlusion ({wh}x{ww} patch, stride {sh}x{sw})"
 
+    def caption_note(self, options: dict) -> str:
+        plans = options.get("plans") or []
+        return plans[-1].sentence() if plans else ""
+
     def notes(self, ctx: Any, params: Any, options: dict, raw: np.ndarray) -> list[str]:
+        plans = options.get("plans") or []
+        notes = [plans[-1].sentence(limit=12)] if plans else []
         total = float(np.abs(raw).sum())
         negative = float(np.clip(-raw, 0, None).sum()) / total if total > 0 else 0.0
         if negative <= 0.05:
-            return []
-        return [f"{negative:.0%} of the total absolute drop is negative (hiding those patches raised the class "
-                "score); the maps show only the positive part, the evidence for the class."]
+            return notes
+        return notes + [f"{negative:.0%} of the total absolute drop is negative (hiding those patches raised the "
+                        "class score); the maps show only the positive part, the evidence for the class."]
 
 
 @register

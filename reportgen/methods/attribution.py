@@ -188,7 +188,8 @@ def default_occlusion_params(h: int, w: int) -> dict[str, tuple[int, int]]:
 def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target, *,
               window: int | tuple[int, int] = (8, 8), stride: int | tuple[int, int] = (4, 4),
               fill: float | torch.Tensor = 0.0, batch_size: int = 128, per_pixel: bool = False,
-              score: Literal["logit", "prob"] = "logit") -> torch.Tensor:
+              score: Literal["logit", "prob"] = "logit", incremental: bool = True,
+              plans: list | None = None) -> torch.Tensor:
     """Occlusion sensitivity (Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901).
 
     A ``window`` (h, w) patch set to ``fill`` (a float, or a tensor broadcastable to (C, H, W) such as the
@@ -198,6 +199,11 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target, *,
     over all windows covering each pixel (0 where none does, at the bottom/right edge when the stride does not
     tile the image). Occluded copies of all images are evaluated ``batch_size`` per forward pass, under no_grad.
     See `default_occlusion_params` for a window that scales with the image.
+
+    ``incremental=True`` computes the same drops by exact incremental inference where it applies
+    (`reportgen.methods.incremental`, Krypton, SIGMOD 2019): each position recomputes only the region of each layer
+    its patch changes; elsewhere, or with ``incremental=False``, every occluded copy runs the whole model. When
+    ``plans`` is a list, the `IncrementalPlan` used (what ran incrementally, which layers fell back) is appended.
     """
     _check_inputs(inputs)
     num, channels, height, width = inputs.shape
@@ -214,22 +220,10 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target, *,
     fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
     fill_t = torch.broadcast_to(fill_t, (channels, height, width))
 
-    top = torch.arange(rows, device=x.device) * sh
-    left = torch.arange(cols, device=x.device) * sw
-    ys, xs = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
-    in_rows = (ys[None, :] >= top[:, None]) & (ys[None, :] < top[:, None] + wh)  # (rows, H)
-    in_cols = (xs[None, :] >= left[:, None]) & (xs[None, :] < left[:, None] + ww)  # (cols, W)
-    positions = rows * cols
-
-    with torch.no_grad():
-        base = target_scores(model(x), targets, score)  # (N,)
-        drops = x.new_empty(num * positions)
-        for chunk in torch.arange(num * positions, device=x.device).split(batch_size):
-            img, pos = chunk // positions, chunk % positions
-            # Masks are built per chunk: all of them at once would be P x H x W (2.5 G for 1x1 windows at 224).
-            mask = in_rows[pos // cols][:, None, :, None] & in_cols[pos % cols][:, None, None, :]
-            occluded = torch.where(mask, fill_t, x[img])
-            drops[chunk] = base[img] - target_scores(model(occluded), targets[img], score)
+    drops = _incremental_drops(model, x, targets, (wh, ww), (sh, sw), fill_t, batch_size, score, plans) \
+        if incremental else None
+    if drops is None:
+        drops = _plain_drops(model, x, targets, (wh, ww), (sh, sw), fill_t, batch_size, score)
     drops = drops.view(num, rows, cols)
     if not per_pixel:
         return drops
@@ -241,3 +235,54 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target, *,
     out = x.new_zeros(num, height, width)
     out[:, :covered_h, :covered_w] = (summed / counts)[:, 0]
     return out
+
+
+def _plain_drops(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, window: tuple[int, int],
+                 stride: tuple[int, int], fill: torch.Tensor, batch_size: int, score: str) -> torch.Tensor:
+    """Occlusion drops (N, rows, cols): every occluded copy through the whole model, ``batch_size`` per pass."""
+    num, _, height, width = x.shape
+    (wh, ww), (sh, sw) = window, stride
+    rows, cols = _positions(height, wh, sh), _positions(width, ww, sw)
+    top = torch.arange(rows, device=x.device) * sh
+    left = torch.arange(cols, device=x.device) * sw
+    ys, xs = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+    in_rows = (ys[None, :] >= top[:, None]) & (ys[None, :] < top[:, None] + wh)  # (rows, H)
+    in_cols = (xs[None, :] >= left[:, None]) & (xs[None, :] < left[:, None] + ww)  # (cols, W)
+    positions = rows * cols
+    with torch.no_grad():
+        base = target_scores(model(x), targets, score)  # (N,)
+        drops = x.new_empty(num * positions)
+        for chunk in torch.arange(num * positions, device=x.device).split(batch_size):
+            img, pos = chunk // positions, chunk % positions
+            # Masks are built per chunk: all of them at once would be P x H x W (2.5 G for 1x1 windows at 224).
+            mask = in_rows[pos // cols][:, None, :, None] & in_cols[pos % cols][:, None, None, :]
+            occluded = torch.where(mask, fill, x[img])
+            drops[chunk] = base[img] - target_scores(model(occluded), targets[img], score)
+    return drops.view(num, rows, cols)
+
+
+def _incremental_drops(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, window: tuple[int, int],
+                       stride: tuple[int, int], fill: torch.Tensor, batch_size: int, score: str,
+                       plans: list | None) -> torch.Tensor | None:
+    """Occlusion drops (N, rows, cols) by incremental inference, or None where it does not apply (the plan, appended
+    to ``plans``, says why). Any failure of the engine falls back to the plain path, which then raises the model's
+    own error if it has one."""
+    from .incremental import IncrementalOcclusion, IncrementalPlan
+
+    def scores(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return target_scores(logits, t, score)
+
+    try:
+        engine = IncrementalOcclusion.prepare(model, x[:1], window, stride)
+        drops = None
+        if engine.plan.used:
+            with torch.inference_mode():
+                drops = torch.stack([engine.drops(x[i:i + 1], fill, int(targets[i]), scores, batch_size, window)
+                                     for i in range(x.shape[0])])
+            drops = drops.clone()  # an ordinary tensor, usable outside inference mode
+        plan = engine.plan
+    except Exception as err:  # noqa: BLE001 - the plain path below is always correct, and raises real errors
+        drops, plan = None, IncrementalPlan(False, f"the incremental engine failed ({type(err).__name__}: {err})")
+    if plans is not None:
+        plans.append(plan)
+    return drops
