@@ -39,21 +39,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_build(procs: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
-    """(seconds of the pass on rank 0, seconds of the whole command) of one build with ``procs`` processes."""
-    build = ["-m", "reportgen", "build", args.model, "--out", str(out), "--only", args.only, "--batch-size",
-             str(args.batch_size), "--max-images", str(args.max_images), "-q"]
+def launch(procs: int, command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``python COMMAND`` in ``procs`` processes (torchrun when more than one, one thread each); the finished
+    process and its wall seconds."""
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), *build]
+               "127.0.0.1", "--master-port", str(free_port()), *command]
     else:
-        cmd = [sys.executable, *build]
+        cmd = [sys.executable, *command]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    return done, time.perf_counter() - t0
+
+
+def one_build(procs: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """(seconds of the pass on rank 0, seconds of the whole command) of one build with ``procs`` processes."""
+    build = ["-m", "reportgen", "build", args.model, "--out", str(out), "--only", args.only, "--batch-size",
+             str(args.batch_size), "--max-images", str(args.max_images), "-q"]
+    done, wall = launch(procs, build)
     if done.returncode:
         sys.exit(f"the build with {procs} process(es) failed:\n{done.stdout}{done.stderr}")
     timings = json.loads((out / "manifest.json").read_text())["timings"]
@@ -82,17 +88,7 @@ def one_archive(procs: int, args: argparse.Namespace, checkpoints: Path, out: Pa
     shutil.rmtree(out, ignore_errors=True)  # every snapshot built, none reused
     command = ["-m", "reportgen", "archive", str(checkpoints), "--out", str(out), "--only", args.archive_only,
                "--max-images", str(args.archive_images), "-q"]
-    if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), *command]
-    else:
-        cmd = [sys.executable, *command]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(key, None)
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    done, wall = launch(procs, command)
     found = re.search(r"Archive written to .* in ([0-9.]+) s \(4 snapshots built", done.stdout)
     if done.returncode or not found:
         sys.exit(f"the archive with {procs} process(es) failed:\n{done.stdout}{done.stderr}")
