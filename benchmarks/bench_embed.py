@@ -134,8 +134,11 @@ def main() -> None:
     seconds, par = timed(lambda: embed_layers(layers, n_jobs=2, parallel=True), args.repeat)
     same = all(np.array_equal(par[k], seq[k]) for k in layers)
     print(f"embed_layers {len(layers)} layers  2 processes  {seconds:7.2f} s  same={same}")
-    auto = "processes" if embed_mod._processes_pay_off(min(2, len(layers)), args.points * len(layers)) else "sequential"
-    print(f"embed_layers default now chooses: {auto} (load average {os.getloadavg()[0]:.1f}, {embed_mod._cores()} cores)")
+    dense = args.points <= embed_mod.DENSE_MAX_POINTS
+    pays = embed_mod._processes_pay_off(min(2, len(layers)), args.points * len(layers))
+    auto = "threads (exact dense t-SNE)" if dense else "processes" if pays else "sequential"
+    print(f"embed_layers default now chooses: {auto} (load average {os.getloadavg()[0]:.1f}, "
+          f"{embed_mod._cores()} cores)")
 
     for n in args.small:
         small = {name: x[:n] for name, x in layers.items()}

@@ -429,7 +429,8 @@ class EmbeddingParams:
         "kept (bounds memory; t-SNE reduces to 50 PCA dimensions anyway).", min=16, max=1_000_000))
     k: int = field(default=5, metadata=doc("Neighbours of the held-out k-NN accuracy.", min=1, max=50))
     jobs: int = field(default=2, metadata=doc(
-        "Worker processes for the t-SNE of several layers at once (the result does not depend on it).",
+        "Worker threads (processes for layers of more than 3,000 images) for the t-SNE of several layers at once "
+        "(the result does not depend on it).",
         min=1, max=64))
 
 

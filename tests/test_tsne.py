@@ -1,0 +1,146 @@
+"""The dense t-SNE of `reportgen.methods.embed`: perplexity calibration, exact gradient, quality against
+scikit-learn, and the same result on any thread count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reportgen.methods import embed
+from reportgen.methods.embed import embed_layers, embed_tsne, knn_accuracy, perplexity_conditionals, tsne_dense
+
+
+def clusters(n_per: int = 20, dim: int = 10, k: int = 3, spread: float = 10.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim)) * spread
+    labels = np.repeat(np.arange(k), n_per)
+    return (centres[labels] + rng.normal(size=(k * n_per, dim))).astype(np.float32), labels
+
+
+def numpy_bisection(d2_row: np.ndarray, perplexity: float, tol: float = 1e-7) -> np.ndarray:
+    """A second, plain calibration: bisection on log(beta) over a fixed bracket, one row at a time."""
+    d = d2_row - d2_row.min()
+    lo, hi = -30.0, 30.0
+    for _ in range(200):
+        beta = np.exp((lo + hi) / 2)
+        p = np.exp(-d * beta)
+        p /= p.sum()
+        entropy = -(p[p > 0] * np.log(p[p > 0])).sum()
+        if abs(entropy - np.log(perplexity)) < tol:
+            break
+        if entropy > np.log(perplexity):
+            lo = (lo + hi) / 2
+        else:
+            hi = (lo + hi) / 2
+    return p
+
+
+def test_perplexity_calibration_hits_the_entropy_and_matches_a_plain_bisection():
+    rng = np.random.default_rng(0)
+    d2 = np.sort(rng.gamma(2.0, 3.0, size=(40, 25)), axis=1)
+    d2[5] *= 1e4  # far-away points: the shift keeps exp from underflowing
+    for perplexity in (3.0, 8.0):
+        p = perplexity_conditionals(torch.from_numpy(d2), perplexity).numpy()
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+        entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+        np.testing.assert_allclose(entropy, np.log(perplexity), atol=1e-5)
+        second = np.stack([numpy_bisection(row, perplexity) for row in d2])
+        np.testing.assert_allclose(p, second, atol=2e-5)
+
+
+def test_one_step_is_the_exact_kl_gradient():
+    """One iteration from y0 moves by -lr * 0.8 * grad (gains start at 1 and drop to 0.8 on a zero update): the
+    gradient must equal autograd's gradient of KL(P || Q) with Student-t Q over all pairs."""
+    x, _ = clusters(n_per=10, dim=5)
+    p, _ = embed._tsne_inputs(x, 5.0)
+    y0 = torch.from_numpy(np.random.default_rng(1).normal(size=(30, 2)).astype(np.float32))
+    lr = 10.0
+    with torch.no_grad():
+        y1 = embed._tsne_optimize(p, y0, lr, iters=1, early_iters=0)
+    ours = (y0 - y1).double() / (0.8 * lr)
+    y = y0.double().requires_grad_(True)
+    d2 = ((y[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    w = 1.0 / (1.0 + d2)
+    w = w * (1 - torch.eye(30, dtype=torch.float64))
+    q = w / w.sum()
+    pd = p.double()
+    kl = (pd * torch.log(torch.where(pd > 0, pd, 1.0) / torch.where(pd > 0, q, 1.0))).sum()
+    (expected,) = torch.autograd.grad(kl, y)
+    np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
+
+
+def test_well_separated_clusters_stay_separated():
+    x, labels = clusters(n_per=25, dim=60)  # D > 50: through the PCA pre-reduction
+    emb = embed_tsne(x, perplexity=10)
+    assert emb.shape == (75, 2) and emb.dtype == np.float32
+    assert knn_accuracy(emb, labels, k=3) == 1.0
+
+
+def test_trustworthiness_within_001_of_scikit_learn():
+    from sklearn.manifold import TSNE, trustworthiness
+    from threadpoolctl import threadpool_limits
+
+    x, _ = clusters(n_per=50, dim=30, k=4, spread=1.5, seed=3)  # overlapping clusters: local structure matters
+    ours = trustworthiness(x, embed_tsne(x, perplexity=15), n_neighbors=10)
+    with threadpool_limits(limits=1):  # OpenMP threads on a busy machine slow scikit-learn down 50-fold
+        peer = TSNE(2, perplexity=15, init="pca", learning_rate="auto", random_state=0).fit_transform(x)
+    theirs = trustworthiness(x, peer, n_neighbors=10)
+    assert ours >= theirs - 0.01, (ours, theirs)
+
+
+def test_same_result_on_any_thread_count_and_in_worker_threads():
+    rng = np.random.default_rng(5)
+    layers = {"a": clusters(n_per=30, dim=12)[0], "b": rng.normal(size=(80, 70)).astype(np.float32),
+              "c": clusters(n_per=20, dim=8, seed=2)[0]}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = {name: embed_tsne(f, perplexity=8) for name, f in layers.items()}
+        torch.set_num_threads(2)
+        again = {name: embed_tsne(f, perplexity=8) for name, f in layers.items()}
+        assert torch.get_num_threads() == 2  # the caller's setting comes back
+        threaded = embed_layers(layers, perplexity=8, n_jobs=3)
+        sequential = embed_layers(layers, perplexity=8, n_jobs=3, parallel=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for name in layers:
+        np.testing.assert_array_equal(again[name], alone[name])
+        np.testing.assert_array_equal(threaded[name], alone[name])
+        np.testing.assert_array_equal(sequential[name], alone[name])
+    assert list(threaded) == ["a", "b", "c"]
+
+
+def test_same_input_same_output_and_seed_ignored_by_the_dense_path():
+    x, _ = clusters(n_per=15, dim=6)
+    a = embed_tsne(x, perplexity=5, seed=1)
+    np.testing.assert_array_equal(a, embed_tsne(x, perplexity=5, seed=1))
+    np.testing.assert_array_equal(a, embed_tsne(x, perplexity=5, seed=7))  # no random number is drawn
+    np.testing.assert_array_equal(a, tsne_dense(x, perplexity=5))
+
+
+def test_large_sets_go_to_scikit_learn(monkeypatch):
+    calls = []
+    real = embed._tsne_sklearn
+
+    def spy(x, perplexity, seed, n_jobs):
+        calls.append(x.shape)
+        return real(x, perplexity, seed, n_jobs)
+
+    monkeypatch.setattr(embed, "_tsne_sklearn", spy)
+    monkeypatch.setattr(embed, "DENSE_MAX_POINTS", 40)
+    x, labels = clusters(n_per=15, dim=6)
+    out = embed_layers({"small": x[:30], "large": x}, perplexity=5, n_jobs=2)
+    assert calls == [(45, 6)]
+    assert out["small"].shape == (30, 2) and knn_accuracy(out["large"], labels, k=3) == 1.0
+
+
+def test_tiny_and_degenerate_inputs():
+    from reportgen.methods.degenerate import DegenerateError
+
+    assert embed_tsne(np.ones((2, 4), np.float32)).shape == (2, 2)
+    x, _ = clusters(n_per=1, dim=4, k=3)  # 3 points: perplexity clipped to 2/3
+    assert np.isfinite(embed_tsne(x)).all()
+    with pytest.raises(DegenerateError):
+        embed_layers({"flat": np.ones((20, 4), np.float32)}, n_jobs=2)
