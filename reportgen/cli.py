@@ -95,6 +95,9 @@ def report_options(fn: Callable) -> Callable:
         click.option("--batch-size", type=int, help="Images per forward pass (default: 64)."),
         click.option("--memory", type=float, help="GiB one batch's activations may take; batches of a large model "
                                                   "shrink to fit (default: 2)."),
+        click.option("--budget", type=float, help="GMAC (billions of multiply-adds) each costly analysis may "
+                                                  "spend; over it, its defaults shrink and its page says so "
+                                                  "(default: 4000; 0 = no limit)."),
         click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8)."),
     ]):
         fn = decorator(fn)

@@ -39,6 +39,10 @@ class ModelFacts:
     ``attention_refused``: {module: why not}; ``attention_windowed``: those of ``attention`` that attend within
     shifted windows (Swin), not globally. ``image_bytes``: the bytes of every leaf module's outputs for one image
     (float32, a reused module counted once per call), the yardstick of `reportgen.context.Context.batch_size`.
+    ``macs``: multiply-adds of one forward pass of one image, and ``macs_until``: {layer: those done by the time its
+    output first exists}, the yardsticks of the compute budget (`reportgen.budget.count_macs`, on the first sample
+    image after the one pass, so that the probe stays the only pass before it; 0 and {} when the model cannot be
+    counted).
     """
 
     layers: list[LayerRow]
@@ -56,12 +60,21 @@ class ModelFacts:
     attention_refused: dict = field(default_factory=dict)
     attention_windowed: list = field(default_factory=list)
     image_bytes: int = 0
+    macs: int = 0
+    macs_until: dict = field(default_factory=dict)
     _model: Any = field(default=None, repr=False)
     _receptive_fields: dict = field(default_factory=dict, repr=False)
 
     def row(self, name: str) -> Optional[LayerRow]:
         """The layer table's row of ``name`` (None for an unknown name)."""
         return next((r for r in self.layers if r.name == name), None)
+
+    def channels(self, name: str) -> int:
+        """Channels of layer ``name``'s output as a map (C of its (C, h, w) view: a token layer's D); 1 when unknown."""
+        row, view = self.row(name), self.views.get(name)
+        if row is None or not row.out_shape:
+            return 1
+        return int(row.out_shape[0] if view is None or view.kind == "map" else row.out_shape[-1])
 
     def map_layers(self, names: Optional[list[str]] = None) -> list[str]:
         """Those of ``names`` (default: the selected layers) whose output is a feature map (C, H, W), tokens or a

@@ -63,6 +63,14 @@ class Analysis:
     needs_images: ClassVar[bool] = True  # False for analyses that also apply to 2-D point models
     needs_logits: ClassVar[bool] = False  # True when the result is about the class scores (not applicable to NaN)
     Params: ClassVar[type] = NoParams
+    # (config key, floor) pairs the compute budget may lower, in order (`reportgen.budget.fit`)
+    shrink: ClassVar[tuple[tuple[str, int], ...]] = ()
+
+    def cost(self, ctx: Any, params: Any) -> float:
+        """Multiply-adds this analysis spends at most with ``params`` (after the one pass: ``ctx.predictions`` and
+        ``ctx.samples`` are known), from ``ctx.facts.macs`` per forward pass of one image (a backward pass counts
+        twice that); 0 for an analysis whose cost does not grow with the model's (the default)."""
+        return 0.0
 
     def reducers(self, ctx: Any, params: Any) -> dict[str, Reducer]:
         return {}

@@ -154,6 +154,7 @@ class AttentionRollout(RolloutFamily):
     paper = "Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020"
     paper_url = "https://arxiv.org/abs/2005.00928"
     order = 90
+    map_passes = 1.0  # one forward pass records the attention
     map_words = ("the class token's row of the product over layers of (I + mean over heads of A) / 2, one value per "
                  "patch (the same for every class)")
 

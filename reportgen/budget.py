@@ -1,0 +1,163 @@
+"""The compute budget of the costly analyses: how many multiply-adds each may spend, and what it runs within it.
+
+The defaults of the per-sample and optimization analyses (200 Adam steps for each of 20 class images, 50 noisy
+copies per SmoothGrad map, one forward pass per channel for Score-CAM...) cost nothing on a small CNN and hours on
+a 224-px ResNet-50 on a laptop CPU. So each analysis states its cost in multiply-adds (`Analysis.cost`, from the
+model's own count of one forward pass, `count_macs`; a backward pass counts twice a forward pass), and the build
+gives each analysis at most ``--budget`` GMAC (billions of multiply-adds; 0 = no limit). An analysis over budget
+first shrinks the settings it names in `Analysis.shrink`, in order, each down to its floor and only where the user
+did not set that key; one with nothing left to shrink (or still over budget at the floors) does not run and says
+why. The page of every analysis that was shrunk says what its defaults would have cost and what ran.
+
+The count is of the model's operations (`torch.utils.flop_counter.FlopCounterMode`: convolutions, matrix products,
+attention), not of time: the same model and config give the same settings on every machine, so the same seed still
+gives the same report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+GIGA = 1e9
+
+
+def count_macs(model: Any, x: Any) -> tuple[int, dict[str, int]]:
+    """Multiply-adds of one forward pass of ``model`` on ``x`` (1, C, H, W), and for every module the multiply-adds
+    done by the time its output first exists ({dotted name: MACs}: what a forward pass truncated after that layer
+    costs). Counted with gradients on (``x`` requires grad), as the gradient analyses run: some modules take a
+    cheaper fused path without gradients (torch's MultiheadAttention) whose operations the counter does not see.
+    Returns (0, {}) for a model the counter cannot run (the budget is then not applied). Hooks are removed on exit;
+    the model's ``.grad`` tensors are not touched (no backward pass)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    until: dict[str, int] = {}
+    counter = FlopCounterMode(display=False, custom_mapping=_uncounted())
+    handles = []
+
+    def hook(name: str):
+        def record(_module, _inputs, _output) -> None:
+            until.setdefault(name, counter.get_total_flops() // 2)
+        return record
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook(name)))
+        with torch.enable_grad(), counter:
+            model(x.detach().clone().requires_grad_(True))
+        return counter.get_total_flops() // 2, until
+    except Exception:  # a compiled or exported graph the counter does not dispatch through: no budget
+        return 0, {}
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def measured_speed(model: Any, x: Any, macs: int) -> float:
+    """Multiply-adds per second of a forward and backward pass of ``x`` (N, C, H, W) through ``model`` (``macs``
+    per image forward, a backward counting twice that): the faster of two timed passes after one that pays for
+    kernel selection. The gradient is taken with respect to ``x`` only, so no ``.grad`` of the model changes."""
+    import time
+
+    import torch
+
+    times = []
+    for _ in range(3):
+        inputs = x.detach().clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            torch.autograd.grad(model(inputs).float().sum(), inputs)
+        times.append(time.perf_counter() - t0)
+    return 3 * macs * len(x) / max(min(times[1:]), 1e-9)
+
+
+def _uncounted() -> dict:
+    """Formulas for operators torch's counter has none for: the CPU kernel of scaled dot-product attention (the two
+    matrix products of softmax(Q K^T) V, as torch counts its GPU kernels)."""
+    import torch
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: cpu_attention} if op is not None else {}
+
+
+@dataclasses.dataclass
+class Fitted:
+    """An analysis's settings within the budget: ``params`` to run with, its ``cost`` (MACs), what the defaults
+    would have cost (``default_cost``), a ``note`` for its page ("" when nothing changed), and ``refused`` (why it
+    does not run) when even the smallest settings exceed the budget and it has nothing to shrink."""
+
+    params: Any
+    cost: float
+    default_cost: float
+    note: str = ""
+    refused: str = ""
+
+
+def gmac(macs: float) -> str:
+    return f"{macs / GIGA:,.0f} GMAC" if macs >= 10 * GIGA else f"{macs / GIGA:,.2g} GMAC"
+
+
+def fit(analysis: Any, ctx: Any, params: Any) -> Fitted:
+    """``params`` shrunk until ``analysis.cost(ctx, params)`` fits the build's budget (`ctx.config.budget` GMAC).
+
+    The knobs of ``analysis.shrink`` ((key, floor) pairs) are tried in order: each integer key the user did not set
+    under ``[analysis.NAME]`` is lowered to the largest value >= floor that fits (the cost never falls when a key
+    grows, so bisection finds it), and the search stops once the cost fits. Still over budget: an analysis without
+    knobs is ``refused``; one with knobs runs at its floors and says so."""
+    budget = float(ctx.config.budget) * GIGA
+    cost = float(analysis.cost(ctx, params))
+    if budget <= 0 or cost <= budget or not ctx.facts.macs:
+        return Fitted(params, cost, cost)
+    fixed = set(ctx.config.analysis.get(analysis.name, {}))
+    before = params
+    for key, floor in analysis.shrink:
+        value = getattr(params, key)
+        if key in fixed or value <= floor:
+            continue
+        if analysis.cost(ctx, dataclasses.replace(params, **{key: floor})) >= analysis.cost(ctx, params):
+            continue  # lowering it saves nothing here (a cap above what this model has)
+        lo, hi = floor, value  # the largest v in [lo, hi] with cost <= budget, or lo when none
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if analysis.cost(ctx, dataclasses.replace(params, **{key: mid})) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        params = dataclasses.replace(params, **{key: lo})
+        if analysis.cost(ctx, params) <= budget:
+            break
+    spent = float(analysis.cost(ctx, params))
+    passes = f"{cost / ctx.facts.macs:,.0f} forward passes of one image through this model"
+    over = (f"With its settings this analysis would spend {gmac(cost)} ({passes}), over the build's budget of "
+            f"{gmac(budget)} per analysis (--budget)")
+    changed = [f"{k} = {getattr(params, k)} instead of {getattr(before, k)}"
+               for k in dict.fromkeys(k for k, _ in analysis.shrink) if getattr(params, k) != getattr(before, k)]
+    if not changed:
+        why = "it has no setting the budget may lower" if not analysis.shrink else (
+            "the settings the budget may lower are set in the config or already at their floors")
+        return Fitted(before, cost, cost, refused=f"not run: {over[0].lower() + over[1:]}, and {why}; raise --budget "
+                                                 "(0 = no limit) to run it")
+    still = "" if spent <= budget else " (still over the budget: these are the smallest settings it lowers to)"
+    note = (f"{over}: it ran with {', '.join(changed)}, {gmac(spent)}{still}. Set these keys under "
+            f"[analysis.{analysis.name}] or raise --budget (0 = no limit) to run more.")
+    return Fitted(params, spent, cost, note=note)
+
+
+def estimate_line(fitted: dict[str, Fitted], macs_per_second: Optional[float]) -> str:
+    """One line for the console before the analyses start: the multiply-adds they will spend (at most), the costly
+    ones named, and a time at ``macs_per_second`` (`measured_speed`) when known."""
+    total = sum(f.cost for f in fitted.values() if not f.refused)
+    costly = sorted(((f.cost, name) for name, f in fitted.items() if not f.refused), reverse=True)[:4]
+    named = ", ".join(f"{name} {gmac(c)}" for c, name in costly if c > 0)
+    when = ""
+    if macs_per_second:
+        minutes = total / macs_per_second / 60
+        when = f"; at most about {minutes:.0f} min at the measured {macs_per_second / GIGA:.0f} GMAC/s" \
+            if minutes >= 1 else f"; at most about {total / macs_per_second:.0f} s"
+    return f"the analyses will spend at most {gmac(total)} ({named}){when}"
