@@ -2,7 +2,8 @@
 one thread each).
 
     python benchmarks/distributed_bench.py [--model shapes-cnn] [--max-images 1000] [--procs 2] [--repeat 2]
-                                           [--part pass|archive|both] [--archive-images 300]
+                                           [--part pass|archive|items|both|all] [--archive-images 300]
+                                           [--items-only class-max,smoothgrad,occlusion] [--items-batch 4]
 
 Each build runs the analyses whose state comes from the one pass (`--only`, default distributions and top images)
 on the zoo model's test split; the pass's time is the manifest's ``timings["forward pass"]`` of rank 0, which for N
@@ -15,6 +16,11 @@ shrinks with the epoch, epochs 1 to 4, the zoo name in the metadata) and times `
 (`--archive-only` analyses on `--archive-images` images of the test split, built from scratch every time): with N
 processes checkpoint k is built whole by rank k mod N. Printed: the archive's own seconds (from its last line:
 checkpoints found, snapshots built, index written) and the whole command's.
+
+The items part times the analyses whose per-item work the ranks share (`--items-only`, default class images,
+SmoothGrad and occlusion) on `--items-images` images with batches of `--items-batch` (so that class-max's 8
+classes make 2 batches; SmoothGrad and occlusion take one image per chunk at that batch size): the seconds are the
+sum of those analyses' manifest timings on rank 0 (which include waiting for the other ranks' chunks).
 """
 
 from __future__ import annotations
@@ -103,14 +109,46 @@ def main() -> None:
     parser.add_argument("--only", default="distributions,top-images")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--part", choices=("pass", "archive", "both"), default="both")
+    parser.add_argument("--part", choices=("pass", "archive", "items", "both", "all"), default="both")
     parser.add_argument("--archive-images", type=int, default=300)
     parser.add_argument("--archive-only", default="predictions,filters,distributions,grad-cam")
+    parser.add_argument("--items-only", default="class-max,smoothgrad,occlusion")
+    parser.add_argument("--items-images", type=int, default=64)
+    parser.add_argument("--items-batch", type=int, default=4)
     args = parser.parse_args()
-    if args.part in ("pass", "both"):
+    if args.part in ("pass", "both", "all"):
         bench_pass(args)
-    if args.part in ("archive", "both"):
+    if args.part in ("archive", "both", "all"):
         bench_archive(args)
+    if args.part in ("items", "all"):
+        bench_items(args)
+
+
+def one_items_build(procs: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """(seconds of the split analyses on rank 0, seconds of the whole command) of one build with ``procs``."""
+    names = args.items_only.split(",")
+    build = ["-m", "reportgen", "build", args.model, "--out", str(out), "--only", args.items_only, "--batch-size",
+             str(args.items_batch), "--max-images", str(args.items_images), "-q"]
+    done, wall = launch(procs, build)
+    if done.returncode:
+        sys.exit(f"the build with {procs} process(es) failed:\n{done.stdout}{done.stderr}")
+    timings = json.loads((out / "manifest.json").read_text())["timings"]
+    return sum(timings[name] for name in names), wall
+
+
+def bench_items(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        best: dict[int, tuple[float, float]] = {}
+        for _ in range(args.repeat):
+            for procs in (1, args.procs):
+                got = one_items_build(procs, args, Path(tmp) / f"items-{procs}")
+                best[procs] = min(best.get(procs, got), got)
+    print(f"{args.model}, {args.items_images} images, batch {args.items_batch}, --only {args.items_only} (their "
+          f"chunks split), one thread per process, best of {args.repeat} (load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}):")
+    print(f"{'processes':>9}  {'analyses s':>10}  {'speed-up':>8}  {'command s':>9}")
+    for procs, (items_s, wall) in best.items():
+        print(f"{procs:>9}  {items_s:10.2f}  {best[1][0] / items_s:7.2f}x  {wall:9.1f}")
 
 
 def bench_archive(args: argparse.Namespace) -> None:

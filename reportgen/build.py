@@ -43,7 +43,7 @@ class BuildReport:
     failed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     manifest: Optional[Manifest] = None
-    rank: int = 0  # a distributed build's helper ranks (> 0) write no site: their share of the pass went to rank 0
+    rank: int = 0  # a distributed build's helper ranks (> 0) write no site: their share of the work went to rank 0
 
 
 @dataclass
@@ -83,7 +83,8 @@ def build(cfg: BuildConfig, output: Optional[Output] = None, given: Optional[Giv
     long. The one path of `reportgen build` and `reportgen.build_report`.
 
     Under torchrun (several processes) every process runs it with its ``group`` (`reportgen.distributed`): all
-    share the one pass, rank 0 writes the site, the others return a report without one (``rank`` > 0)."""
+    share the one pass and the per-item work of the analyses that split it (``splits``), rank 0 writes the site,
+    the others return a report without one (``rank`` > 0)."""
     from .distributed import current_world
 
     world = current_world() if group is None else None
@@ -113,7 +114,8 @@ def build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
     """The recipe: one report into the existing, empty ``folder``; ``snapshot`` (a checkpoint archive's record of
     this snapshot) goes into its manifest. The global RNG states are restored afterwards (a training loop that
     builds a snapshot every epoch keeps its own random stream), and so is a ``given`` model. ``group``: the process
-    group of a distributed build; its ranks other than 0 stop after the one pass (``folder`` is not used)."""
+    group of a distributed build; its ranks other than 0 run only their share of the pass and of the analyses
+    that split their work (``folder`` is not used)."""
     import torch
 
     from .api import kept_as_is
@@ -134,9 +136,16 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
     timings["plan (one probe pass)"] = time.perf_counter() - t_plan
     t_pass = time.perf_counter()
     ctx.predictions = forward_pass(ctx, plan.reducers, group)
-    if ctx.predictions is None:  # a helper rank of a distributed build: its share of the pass is with rank 0
-        return BuildReport(out=folder, seconds=0.0, rank=group.rank)
+    if group is not None:
+        share_pass(ctx, chosen, plan, group)
     ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
+    if group is not None and group.rank != 0:
+        # a helper rank computes its share of the chunks of the analyses that split their work, in rank 0's order
+        # (so that the collectives line up), and writes nothing
+        for _ in analyse(ctx, Chosen([a for a in chosen.analyses if getattr(a, "splits", False)], chosen.params),
+                         plan):
+            pass
+        return BuildReport(out=folder, seconds=0.0, rank=group.rank)
     timings["forward pass"] = time.perf_counter() - t_pass
     writer = ArtifactWriter(folder)
     entries = write(analyse(ctx, chosen, plan), writer)
@@ -145,6 +154,22 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
     render(manifest, folder, writer)
     return BuildReport(out=folder, seconds=0.0, failed=[e.name for e in entries if e.status == "failed"],
                        manifest=manifest)
+
+
+def share_pass(ctx: Any, chosen: Chosen, plan: Plan, group: Any) -> None:
+    """Rank 0's result of the one pass on every rank of a distributed build: the predictions, the unreadable images
+    and the merged reducers of the analyses that split their work (``splits``: what they read), so that every rank
+    picks the same sample images and runs those analyses on the same state. The helper ranks go quiet from here
+    (rank 0 says everything once) and join the analyses' per-item work (`reportgen.context.Context.map_chunks`)."""
+    split = [a.name for a in chosen.analyses if getattr(a, "splits", False) and a.name in plan.reducers]
+    mine = (ctx.predictions, list(ctx.images.skipped), {n: plan.reducers[n] for n in split})
+    predictions, skipped, reducers = group.share(mine if group.rank == 0 else None)
+    if group.rank != 0:
+        ctx.predictions = predictions
+        ctx.images.skipped[:] = skipped
+        plan.reducers.update(reducers)
+        ctx.output = Output(verbose=ctx.output.verbose, silent=True)
+    ctx.group = group
 
 
 def choose_analyses(cfg: BuildConfig) -> Chosen:
@@ -309,11 +334,17 @@ def analyse(ctx: Any, chosen: Chosen, plan: Plan) -> Iterator[Outcome]:
     its arrays can be written and dropped before the next analysis runs). A failing analysis becomes a "failed"
     outcome with the reason (the rest of the report goes on); user errors and interrupts stop the build."""
     output = ctx.output
+    fitted = fit_budget(ctx, chosen, plan)
     for a in ctx.iterate(chosen.analyses, length=len(chosen.analyses), label="analyses"):
         params = chosen.params[a.name]
         if a.name in plan.skipped:
             yield Outcome(a, params, "not applicable", plan.skipped[a.name])
             continue
+        fit = fitted[a.name]
+        if fit.refused:
+            yield Outcome(a, params, "not applicable", fit.refused)
+            continue
+        params = fit.params
         t = time.perf_counter()
         output.detail(f"running {a.name}")
         outcome = Outcome(a, params)
@@ -323,6 +354,7 @@ def analyse(ctx: Any, chosen: Chosen, plan: Plan) -> Iterator[Outcome]:
                 from .methods.relu_rules import NonReluWarning
 
                 warnings.simplefilter("ignore", NonReluWarning)
+                ctx.splitting = bool(getattr(a, "splits", False))  # its chunks shared by the ranks (Context.map_chunks)
                 outcome.result = a.run(ctx, params, plan.reducers[a.name])
         except NotApplicable as exc:
             outcome.status, outcome.reason = "not applicable", str(exc)
@@ -333,8 +365,35 @@ def analyse(ctx: Any, chosen: Chosen, plan: Plan) -> Iterator[Outcome]:
                 traceback.print_exc()
             outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
             output.warn(f"analysis '{a.name}' failed: {type(exc).__name__}: {exc} (run with -v for the traceback)")
+        if fit.note and outcome.result is not None:
+            outcome.result.notes.insert(0, fit.note)
         outcome.seconds = time.perf_counter() - t
         yield outcome
+
+
+def fit_budget(ctx: Any, chosen: Chosen, plan: Plan) -> dict:
+    """Each applicable analysis's settings within the compute budget (`reportgen.budget.fit`), by name; says on the
+    console what the analyses will spend at most, with the time that takes at the measured speed of a forward and
+    backward pass (`reportgen.budget.measured_speed`), when that is a minute or more."""
+    from .budget import count_macs, estimate_line, fit, measured_speed
+
+    facts = ctx.facts
+    if facts.python and not facts.macs and ctx.samples:
+        facts.macs, facts.macs_until = count_macs(ctx.model, ctx.images.load_inputs(ctx.samples[:1], ctx.device))
+    fitted = {a.name: fit(a, ctx, chosen.params[a.name]) for a in chosen.analyses if a.name not in plan.skipped}
+    total = sum(f.cost for f in fitted.values() if not f.refused)
+    # worth a line only when the analyses cost more than a few hundred passes of one image (and someone reads it)
+    if not ctx.output.quiet and ctx.facts.macs and total > 300 * ctx.facts.macs and ctx.samples:
+        # a batch as the analyses run them (a pass of one or two images measures mostly per-call overhead)
+        n = min(ctx.batch_size(grad=True), 8)
+        x = ctx.images.load_inputs([ctx.samples[k % len(ctx.samples)] for k in range(n)], ctx.device)
+        speed = measured_speed(ctx.model, x, ctx.facts.macs)
+        if total / speed >= 60:
+            ctx.output.info(estimate_line(fitted, speed))
+    for name, f in fitted.items():
+        if f.refused or f.note:
+            ctx.output.detail(f"{name}: {f.refused or f.note}")
+    return fitted
 
 
 def write(outcomes: Iterator[Outcome], writer: ArtifactWriter) -> list[AnalysisEntry]:

@@ -64,6 +64,8 @@ class Context:
     output: Output = field(default_factory=lambda: Output(silent=True))
     class_folders: Optional[list[str]] = None  # an image folder's class sub-folders (they may name the classes)
     maps: dict[str, dict] = field(default_factory=dict)  # attribution maps of this build; see `keep_maps`
+    group: Any = None  # the process group of a distributed build (`reportgen.distributed.Group`); see `map_chunks`
+    splitting: bool = False  # the running analysis shares its chunks between the ranks (`Analysis.splits`)
 
     @property
     def layers(self) -> list[str]:
@@ -121,6 +123,20 @@ class Context:
 
     def iterate(self, iterable: Any, length: int, label: str) -> Any:
         return self.output.progress(iterable, length=length, label=label)
+
+    def map_chunks(self, fn: Any, chunks: list, label: str) -> list:
+        """``[fn(chunk) for chunk in chunks]``, in order, with a progress bar: the per-item work of an analysis.
+
+        In a distributed build, and while an analysis that `splits` runs, chunk k is computed by rank k mod N and
+        every rank receives every result (`reportgen.distributed.Group.map_chunks`); an error in ``fn`` is raised
+        on every rank. So that the numbers are the same bits for any number of processes, the chunks must be those
+        one process computes (the same items batched together), ``fn`` must return CPU values (they travel between
+        processes), and each chunk must draw its random numbers from its own generator (e.g.
+        ``ctx.generator(f"{name}/{first item}")``), never from one shared by the chunks."""
+        chunks = list(chunks)
+        if self.group is None or not self.splitting:
+            return [fn(c) for c in self.iterate(chunks, length=len(chunks), label=label)]
+        return self.group.map_chunks(fn, chunks, label, lambda it, n: self.iterate(it, length=n, label=label))
 
     def keep_maps(self, method: str, keys: list[tuple[int, int]], maps: Any) -> None:
         """Keep the raw maps (T, h, w) an attribution method drew for ``keys``, (image index, class) pairs, as

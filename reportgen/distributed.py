@@ -11,8 +11,11 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `current_world` reads it, and `shared_bui
 - before a batch is counted, the ranks agree on what must be the same everywhere (the histograms' ranges:
   `Reducer.span` / `Reducer.cover`, one small all-gather per round of N batches);
 - at the end every rank sends its reducers, logits and unreadable images to rank 0 (`Group.gather`), which merges
-  them in rank order (`Reducer.merge`), sorts the logits by image index, runs the analyses and writes the site
-  through the same staged, atomic output as one process; the other ranks end there;
+  them in rank order (`Reducer.merge`), sorts the logits by image index and sends every rank what the analyses
+  that split their work read (`Group.share`, `reportgen.build.share_pass`);
+- those analyses deal their chunks of items round robin (`Group.map_chunks`: chunk k on rank k mod N, every result
+  on every rank, a failing chunk raised on every rank); the other ranks run only them, in rank 0's order, and rank
+  0 runs every analysis and writes the site through the same staged, atomic output as one process;
 - ``... -m reportgen archive ...`` shares the checkpoints instead: checkpoint k (in the archive's order) is built
   by rank k mod N with the plain one-process build, into a folder beside rank 0's staged archive; rank 0 moves
   them in once every rank is done (`Group.collect`) and writes the index (`reportgen.archive.archive`);
@@ -107,6 +110,20 @@ class _PeerLost(Exception):
     """A collective of this module failed: another rank is gone (or the timeout passed)."""
 
 
+def _portable(exc: Exception) -> Exception:
+    """``exc`` itself when it survives pickling (to be raised on the other ranks as it is), else a RuntimeError
+    that carries its type and message."""
+    import pickle
+
+    try:
+        back = pickle.loads(pickle.dumps(exc))
+        if type(back) is type(exc) and str(back) == str(exc):
+            return exc
+    except Exception:  # noqa: BLE001 - any exception that cannot travel is carried as its text
+        pass
+    return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
 def shared_build(world: World, device_name: str, run: Callable[["Group"], Any]) -> Any:
     """Run ``run(group)`` on this rank of the job ``world`` (`reportgen.build.build` or
     `reportgen.archive.archive` with the group), with the
@@ -126,7 +143,10 @@ def shared_build(world: World, device_name: str, run: Callable[["Group"], Any]) 
         from .staging import interrupts_as_errors
 
         with interrupts_as_errors():  # the launcher's SIGTERM after another rank's failure: a clean stop
-            return run(group)
+            done = run(group)
+        if group.rank != 0:  # its share is done: when rank 0 stops later, this rank is not the one to name
+            group.tell("passed", "")
+        return done
 
 
 class Group:
@@ -141,6 +161,7 @@ class Group:
         # staged folders): a rank that finds that one silent removes its folder for it (`_stopped`)
         self.leftovers: dict[int, Any] = {}
         self.product = "site"  # what the job writes, for its messages ("the previous site is left as it was")
+        self.calls = 0  # `map_chunks` calls so far: the ranks check that they are at the same one
 
     @classmethod
     @contextmanager
@@ -234,7 +255,6 @@ class Group:
         everyone: Optional[list] = [None] * self.size if self.rank == 0 else None
         self._collective(lambda: dist.gather_object(mine, everyone, dst=0))
         if self.rank != 0:
-            self.tell("passed", "")
             return None
         assert everyone is not None
         for theirs in everyone[1:]:
@@ -249,6 +269,45 @@ class Group:
         position = {name: i for i, name in enumerate(names)} if any(e[4] for e in everyone) else {}
         bad = sorted((s for e in everyone for s in e[4]), key=lambda s: position.get(s[0], -1))
         return idx[order], all_logits, lab, bad
+
+    # --- the per-item work of the analyses ----------------------------------------------------------------------
+
+    def map_chunks(self, fn: Callable[[Any], Any], chunks: list, label: str,
+                   progress: Callable[[Any, int], Any] = lambda it, n: it) -> list:
+        """``[fn(c) for c in chunks]`` with the chunks dealt round robin: chunk k is computed by rank k mod size, and
+        every rank receives every result, in chunk order (one all-gather). The same call on every rank, with the
+        same chunks (the ranks check the ``label`` and the call's number, so ranks out of step stop the build
+        instead of mixing up two analyses' results).
+
+        An exception in ``fn`` ends this rank's share (its later chunks are not computed) and travels with the
+        results: every rank then raises the error of the first chunk that failed, as one process would have, so
+        no rank waits for the others and the analysis fails with the same reason everywhere. ``progress(iterable,
+        length)`` wraps this rank's own chunks (a progress bar)."""
+        import torch.distributed as dist
+
+        self.calls += 1
+        tag = (label, self.calls, len(chunks))
+        mine: dict[int, tuple[bool, Any]] = {}
+        own = list(range(self.rank, len(chunks), self.size))
+        for k in progress(own, len(own)):
+            try:
+                mine[k] = (True, fn(chunks[k]))
+            except Exception as exc:  # noqa: BLE001 - carried to every rank, raised there (the failure is fn's)
+                mine[k] = (False, _portable(exc))
+                break
+        gathered: list = [None] * self.size
+        self._collective(lambda: dist.all_gather_object(gathered, (tag, mine)))
+        if any(theirs[0] != tag for theirs in gathered):
+            raise DistributedError(f"the ranks are out of step: rank {self.rank} is at {tag[0]!r} (call {tag[1]}) "
+                                   f"but the ranks are at {[theirs[0][:2] for theirs in gathered]}: every rank must "
+                                   "run the same split analyses in the same order")
+        results: dict[int, tuple[bool, Any]] = {}
+        for _, theirs in gathered:
+            results.update(theirs)
+        failed = [k for k, (ok, _) in results.items() if not ok]
+        if failed:
+            raise results[min(failed)][1]
+        return [results[k][1] for k in range(len(chunks))]
 
     # --- the archive ----------------------------------------------------------------------------------------------
 

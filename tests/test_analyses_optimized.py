@@ -128,7 +128,7 @@ def test_shapes_class_images_at_the_defaults_are_one_centred_object_of_their_cla
     """The issue: shapes-cnn (global average pooling) class images must show one shape, not a tiling; at least 6
     of the 8 are classified as their class by the model itself."""
     import models_zoo
-    from reportgen.analyses.optimized import ClassMaxParams, _maximize, _settings_note
+    from reportgen.analyses.optimized import ClassMaxParams, _joined, _maximize, _settings_note
     from reportgen.methods.optimize import class_logit, window_mask
 
     entry = models_zoo.get("shapes-cnn")
@@ -139,8 +139,10 @@ def test_shapes_class_images_at_the_defaults_are_one_centred_object_of_their_cla
     assert p.fourier and p.grey and p.window > 0 and p.rotate > 0 and p.target == "logit"
     # the analysis's own mapping of its config keys onto the recipe, on a context with just what it reads
     ctx = SimpleNamespace(model=model, loaded=SimpleNamespace(input=SimpleNamespace(
-        shape=(3, 64, 64), mean=entry.mean, std=entry.std)), batch_size=lambda grad: 64)
-    res = _maximize(ctx, class_logit, list(range(8)), p, torch.Generator().manual_seed(0))
+        shape=(3, 64, 64), mean=entry.mean, std=entry.std)), batch_size=lambda grad: 64,
+        generator=lambda name: torch.Generator().manual_seed(0),
+        map_chunks=lambda fn, chunks, label: [fn(c) for c in chunks])
+    res = _joined(_maximize(ctx, class_logit, [list(range(8))], p, "class-max"))  # one batch of the 8 classes
     with torch.no_grad():
         hits = int((model(res.images).argmax(1) == torch.arange(8)).sum())
     assert hits >= 6, hits

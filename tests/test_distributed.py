@@ -4,7 +4,9 @@ The end-to-end tests launch ``python -m torch.distributed.run --nproc-per-node N
 CNN and a folder of 21 images and an unreadable file (6 batches of 4; the file is the last), with the analyses whose
 state comes from the one pass (histograms, top images, the hashed sample of the neighbours' bank, the logits), and
 compare the site with the one-process build: every figure byte for byte, every number of the manifest exactly but
-the float64 spreads, merged by Chan's formula in another order (relative 1e-12). The archive tests launch
+the float64 spreads, merged by Chan's formula in another order (relative 1e-12). The same comparison runs with the
+analyses that deal their per-item chunks to the ranks (`Group.map_chunks`, tested alone with ranks as threads),
+with a chunk that fails on rank 1 only and with rank 1 killed in its chunks. The archive tests launch
 ``... -m reportgen archive`` over 3 tiny checkpoints (each snapshot built whole by one rank) and compare it with the
 one-process archive the same way, with no tolerance at all.
 """
@@ -36,6 +38,39 @@ ARGS = ["tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3", "--b
 # is most of a build's time here
 CONFIG = "[analysis.neighbours]\nmax_points = 10\nk_refs = 2\n[analysis.top-images]\nchannels = 3\nn = 4\n"
 SPREAD_TOLERANCE = 1e-12  # relative, for the float64 std of `distributions` (the only number merged in another order)
+# the analyses that split their per-item work across the ranks, small: batches of 2 so that most of them have
+# several chunks (maps of 2 targets; SmoothGrad and occlusion one image per chunk; class images of 2 classes; 4
+# batches of channel images; DeepDream and the sphere one image per chunk; t-SNE one of 4 layers per chunk)
+SPLIT = "gradient,smoothgrad,occlusion,grad-cam,class-max,unit-max,adversarial,deepdream,embeddings"
+SPLIT_ARGS = ["tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3", "--batch-size", "2", "--only", SPLIT,
+              "--layers", "1,4", "--samples", "5"]
+SPLIT_CONFIG = """
+[analysis.gradient]
+scale = "shared"
+[analysis.smoothgrad]
+n = 4
+scale = "shared"
+[analysis.occlusion]
+window = 16
+stride = 8
+scale = "shared"
+[analysis.grad-cam]
+scale = "per-image"
+[analysis.class-max]
+steps = 4
+[analysis.unit-max]
+steps = 4
+channels = 3
+[analysis.adversarial]
+steps = 4
+sphere_points = 100
+[analysis.deepdream]
+images = 3
+octaves = 1
+steps_per_octave = 3
+[analysis.embeddings]
+perplexity = 5.0
+"""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,6 +355,128 @@ def test_a_mistake_every_rank_makes_is_said_once_by_rank_0(group_of):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the per-item work: `Group.map_chunks` with N ranks as N threads and an in-memory all-gather
+
+
+def on_ranks(size: int, body, monkeypatch) -> list:
+    """``body(group)`` on ``size`` ranks at once (threads), their all-gathers met in memory (values pickled both
+    ways, as they travel between processes); each rank's (True, value) or (False, exception)."""
+    import pickle
+    import threading
+
+    import torch.distributed as dist
+
+    from reportgen.distributed import Group, World
+
+    local, slots = threading.local(), [None] * size
+    barrier = threading.Barrier(size, timeout=20)
+
+    def all_gather_object(out, obj):
+        slots[local.rank] = pickle.dumps(obj)
+        barrier.wait()
+        out[:] = [pickle.loads(b) for b in slots]
+        barrier.wait()
+
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    results: list = [None] * size
+
+    def rank(r: int) -> None:
+        local.rank = r
+        try:
+            results[r] = (True, body(Group(World(r, size, r), store=None)))
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            results[r] = (False, exc)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("not today")
+
+
+@pytest.mark.parametrize("size, n_chunks", [(2, 7), (3, 7), (8, 3)])
+def test_chunks_are_dealt_round_robin_and_every_rank_gets_all_in_order(monkeypatch, size, n_chunks):
+    ran: list = []
+
+    def body(group):
+        def fn(chunk):
+            ran.append((group.rank, chunk))
+            return {"chunk": chunk, "rank": group.rank, "square": torch.tensor([chunk]) ** 2}
+
+        return group.map_chunks(fn, list(range(n_chunks)), "squares")
+
+    results = on_ranks(size, body, monkeypatch)
+    assert all(ok for ok, _ in results), results
+    for _, got in results:
+        assert [g["chunk"] for g in got] == list(range(n_chunks))  # chunk order, whoever computed them
+        assert [g["rank"] for g in got] == [k % size for k in range(n_chunks)]  # chunk k on rank k mod size
+        assert [int(g["square"]) for g in got] == [k * k for k in range(n_chunks)]
+    assert sorted(ran) == sorted((k % size, k) for k in range(n_chunks))  # each chunk computed exactly once
+
+
+def test_a_chunk_that_fails_on_rank_1_only_fails_on_every_rank_with_its_error(monkeypatch):
+    ran: list = []
+
+    def body(group):
+        def fn(chunk):
+            ran.append(chunk)
+            if chunk in (3, 4):  # 3 on rank 1, 4 on rank 0 (which still computes it): the first in order wins
+                raise ValueError(f"chunk {chunk} is broken")
+            return chunk
+
+        return group.map_chunks(fn, list(range(8)), "fragile")
+
+    results = on_ranks(2, body, monkeypatch)
+    for ok, exc in results:  # every rank raises what one process would have raised: the first failing chunk's
+        assert not ok and type(exc) is ValueError and str(exc) == "chunk 3 is broken"
+    assert sorted(ran) == [0, 1, 2, 3, 4]  # a rank stops at its first failure (5, 7: rank 1; 6: rank 0)
+
+    def unpicklable(group):
+        def fn(chunk):
+            if group.rank == 1:
+                raise Unpicklable("cannot travel")
+            return chunk
+
+        return group.map_chunks(fn, [0, 1], "odd")
+
+    for ok, exc in on_ranks(2, unpicklable, monkeypatch):  # carried as its type and message
+        assert not ok and str(exc) == "Unpicklable: cannot travel"
+
+
+def test_ranks_out_of_step_stop_instead_of_mixing_results(monkeypatch):
+    from reportgen.distributed import DistributedError
+
+    def body(group):
+        return group.map_chunks(lambda c: c, [0, 1], "gradient" if group.rank == 0 else "smoothgrad")
+
+    for ok, exc in on_ranks(2, body, monkeypatch):
+        assert not ok and type(exc) is DistributedError and "the ranks are out of step" in exc.message
+
+
+def test_context_maps_chunks_in_one_process_and_shares_them_only_for_an_analysis_that_splits(monkeypatch):
+    from reportgen.config import BuildConfig
+    from reportgen.context import Context
+
+    ctx = Context(config=BuildConfig(), loaded=None, images=None, device="cpu", facts=None)
+    assert ctx.map_chunks(lambda c: 2 * c, range(5), "double") == [0, 2, 4, 6, 8]  # no group: a plain loop
+
+    def body(group):
+        ctx = Context(config=BuildConfig(), loaded=None, images=None, device="cpu", facts=None, group=group)
+        local = ctx.map_chunks(lambda c: (c, group.rank), range(3), "not split")  # no collective: all here
+        ctx.splitting = True
+        return local, ctx.map_chunks(lambda c: (c, group.rank), range(3), "split")
+
+    for r, (ok, (local, shared)) in enumerate(on_ranks(2, body, monkeypatch)):
+        assert ok and local == [(0, r), (1, r), (2, r)] and shared == [(0, 0), (1, 1), (2, 0)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # end to end: torchrun
 
 
@@ -389,7 +546,7 @@ def numbers_close(a, b, path=""):
         assert a == b, (path, a, b)
 
 
-def assert_same_site(one: Path, many: Path) -> None:
+def assert_same_site(one: Path, many: Path, timings: tuple = ()) -> None:
     files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(many).as_posix() for p in many.rglob("*") if p.is_file())
     figures = [f for f in files if not f.endswith((".html", "manifest.json"))]  # pages and manifest hold timings
@@ -401,7 +558,10 @@ def assert_same_site(one: Path, many: Path) -> None:
     assert m1["model"] == m2["model"]
     for e1, e2 in zip(m1["analyses"], m2["analyses"]):
         assert (e1["name"], e1["status"]) == (e2["name"], e2["status"]) and e1["status"] == "ok", e1["reason"]
-        numbers_close(e1["metrics"], e2["metrics"], e1["name"])
+        drop = [k for k in e1["metrics"] if k in timings]  # seconds: not the same in two runs
+        assert all(k in e2["metrics"] for k in drop)
+        numbers_close({k: v for k, v in e1["metrics"].items() if k not in drop},
+                      {k: v for k, v in e2["metrics"].items() if k not in drop}, e1["name"])
         numbers_close(e1["items"], e2["items"], e1["name"])
         assert e1["notes"] == e2["notes"]
 
@@ -417,6 +577,86 @@ def test_n_gloo_processes_build_the_same_site_as_one(one_process, n):
     assert result.stderr.count("skipped image 'dog/zz broken.png'") == 1  # only the rank that read it
     assert_same_site(root / "one", out)
     assert time.perf_counter() - t0 < 120
+
+
+@pytest.fixture(scope="module")
+def one_process_split(one_process):
+    """The one-process site of the analyses that split their work (same image folder)."""
+    root = one_process
+    (root / "split.toml").write_text(SPLIT_CONFIG)
+    result = run("build", *SPLIT_ARGS, "--images", root / "images", "--out", root / "split-one", "--config",
+                 root / "split.toml", "-q")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_n_gloo_processes_split_the_per_item_analyses_and_build_the_same_site(one_process_split, n):
+    root = one_process_split
+    out = root / f"split-ranks{n}"
+    t0 = time.perf_counter()
+    result = torchrun(n, [*SPLIT_ARGS, "--images", root / "images", "--out", out, "--config", root / "split.toml"],
+                      root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Report written to") == 1
+    assert [line for line in result.stderr.splitlines() if "warning" in line and "skipped image" not in line] == []
+    assert_same_site(root / "split-one", out, timings=("t-SNE seconds per layer",))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(e["name"] for e in manifest["analyses"]) == sorted(SPLIT.split(","))  # all there, all "ok"
+    assert time.perf_counter() - t0 < 120
+
+
+def in_split_work() -> bool:
+    """Whether this call comes from a chunk that a distributed build dealt to this rank (`Group.map_chunks`)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "map_chunks" and "distributed" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class FailsOnRankOne(nn.Sequential):
+    """`tiny_cnn` that, on rank 1, fails (``kill=False``: raises) or is killed by SIGKILL in its first chunk of the
+    analyses' per-item work."""
+
+    def __init__(self, kill: bool) -> None:
+        from tiny_models import tiny_cnn
+
+        super().__init__(*tiny_cnn())
+        self.kill = kill
+
+    def forward(self, x):
+        if os.environ.get("RANK") == "1" and in_split_work():
+            if self.kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("this model refuses rank 1's chunks")
+        return super().forward(x)
+
+
+def killed_in_split_work_on_rank_one() -> nn.Module:
+    return FailsOnRankOne(kill=True)
+
+
+def failing_in_split_work_on_rank_one() -> nn.Module:
+    return FailsOnRankOne(kill=False)
+
+
+def test_a_chunk_that_fails_on_rank_1_fails_its_analysis_with_the_same_reason_and_the_job_goes_on(one_process_split):
+    root = one_process_split
+    out = root / "split-failing"
+    args = ["test_distributed:failing_in_split_work_on_rank_one", *SPLIT_ARGS[1:8], "gradient,smoothgrad,top-images",
+            "--layers", "1,4", "--samples", "5", "--images", root / "images", "--out", out, "--config",
+            root / "split.toml"]
+    result = torchrun(2, args, root)
+    # the site is written; the exit status is 1, as for any build with a failed analysis
+    assert result.returncode == 1 and result.stdout.count("Report written to") == 1, result.stdout + result.stderr
+    entries = json.loads((out / "manifest.json").read_text())["analyses"]
+    status = {e["name"]: (e["status"], e["reason"]) for e in entries}
+    reason = "ValueError: this model refuses rank 1's chunks"
+    assert status == {"gradient": ("failed", reason), "smoothgrad": ("failed", reason), "top-images": ("ok", None)}
+    # rank 0 says it once per analysis; rank 1 stays quiet
+    assert result.stderr.count(f"analysis 'gradient' failed: {reason}") == 1, result.stderr
 
 
 @pytest.mark.parametrize("how, says", [("killed", "rank 1 of 2 stopped without a word during the build")])
@@ -436,6 +676,24 @@ def test_a_rank_that_dies_mid_pass_fails_the_job_in_one_line_and_keeps_the_site(
     assert time.perf_counter() - t0 < 200  # no rank waited for the collectives' timeout (600 s)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(f".previous-{how}")) == []  # no tmp, no lock
+
+
+def test_a_rank_killed_during_a_split_analysis_fails_the_job_in_one_line_and_keeps_the_site(one_process_split):
+    root = one_process_split
+    out = root / "previous-split"
+    shutil.copytree(root / "split-one", out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    result = torchrun(2, ["test_distributed:killed_in_split_work_on_rank_one", *SPLIT_ARGS[1:], "--images",
+                          root / "images", "--out", out, "--config", root / "split.toml"], root, timeout_s=600)
+    assert result.returncode != 0
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error:")]
+    assert len(ours) == 1, result.stdout + result.stderr
+    assert ours[0] == ("Error: rank 1 of 2 stopped without a word during the build (killed or crashed): the build "
+                       "failed, the previous site is left as it was")
+    assert time.perf_counter() - t0 < 200  # no rank waited for the collectives' timeout (600 s)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".previous-split")) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def test_adversarial_in_batches_equals_one_batch():
     x = torch.randn(5, 3, 10, 10)
     common = dict(steps=6, step_size=0.5, norm="l2", stop_at_change=True, clamp=None)
     whole = adversarial(model, x, **common)
-    ctx = SimpleNamespace(model=model, batch_size=lambda grad: 2)  # batches of 2, 2 and 1 images
+    ctx = SimpleNamespace(model=model, batch_size=lambda grad: 2,  # batches of 2, 2 and 1 images
+                          map_chunks=lambda fn, chunks, label: [fn(c) for c in chunks])
     for target in (None, torch.tensor([1, 2, 0, 1, 2])):
         whole = adversarial(model, x, target=target, **common)
         parts = _adversarial(ctx, x, target, common)

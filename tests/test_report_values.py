@@ -130,7 +130,8 @@ def test_adversarial_table_known_answer():
     ctx = SimpleNamespace(model=model, images=images, samples=[0, 1], device="cpu", class_names=["zero", "one"],
                           loaded=SimpleNamespace(input=spec), config=SimpleNamespace(batch_size=8),
                           batch_size=lambda grad: 8,
-                          generator=lambda name: torch.Generator().manual_seed(0))
+                          generator=lambda name: torch.Generator().manual_seed(0),
+                          map_chunks=lambda fn, chunks, label: [fn(c) for c in chunks])
     params = AdversarialParams(steps=50, step_size=0.01, norm="l2", targeted=False, sphere_points=0)
     result = Adversarial().run(ctx, params, {})
     summary = next(i for i in result.items if i.key == "summary")

@@ -96,12 +96,13 @@ class ActivationMaps(Analysis):
             group = f"Image {name_i}"
             result.items.append(Picture(
                 key=f"img{i}-input", array=display[pos], style="rgb", image=i, group=group,
-                label="input", caption=f"Image {name_i} as shown to the model ({inputs.shape[-2]}x{inputs.shape[-1]})."))
+                label="input",
+                caption=f"Image {name_i} as shown to the model ({inputs.shape[-2]}x{inputs.shape[-1]})."))
             x = inputs[pos].detach().cpu().numpy()
             lim = signed_range(x)
             result.items.append(Grid(
-                key=f"img{i}-normalized", tiles=enlarge_tiles(x, 96), style="signed", cols=min(len(x), 8), vmax=lim, image=i,
-                group=group, label="normalized input channels",
+                key=f"img{i}-normalized", tiles=enlarge_tiles(x, 96), style="signed", cols=min(len(x), 8), vmax=lim,
+                image=i, group=group, label="normalized input channels",
                 caption=f"The {len(x)} input channel(s) after normalization ((x - mean) / std), one shared scale: "
                         f"red +{_short(lim)}, white 0, blue -{_short(lim)}."))
             for name in shown:
@@ -116,8 +117,8 @@ class ActivationMaps(Analysis):
                 lim = signed_range(tiles)
                 listed = ", ".join(map(str, chosen[:24])) + (", ..." if len(chosen) > 24 else "")
                 result.items.append(Grid(
-                    key=f"img{i}-{name}", tiles=enlarge_tiles(tiles, 48), style="signed", cols=min(len(tiles), 8), vmax=lim,
-                    image=i, layer=name, group=group, label=name,
+                    key=f"img{i}-{name}", tiles=enlarge_tiles(tiles, 48), style="signed", cols=min(len(tiles), 8),
+                    vmax=lim, image=i, layer=name, group=group, label=name,
                     caption=f"{name} on image {name_i}: the output of this {kinds.get(name, 'module')} itself; {what}, "
                             f"{how}: {listed} (reading order). One shared "
                             f"symmetric scale: red +{_short(lim)}, white 0, blue -{_short(lim)}."))
@@ -444,6 +445,7 @@ class Embeddings(Analysis):
     paper_url = "https://www.jmlr.org/papers/v9/vandermaaten08a.html"
     order = 30
     Params = EmbeddingParams
+    splits = True  # a distributed build deals its layers' t-SNE to the ranks
 
     def reducers(self, ctx, params):
         return {"sample": FeatureSample(ctx.layers, params.max_points, params.max_dim, ctx.rng("embeddings"))}
@@ -470,7 +472,12 @@ class Embeddings(Analysis):
         if not feats:
             raise NotApplicable("no layer has features that vary over the images: " + " ".join(result.notes))
         t0 = time.perf_counter()
-        tsne = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs)
+        if ctx.group is None:
+            tsne = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs)
+        else:  # one layer per chunk, dealt to the ranks; each layer is embedded as `embed_layers` embeds it alone
+            tsne = dict(zip(feats, ctx.map_chunks(
+                lambda key: embed_layers({key: feats[key]}, params.perplexity, seed, n_jobs=1)[key], list(feats),
+                self.name)))
         t_tsne = time.perf_counter() - t0
         per_layer = []
         knn = {}
@@ -805,7 +812,8 @@ class TopImages(Analysis):
                      f"cropped to the receptive field of the maximal unit ({size}; grey where it extends past the "
                      "image)")
             result.items.append(Grid(
-                key=f"top-{name}", tiles=enlarge_tiles(np.stack(tiles), 56), style="rgb", cols=n, layer=name, label=name,
+                key=f"top-{name}", tiles=enlarge_tiles(np.stack(tiles), 56), style="rgb", cols=n, layer=name,
+                label=name,
                 caption=f"Row by row, channels {', '.join(map(str, chosen.tolist()))} of {name} (the {len(chosen)} "
                         f"with the largest mean activation over {reducer.count} images); in each row the {n} images "
                         f"whose map reaches the highest maximum, highest first, {where}."))

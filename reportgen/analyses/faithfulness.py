@@ -44,6 +44,8 @@ class DeletionParams:
         "Steps of each curve: after step j, j/steps of the pixels have been deleted (or inserted).", min=2, max=256))
     fill: float = field(default=0.0, metadata=doc(
         "Value of deleted pixels in normalized input units (0 = the normalization mean colour)."))
+    images: int = field(default=8, metadata=doc(
+        "Sample images used (the first of the build's samples); the cost grows with it.", min=1, max=200))
     blur: float = field(default=0.05, metadata=doc(
         "Standard deviation of the Gaussian blur of insertion's start image, as a fraction of the shorter image "
         "side (Petsiuk et al. blur 224-pixel images with sigma 5, about 0.02).", min=0.0, max=1.0))
@@ -72,8 +74,8 @@ class RandomizationParams:
 # The attribution methods, as the report enumerates them
 
 
-def attribution_methods(ctx: Any, names: list[str], key: str) -> list[tuple[Any, dict]]:
-    """``(analysis, options)`` of each attribution method to check, in report order: those named (``names``,
+def method_params(ctx: Any, names: list[str], key: str) -> list[tuple[Any, Any]]:
+    """``(analysis, params)`` of each attribution method to check, in report order: those named (``names``,
     checked against the registry; `ConfigError` naming ``key`` otherwise) or every one not skipped with --skip;
     each with its own ``[analysis.NAME]`` parameters, leaving out those that do not apply to this model."""
     from . import all_analyses
@@ -93,18 +95,33 @@ def attribution_methods(ctx: Any, names: list[str], key: str) -> list[tuple[Any,
             a.check(ctx, params)
         except NotApplicable:
             continue
-        methods.append((a, a.options(ctx, params)))
+        methods.append((a, params))
     return methods
 
 
-def method_maps(analysis: Any, model: Any, inputs: Any, targets: Any, options: dict, batch_size: int) -> Any:
-    """One method's maps (N, h, w) float32 on the CPU, through its analysis's `attribute`, in the same chunks as
-    the report's own maps (methods that batch their copies themselves get every image at once)."""
+def attribution_methods(ctx: Any, names: list[str], key: str) -> list[tuple[Any, dict]]:
+    """``(analysis, options)`` of each attribution method to check, in report order (`method_params`)."""
+    return [(a, a.options(ctx, params)) for a, params in method_params(ctx, names, key)]
+
+
+def method_maps(analysis: Any, ctx: Any, model: Any, inputs: Any, images: list[int], targets: Any,
+                options: dict) -> Any:
+    """One method's maps (N, h, w) float32 on the CPU of ``inputs`` (N, C, H, W), the images ``images`` (indices),
+    for ``targets`` (N,), through its analysis's `attribute` on ``model``, chunked as the report's own maps
+    (`AttributionAnalysis.chunk_size`) and each chunk with its own options (`chunk_options`: SmoothGrad's noise
+    generator named by the chunk's first map). A chunk that starts with the same map as one of the page's draws
+    the same noise: at the defaults SmoothGrad's chunks hold one map each, so its maps equal the page's."""
     import torch
 
-    size = batch_size if analysis.chunked else len(inputs)
-    return torch.cat([analysis.attribute(model, x, t, **options).detach().float().cpu()
-                      for x, t in zip(inputs.split(size), targets.split(size))])
+    from .influence import MapTarget
+
+    size = analysis.chunk_size(ctx, options)
+    maps = []
+    for k in range(0, len(inputs), size):
+        first = MapTarget(images[k], int(targets[k]), "predicted")
+        opts = analysis.chunk_options(ctx, options, first)
+        maps.append(analysis.attribute(model, inputs[k:k + size], targets[k:k + size], **opts).detach().float().cpu())
+    return torch.cat(maps)
 
 
 def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targets: Any) -> tuple[Any, int]:
@@ -119,8 +136,8 @@ def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targe
     fresh = {}
     if missing:
         inputs = ctx.images.load_inputs([images[p] for p in missing], ctx.device)
-        computed = method_maps(analysis, ctx.model, inputs, targets[torch.tensor(missing, device=targets.device)],
-                               options, ctx.batch_size(grad=True))
+        computed = method_maps(analysis, ctx, ctx.model, inputs, [images[p] for p in missing],
+                               targets[torch.tensor(missing, device=targets.device)], options)
         fresh = dict(zip(missing, computed))
     return torch.stack([fresh[p] if p in fresh else stored[k] for p, k in enumerate(keys)]), len(missing)
 
@@ -133,16 +150,16 @@ def predicted(ctx: Any, images: list[int]) -> Any:
     return torch.tensor([int(preds[ctx.predictions.row(i)]) for i in images], device=ctx.device)
 
 
-def too_costly(analysis: Any, twin: Any, inputs: Any, targets: Any, options: dict, batch_size: int,
+def too_costly(analysis: Any, ctx: Any, twin: Any, inputs: Any, images: list[int], targets: Any, options: dict,
                max_passes: int) -> bool:
-    """Whether one map of one image (``inputs`` (1, C, H, W)) sends more than ``max_passes`` images through
-    ``twin`` (a copy of the model: the counting hook goes on it). The probe stops before the pass that would go
-    over, so it costs at most ``max_passes`` forward passes of one image."""
+    """Whether one map of one image (``inputs`` (1, C, H, W), image index ``images[0]``) sends more than
+    ``max_passes`` images through ``twin`` (a copy of the model: the counting hook goes on it). The probe stops
+    before the pass that would go over, so it costs at most ``max_passes`` forward passes of one image."""
     from ..methods.faithfulness import TooManyPasses, counting_images
 
     try:
         with counting_images(twin, limit=max_passes):
-            method_maps(analysis, twin, inputs, targets, options, batch_size)
+            method_maps(analysis, ctx, twin, inputs, images, targets, options)
     except TooManyPasses:
         return True
     return False
@@ -193,6 +210,13 @@ class DeletionInsertion(Analysis):
     order = 10
     Params = DeletionParams
     needs_logits = True  # both checks are about the class probability / the class's maps
+    shrink = (("images", 2), ("steps", 8), ("images", 1))
+
+    def cost(self, ctx: Any, params: Any) -> float:
+        # two curves of steps + 1 forward passes per image, for every method and the random order
+        methods = method_params(ctx, params.methods, f"analysis.{self.name}.methods")
+        n = min(params.images, len(ctx.samples))
+        return (len(methods) + 1) * n * 2 * (params.steps + 1) * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
         check_methods(ctx, params, self.name)
@@ -204,9 +228,10 @@ class DeletionInsertion(Analysis):
         from .influence import mask_scores, nan_mean
 
         result = Result()
-        inputs = ctx.sample_inputs()
-        targets = predicted(ctx, ctx.samples)
-        n = len(ctx.samples)
+        images = ctx.samples[: params.images]
+        inputs = ctx.images.load_inputs(images, ctx.device)
+        targets = predicted(ctx, images)
+        n = len(images)
         h, w = inputs.shape[-2:]
         masks = ctx.images.masks
         bs = ctx.batch_size(grad=False)
@@ -216,12 +241,12 @@ class DeletionInsertion(Analysis):
         computed: dict[str, int] = {}
         methods = attribution_methods(ctx, params.methods, f"analysis.{self.name}.methods")
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
-            maps, computed[a.name] = report_maps(ctx, a, opts, ctx.samples, targets)
+            maps, computed[a.name] = report_maps(ctx, a, opts, images, targets)
             dele, ins = deletion_insertion(ctx.model, inputs, targets, maps,
                                            generator=ctx.generator(f"{self.name}:{a.name}"), **options)
             row = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
             if masks is not None and tuple(maps.shape[-2:]) == (h, w):
-                mass, hit = mask_scores(np.clip(maps.numpy(), 0, None), np.stack([masks[i] for i in ctx.samples]))
+                mass, hit = mask_scores(np.clip(maps.numpy(), 0, None), np.stack([masks[i] for i in images]))
                 row.update(mass=mass, hit=hit)
             rows[a.name], curves[a.name] = row, (a, dele.numpy(), ins.numpy())
         # all-equal maps + random tie-breaking = a random pixel order per image: the baseline every map must beat
@@ -275,7 +300,7 @@ class DeletionInsertion(Analysis):
                       "xlabel": "fraction of pixels deleted or inserted", "ylabel": "probability of the class",
                       "ylim": [0, 1.02], "title": a.title}))
 
-        for p, i in enumerate(ctx.samples):
+        for p, i in enumerate(images):
             per = []
             here = best_at({name: {k: float(v[p]) for k, v in r.items()} for name, r in rows.items()})
             for name, r in rows.items():
@@ -333,6 +358,15 @@ class RandomizationTest(Analysis):
     order = 20
     Params = RandomizationParams
     needs_logits = True  # both checks are about the class probability / the class's maps
+    shrink = (("images", 1), ("steps", 4))
+
+    def cost(self, ctx: Any, params: Any) -> float:
+        # one map per method, image and step of the cascade (and the model's own); the methods left out for cost
+        # (one map over max_passes images) are estimated from their declared passes, a backward counting 2
+        n = min(params.images, len(ctx.samples))
+        per_map = [a.passes(ctx, p) for a, p in method_params(ctx, params.methods, f"analysis.{self.name}.methods")
+                   if a.name in params.methods or a.passes(ctx, p) <= 3 * params.max_passes]
+        return (params.steps + 1) * n * sum(per_map) * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
         ctx.facts.require_python(self.title)
@@ -345,7 +379,6 @@ class RandomizationTest(Analysis):
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets = predicted(ctx, images)
-        bs = ctx.batch_size(grad=True)
         # learned on a deep copy: the user's model is not run or changed
         layers = cascade_layers(ctx.model, inputs, params.steps)
         labels = [" + ".join(step) if len(step) <= 2 else f"{step[0]} … {step[-1]} ({len(step)} modules)"
@@ -355,13 +388,13 @@ class RandomizationTest(Analysis):
         twin = copy.deepcopy(ctx.model)  # the cost probe's counting hook goes on a copy, never on the user's model
         runs, left_out, computed = {}, [], {}
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
-            if a.name not in params.methods and too_costly(a, twin, inputs[:1], targets[:1], opts, bs,
+            if a.name not in params.methods and too_costly(a, ctx, twin, inputs[:1], images[:1], targets[:1], opts,
                                                             params.max_passes):
                 left_out.append(a.name)
                 continue
 
             def attribute(model: Any, x: Any, t: Any, _a: Any = a, _o: dict = opts) -> Any:
-                return method_maps(_a, model, x, t, _o, bs)
+                return method_maps(_a, ctx, model, x, images, t, _o)  # x, t: the images, in order
 
             original, computed[a.name] = report_maps(ctx, a, opts, images, targets)
             runs[a.name] = (a, randomization_test(ctx.model, inputs, targets, attribute, layers=layers, seed=seed,

@@ -223,10 +223,27 @@ class AttributionAnalysis(Analysis):
     needs_logits = True
     Params = HeatmapParams
     chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
+    splits: ClassVar[bool] = True  # a distributed build deals its chunks of targets to the ranks (`compute`)
     map_words: ClassVar[str] = ""  # what a map's value is (a note on the page)
     relu_rules: ClassVar[bool] = False  # True: the method changes the ReLU backward rule
     hooks: ClassVar[bool] = False  # True: the method reads a layer's output through hooks
     exact_because: ClassVar[str] = ""  # why the maps are exact on any model (methods without ReLU rules or hooks)
+    map_passes: ClassVar[float] = 3.0  # forward passes of one image that one map costs (a backward pass counts 2)
+
+    def passes(self, ctx: Any, params: Any) -> float:
+        """Forward-pass equivalents of one image that one map costs (`map_passes` unless it depends on params)."""
+        return self.map_passes
+
+    def map_targets(self, ctx: Any) -> list[MapTarget]:
+        """The (image, class) pairs this build draws maps of: each sample's predicted and true class, then the
+        requested ones (`class_targets`)."""
+        predictions = ctx.predictions
+        preds = [int(predictions.preds[predictions.row(i)]) for i in ctx.samples]
+        labels = [int(ctx.images.labels[i]) for i in ctx.samples]
+        return class_targets(ctx.samples, preds, labels, requested_classes(ctx))
+
+    def cost(self, ctx: Any, params: Any) -> float:
+        return len(self.map_targets(ctx)) * self.passes(ctx, params) * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
         requested_classes(ctx)
@@ -279,28 +296,47 @@ class AttributionAnalysis(Analysis):
         return [f"These maps are not exact on this model: {report.reasons[method]}. The non-linearities "
                 "check of this section lists them."]
 
+    def chunk_size(self, ctx: Any, options: dict) -> int:
+        """Targets per call of `attribute`: one batch of `Context.batch_size` images. Methods that batch their own
+        copies of each image (``chunked`` False) take as many targets as fill one of their own batches."""
+        return ctx.batch_size(grad=True)
+
+    def chunk_options(self, ctx: Any, options: dict, first: MapTarget) -> dict:
+        """The keyword arguments of `attribute` for the chunk of targets that starts with ``first``: ``options``,
+        or a copy with what must be the chunk's own (a method that draws random numbers gets a generator of its
+        own here, so that a chunk's maps do not depend on which chunks ran before it, or on which process)."""
+        return options
+
     def compute(self, ctx: Any, params: Any, targets: list[MapTarget]) -> tuple[np.ndarray, dict]:
-        """Maps (T, h, w) float64 for ``targets`` in their order, and the options used; batched."""
+        """Maps (T, h, w) float64 for ``targets`` in their order, and the options used; in chunks of `chunk_size`
+        targets, which a distributed build deals to its ranks (`reportgen.context.Context.map_chunks`)."""
         import torch
 
         inputs = ctx.sample_inputs()
         position = {i: p for p, i in enumerate(ctx.samples)}
         options = self.options(ctx, params)
-        picks = torch.tensor([position[t.image] for t in targets], device=inputs.device)
-        classes = torch.tensor([t.cls for t in targets], device=inputs.device)
-        size = ctx.batch_size(grad=True) if self.chunked else len(targets)
-        chunks = list(zip(picks.split(size), classes.split(size)))
-        maps = torch.cat([self.attribute(ctx.model, inputs[pick], cls, **options).detach().float().cpu()
-                          for pick, cls in ctx.iterate(chunks, length=len(chunks), label=self.name)])
+        size = self.chunk_size(ctx, options)
+        chunks = [targets[k:k + size] for k in range(0, len(targets), size)]
+
+        def one(chunk: list[MapTarget]) -> tuple[Any, list]:
+            opts = self.chunk_options(ctx, options, chunk[0])
+            picks = torch.tensor([position[t.image] for t in chunk], device=inputs.device)
+            classes = torch.tensor([t.cls for t in chunk], device=inputs.device)
+            maps = self.attribute(ctx.model, inputs[picks], classes, **opts).detach().float().cpu()
+            # occlusion's engine plans, appended to the chunk's own list by its call: they travel with its maps
+            return maps, opts.get("plans", [])
+
+        done = ctx.map_chunks(one, chunks, self.name)
+        maps = torch.cat([m for m, _ in done])
+        if "plans" in options:
+            options["plans"].extend(p for _, plans in done for p in plans)
         ctx.keep_maps(self.name, [(t.image, t.cls) for t in targets], maps)  # the trust checks read them
         return maps.numpy().astype(np.float64), options
 
     def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
         result = Result()
         predictions = ctx.predictions
-        preds = [int(predictions.preds[predictions.row(i)]) for i in ctx.samples]
-        labels = [int(ctx.images.labels[i]) for i in ctx.samples]
-        targets = class_targets(ctx.samples, preds, labels, requested_classes(ctx))
+        targets = self.map_targets(ctx)
         if not targets:
             result.notes.append("There is no sample image to explain.")
             return result
@@ -369,6 +405,13 @@ class Occlusion(AttributionAnalysis):
     chunked = False
     exact_because = "forward passes only"
 
+    def passes(self, ctx: Any, params: Any) -> float:
+        # one forward pass per patch position (at most: the incremental engine recomputes less of each)
+        options = self.options(ctx, params)
+        h, w = ctx.loaded.input.size
+        (wh, ww), (sh, sw) = options["window"], options["stride"]
+        return float((max(h - wh, 0) // sh + 1) * (max(w - ww, 0) // sw + 1))
+
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
         h, w = ctx.loaded.input.size
@@ -392,6 +435,15 @@ class Occlusion(AttributionAnalysis):
         # calls made with these options append to it.
         return {"window": window, "stride": stride, "fill": params.fill, "per_pixel": params.per_pixel,
                 "score": params.score, "batch_size": ctx.batch_size(grad=False), "plans": []}
+
+    def chunk_size(self, ctx: Any, options: dict) -> int:
+        # the images whose occluded copies fill one batch (at least one image)
+        h, w = ctx.loaded.input.size
+        (wh, ww), (sh, sw) = options["window"], options["stride"]
+        return max(1, options["batch_size"] // (((h - wh) // sh + 1) * ((w - ww) // sw + 1)))
+
+    def chunk_options(self, ctx: Any, options: dict, first: MapTarget) -> dict:
+        return {**options, "plans": []}  # the chunk's own list: `compute` collects them in chunk order
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attribution import occlusion
@@ -453,10 +505,21 @@ class SmoothGrad(AttributionAnalysis):
     Params = SmoothGradParams
     chunked = False
     exact_because = "plain autograd on noisy copies"
+    shrink = (("n", 10),)
+
+    def passes(self, ctx: Any, params: Any) -> float:
+        return 3.0 * params.n  # a forward and a backward pass per noisy copy
 
     def options(self, ctx: Any, params: Any) -> dict:
         return {"n": params.n, "sigma": params.sigma, "batch_size": ctx.batch_size(grad=True),
                 "generator": ctx.generator(self.name)}
+
+    def chunk_size(self, ctx: Any, options: dict) -> int:
+        return max(1, options["batch_size"] // options["n"])  # the images whose noisy copies fill one batch
+
+    def chunk_options(self, ctx: Any, options: dict, first: MapTarget) -> dict:
+        # the noise of a chunk comes from a generator of its own, named by its first map (image and class)
+        return {**options, "generator": ctx.generator(f"{self.name}/{first.image}-{first.cls}")}
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attribution import reduce_channels, smoothgrad
@@ -516,6 +579,7 @@ class Cam(AttributionAnalysis):
     paper_url = "https://arxiv.org/abs/1512.04150"
     order = 60
     hooks = True
+    map_passes = 1.0  # one forward pass: the weights are the classifier's
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
@@ -648,6 +712,10 @@ class ScoreCam(CamFamily):
     order = 78
     map_words = ("ReLU of the channels of '{layer}' weighted by the softmax over channels of the class logit of the "
                  "image masked by each channel (scaled to [0, 1]), upsampled bilinearly")
+
+    def passes(self, ctx: Any, params: Any) -> float:
+        # one forward pass for the layer's maps, then one per channel (the image masked by that channel)
+        return 1.0 + ctx.facts.channels(self.options(ctx, params)["layer"])
 
 
 @register

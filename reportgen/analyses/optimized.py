@@ -62,43 +62,73 @@ class RealismParams:
         min=0.0, max=100.0))
 
 
-def _maximize(ctx, make_objective, items: list, params: RealismParams, generator, truncate: bool = False) -> Any:
-    """`maximize` with the report's recipe: the config keys of ``params`` mapped onto an objective with penalties, a
-    parameterization, random transforms and pixel edits, all random draws from ``generator`` (start noise first).
+def _batches(ctx, items: list) -> list[list]:
+    """``items`` in batches of `Context.batch_size` (all at once unless a large model's activations would not fit)."""
+    size = ctx.batch_size(grad=True)
+    return [items[k:k + size] for k in range(0, len(items), size)]
 
-    One image per item (class, channel), ``make_objective(items)`` the objective of a batch of them. The items are
-    optimized in batches of `Context.batch_size` (all at once unless a large model's activations would not fit),
-    each batch on its own; the results are concatenated in item order."""
+
+def _maximize(ctx, make_objective, batches: list[list], params: RealismParams, name: str,
+              truncate: bool = False) -> list:
+    """`maximize` with the report's recipe, one `MaxResult` (on the CPU) per batch of items: the config keys of
+    ``params`` mapped onto an objective with penalties, a parameterization, random transforms and pixel edits.
+
+    One image per item (class, channel), ``make_objective(batch)`` the objective of a batch of them. Each batch is
+    optimized on its own, with every random draw (start noise first) from its own generator,
+    ``ctx.generator(f"{name}/{first item}")``: a batch's images do not depend on the batches before it, so a
+    distributed build deals the batches to its ranks (`reportgen.context.Context.map_chunks`)."""
+    import dataclasses
+
+    def one(batch: list) -> Any:
+        res = _maximize_batch(ctx, make_objective(batch), len(batch), params,
+                              ctx.generator(f"{name}/{_item_name(batch[0])}"), truncate)
+        return dataclasses.replace(res, **{f.name: _cpu(getattr(res, f.name)) for f in dataclasses.fields(res)})
+
+    return ctx.map_chunks(one, batches, name)
+
+
+def _item_name(item) -> str:
+    return "/".join(map(str, item)) if isinstance(item, tuple) else str(item)
+
+
+def _joined(parts: list) -> Any:
+    """`MaxResult` s of consecutive batches as one, in item order (images on the first dimension, curves on the
+    second)."""
     import torch
 
     from ..methods import optimize as opt
 
-    size = ctx.batch_size(grad=True)
-    parts = [_maximize_batch(ctx, make_objective(items[k:k + size]), len(items[k:k + size]), params, generator,
-                             truncate) for k in range(0, len(items), size)]
     if len(parts) == 1:
         return parts[0]
     return opt.MaxResult(torch.cat([p.images for p in parts]), torch.cat([p.curve for p in parts], dim=1),
                          torch.cat([p.final_scores for p in parts]))
 
 
-def _adversarial(ctx, x, target, common: dict) -> Any:
+def _adversarial(ctx, x, target, common: dict, label: str = "adversarial") -> Any:
     """`reportgen.methods.adversarial.adversarial` of the images ``x`` (N, C, H, W), in batches of
-    `Context.batch_size` (each image's steps depend on that image alone, so batching does not change them)."""
+    `Context.batch_size` (each image's steps depend on that image alone, so batching does not change them), which
+    a distributed build deals to its ranks; the result on the CPU."""
     import dataclasses
 
     import torch
 
     from ..methods.adversarial import AdvResult, adversarial
 
+    def one(k: int) -> Any:
+        res = adversarial(ctx.model, x[k:k + size], target=None if target is None else target[k:k + size], **common)
+        return AdvResult(**{f.name: _cpu(getattr(res, f.name)) for f in dataclasses.fields(AdvResult)})
+
     size = ctx.batch_size(grad=True)
-    parts = [adversarial(ctx.model, x[k:k + size], target=None if target is None else target[k:k + size], **common)
-             for k in range(0, len(x), size)]
-    if len(parts) == 1:
-        return parts[0]
+    parts = ctx.map_chunks(one, list(range(0, len(x), size)), label)
     per_step = {"labels", "probs"}  # (S + 1, N): the images are the second dimension
-    return AdvResult(**{f.name: torch.cat([getattr(p, f.name) for p in parts], dim=1 if f.name in per_step else 0)
-                        for f in dataclasses.fields(AdvResult)})
+    res = parts[0] if len(parts) == 1 else AdvResult(**{
+        f.name: torch.cat([getattr(p, f.name) for p in parts], dim=1 if f.name in per_step else 0)
+        for f in dataclasses.fields(AdvResult)})
+    return dataclasses.replace(res, adv=res.adv.to(x.device))  # the model reads them again
+
+
+def _cpu(value) -> Any:
+    return value.detach().cpu() if hasattr(value, "detach") else value
 
 
 def _maximize_batch(ctx, objective, n: int, params: RealismParams, generator, truncate: bool) -> Any:
@@ -190,8 +220,10 @@ class ClassMaxParams(RealismParams):
     grey: bool = field(default=True, metadata=doc(
         "Optimize one grey channel shared by all colour channels, so the image shows form, not colour."))
     classes: list[str] = field(default_factory=list, metadata=doc(
-        f"Class names to draw; empty = every class when the model has at most {MAX_CLASSES}, else the "
-        f"{MAX_CLASSES} most predicted over the image set."))
+        "Class names to draw; empty = every class when the model has at most max_classes, else the max_classes "
+        "most predicted over the image set."))
+    max_classes: int = field(default=MAX_CLASSES, metadata=doc(
+        "At most this many classes are drawn when classes is empty.", min=1, max=1000))
     target: str = field(default="logit", metadata=doc(
         "What is maximized: the class's logit (pre-softmax score) or its softmax probability.",
         choices=("logit", "prob")))
@@ -208,6 +240,8 @@ class ClassMax(Analysis):
     paper_url = "https://arxiv.org/abs/1312.6034"
     order = 10
     Params = ClassMaxParams
+    shrink = (("max_classes", 4), ("steps", 50), ("max_classes", 1))
+    splits = True  # a distributed build deals its batches of classes to the ranks (`_maximize`)
 
     def check(self, ctx, params):
         if params.fourier and params.zero_small:
@@ -224,12 +258,15 @@ class ClassMax(Analysis):
         names = ctx.class_names
         if params.classes:
             return list(dict.fromkeys(names.index(c) for c in params.classes)), None
-        if len(names) <= MAX_CLASSES:
+        if len(names) <= params.max_classes:
             return list(range(len(names))), None
         counts = np.bincount(ctx.predictions.preds, minlength=len(names))
-        top = sorted(np.argsort(-counts, kind="stable")[:MAX_CLASSES].tolist())
-        return top, (f"The model has {len(names)} classes: these are the {MAX_CLASSES} most often predicted over "
-                     f"the image set. Name others under [analysis.class-max] classes.")
+        top = sorted(np.argsort(-counts, kind="stable")[:params.max_classes].tolist())
+        return top, (f"The model has {len(names)} classes: these are the {params.max_classes} most often predicted "
+                     f"over the image set. Name others under [analysis.class-max] classes.")
+
+    def cost(self, ctx, params):
+        return len(self.pick_classes(ctx, params)[0]) * params.steps * 3 * ctx.facts.macs  # a forward + a backward
 
     def run(self, ctx, params, reduced):
         from ..methods.optimize import class_logit, class_prob
@@ -237,9 +274,9 @@ class ClassMax(Analysis):
         classes, note = self.pick_classes(ctx, params)
         names = ctx.class_names
         make = class_logit if params.target == "logit" else class_prob
-        res = _maximize(ctx, make, classes, params, ctx.generator(self.name))
+        res = _joined(_maximize(ctx, make, _batches(ctx, classes), params, self.name))
         pix = _pixels(ctx, res.images)
-        probs = _probs(ctx, res.images).numpy()
+        probs = _probs(ctx, res.images.to(ctx.device)).numpy()
         what = "logit" if params.target == "logit" else "probability"
         result = Result()
         hits = 0
@@ -329,6 +366,14 @@ class UnitMax(Analysis):
     paper_url = "https://www.researchgate.net/publication/265022827"
     order = 20
     Params = UnitMaxParams
+    splits = True  # a distributed build deals its batches of channels (of every layer) to the ranks
+    shrink = (("channels", 4), ("steps", 50), ("channels", 1))
+
+    def cost(self, ctx, params):
+        # forward passes truncated after the channel's layer, and their backward passes
+        facts = ctx.facts
+        return sum(min(params.channels, facts.channels(layer)) * params.steps * 3
+                   * facts.macs_until.get(layer, facts.macs) for layer in _map_layers(ctx))
 
     def check(self, ctx, params):
         if not _map_layers(ctx):
@@ -343,19 +388,25 @@ class UnitMax(Analysis):
         from ..methods.optimize import channel
 
         stats: ChannelStats = reduced["channels"]
-        gen = ctx.generator(self.name)
+        gen = ctx.generator(self.name)  # the seeded pick of channels only; each batch has its own (`_maximize`)
         result = Result()
         beat, total = 0, 0
+        picked = {}
         for layer in stats.layers:
             n_ch = int(stats.peak[layer].numel())
             k = min(params.channels, n_ch)
             if params.which == "first":
-                chans = list(range(k))
+                picked[layer] = list(range(k))
             else:
-                chans = sorted(torch.randperm(n_ch, generator=gen)[:k].tolist())
-            # truncated: the layers after this one do not change its output, so they need not run
-            res = _maximize(ctx, lambda part, _layer=layer: channel(_layer, part), chans, params, gen,
-                            truncate=True)
+                picked[layer] = sorted(torch.randperm(n_ch, generator=gen)[:k].tolist())
+        # the batches of every layer in one list, so that a distributed build deals all of them to its ranks;
+        # truncated: the layers after the batch's layer do not change its output, so they need not run
+        batches = [b for layer in stats.layers for b in _batches(ctx, [(layer, c) for c in picked[layer]])]
+        parts = _maximize(ctx, lambda batch: channel(batch[0][0], [c for _, c in batch]), batches, params, self.name,
+                          truncate=True)
+        for layer in stats.layers:
+            chans = picked[layer]
+            res = _joined([p for b, p in zip(batches, parts) if b[0][0] == layer])
             pix = _pixels(ctx, res.images)
             mean = (stats.total[layer] / max(stats.count, 1)).numpy()
             peak = stats.peak[layer].numpy()
@@ -405,6 +456,13 @@ class DeepDream(Analysis):
     paper_url = "https://research.google/blog/inceptionism-going-deeper-into-neural-networks/"
     order = 30
     Params = DeepDreamParams
+    splits = True  # a distributed build deals its images to the ranks
+    shrink = (("images", 1), ("steps_per_octave", 3))
+
+    def cost(self, ctx, params):
+        # each octave's steps (forward + backward) at its size, the largest last; the before/after passes
+        per_image = sum(params.steps_per_octave * 3 / params.octave_scale ** (2 * o) for o in range(params.octaves))
+        return min(params.images, len(ctx.samples)) * (per_image + 2) * ctx.facts.macs
 
     MIN_SIDE = 8  # the smallest octave must still be an image a conv stack can read
 
@@ -445,25 +503,32 @@ class DeepDream(Analysis):
         layer = self.layer(ctx, params)
         idx = ctx.samples[: params.images]
         x = ctx.images.load_inputs(idx, ctx.device)
-        octaves, single = params.octaves, ""
 
-        def dream_at(octaves: int) -> Any:
-            return deepdream(ctx.model, x, layer, octaves=octaves, octave_scale=params.octave_scale,
+        def dream_at(j: int, octaves: int) -> Any:
+            # each image alone, with a generator of its own (named by its index): a distributed build deals the
+            # images to its ranks
+            return deepdream(ctx.model, x[j:j + 1], layer, octaves=octaves, octave_scale=params.octave_scale,
                              steps_per_octave=params.steps_per_octave, lr=params.lr, jitter=params.jitter,
-                             clamp=_clamp(ctx), generator=ctx.generator(self.name), truncate=True)
+                             clamp=_clamp(ctx), generator=ctx.generator(f"{self.name}/{idx[j]}"),
+                             truncate=True).detach().cpu()
 
-        try:
-            dream = dream_at(octaves)
-        except Exception as exc:
-            if octaves == 1:
-                raise
-            # a model with a fixed input size (a ViT's position embeddings) cannot read the smaller octaves
-            octaves = 1
-            h, w = ctx.loaded.input.size
-            single = (f" The model does not run on images smaller than {h}x{w} ({type(exc).__name__}: "
-                      f"{first_line(exc)[:160]}), so DeepDream ran at that one scale instead of {params.octaves} "
-                      "octaves.")
-            dream = dream_at(octaves)
+        def dream_one(j: int) -> tuple[Any, int, str]:
+            """Image j's dream (1, C, H, W) on the CPU, the octaves it ran at and why not all of them ("")."""
+            try:
+                return dream_at(j, params.octaves), params.octaves, ""
+            except Exception as exc:
+                if params.octaves == 1:
+                    raise
+                # a model with a fixed input size (a ViT's position embeddings) cannot read the smaller octaves
+                h, w = ctx.loaded.input.size
+                return dream_at(j, 1), 1, (
+                    f" The model does not run on images smaller than {h}x{w} ({type(exc).__name__}: "
+                    f"{first_line(exc)[:160]}), so DeepDream ran at that one scale instead of {params.octaves} "
+                    "octaves.")
+
+        dreams = ctx.map_chunks(dream_one, list(range(len(idx))), self.name)
+        dream = torch.cat([d for d, _, _ in dreams]).to(x.device)
+        _, octaves, single = dreams[0]
         with capture(ctx.model, [layer], keep_live=True, as_maps=True) as rec, torch.no_grad():
             ctx.model(x)
             before = layer_energy(layer)(None, rec).cpu().numpy()
@@ -536,6 +601,13 @@ class Adversarial(Analysis):
     paper_url = "https://arxiv.org/abs/1312.6199"
     order = 40
     Params = AdversarialParams
+    splits = True  # a distributed build deals its batches of images and its sphere images to the ranks
+    shrink = (("sphere_points", 100), ("steps", 50))
+
+    def cost(self, ctx, params):
+        # at most: every step of the untargeted and targeted runs (forward + backward), and every sphere point
+        runs = 2 if params.targeted else 1
+        return len(ctx.samples) * (runs * params.steps * 3 + params.sphere_points) * ctx.facts.macs
 
     def check(self, ctx, params):
         if params.target_class and params.target_class not in ctx.class_names:
@@ -546,6 +618,8 @@ class Adversarial(Analysis):
             raise NotApplicable("the model has a single output class")
 
     def run(self, ctx, params, reduced):
+        import dataclasses
+
         import torch
 
         from ..methods.adversarial import random_sphere
@@ -556,7 +630,7 @@ class Adversarial(Analysis):
         clamp = _clamp(ctx)
         common = dict(steps=params.steps, step_size=params.step_size or None, norm=params.norm,
                       stop_at_change=params.stop_at_change, clamp=clamp)
-        res = _adversarial(ctx, x, None, common)
+        res = _adversarial(ctx, x, None, common, self.name)
         labels, probs = res.labels.cpu().numpy(), res.probs.cpu().numpy()
         orig_pix, adv_pix = _pixels(ctx, x), _pixels(ctx, res.adv)
         rel = res.rel_norm.cpu().numpy()
@@ -615,9 +689,18 @@ class Adversarial(Analysis):
         if params.sphere_points and ok.any():
             sel = np.flatnonzero(ok)
             radius = 2.0 * (res.adv - x.to(res.adv.dtype)).flatten(1).norm(dim=1)[torch.as_tensor(sel)]
-            sph = random_sphere(ctx.model, x[torch.as_tensor(sel)], radius, m=params.sphere_points,
-                                batch_size=ctx.batch_size(grad=False), generator=ctx.generator(self.name + "/sphere"),
-                                tolerance=params.sphere_tolerance, block=SPHERE_BLOCK)
+
+            def sphere(r: int) -> Any:  # one image's points, from a generator of its own (named by its index)
+                j = int(sel[r])
+                one = random_sphere(ctx.model, x[j:j + 1], radius[r:r + 1], m=params.sphere_points,
+                                    batch_size=ctx.batch_size(grad=False), tolerance=params.sphere_tolerance,
+                                    generator=ctx.generator(f"{self.name}/sphere/{idx[j]}"), block=SPHERE_BLOCK)
+                return dataclasses.replace(one, **{f.name: _cpu(getattr(one, f.name))
+                                                   for f in dataclasses.fields(one)})
+
+            spheres = ctx.map_chunks(sphere, list(range(len(sel))), self.name + "/sphere")
+            sph = type(spheres[0])(**{f.name: torch.cat([getattr(one, f.name) for one in spheres])
+                                      for f in dataclasses.fields(spheres[0])})
             frac = sph.fraction.cpu().numpy()
             stop = (f"{SPHERE_BLOCK} points at a time, until the interval was within +/-"
                     f"{params.sphere_tolerance:g} (checked after each {SPHERE_BLOCK}, so its coverage is "
@@ -672,7 +755,7 @@ class Adversarial(Analysis):
         else:
             goal = _probs(ctx, x).topk(2, dim=1).indices[:, 1]
             chosen = "each image's second most likely class"
-        res = _adversarial(ctx, x, goal.to(ctx.device), common)
+        res = _adversarial(ctx, x, goal.to(ctx.device), common, self.name + "/targeted")
         probs_all = _probs(ctx, res.adv).numpy()
         orig_pix, adv_pix = _pixels(ctx, x), _pixels(ctx, res.adv)
         mono = ctx.loaded.input.channels == 1
