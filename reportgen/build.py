@@ -380,7 +380,12 @@ def fit_budget(ctx: Any, chosen: Chosen, plan: Plan) -> dict:
     facts = ctx.facts
     if facts.python and not facts.macs and ctx.samples:
         facts.macs, facts.macs_until = count_macs(ctx.model, ctx.images.load_inputs(ctx.samples[:1], ctx.device))
-    fitted = {a.name: fit(a, ctx, chosen.params[a.name]) for a in chosen.analyses if a.name not in plan.skipped}
+    fitted = {}
+    for a in chosen.analyses:  # in report order: the trust checks leave out the methods not run before them
+        if a.name not in plan.skipped:
+            fitted[a.name] = fit(a, ctx, chosen.params[a.name])
+            if fitted[a.name].refused:
+                ctx.over_budget.add(a.name)
     total = sum(f.cost for f in fitted.values() if not f.refused)
     # worth a line only when the analyses cost more than a few hundred passes of one image (and someone reads it)
     if not ctx.output.quiet and ctx.facts.macs and total > 300 * ctx.facts.macs and ctx.samples:

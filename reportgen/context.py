@@ -64,6 +64,7 @@ class Context:
     output: Output = field(default_factory=lambda: Output(silent=True))
     class_folders: Optional[list[str]] = None  # an image folder's class sub-folders (they may name the classes)
     maps: dict[str, dict] = field(default_factory=dict)  # attribution maps of this build; see `keep_maps`
+    over_budget: set = field(default_factory=set)  # analyses not run for cost (`reportgen.budget.fit`)
     group: Any = None  # the process group of a distributed build (`reportgen.distributed.Group`); see `map_chunks`
     splitting: bool = False  # the running analysis shares its chunks between the ranks (`Analysis.splits`)
 

@@ -138,3 +138,22 @@ def test_a_build_keeps_class_images_and_smoothgrad_within_the_budget(tmp_path, i
     assert entries["gradient"]["status"] == "ok" and not any("budget" in n for n in entries["gradient"]["notes"])
     page = (out / "analyses" / "class-max.html").read_text()
     assert f"steps = {steps} instead of 200" in page
+
+
+def test_a_method_left_out_by_the_budget_is_left_out_of_the_trust_checks_too(tmp_path, image_folder):
+    """SmoothGrad with n set to 1000 costs 4 maps x 3000 passes of the tiny CNN (6.2 GMAC): over a 2 GMAC budget,
+    and n is the user's, so its page is not run; deletion-insertion then checks the other methods only."""
+    out = tmp_path / "site"
+    config = tmp_path / "c.toml"
+    config.write_text("[analysis.smoothgrad]\nn = 1000\n")
+    result = run("build", *TINY_ARGS, "--images", image_folder, "--out", out, "--samples", "2", "--budget", 2,
+                 "--only", "gradient,grad-cam,smoothgrad,deletion-insertion", "--config", config, "-q")
+    assert result.exit_code == 0, result.output
+    entries = {a["name"]: a for a in json.loads((out / "manifest.json").read_text())["analyses"]}
+    assert entries["smoothgrad"]["status"] == "not applicable"
+    trust = entries["deletion-insertion"]
+    assert trust["status"] == "ok", trust
+    assert any(n.startswith("Not checked: smoothgrad") for n in trust["notes"])
+    table = next(i for i in trust["items"] if i.get("key") == "trust")
+    rows = [r[0] for r in table["rows"]]
+    assert "smoothgrad" not in rows and "gradient" in rows and "grad-cam" in rows

@@ -76,7 +76,8 @@ class RandomizationParams:
 
 def method_params(ctx: Any, names: list[str], key: str) -> list[tuple[Any, Any]]:
     """``(analysis, params)`` of each attribution method to check, in report order: those named (``names``,
-    checked against the registry; `ConfigError` naming ``key`` otherwise) or every one not skipped with --skip;
+    checked against the registry; `ConfigError` naming ``key`` otherwise) or every one not skipped with --skip
+    and not left out by the compute budget (`budget_note`);
     each with its own ``[analysis.NAME]`` parameters, leaving out those that do not apply to this model."""
     from . import all_analyses
     from .influence import AttributionAnalysis
@@ -86,7 +87,9 @@ def method_params(ctx: Any, names: list[str], key: str) -> list[tuple[Any, Any]]
     if unknown:
         raise ConfigError(f"{key}: unknown attribution method {', '.join(repr(n) for n in unknown)}; known: "
                           + ", ".join(a.name for a in known))
-    chosen = [a for a in known if (a.name in names if names else a.name not in ctx.config.skip)]
+    # a method whose page the compute budget left out would cost the check what it cost the page: left out too
+    chosen = [a for a in known if (a.name in names if names else a.name not in ctx.config.skip
+                                   and a.name not in ctx.over_budget)]
     methods, errors = [], []
     for a in chosen:
         params = analysis_params(a.Params, a.name, ctx.config.analysis.get(a.name, {}), errors)
@@ -165,6 +168,17 @@ def too_costly(analysis: Any, ctx: Any, twin: Any, inputs: Any, images: list[int
     return False
 
 
+def budget_note(ctx: Any, params: Any) -> list[str]:
+    """The page's note on the attribution methods left out because the compute budget did not run their pages."""
+    from . import all_analyses
+    from .influence import AttributionAnalysis
+
+    out = [a.name for a in all_analyses() if isinstance(a, AttributionAnalysis) and a.name in ctx.over_budget
+           and a.name not in params.methods]
+    return [f"Not checked: {', '.join(out)}: its page was not run, being over the build's compute budget "
+            "(--budget); name it under methods to check it anyway."] if out else []
+
+
 def check_methods(ctx: Any, params: Any, key: str) -> None:
     if not attribution_methods(ctx, params.methods, f"analysis.{key}.methods"):
         raise NotApplicable("no attribution method applies to this model (or all are skipped)")
@@ -210,13 +224,16 @@ class DeletionInsertion(Analysis):
     order = 10
     Params = DeletionParams
     needs_logits = True  # both checks are about the class probability / the class's maps
-    shrink = (("images", 2), ("steps", 8), ("images", 1))
+    shrink = (("steps", 8), ("images", 2), ("images", 1))
 
     def cost(self, ctx: Any, params: Any) -> float:
-        # two curves of steps + 1 forward passes per image, for every method and the random order
+        # two curves of steps + 1 forward passes per image, for every method and the random order, and the maps
+        # of the methods whose pages this build does not draw (not chosen with --only)
         methods = method_params(ctx, params.methods, f"analysis.{self.name}.methods")
         n = min(params.images, len(ctx.samples))
-        return (len(methods) + 1) * n * 2 * (params.steps + 1) * ctx.facts.macs
+        only = ctx.config.only
+        unseen = sum(a.passes(ctx, p) for a, p in methods if only and a.name not in only)
+        return ((len(methods) + 1) * 2 * (params.steps + 1) + unseen) * n * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
         check_methods(ctx, params, self.name)
@@ -228,6 +245,7 @@ class DeletionInsertion(Analysis):
         from .influence import mask_scores, nan_mean
 
         result = Result()
+        result.notes.extend(budget_note(ctx, params))
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets = predicted(ctx, images)
@@ -376,6 +394,7 @@ class RandomizationTest(Analysis):
         from ..methods.faithfulness import cascade_layers, edge_map, randomization_test
 
         result = Result()
+        result.notes.extend(budget_note(ctx, params))
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets = predicted(ctx, images)
