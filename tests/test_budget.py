@@ -12,20 +12,8 @@ import torch
 from torch import nn
 
 from conftest import TINY_ARGS, run
+from test_memory import Reuses
 from reportgen.budget import count_macs, fit
-
-
-class ConvFc(nn.Module):
-    """conv (1 -> 2 channels, 3x3, 8x8 map) -> ReLU -> flatten -> linear (128 -> 3)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(128, 3)
-
-    def forward(self, x):
-        return self.fc(self.relu(self.conv(x)).flatten(1))
 
 
 class Attends(nn.Module):
@@ -42,14 +30,14 @@ class Attends(nn.Module):
 
 
 def test_macs_of_a_conv_and_a_linear_layer_by_hand():
-    model = ConvFc().eval()
+    model = Reuses().eval()  # conv (1 -> 2 channels, 3x3, 8x8 map) -> the same ReLU twice -> linear (128 -> 3)
     x = torch.randn(1, 1, 8, 8)
     before = model(x)
     macs, until = count_macs(model, x)
     conv = 8 * 8 * 2 * (1 * 3 * 3)  # output positions x output channels x (inputs per output)
     fc = 128 * 3
     assert macs == conv + fc
-    assert until["conv"] == until["relu"] == conv and until["fc"] == conv + fc
+    assert until["conv"] == until["relu"] == conv and until["fc"] == conv + fc  # the ReLU's first call
     assert all(not m._forward_hooks for m in model.modules())
     assert torch.equal(model(x), before)
 
