@@ -97,7 +97,7 @@ def report_options(fn: Callable) -> Callable:
                                                   "shrink to fit (default: 2)."),
         click.option("--budget", type=float, help="GMAC (billions of multiply-adds) each costly analysis may "
                                                   "spend; over it, its defaults shrink and its page says so "
-                                                  "(default: 2500; 0 = no limit)."),
+                                                  "(default: 2000; 0 = no limit)."),
         click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8)."),
     ]):
         fn = decorator(fn)

@@ -49,8 +49,8 @@ class BuildConfig:
     memory: float = field(default=2.0, metadata=doc(
         "GiB that one batch's activations may take: a large model at a large input size gets batches smaller than "
         "batch_size (down to 1 image), measured from its layers' output sizes.", min=0.01))
-    budget: float = field(default=2500.0, metadata=doc(
-        "Billions of multiply-adds (GMAC) each costly analysis may spend (2500 = about 200 forward and backward "
+    budget: float = field(default=2000.0, metadata=doc(
+        "Billions of multiply-adds (GMAC) each costly analysis may spend (2000 = about 160 forward and backward "
         "passes of one 224-px image through a ResNet-50); over it, the analysis lowers the settings the config "
         "does not set and its page says what ran (`reportgen.budget`); 0 = no limit.", min=0.0))
     samples: int = field(default=8, metadata=doc(

@@ -602,7 +602,7 @@ class Adversarial(Analysis):
     order = 40
     Params = AdversarialParams
     splits = True  # a distributed build deals its batches of images and its sphere images to the ranks
-    shrink = (("sphere_points", 100), ("steps", 50))
+    shrink = (("sphere_points", 50), ("steps", 50))
 
     def cost(self, ctx, params):
         # at most: every step of the untargeted and targeted runs (forward + backward), and every sphere point
