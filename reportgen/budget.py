@@ -90,7 +90,8 @@ def _uncounted() -> dict:
 class Fitted:
     """An analysis's settings within the budget: ``params`` to run with, its ``cost`` (MACs), what the defaults
     would have cost (``default_cost``), a ``note`` for its page ("" when nothing changed), and ``refused`` (why it
-    does not run) when even the smallest settings exceed the budget and it has nothing to shrink."""
+    does not run) when it is over the budget and has nothing it may lower (no knob, or all set in the config or at
+    their floors)."""
 
     params: Any
     cost: float
@@ -133,7 +134,7 @@ def fit(analysis: Any, ctx: Any, params: Any) -> Fitted:
         if analysis.cost(ctx, params) <= budget:
             break
     spent = float(analysis.cost(ctx, params))
-    passes = f"{cost / ctx.facts.macs:,.0f} forward passes of one image through this model"
+    passes = f"as much as {cost / ctx.facts.macs:,.0f} forward passes of one image through this model"
     over = (f"With its settings this analysis would spend {gmac(cost)} ({passes}), over the build's budget of "
             f"{gmac(budget)} per analysis (--budget)")
     changed = [f"{k} = {getattr(params, k)} instead of {getattr(before, k)}"
