@@ -405,12 +405,15 @@ class Occlusion(AttributionAnalysis):
     chunked = False
     exact_because = "forward passes only"
 
-    def passes(self, ctx: Any, params: Any) -> float:
-        # one forward pass per patch position (at most: the incremental engine recomputes less of each)
-        options = self.options(ctx, params)
+    def positions(self, ctx: Any, options: dict) -> int:
+        """Patch positions per image: the window slid by the stride over the input (``check`` keeps it inside)."""
         h, w = ctx.loaded.input.size
         (wh, ww), (sh, sw) = options["window"], options["stride"]
-        return float((max(h - wh, 0) // sh + 1) * (max(w - ww, 0) // sw + 1))
+        return (max(h - wh, 0) // sh + 1) * (max(w - ww, 0) // sw + 1)
+
+    def passes(self, ctx: Any, params: Any) -> float:
+        # one forward pass per patch position (at most: the incremental engine recomputes less of each)
+        return float(self.positions(ctx, self.options(ctx, params)))
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
@@ -438,9 +441,7 @@ class Occlusion(AttributionAnalysis):
 
     def chunk_size(self, ctx: Any, options: dict) -> int:
         # the images whose occluded copies fill one batch (at least one image)
-        h, w = ctx.loaded.input.size
-        (wh, ww), (sh, sw) = options["window"], options["stride"]
-        return max(1, options["batch_size"] // (((h - wh) // sh + 1) * ((w - ww) // sw + 1)))
+        return max(1, options["batch_size"] // self.positions(ctx, options))
 
     def chunk_options(self, ctx: Any, options: dict, first: MapTarget) -> dict:
         return {**options, "plans": []}  # the chunk's own list: `compute` collects them in chunk order
