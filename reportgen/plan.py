@@ -144,7 +144,7 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
         return ModelFacts(layers=rows, selected=list(layers) or default_layers(rows), input_shape=input_shape,
                           python=False, cam_layer_reason=f"Grad-CAM {TORCHSCRIPT_REASON}", _model=model)
     with capture(model, layer_names(model)) as rec, linear_inputs(model) as fc_inputs, \
-            recording_nonlinearities(model) as nonlinear, recording_attention(model) as attention:
+            recording_nonlinearities(model, x) as nonlinear, recording_attention(model) as attention:
         logits = run_probe(loaded, x)
     check_output(loaded, image_class_names, x, logits)
     output_reason = ""

@@ -506,6 +506,90 @@ def test_inspect_nonlinearities_flags_gelu_and_functional_others():
     assert any("approximate" in line for line in report.lines())
 
 
+class OffPathRelu(nn.Module):
+    """GELU on the image's path; a ReLU and a sigmoid that see only a buffer and parameters (as Swin V2's
+    relative-position MLP): the additive bias they make has no gradient with respect to the image."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.act = nn.GELU()
+        self.register_buffer("table", torch.randn(4, 2))
+        self.mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        bias = torch.sigmoid(self.mlp(self.table)).mean(0)
+        return self.fc((self.act(self.conv(x)) + bias.view(1, 3, 1, 1)).mean(dim=(2, 3)))
+
+
+def test_relus_off_the_images_path_do_not_count():
+    model, x = OffPathRelu().eval(), images(2)
+    report = inspect_nonlinearities(model, x)
+    assert report.n_relu_calls == 0 and report.functional_relus == {}
+    assert report.off_path == {"mlp.1 (ReLU)": 1, "<model> (torch.sigmoid)": 1}
+    assert report.other_nonlinearities == {"act (GELU)": 1}
+    assert "no ReLU on the image's path" in report.reasons["guided_backprop"] and "mlp.1" in report.reasons["deconvnet"]
+    # a second way to see it: the rule rewrites that ReLU's backward, and the map is still the plain gradient
+    with pytest.warns(Warning):
+        torch.testing.assert_close(A.guided_backprop(model, x, 1), A.gradient(model, x, 1), rtol=0, atol=0)
+
+
+def test_an_in_place_op_carries_the_image_into_a_buffer_copy():
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("offset", torch.zeros(1, 3, 1, 1))
+
+        def forward(self, x):
+            y = self.offset.clone()
+            y.add_(x.mean(dim=(2, 3), keepdim=True))  # y now depends on the image
+            return F.relu(y).flatten(1)
+
+    report = inspect_nonlinearities(Mixer(), images(1))
+    assert report.functional_relus == {"<model>": 1} and report.off_path == {}
+
+
+def test_off_path_calls_of_swin_v2_agree_with_autograd():
+    """Which ReLU and sigmoid calls of torchvision's Swin V2 see the image, told by the report and, independently,
+    by autograd with the parameters detached (a call's input then requires grad iff it depends on the image)."""
+    import torchvision
+    from torch.func import functional_call
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten
+
+    from reportgen.methods.relu_rules import _OTHER_FUNCS as OTHER_FUNCS
+    from reportgen.methods.relu_rules import _relu_call as relu_call
+
+    torch.manual_seed(0)
+    model = torchvision.models.swin_v2_t(num_classes=2).eval()
+    x = images(1, h=64, w=64)
+    report = inspect_nonlinearities(model, x)
+
+    class Seen(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.on, self.off = 0, 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if relu_call(func, args, kwargs) or func in OTHER_FUNCS:
+                if any(t.requires_grad for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)):
+                    self.on += 1
+                else:
+                    self.off += 1
+            return func(*args, **kwargs)
+
+    frozen = {k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    with Seen() as seen:
+        functional_call(model, frozen, (x.clone().requires_grad_(True),))
+    assert seen.off == sum(report.off_path.values()) > 0
+    assert seen.on == sum(report.other_nonlinearities.values()) > 0
+    assert report.n_relu_calls == 0 and report.off_path_relus
+    assert all(k.endswith("attn.cpb_mlp.1") for k in report.off_path_relus)
+
+
 def test_default_cam_layer_skips_adaptive_pooling_and_smoothgrad_of_another_method():
     torch.manual_seed(0)
     vgg_like = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(7), nn.Flatten(),

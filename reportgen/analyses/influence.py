@@ -251,16 +251,18 @@ class AttributionAnalysis(Analysis):
             ctx.facts.require_python(self.title)
         report = ctx.facts.nonlinearities
         if self.relu_rules and report is not None and not report.n_relu_calls:
-            kinds = {k.rpartition("(")[2].rstrip(")") for k in report.other_nonlinearities}
-            others = ", ".join(sorted(kinds)) or "none"
-            raise NotApplicable(f"the model has no ReLU (its non-linearities: {others}), so {self.title}'s ReLU "
-                                "rule would change nothing: its map would be the plain gradient")
+            others = ", ".join(report.other_kinds()) or "none"
+            raise NotApplicable(f"the model has {report.no_relu_words()}; its non-linearities on the image's path: "
+                                f"{others}; so {self.title}'s ReLU rule would change nothing: its map would be the "
+                                "plain gradient")
 
     def exactness(self, facts: Any) -> tuple[str, str]:
         """("exact" | "approximate" | "not applicable", why) for these maps on the model of ``facts``."""
         if not self.relu_rules:
             return "exact", self.exact_because
         method = python_name(self.name)
+        if not facts.nonlinearities.n_relu_calls:
+            return "not applicable", facts.nonlinearities.reasons.get(method, "")
         if facts.nonlinearities.exact_methods.get(method, True):
             return "exact", "every ReLU call rewritten"
         return "approximate", facts.nonlinearities.reasons.get(method, "")
@@ -766,12 +768,16 @@ class Nonlinearities(Analysis):
                  for where, calls in report.functional_relus.items()]
         rows += [[where, "other non-linearity: not rewritten", calls, "-"]
                  for where, calls in report.other_nonlinearities.items()]
+        rows += [[where, "not on the image's path (parameters and buffers only)", calls, "-"]
+                 for where, calls in report.off_path.items()]
         result.items.append(Table(
             key="relus", label="Non-linearities in one forward pass",
             caption="Every ReLU call and every other non-linearity seen in the build's probe forward pass (two "
                     "seeded random images in one batch), with the module that ran it. Deconvnet and guided "
-                    "backpropagation rewrite the backward rule of every ReLU call listed here, whatever its form; "
-                    "other non-linearities keep their gradient.",
+                    "backpropagation rewrite the backward rule of every ReLU call, whatever its form; other "
+                    "non-linearities keep their gradient. A call whose input is computed from the model's "
+                    "parameters and buffers alone (not from the image) is 'not on the image's path': no gradient "
+                    "of the image passes it, so no rule there changes a map.",
             columns=["where", "kind", "calls", "in place"], rows=rows))
 
         method_rows = [[a.name, *a.exactness(ctx.facts)] for a in all_analyses() if isinstance(a, AttributionAnalysis)]
@@ -784,12 +790,13 @@ class Nonlinearities(Analysis):
             "ReLU calls": report.n_relu_calls, "reused ReLU modules": len(report.reused_relu_modules),
             "in-place ReLUs": len(report.inplace_relus), "functional ReLU calls": report.n_functional_relus,
             "other non-linearities": sum(report.other_nonlinearities.values())})
-        if report.other_nonlinearities:
+        if report.n_relu_calls == 0:
+            result.notes.append(f"This model has {report.no_relu_words()}: deconvnet, guided backpropagation and "
+                                "guided Grad-CAM would reduce to the plain gradient, so the report does not draw "
+                                "them.")
+        elif report.other_nonlinearities:
             result.notes.append("This model has non-linearities other than ReLU: deconvnet, guided backpropagation "
                                 "and guided Grad-CAM are approximate here (" + report.reasons["deconvnet"] + ").")
-        elif report.n_relu_calls == 0:
-            result.notes.append("This model has no ReLU: deconvnet and guided backpropagation reduce to the "
-                                "plain gradient.")
         return result
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+import weakref
 from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 Rule = Literal["guided", "deconv"]
 
@@ -196,8 +198,29 @@ class NonlinearityReport:
     inplace_relus: list[str] = field(default_factory=list)  # where an in-place ReLU ran (module or caller)
     functional_relus: dict[str, int] = field(default_factory=dict)  # calling module -> functional ReLU calls
     other_nonlinearities: dict[str, int] = field(default_factory=dict)  # "where (kind)" -> calls
+    # "where (kind)" -> calls of ReLUs and others whose input does not depend on the image: no rule reaches them
+    off_path: dict[str, int] = field(default_factory=dict)
     exact_methods: dict[str, bool] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+
+    def other_kinds(self) -> list[str]:
+        """The kinds of the other non-linearities on the image's path, sorted ("GELU", "F.softmax", ...)."""
+        return sorted({k.rsplit("(", 1)[-1].rstrip(")") if k.endswith(")") else k.split(" in ")[0]
+                       for k in self.other_nonlinearities})
+
+    @property
+    def off_path_relus(self) -> list[str]:
+        """Where ReLUs ran on values that do not depend on the image (their rule cannot change a map)."""
+        return [k.rpartition(" (")[0] for k in self.off_path if k.endswith(" (ReLU)")]
+
+    def no_relu_words(self) -> str:
+        """"no ReLU", or when ReLUs ran only off the image's path, "no ReLU on the image's path (...)"."""
+        off = self.off_path_relus
+        if not off:
+            return "no ReLU"
+        more = f" and {len(off) - 3} more" if len(off) > 3 else ""
+        return (f"no ReLU on the image's path (its ReLUs, in {', '.join(off[:3])}{more}, see only parameters "
+                "and buffers)")
 
     @property
     def n_functional_relus(self) -> int:
@@ -229,33 +252,60 @@ class NonlinearityReport:
         if self.other_nonlinearities:
             out.append("other non-linearities: "
                        + listing(f"{k} x{v}" for k, v in self.other_nonlinearities.items()))
+        if self.off_path:
+            out.append("not on the image's path: " + listing(f"{k} x{v}" for k, v in self.off_path.items()))
         for method, exact in self.exact_methods.items():
             out.append(f"{method}: " + ("exact" if exact else f"approximate: {self.reasons.get(method, '')}"))
         return out
 
 
 class _RecordMode(TorchFunctionMode):
-    """Records every ReLU and known non-linearity call together with the innermost running module."""
+    """Records every ReLU and known non-linearity call together with the innermost running module, and whether its
+    input depends on the image.
+
+    Dependence is followed forward through every torch call the mode sees: the output of a call that received an
+    image-dependent tensor is image-dependent (in-place calls return the tensor they changed, so it is marked too).
+    Parameters, buffers and tensors built from them (Swin V2's relative-position MLP, a learned gate on a constant)
+    are not: a ReLU there never sees the gradient of the image, so a modified backward rule there changes nothing.
+    The rule errs towards "depends" (e.g. through ``detach``), never the other way.
+    """
 
     def __init__(self, stack: list[nn.Module]) -> None:
         super().__init__()
         self.stack = stack
-        self.calls: list[tuple[str, nn.Module | None, bool]] = []  # (kind, innermost module, inplace)
+        self.calls: list[tuple[str, nn.Module | None, bool, bool]] = []  # (kind, innermost module, inplace, on path)
+        self.tracking = False  # False: every call counts as on the image's path (no source given)
+        self._dependent: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def mark(self, tensor: torch.Tensor) -> None:
+        """Follow what depends on ``tensor`` (the model's input) from now on."""
+        self.tracking = True
+        self._dependent[id(tensor)] = tensor
+
+    def _depends(self, values) -> bool:
+        return any(isinstance(v, torch.Tensor) and self._dependent.get(id(v)) is v
+                   for v in tree_flatten(values)[0])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         top = self.stack[-1] if self.stack else None
+        on_path = not self.tracking or self._depends((args, kwargs))
         call = _relu_call(func, args, kwargs)
         if call is not None:
-            self.calls.append(("relu", top, call[1]))
+            self.calls.append(("relu", top, call[1], on_path))
         else:
             try:
                 kind = _OTHER_FUNCS.get(func)
             except TypeError:
                 kind = None
             if kind is not None:
-                self.calls.append((kind, top, False))
-        return func(*args, **kwargs)
+                self.calls.append((kind, top, False, on_path))
+        out = func(*args, **kwargs)
+        if self.tracking and on_path:
+            for value in tree_flatten(out)[0]:
+                if isinstance(value, torch.Tensor):
+                    self._dependent[id(value)] = value
+        return out
 
 
 class NonlinearityRecorder:
@@ -274,8 +324,11 @@ class NonlinearityRecorder:
 
 
 @contextmanager
-def recording_nonlinearities(model: nn.Module) -> Iterator[NonlinearityRecorder]:
+def recording_nonlinearities(model: nn.Module, source: torch.Tensor | None = None) -> Iterator[NonlinearityRecorder]:
     """Record how ``model`` computes its non-linearities during the forward passes run inside the block.
+
+    ``source``: the input tensor the block will give the model; calls whose input does not depend on it are kept
+    apart (`NonlinearityReport.off_path`). Without it every call counts as on the image's path.
 
     Module calls are followed with forward hooks that are removed on exit (also after an error); function calls are
     seen by a `TorchFunctionMode`, so ``F.relu`` inside a ``forward`` is found and credited to the innermost module
@@ -286,6 +339,8 @@ def recording_nonlinearities(model: nn.Module) -> Iterator[NonlinearityRecorder]
 
     require_python_module(model, "the non-linearity check")
     recorder = NonlinearityRecorder({module: name for name, module in model.named_modules()})
+    if source is not None:
+        recorder.mode.mark(source)
     stack, module_calls = recorder.stack, recorder.module_calls
     handles = []
 
@@ -312,7 +367,7 @@ def inspect_nonlinearities(model: nn.Module, example_input: torch.Tensor) -> Non
     """Run ``model`` once on ``example_input`` (N, C, H, W) and report how it uses ReLUs and other non-linearities
     (see `recording_nonlinearities`). Runs under ``torch.no_grad``; the model's mode is left as the caller set it.
     """
-    with recording_nonlinearities(model) as recorder, torch.no_grad():
+    with recording_nonlinearities(model, example_input) as recorder, torch.no_grad():
         model(example_input)
     return recorder.report()
 
@@ -324,9 +379,14 @@ def _make_report(names: dict[nn.Module, str], recorded: list, module_calls: dict
         return names.get(module) or "<model>"
 
     seen_modules: set[nn.Module] = set()
-    for kind, top, inplace in recorded:
+    off_modules: set[nn.Module | None] = set()
+    for kind, top, inplace, on_path in recorded:
         is_module = top is not None and not any(True for _ in top.children())
-        if kind == "relu":
+        if not on_path:
+            key = f"{label(top)} ({'ReLU' if kind == 'relu' else kind})"
+            report.off_path[key] = report.off_path.get(key, 0) + 1
+            off_modules.add(top)
+        elif kind == "relu":
             if is_module and isinstance(top, nn.ReLU):
                 if top not in seen_modules:
                     seen_modules.add(top)
@@ -350,17 +410,15 @@ def _make_report(names: dict[nn.Module, str], recorded: list, module_calls: dict
             report.other_nonlinearities[key] = report.other_nonlinearities.get(key, 0) + 1
     # Modules that compute their non-linearity without a Python-visible call (e.g. fused or scripted ones).
     for module, calls in module_calls.items():
-        if isinstance(module, _OTHER_MODULES) and not any(k.startswith(label(module) + " (")
-                                                           for k in report.other_nonlinearities):
+        if isinstance(module, _OTHER_MODULES) and module not in off_modules and not any(
+                k.startswith(label(module) + " (") for k in report.other_nonlinearities):
             report.other_nonlinearities[f"{label(module)} ({type(module).__name__})"] = calls
 
-    if report.other_nonlinearities:
-        kinds = sorted({k.rsplit("(", 1)[-1].rstrip(")") if k.endswith(")") else k.split(" in ")[0]
-                        for k in report.other_nonlinearities})
-        reason = (f"non-ReLU non-linearities ({', '.join(kinds)}) keep their plain gradient, "
+    if report.n_relu_calls == 0:
+        reason = f"the model has {report.no_relu_words()}: the map is the plain gradient"
+    elif report.other_nonlinearities:
+        reason = (f"non-ReLU non-linearities ({', '.join(report.other_kinds())}) keep their plain gradient, "
                   "so the map mixes the modified rule with the gradient")
-    elif report.n_relu_calls == 0:
-        reason = "the model has no ReLU: the map is the plain gradient"
     else:
         reason = ""
     for method in ("deconvnet", "guided_backprop", "guided_grad_cam"):
