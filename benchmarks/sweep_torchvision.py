@@ -8,8 +8,9 @@ Each architecture gets a state dict of `ARCH(num_classes=2)` with seeded random 
 initialized heads are re-drawn so the logits vary), saved to a file and given to `reportgen build torchvision:ARCH
 --weights FILE`: the way a user with a fine-tuned checkpoint runs it. Images: crops of scikit-learn's two sample
 photos in two class folders, at each model's default input size. The config is the fast one below (few
-optimization steps, few noisy copies); every analysis runs. Each build runs in its own subprocess, which reports
-its peak resident memory.
+optimization steps, few noisy copies); every analysis runs unless the compute budget (`--budget`, default 2000 GMAC
+per analysis) refuses it: such an analysis is listed as "NAME (over budget)" among the not applicable ones. Each
+build runs in its own subprocess, which reports its peak resident memory.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def main() -> None:
             line = f"| {arch} | | {row['seconds']:.0f} | | | build error: {row['error']} |"
         else:
             size = "x".join(map(str, row["input"])) if row["input"] else ""
-            na = ", ".join(sorted(row["not_applicable"])) or "-"
+            na = ", ".join(f"{k} (over budget)" if v.startswith("not run") else k
+                           for k, v in sorted(row["not_applicable"].items())) or "-"
             failed = "; ".join(f"{k}: {v[:120]}" for k, v in row["failed"].items()) or "-"
             line = f"| {arch} | {size} | {row['seconds']:.0f} | {row['peak_mib'] or 0:.0f} | {na} | {failed} |"
         print(line, flush=True)

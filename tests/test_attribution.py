@@ -532,7 +532,9 @@ def test_relus_off_the_images_path_do_not_count():
     assert report.other_nonlinearities == {"act (GELU)": 1}
     assert "no ReLU on the image's path" in report.reasons["guided_backprop"] and "mlp.1" in report.reasons["deconvnet"]
     # a second way to see it: the rule rewrites that ReLU's backward, and the map is still the plain gradient
-    with pytest.warns(Warning):
+    from reportgen.methods.relu_rules import NonReluWarning
+
+    with pytest.warns(NonReluWarning, match=r"no ReLU on the image's path \(1 ReLU call.*: F\.gelu \(1x\)$"):
         torch.testing.assert_close(A.guided_backprop(model, x, 1), A.gradient(model, x, 1), rtol=0, atol=0)
 
 

@@ -108,7 +108,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target) -> t
     their gradient (see `reportgen.methods.relu_rules.inspect_nonlinearities`).
     """
     require_python_module(model, "guided backpropagation")
-    with relu_rule("guided"):
+    with relu_rule("guided", inputs):
         return gradient(model, inputs, target)
 
 
@@ -119,7 +119,7 @@ def deconvnet(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.T
     was (the deconvnet's "unpooling + rectification" for conv nets, as formulated by Springenberg et al.).
     """
     require_python_module(model, "deconvnet")
-    with relu_rule("deconv"):
+    with relu_rule("deconv", inputs):
         return gradient(model, inputs, target)
 
 

@@ -83,20 +83,60 @@ class NonReluWarning(UserWarning):
     """A ReLU rule ran on a model with other non-linearities, which keep their plain gradient."""
 
 
-class _RuleMode(TorchFunctionMode):
+class _ImagePathMode(TorchFunctionMode):
+    """A function mode that knows which tensors depend on the image, once `mark` has named the model's input.
+
+    Dependence is followed forward through every torch call the mode sees: the output of a call that received an
+    image-dependent tensor is image-dependent (in-place calls return the tensor they changed, so it is marked too).
+    Parameters, buffers and tensors built from them alone (Swin V2's relative-position MLP, a learned gate on a
+    constant) are not: a ReLU there never sees the gradient of the image, so a modified backward rule there changes
+    nothing. The rule errs towards "depends" (e.g. through ``detach``), never the other way. Unmarked, every call
+    counts as depending on the image.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracking = False
+        self._dependent: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def mark(self, tensor: torch.Tensor) -> None:
+        """Follow what depends on ``tensor`` (the model's input) from now on."""
+        self.tracking = True
+        self._dependent[id(tensor)] = tensor
+
+    def depends(self, values) -> bool:
+        """Whether any tensor in ``values`` (any nesting of lists, tuples and dicts) depends on the image."""
+        return not self.tracking or any(isinstance(v, torch.Tensor) and self._dependent.get(id(v)) is v
+                                        for v in tree_flatten(values)[0])
+
+    def follow(self, out, on_path: bool):
+        """Mark the tensors of ``out`` (a call's result) as depending on the image when its inputs did; returns it."""
+        if self.tracking and on_path:
+            for value in tree_flatten(out)[0]:
+                if isinstance(value, torch.Tensor):
+                    self._dependent[id(value)] = value
+        return out
+
+
+class _RuleMode(_ImagePathMode):
     def __init__(self, guided: bool) -> None:
         super().__init__()
         self.guided = guided
         self.relus = 0
+        self.off_path_relus = 0  # ReLUs on parameters and buffers alone: rewritten, but no image gradient passes
         self.others: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        on_path = self.depends((args, kwargs))
         call = _relu_call(func, args, kwargs)
         if call is not None:
             x, inplace = call
-            self.relus += 1
-            return _RuleReLU.apply(x, self.guided, inplace)
+            if on_path:
+                self.relus += 1
+            else:
+                self.off_path_relus += 1
+            return self.follow(_RuleReLU.apply(x, self.guided, inplace), on_path)
         try:
             # nn.MultiheadAttention's functional form hides its softmax from this mode (nested calls are not seen)
             name = "F.multi_head_attention_forward" if func is F.multi_head_attention_forward else \
@@ -104,13 +144,13 @@ class _RuleMode(TorchFunctionMode):
         except TypeError:  # an unhashable callable
             name = None
         # clamp / clip are also plain arithmetic (and this module's own backward uses clamp): not counted
-        if name is not None and "clamp" not in name and "clip" not in name:
+        if name is not None and "clamp" not in name and "clip" not in name and on_path:
             self.others[name] = self.others.get(name, 0) + 1
-        return func(*args, **kwargs)
+        return self.follow(func(*args, **kwargs), on_path)
 
 
 @contextmanager
-def relu_rule(rule: Rule) -> Iterator[None]:
+def relu_rule(rule: Rule, source: torch.Tensor | None = None) -> Iterator[None]:
     """Inside the block, every ReLU computed in this thread backpropagates with ``rule`` ("guided" or "deconv").
 
     Covers ``nn.ReLU`` (also reused and ``inplace=True``), ``F.relu``, ``F.relu_``, ``torch.relu``, ``torch.relu_``,
@@ -118,21 +158,32 @@ def relu_rule(rule: Rule) -> Iterator[None]:
     forward during backward (activation checkpointing) then gets the same rule. Other non-linearities keep their
     ordinary gradient; `inspect_nonlinearities` tells whether a model has any, and when the block computed any
     (GELU, softmax attention, sigmoid gates...) a `NonReluWarning` names them once the block ends: the result mixes
-    the rule with the plain gradient, and without any ReLU it is the plain gradient.
+    the rule with the plain gradient, and without any ReLU it is the plain gradient. ``source``: the image tensor
+    the block's forward pass starts from; with it, ReLUs and others that see only parameters and buffers (not on
+    the image's path) are not counted as such, since no gradient of the image passes them.
     """
     import warnings
 
     if rule not in ("guided", "deconv"):
         raise ValueError(f"unknown ReLU rule {rule!r}: use 'guided' or 'deconv'")
     mode = _RuleMode(guided=rule == "guided")
+    if source is not None:
+        mode.mark(source)
     with mode:
         yield
-    if mode.others:
+    if mode.others or (mode.off_path_relus and not mode.relus):
         names = ", ".join(f"{name} ({calls}x)" for name, calls in sorted(mode.others.items()))
-        what = ("no ReLU at all, so the result is the plain gradient" if not mode.relus else
-                f"{mode.relus} ReLU call(s) and other non-linearities that keep their plain gradient, so the result "
-                "mixes the rule with the gradient")
-        warnings.warn(NonReluWarning(f"the '{rule}' ReLU rule ran on a model with {what}: {names}"), stacklevel=3)
+        if mode.relus:
+            what = (f"{mode.relus} ReLU call(s) and other non-linearities that keep their plain gradient, so the "
+                    "result mixes the rule with the gradient")
+        elif mode.off_path_relus:
+            what = (f"no ReLU on the image's path ({mode.off_path_relus} ReLU call(s) on parameters and buffers "
+                    "alone), so the result is the plain gradient")
+        else:
+            what = "no ReLU at all, so the result is the plain gradient"
+        warnings.warn(NonReluWarning(f"the '{rule}' ReLU rule ran on a model with {what}" + (f": {names}" if names
+                                                                                               else "")),
+                      stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,37 +310,19 @@ class NonlinearityReport:
         return out
 
 
-class _RecordMode(TorchFunctionMode):
+class _RecordMode(_ImagePathMode):
     """Records every ReLU and known non-linearity call together with the innermost running module, and whether its
-    input depends on the image.
-
-    Dependence is followed forward through every torch call the mode sees: the output of a call that received an
-    image-dependent tensor is image-dependent (in-place calls return the tensor they changed, so it is marked too).
-    Parameters, buffers and tensors built from them (Swin V2's relative-position MLP, a learned gate on a constant)
-    are not: a ReLU there never sees the gradient of the image, so a modified backward rule there changes nothing.
-    The rule errs towards "depends" (e.g. through ``detach``), never the other way.
-    """
+    input depends on the image (see `_ImagePathMode`)."""
 
     def __init__(self, stack: list[nn.Module]) -> None:
         super().__init__()
         self.stack = stack
         self.calls: list[tuple[str, nn.Module | None, bool, bool]] = []  # (kind, innermost module, inplace, on path)
-        self.tracking = False  # False: every call counts as on the image's path (no source given)
-        self._dependent: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-    def mark(self, tensor: torch.Tensor) -> None:
-        """Follow what depends on ``tensor`` (the model's input) from now on."""
-        self.tracking = True
-        self._dependent[id(tensor)] = tensor
-
-    def _depends(self, values) -> bool:
-        return any(isinstance(v, torch.Tensor) and self._dependent.get(id(v)) is v
-                   for v in tree_flatten(values)[0])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         top = self.stack[-1] if self.stack else None
-        on_path = not self.tracking or self._depends((args, kwargs))
+        on_path = self.depends((args, kwargs))
         call = _relu_call(func, args, kwargs)
         if call is not None:
             self.calls.append(("relu", top, call[1], on_path))
@@ -300,12 +333,7 @@ class _RecordMode(TorchFunctionMode):
                 kind = None
             if kind is not None:
                 self.calls.append((kind, top, False, on_path))
-        out = func(*args, **kwargs)
-        if self.tracking and on_path:
-            for value in tree_flatten(out)[0]:
-                if isinstance(value, torch.Tensor):
-                    self._dependent[id(value)] = value
-        return out
+        return self.follow(func(*args, **kwargs), on_path)
 
 
 class NonlinearityRecorder:
