@@ -130,7 +130,18 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 
 def apply_weights(model: Any, state: dict, path: str | Path) -> None:
-    """Load ``state`` strictly into ``model``; a `ModelError` lists missing, unexpected and mis-shaped keys."""
+    """Load ``state`` strictly into ``model``; a `ModelError` lists missing, unexpected and mis-shaped keys.
+
+    A parameter the model shares under several names (CoaT's positional convolutions, tied weights) may be stored
+    under one of them only (safetensors' ``save_model`` drops the aliases): the others take it from that name."""
+    shared: dict[int, list[str]] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        shared.setdefault(id(value), []).append(key)
+    state = dict(state)
+    for keys in shared.values():
+        stored = [k for k in keys if k in state]
+        for key in keys if stored else ():
+            state.setdefault(key, state[stored[0]])
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

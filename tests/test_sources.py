@@ -134,6 +134,44 @@ def test_timm_training_checkpoint_and_pretrained_config(tmp_path):
     assert loaded.input.mean == tuple(cfg["mean"]) and loaded.input.std == tuple(cfg["std"])
 
 
+def test_shared_parameters_stored_once(tmp_path):
+    """safetensors' save_model keeps one name of a parameter the model shares under several (timm's CoaT shares
+    its positional convolutions between blocks); the loader gives the others the stored one."""
+    from safetensors.torch import load_file, save_model
+
+    from reportgen.models import ModelError, apply_weights
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3)
+            self.b = self.a  # the same module under a second name: a.weight and b.weight are one tensor
+            self.out = torch.nn.Linear(3, 2)
+
+    torch.manual_seed(0)
+    net = Tied()
+    save_model(net, str(tmp_path / "tied.safetensors"))
+    state = load_file(str(tmp_path / "tied.safetensors"))
+    assert len(state) == 4  # one name per shared tensor
+    fresh = Tied()
+    apply_weights(fresh, state, "tied.safetensors")
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(ModelError, match="missing: out.weight"):
+        apply_weights(Tied(), {k: v for k, v in state.items() if k != "out.weight"}, "tied.safetensors")
+
+
+def test_timm_coat_saved_by_save_model(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_model
+
+    torch.manual_seed(0)
+    net = timm.create_model("coat_lite_tiny", pretrained=False, num_classes=3).eval()
+    save_model(net, str(tmp_path / "coat.safetensors"))
+    loaded = load_model(load_config(None, model="timm:coat_lite_tiny", weights=str(tmp_path / "coat.safetensors")))
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.equal(loaded.model(x), net(x))
+
+
 def test_timm_mistakes(tmp_path, timm_vit, monkeypatch):
     _, weights = timm_vit
     fails_in_one_line(run("layers", "timm:vit_tiny_patch16_22"), "timm has no model", "vit_tiny_patch16_224")
