@@ -15,6 +15,14 @@ class LayerRow:
     calls: int  # times the module ran in one forward pass (>1: a reused module)
     leaf: bool
     view: str = ""  # how a token / channels-last output is shown (`reportgen.methods.tokens.View.describe`)
+    # rows of the output's first dimension per image: 1, or more when the model folds positions into the batch
+    # (MobileViT's transformer runs on (N * 4, L, D) patches); 0 when it is not a multiple of the images
+    batch_rows: int = 1
+
+    @property
+    def per_image(self) -> bool:
+        """Whether the output has one row per image, so that per-image analyses can read it."""
+        return self.batch_rows == 1
 
 
 def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
@@ -31,13 +39,15 @@ def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
 
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(torch.zeros((1, *input_shape)))
-    return rows_from_probe(model, rec.acts, rec.calls, probe_views(rec.acts, tuple(input_shape)))
+    return rows_from_probe(model, rec.acts, rec.calls, probe_views(rec.acts, tuple(input_shape)), batch=1)
 
 
-def rows_from_probe(model: Any, acts: dict, calls: dict, views: Optional[dict] = None) -> list[LayerRow]:
+def rows_from_probe(model: Any, acts: dict, calls: dict, views: Optional[dict] = None,
+                    batch: Optional[int] = None) -> list[LayerRow]:
     """The layer table from a recorded probe pass: ``acts`` maps a dotted name to its (last) output tensor (N, ...),
     ``calls`` to the number of times it ran; modules missing from ``acts`` did not run (or output no tensor).
-    ``views``: {name: `reportgen.methods.tokens.View`}; token and channels-last layers say how they are shown."""
+    ``views``: {name: `reportgen.methods.tokens.View`}; token and channels-last layers say how they are shown.
+    ``batch``: the probe's number of images N, to find outputs without one row per image."""
     import torch
 
     rows = []
@@ -48,10 +58,14 @@ def rows_from_probe(model: Any, acts: dict, calls: dict, views: Optional[dict] =
         own = sum(p.numel() for p in module.parameters(recurse=False))
         shape = tuple(acts[name].shape[1:]) if name in acts else None
         view = (views or {}).get(name)
+        shown = view.describe() if view is not None and view.kind in ("tokens", "channels-last") else ""
+        rows_per_image = 1
+        if batch and name in acts and acts[name].dim() and acts[name].shape[0] != batch:
+            first = int(acts[name].shape[0])
+            rows_per_image = first // batch if first % batch == 0 else 0
+            shown = f"not one row per image ({first} rows for {batch} images): not analysed"
         rows.append(LayerRow(name, kind, shape, int(own), int(calls.get(name, 0)),
-                             leaf=not any(True for _ in module.children()),
-                             view=view.describe() if view is not None and view.kind in ("tokens", "channels-last")
-                             else ""))
+                             leaf=not any(True for _ in module.children()), view=shown, batch_rows=rows_per_image))
     return rows
 
 
@@ -61,7 +75,7 @@ def default_layers(rows: list[LayerRow], limit: int = 8) -> list[str]:
     A transformer (some layer outputs tokens or a channels-last map) gets its own spread: the patch embedding (the
     first conv), blocks evenly spread (token layers whose parent holds two or more modules of their type), the
     last such normalization layer, and the last Linear (the logits)."""
-    ran = [r for r in rows if r.out_shape is not None]
+    ran = [r for r in rows if r.out_shape is not None and r.per_image]
     if any(r.view for r in ran):
         types = {}
         for r in ran:

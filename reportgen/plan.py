@@ -37,8 +37,9 @@ class ModelFacts:
     (token and channels-last layers are read as maps of their patches). ``attention``: the attention modules whose
     weights were recovered exactly on the probe (`reportgen.methods.attention`), in depth order;
     ``attention_refused``: {module: why not}; ``attention_windowed``: those of ``attention`` that attend within
-    shifted windows (Swin), not globally. ``image_bytes``: the bytes of every leaf module's outputs for one image
-    (float32, a reused module counted once per call), the yardstick of `reportgen.context.Context.batch_size`.
+    shifted windows (Swin), not globally; ``attention_tokens``: {module: token count} of the others.
+    ``image_bytes``: the bytes of every leaf module's outputs for one image (float32, a reused module counted once
+    per call), the yardstick of `reportgen.context.Context.batch_size`.
     ``macs``: multiply-adds of one forward pass of one image, and ``macs_until``: {layer: those done by the time its
     output first exists}, the yardsticks of the compute budget (`reportgen.budget.count_macs`, on the first sample
     image after the one pass, so that the probe stays the only pass before it; 0 and {} when the model cannot be
@@ -59,6 +60,7 @@ class ModelFacts:
     attention: list = field(default_factory=list)
     attention_refused: dict = field(default_factory=dict)
     attention_windowed: list = field(default_factory=list)
+    attention_tokens: dict = field(default_factory=dict)
     image_bytes: int = 0
     macs: int = 0
     macs_until: dict = field(default_factory=dict)
@@ -128,7 +130,8 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
     import torch
 
     from .capture import capture, layer_names, resolve_layer
-    from .methods.attention import attention_modules, recording_attention
+    from .errors import LayerError
+    from .methods.attention import attention_modules, probe_layouts, recording_attention
     from .methods.cams import cam_layers_from_probe, linear_inputs, map_layers_from_probe
     from .methods.relu_rules import recording_nonlinearities
     from .methods.tokens import probe_views
@@ -147,21 +150,29 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
             recording_nonlinearities(model, x) as nonlinear, recording_attention(model) as attention:
         logits = run_probe(loaded, x)
     check_output(loaded, image_class_names, x, logits)
+    attention_tokens, no_layout = probe_layouts(attention)
     output_reason = ""
     if not torch.isfinite(logits).all():
         output_reason = (f"the model's logits are NaN or infinite on {int((~torch.isfinite(logits)).any(1).sum())} "
                          f"of the {len(x)} probe images (a diverged or broken checkpoint)")
-    views = probe_views(rec.acts, input_shape)
-    rows = rows_from_probe(model, rec.acts, rec.calls, views)
-    cam_layer, reason = default_grad_cam_layer(model, map_layers_from_probe(model, rec.acts, rec.calls, views),
+    # a layer whose output folds positions into the batch (MobileViT) has no per-image reading: left out of views
+    acts = {name: a for name, a in rec.acts.items() if a.dim() and a.shape[0] == len(x)}
+    views = probe_views(acts, input_shape)
+    rows = rows_from_probe(model, rec.acts, rec.calls, views, batch=len(x))
+    for name in layers:
+        row = next((r for r in rows if r.name == name), None)
+        if row is not None and row.out_shape is not None and not row.per_image:
+            raise LayerError(f"layer '{name}' does not output one row per image (the model folds positions into the "
+                             "batch there): choose another layer (`reportgen layers MODEL` marks these)")
+    cam_layer, reason = default_grad_cam_layer(model, map_layers_from_probe(model, acts, rec.calls, views),
                                                views, x[:1])
     return ModelFacts(layers=rows, selected=list(layers) or default_layers(rows), input_shape=input_shape,
                       penultimate=penultimate_layer(rows),
-                      cam=cam_layers_from_probe(rec.acts, rec.calls, fc_inputs, logits),
+                      cam=cam_layers_from_probe(acts, rec.calls, fc_inputs, logits),
                       cam_layer=cam_layer, cam_layer_reason=reason, nonlinearities=nonlinear.report(),
                       output_reason=output_reason, views=views,
-                      attention=[n for n in attention_modules(model) if n in attention.weights],
-                      attention_refused=dict(attention.refused),
+                      attention=[n for n in attention_modules(model) if n in attention.weights and n not in no_layout],
+                      attention_refused={**attention.refused, **no_layout}, attention_tokens=attention_tokens,
                       attention_windowed=[n for n in attention_modules(model) if n in attention.windows],
                       image_bytes=activation_bytes(rows), _model=model)
 
@@ -174,37 +185,44 @@ def activation_bytes(rows: list[LayerRow]) -> int:
     on this project's CPU machine; without gradients the peak was 0.10 of it (resnet50)."""
     import math
 
-    return sum(4 * math.prod(r.out_shape) * max(r.calls, 1) for r in rows if r.leaf and r.out_shape is not None)
+    return sum(4 * math.prod(r.out_shape) * max(r.calls, 1) * max(r.batch_rows, 1)
+               for r in rows if r.leaf and r.out_shape is not None)
 
 
 def default_grad_cam_layer(model: Any, candidates: list[str], views: dict, probe: Any) -> tuple[Optional[str], str]:
     """(Grad-CAM's default layer, "") or (None, why there is none), from the map layers of the probe pass in the
     order they finished.
 
-    A CNN: the last of them (the last conv block). A transformer whose head reads only its prefix tokens (ViT's
-    class token) gives the patch tokens of the last blocks no gradient at all, so their Grad-CAM is zero; there
-    the default is the last token layer whose patch tokens do get a gradient from the top logit (in a ViT, the
-    input normalization of the last block, as pytorch-grad-cam's documentation recommends), found with one
-    backward pass of one probe image (only for such models).
+    The last of them that gets a gradient from the top logit of one probe image (one backward pass): in a CNN the
+    last conv block. A layer whose output the head never reads has none (PiT's last stage hands only its class
+    token on), and neither do the patch tokens of the last blocks of a transformer whose head reads only its prefix
+    tokens (ViT's class token): their Grad-CAM would be zero. There the default is the last token layer whose patch
+    tokens do get a gradient (in a ViT, the input normalization of the last block, as pytorch-grad-cam's
+    documentation recommends). When no map layer gets one (a zero-initialized head), a CNN keeps its last layer.
     """
     if not candidates:
         return None, "no layer outputs a (N, K, h, w) map with h*w > 1: give the CAM layer explicitly"
     last = candidates[-1]
-    if views.get(last) is None or views[last].kind != "tokens" or not views[last].prefix:
-        return last, ""
+    token_head = views.get(last) is not None and views[last].kind == "tokens" and bool(views[last].prefix)
     import torch
 
     from .capture import capture, preserved
 
-    tokens = [n for n in candidates if views[n].kind == "tokens"]
+    pool = [n for n in candidates if views.get(n) is not None and views[n].kind == "tokens"] if token_head \
+        else candidates
     x = probe.detach().clone().requires_grad_(True)
-    with preserved(model), capture(model, tokens, grads=True, as_maps=True) as rec, torch.enable_grad():
-        out = model(x)
-        (g_input,) = torch.autograd.grad(out[0, out[0].argmax()], x, allow_unused=True)
-    for name in reversed(tokens):
+    try:
+        with preserved(model), capture(model, pool, grads=True, as_maps=True) as rec, torch.enable_grad():
+            out = model(x)
+            (g_input,) = torch.autograd.grad(out[0, out[0].argmax()], x, allow_unused=True)
+    except Exception:  # a model that cannot be differentiated here: the page's own pass will say why
+        return last, ""
+    for name in reversed(pool):
         g = rec.grads.get(name)
         if g is not None and float(g.abs().max()) > 0:
             return name, ""
+    if not token_head:
+        return last, ""
     if g_input is None or not float(g_input.abs().max()) > 0:
         return None, ("the top logit does not depend on the input at all (e.g. a zero-initialized classifier head), "
                       "so no layer gets a gradient")

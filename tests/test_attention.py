@@ -189,7 +189,19 @@ def _hf_vit():
     return transformers.ViTForImageClassification(config).eval()
 
 
-@pytest.mark.parametrize("make,count", [(_timm_vit, 12), (_hf_vit, 2)])
+def _timm_beit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                              depth=2, num_heads=2, num_classes=3).eval()
+    with torch.no_grad():  # timm starts the relative position biases at zero: make them matter
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name or name.endswith(("q_bias", "v_bias")):
+                p.normal_(std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("make,count", [(_timm_vit, 12), (_hf_vit, 2), (_timm_beit, 2)])
 def test_timm_and_hugging_face_attention_is_recovered_exactly(make, count):
     """timm's fused attention and Hugging Face's attention never hand their weights out by default: recovered from
     the projections, they reproduce each module's output to 1e-5 (else `recording_attention` refuses the layer)."""
@@ -242,3 +254,70 @@ def test_cam_applies_when_the_pooled_map_is_the_logits():
     _, low = C.class_activation_map(model, x, targets, found.layer, C.fc_weights(model, ""), return_lowres=True)
     assert torch.allclose(low, acts[torch.arange(2), targets])
     assert torch.allclose(low.mean(dim=(1, 2)), logits[torch.arange(2), targets], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Architectures beyond the plain ViT: relatives of timm's attention, pooled token sets, several branches
+
+
+def test_relatives_of_timm_attention_are_not_read_and_never_break_the_pass():
+    from reportgen.methods.attention import _kind
+
+    class WindowLike(nn.Module):  # timm's Swin / DaViT WindowAttention: qkv + proj + relative bias, no q_norm
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj, self.num_heads, self.scale = nn.Linear(4, 12), nn.Linear(4, 4), 2, 0.5
+
+    class ChannelsLast(nn.Module):  # looks like timm's Attention, but runs on (N, H, W, C) maps
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj, self.num_heads, self.scale = nn.Linear(4, 12), nn.Linear(4, 4), 2, 0.5
+            self.q_norm = self.k_norm = nn.Identity()
+
+        def forward(self, x):
+            return self.proj(x)
+
+    assert _kind(WindowLike()) is None
+    model = nn.Sequential(ChannelsLast(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)).eval()
+    x = torch.randn(2, 3, 3, 4)
+    with recording_attention(model) as rec, torch.no_grad():
+        out = model(x)
+    assert torch.equal(out, model(x)) and not rec.weights
+    assert "could not be recomputed" in rec.refused["0"] and "ValueError" in rec.refused["0"]
+
+
+@pytest.mark.parametrize("length,size,layout", [
+    (197, (224, 224), (1, (14, 14))),  # ViT-B/16: an integer stride
+    (730, (224, 224), (1, (27, 27))),  # PiT: 16-px patches at stride 8
+    (50, (224, 224), (1, (7, 7))),
+    (197, (240, 240), (1, (14, 14))),  # CrossViT's large branch: the image resized to 224
+    (401, (240, 240), (1, (20, 20))),
+    (1 + 8 * 16, (64, 128), (1, (8, 16))),  # a wide input keeps its aspect ratio
+])
+def test_token_layout_of_attention_modules(length, size, layout):
+    from reportgen.methods.attention import _token_layout
+
+    assert _token_layout(length, size) == layout
+
+
+def test_token_layout_refuses_tokens_without_a_grid():
+    from reportgen.methods.attention import Unsupported, _token_layout
+
+    with pytest.raises(Unsupported, match="do not form a patch grid"):
+        _token_layout(115, (224, 224))  # no square between 107 and 115
+
+
+def test_pooled_token_sets_draw_attention_but_refuse_rollout():
+    """Two attention stages over 1 + 16 and 1 + 4 tokens (PiT): each stage's class-token attention has its own
+    grid; rollout multiplies weights across layers, which needs one token set, so it is refused with the reason."""
+    import tiny_models
+
+    from reportgen.methods.attention import Unsupported, attention_grids, attention_rollout
+
+    model = tiny_models.tiny_pit().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    grids, refused = attention_grids(model, x)
+    assert not refused and {k: tuple(v.shape) for k, v in grids.items()} == {"attn1": (2, 2, 4, 4),
+                                                                              "attn2": (2, 2, 2, 2)}
+    with pytest.raises(Unsupported, match=r"do not share one token set \(17, 5 tokens"):
+        attention_rollout(model, x)

@@ -154,3 +154,64 @@ def test_a_zero_head_vit_says_why_grad_cam_has_no_layer():
                          InputSpec("image", (32, 32), 3, (0.5,) * 3, (0.25,) * 3), ["a", "b", "c"])
     facts = learn_model(loaded, [], torch.Generator().manual_seed(0))
     assert facts.cam_layer is None and "does not depend on the input" in facts.cam_layer_reason
+
+
+def _facts(factory: str, layers=()):
+    import tiny_models
+
+    from reportgen.models import InputSpec, LoadedModel
+    from reportgen.plan import learn_model
+
+    model = getattr(tiny_models, factory)().eval()
+    loaded = LoadedModel(model, f"tiny_models:{factory}", "factory",
+                         InputSpec("image", (32, 32), 3, (0.5,) * 3, (0.25,) * 3), ["a", "b", "c"])
+    return learn_model(loaded, list(layers), torch.Generator().manual_seed(0))
+
+
+def test_a_pooling_transformer_report(tmp_path, image_folder):
+    """PiT-like: attention drawn per stage; rollout refused with the reason (two token sets); Grad-CAM's default is
+    the last map layer that gets a gradient, not the last map computed (which the head never reads)."""
+    from conftest import run
+
+    facts = _facts("tiny_pit")
+    assert facts.attention == ["attn1", "attn2"] and facts.attention_tokens == {"attn1": 17, "attn2": 5}
+    assert facts.cam_layer == "pool"
+    out = tmp_path / "site"
+    args = ["build", "tiny_models:tiny_pit", "--input-size", "32x32", "--channels", "3", "--images", image_folder,
+            "--out", out, "--samples", "2", "-q"]
+    for name in ("attention", "attention-rollout", "grad-rollout", "grad-cam"):
+        args += ["--only", name]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    analyses = {a["name"]: a for a in json.loads((out / "manifest.json").read_text())["analyses"]}
+    assert analyses["attention"]["status"] == analyses["grad-cam"]["status"] == "ok"
+    for name in ("attention-rollout", "grad-rollout"):
+        assert analyses[name]["status"] == "not applicable"
+        assert "do not share one token set (17, 5 tokens" in analyses[name]["reason"]
+
+
+def test_a_layer_that_folds_positions_into_the_batch(tmp_path, image_folder):
+    """MobileViT-like: a layer's output has 4 rows per image; it is marked, never picked, refused when asked for,
+    and the per-image analyses run on the other layers (it crashed the top images' reducer)."""
+    from conftest import fails_in_one_line, run
+
+    from reportgen.errors import LayerError
+
+    facts = _facts("folding")
+    row = facts.row("mix")
+    assert row.batch_rows == 4 and not row.per_image and "not one row per image (8 rows for 2 images)" in row.view
+    assert "mix" not in facts.selected and facts.selected == ["conv", "head"]
+    with pytest.raises(LayerError, match="'mix' does not output one row per image"):
+        _facts("folding", ["mix"])
+    common = ["tiny_models:folding", "--input-size", "32x32", "--channels", "3", "--images", image_folder]
+    fails_in_one_line(run("build", *common, "--out", tmp_path / "bad", "--layers", "mix", "-q"),
+                      "'mix' does not output one row per image")
+    out = tmp_path / "site"
+    args = ["build", *common, "--out", out, "--samples", "2", "-q"]
+    for name in ("top-images", "activation-maps", "distributions", "embeddings"):
+        args += ["--only", name]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    analyses = json.loads((out / "manifest.json").read_text())["analyses"]
+    assert {a["name"]: a["status"] for a in analyses} == {n: "ok" for n in ("top-images", "activation-maps",
+                                                                          "distributions", "embeddings")}

@@ -123,3 +123,58 @@ def tiny_swin() -> nn.Module:
                             num_classes=3)
     nn.init.normal_(model.head.weight, std=0.5)
     return model
+
+
+class TinyPiT(nn.Module):
+    """A PiT-like transformer, 3x32x32 -> 3 classes: 8-px patches (class token + 4x4), one attention block, the
+    patch tokens pooled to 2x2 by a stride-2 conv, a second block (class token + 2x2), the head on the class token.
+    Like PiT's last stage, ``last`` maps the final patch tokens but the head never reads it."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(3, d, 8, stride=8)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.attn1 = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.pool = nn.Conv2d(d, d, 2, stride=2)
+        self.attn2 = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.last = nn.Conv2d(d, d, 1)
+        self.head = nn.Linear(d, 3)
+        self.d = d
+
+    def forward(self, x):
+        n, d = len(x), self.d
+        t = torch.cat([self.cls.expand(n, -1, -1), self.embed(x).flatten(2).transpose(1, 2)], dim=1)
+        t = t + self.attn1(t, t, t, need_weights=False)[0]
+        m = self.pool(t[:, 1:].transpose(1, 2).reshape(n, d, 4, 4))
+        t = torch.cat([t[:, :1], m.flatten(2).transpose(1, 2)], dim=1)
+        t = t + self.attn2(t, t, t, need_weights=False)[0]
+        self.last(t[:, 1:].transpose(1, 2).reshape(n, d, 2, 2))
+        return self.head(t[:, 0])
+
+
+def tiny_pit() -> nn.Module:
+    return TinyPiT()
+
+
+class Folding(nn.Module):
+    """3x32x32 -> 3 classes; like MobileViT, ``mix`` runs on the 2x2 pixel positions folded into the batch: its
+    output has 4 rows per image, (N * 4, 256, 4)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        n = len(x)
+        m = self.conv(x)
+        p = m.reshape(n, 4, 16, 2, 16, 2).permute(0, 3, 5, 2, 4, 1).reshape(n * 4, 256, 4)
+        m = self.mix(p).reshape(n, 2, 2, 16, 16, 4).permute(0, 5, 3, 1, 4, 2).reshape(n, 4, 32, 32)
+        return self.head(m.mean(dim=(2, 3)))
+
+
+def folding() -> nn.Module:
+    return Folding()

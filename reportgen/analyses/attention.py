@@ -124,6 +124,14 @@ def global_attention(facts: Any) -> list[str]:
     return [n for n in facts.attention if n not in facts.attention_windowed]
 
 
+def mixed(facts: Any) -> str:
+    """Why the global attention layers of ``facts`` cannot be rolled out together ("" when they can)."""
+    from ..methods.attention import mixed_token_sets
+
+    return mixed_token_sets({n: facts.attention_tokens[n] for n in global_attention(facts)
+                             if n in facts.attention_tokens})
+
+
 class RolloutFamily(AttributionAnalysis):
     """Attribution maps made from every layer's recovered attention weights; exact wherever they are recovered."""
 
@@ -134,12 +142,16 @@ class RolloutFamily(AttributionAnalysis):
         require_attention(ctx, self.title)
         if not global_attention(ctx.facts):
             raise NotApplicable(WINDOWS_ONLY)
+        if mixed(ctx.facts):
+            raise NotApplicable(mixed(ctx.facts))
 
     def exactness(self, facts: Any) -> tuple[str, str]:
         if not facts.attention:
             return "not applicable", NO_ATTENTION
         if not global_attention(facts):
             return "not applicable", WINDOWS_ONLY
+        if mixed(facts):
+            return "not applicable", mixed(facts)
         return "exact", f"weights of {len(global_attention(facts))} attention modules, checked against their outputs"
 
     def options(self, ctx: Any, params: Any) -> dict:

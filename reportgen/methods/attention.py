@@ -3,13 +3,14 @@ made from them: class-token attention, attention rollout and its gradient-weight
 
 Fast attention kernels (``nn.MultiheadAttention`` with ``need_weights=False``, timm's fused attention, PyTorch's
 ``scaled_dot_product_attention``) never materialize the weights. Here they are recomputed from the attention
-module's own input and projections, ``A = softmax(q k^T * scale)`` per head, and the module's output is
-recomputed from ``A`` too: a layer whose recomputed output differs from what the module returned (by more than
-1e-4 relative) is refused, so a map is never drawn from weights the model did not use. Supported modules:
-``torch.nn.MultiheadAttention`` (torchvision's ViT), timm's ``Attention`` (``qkv`` + ``proj``), Hugging Face
-ViT attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``) and
-torchvision's Swin ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2`` (window attention, v2 with cosine
-logits: no class token; shown as the weight each position receives within its window, see `Windows`).
+module's own input and projections, ``A = softmax(q k^T * scale + bias)`` per head (bias: BEiT's relative position
+bias, else none), and the module's output is recomputed from ``A`` too: a layer whose recomputed output differs
+from what the module returned (by more than 1e-4 relative) is refused, so a map is never drawn from weights the
+model did not use. Supported modules: ``torch.nn.MultiheadAttention`` (torchvision's ViT), timm's ``Attention``
+(``qkv`` + ``proj``) and its BEiT ``Attention`` (relative position bias added to the logits), Hugging Face ViT
+attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``) and torchvision's
+Swin ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2`` (window attention, v2 with cosine logits: no class
+token; shown as the weight each position receives within its window, see `Windows`).
 
 Papers: attention rollout, Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020,
 https://arxiv.org/abs/2005.00928 ; gradient-weighted rollout, Chefer, Gur & Wolf, Generic Attention-model
@@ -33,7 +34,7 @@ from .attribution import Target, _check_inputs, as_targets, target_scores
 
 __all__ = ["attention_modules", "recording_attention", "attention_weights", "attention_rollout", "grad_rollout",
            "class_token_attention", "attention_maps", "attention_grids", "rollout_of_weights",
-           "grad_rollout_of_weights", "Unsupported", "Windows"]
+           "grad_rollout_of_weights", "Unsupported", "Windows", "mixed_token_sets", "probe_layouts"]
 
 
 class Unsupported(ValueError):
@@ -47,8 +48,14 @@ def _kind(module: nn.Module) -> Optional[str]:
             and isinstance(getattr(module, "qkv", None), nn.Linear) and hasattr(module, "get_relative_position_bias"):
         return "swin"
     linear = lambda *names: all(isinstance(getattr(module, n, None), nn.Linear) for n in names)  # noqa: E731
-    if linear("qkv", "proj") and hasattr(module, "num_heads") and hasattr(module, "scale"):
+    # timm's ViT `Attention` (also DeiT, BEiT-free ViTs, DINOv2...); its windowed and talking-heads relatives have
+    # the same projections but add biases or mix heads, and have no q_norm / k_norm
+    if linear("qkv", "proj") and all(hasattr(module, a) for a in ("num_heads", "scale", "q_norm", "k_norm")):
         return "timm"
+    # timm's BEiT attention: separate q / v biases and a relative position bias added to the logits
+    beit = ("num_heads", "scale", "q_bias", "v_bias", "relative_position_bias_table", "_get_rel_pos_bias")
+    if linear("qkv", "proj") and all(hasattr(module, a) for a in beit):
+        return "timm-beit"
     if linear("q_proj", "k_proj", "v_proj", "o_proj") and hasattr(module, "num_attention_heads"):
         return "hf"
     if linear("query", "key", "value") and hasattr(module, "num_attention_heads") \
@@ -75,9 +82,11 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(n, length, h * d)
 
 
-def _split(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float,
-                                                                  Callable[[torch.Tensor], torch.Tensor]]:
-    """(q, k, v) as (N, h, L, d), the logit scale, and ``finish(A @ v)`` -> the module's (first) output."""
+def _split(module: nn.Module, args: tuple, kwargs: dict
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, Callable[[torch.Tensor], torch.Tensor],
+                      Optional[torch.Tensor]]:
+    """(q, k, v) as (N, h, L, d), the logit scale, ``finish(A @ v)`` -> the module's (first) output, and the bias
+    added to the scaled logits before the softmax (None for most kinds)."""
     kind = _kind(module)
     if kind == "torch":
         m: nn.MultiheadAttention = module  # type: ignore[assignment]
@@ -102,8 +111,21 @@ def _split(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, 
             out = m.out_proj(_merge(ctx))
             return out if m.batch_first else out.transpose(0, 1)
 
-        return q, k, v, (e // h) ** -0.5, finish
+        return q, k, v, (e // h) ** -0.5, finish, None
     x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+    if kind == "timm-beit":
+        n, length, _ = x.shape
+        bias = None
+        if module.q_bias is not None:
+            k_bias = module.k_bias if module.k_bias is not None else torch.zeros_like(module.v_bias)
+            bias = torch.cat((module.q_bias, k_bias, module.v_bias))
+        qkv = F.linear(x, module.qkv.weight, bias).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        logit_bias = module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None
+        shared = args[1] if len(args) > 1 else kwargs.get("shared_rel_pos_bias")
+        if shared is not None:
+            logit_bias = shared if logit_bias is None else logit_bias + shared
+        return q, k, v, float(module.scale), lambda ctx: module.proj(_merge(ctx)), logit_bias
     if kind == "timm":
         if (len(args) > 1 and args[1] is not None) or kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
             raise Unsupported("masked attention")
@@ -119,7 +141,7 @@ def _split(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, 
             out = out * gate if gate is not None else out
             return module.proj(out)
 
-        return q, k, v, float(module.scale), finish
+        return q, k, v, float(module.scale), finish, None
     if (len(args) > 1 and args[1] is not None) or kwargs.get("attention_mask") is not None \
             or kwargs.get("head_mask") is not None:
         raise Unsupported("masked attention")
@@ -127,9 +149,9 @@ def _split(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, 
     if kind == "hf":
         q, k, v = (_heads(proj(x), h) for proj in (module.q_proj, module.k_proj, module.v_proj))
         scale = float(getattr(module, "scaling", q.shape[-1] ** -0.5))
-        return q, k, v, scale, lambda ctx: module.o_proj(_merge(ctx))
+        return q, k, v, scale, lambda ctx: module.o_proj(_merge(ctx)), None
     q, k, v = (_heads(proj(x), h) for proj in (module.query, module.key, module.value))
-    return q, k, v, module.attention_head_size ** -0.5, _merge
+    return q, k, v, module.attention_head_size ** -0.5, _merge, None
 
 
 @dataclass(frozen=True)
@@ -215,8 +237,9 @@ def attention_from_inputs(module: nn.Module, args: tuple, kwargs: dict
     and None; for a shifted-window layer A is (N * windows, h, T, T) and ``windows`` says where they sit."""
     if _kind(module) == "swin":
         return _swin(module, args[0] if args else kwargs["x"])
-    q, k, v, scale, finish = _split(module, args, kwargs)
-    weights = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    q, k, v, scale, finish, bias = _split(module, args, kwargs)
+    logits = (q * scale) @ k.transpose(-2, -1)
+    weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
 
     def output_of(a: torch.Tensor) -> torch.Tensor:
         return finish(a.to(v.dtype) @ v)
@@ -277,6 +300,10 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
                                       f"{err / scale:.1e} relative")
             except Unsupported as exc:
                 rec.refused[name] = str(exc)
+                return
+            except Exception as exc:  # a relative of a known kind that computes differently: never break the pass
+                rec.refused[name] = (f"its weights could not be recomputed from its projections "
+                                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
                 return
             rec.weights[name] = weights
             if windows is not None:
@@ -400,23 +427,64 @@ def attention_maps(model: nn.Module, inputs: torch.Tensor, target: Target,
 
 
 def _global_layers(rec: AttentionRecord, names: list[str]) -> list[str]:
-    """Those of ``names`` whose weights were recovered and that attend globally (not within windows)."""
+    """Those of ``names`` whose weights were recovered and that attend globally (not within windows), all over one
+    token set (rollout multiplies their weights)."""
     order = [n for n in names if n in rec.weights and n not in rec.windows]
     if not order:
         why = "; ".join(f"{k}: {v}" for k, v in rec.refused.items()) or \
             "only window attention, which has no class token and no token set shared by all layers"
         raise Unsupported(f"no global attention layer's weights could be recovered ({why})")
+    why = mixed_token_sets({n: int(rec.weights[n].shape[-1]) for n in order})
+    if why:
+        raise Unsupported(why)
     return order
 
 
+def mixed_token_sets(tokens: dict[str, int]) -> str:
+    """Why attention cannot be rolled out over layers with these token counts ({layer: L}), or "" when it can."""
+    counts = sorted(set(tokens.values()), reverse=True)
+    if len(counts) < 2:
+        return ""
+    return (f"the attention layers do not share one token set ({', '.join(map(str, counts))} tokens: pooling "
+            "between stages, as in PiT, or several branches, as in CrossViT), so their weights cannot be multiplied "
+            "through the depth")
+
+
+def probe_layouts(rec: AttentionRecord) -> tuple[dict[str, int], dict[str, str]]:
+    """({layer: token count} of the global attention layers whose tokens form a patch grid of the input,
+    {layer: why not} for those whose tokens do not), from a recorded pass."""
+    tokens, refused = {}, {}
+    for name, weights in rec.weights.items():
+        if name in rec.windows:
+            continue
+        try:
+            _token_layout(int(weights.shape[-1]), rec.input_size)
+        except Unsupported as exc:
+            refused[name] = str(exc)
+            continue
+        tokens[name] = int(weights.shape[-1])
+    return tokens, refused
+
+
 def _token_layout(length: int, input_size: Optional[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
-    """(prefix tokens, patch grid) of ``length`` tokens for an input of ``input_size`` (H, W)."""
-    from .tokens import infer_view
+    """(prefix tokens, patch grid) of ``length`` tokens for an input of ``input_size`` (H, W).
+
+    First as `reportgen.methods.tokens.infer_view` (patches of one integer stride tile the input); else the fewest
+    prefix tokens that leave a grid of exactly the input's aspect ratio: PiT's 27 x 27 tokens of a 224-px image
+    (overlapping 16-px patches at stride 8), CrossViT's 14 x 14 of a 240-px image resized to 224."""
+    from .tokens import MAX_PREFIX, infer_view
 
     view = infer_view((length, 1), input_size, min_patches=1)  # an attention module's tokens: no ambiguity
-    if view.kind != "tokens":
-        raise Unsupported(f"{length} tokens do not tile a {input_size} input into square patches")
-    return view.prefix, view.grid
+    if view.kind == "tokens":
+        return view.prefix, view.grid
+    if input_size is not None:
+        h_in, w_in = input_size
+        for prefix in range(min(MAX_PREFIX, length)):
+            n = length - prefix
+            gh = max(1, round(math.sqrt(n * h_in / w_in)))
+            if n % gh == 0 and gh * w_in == (n // gh) * h_in:
+                return prefix, (gh, n // gh)
+    raise Unsupported(f"{length} tokens do not form a patch grid of a {input_size} input")
 
 
 def _to_pixels(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

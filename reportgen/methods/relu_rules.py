@@ -9,9 +9,9 @@ is swapped and no hook is registered, so there is nothing to put back.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-import weakref
 from typing import Iterator, Literal
 
 import torch
@@ -181,9 +181,8 @@ def relu_rule(rule: Rule, source: torch.Tensor | None = None) -> Iterator[None]:
                     "alone), so the result is the plain gradient")
         else:
             what = "no ReLU at all, so the result is the plain gradient"
-        warnings.warn(NonReluWarning(f"the '{rule}' ReLU rule ran on a model with {what}" + (f": {names}" if names
-                                                                                               else "")),
-                      stacklevel=3)
+        detail = f": {names}" if names else ""
+        warnings.warn(NonReluWarning(f"the '{rule}' ReLU rule ran on a model with {what}{detail}"), stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
