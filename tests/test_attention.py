@@ -321,3 +321,31 @@ def test_pooled_token_sets_draw_attention_but_refuse_rollout():
                                                                               "attn2": (2, 2, 2, 2)}
     with pytest.raises(Unsupported, match=r"do not share one token set \(17, 5 tokens"):
         attention_rollout(model, x)
+
+
+class FoldedAttention(nn.Module):
+    """MobileViT-like: the 4x4 map of 4 channels is cut into 2x2 patches and attention runs over the 4 patches once
+    per pixel position within a patch, the positions folded into the batch: (N * 4, 4, 4) sequences."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 2, stride=2)
+        self.attn = nn.MultiheadAttention(4, 1, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        n = len(x)
+        m = self.conv(x)  # (N, 4, 4, 4)
+        t = m.reshape(n, 4, 2, 2, 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(n * 4, 4, 4)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(t.reshape(n, 16, 4).mean(dim=1))
+
+
+def test_attention_over_positions_folded_into_the_batch_is_refused():
+    """Its weights reproduce the module's output, but row i of them is not image i: never drawn as image i's."""
+    from reportgen.methods.attention import attention_grids
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    grids, refused = attention_grids(FoldedAttention().eval(), x)
+    assert grids == {} and "attends over 8 sequences for 2 images" in refused["attn"]

@@ -252,13 +252,14 @@ class AttentionRecord:
     """What `recording_attention` yields: per module name, the weights (N, h, L, L) of the last forward pass, the
     gradient of the objective w.r.t. them (when asked for), and the modules whose weights could not be recovered
     exactly, with why. ``windows``: for shifted-window layers, the layout of their (N * windows, h, T, T) weights.
-    ``input_size``: the (H, W) of the model's last input."""
+    ``input_size`` and ``batch``: the (H, W) and the image count N of the model's last input."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     grads: dict[str, torch.Tensor] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     windows: dict[str, Windows] = field(default_factory=dict)  # shifted-window layers: where the weights sit
     input_size: Optional[tuple[int, int]] = None
+    batch: Optional[int] = None
     _pending: dict = field(default_factory=dict, repr=False)
 
 
@@ -281,6 +282,7 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
     def note_input(_m, args):
         if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
             rec.input_size = tuple(args[0].shape[-2:])
+            rec.batch = int(args[0].shape[0])
 
     def make_hooks(name: str, module: nn.Module):
         def pre(_m, args, kwargs):
@@ -298,6 +300,10 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
                 if not err <= rtol * scale:
                     raise Unsupported(f"the weights recomputed from its projections reproduce its output only to "
                                       f"{err / scale:.1e} relative")
+                if windows is None and rec.batch is not None and weights.shape[0] != rec.batch:
+                    # MobileViT attends over (N * pixels per patch) sequences: no token set belongs to one image
+                    raise Unsupported(f"it attends over {weights.shape[0]} sequences for {rec.batch} images "
+                                      "(positions folded into the batch), not over one token set per image")
             except Unsupported as exc:
                 rec.refused[name] = str(exc)
                 return
