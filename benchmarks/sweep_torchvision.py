@@ -97,6 +97,18 @@ def build(arch: str, work: Path, images: Path, config: Path, extra: list[str]) -
     return row
 
 
+def table_row(row: dict) -> str:
+    """One markdown table row of a `build` result (also of a line of a --json file)."""
+    arch = row["arch"]
+    if "error" in row:
+        return f"| {arch} | | {row['seconds']:.0f} | | | build error: {row['error']} |"
+    size = "x".join(map(str, row["input"])) if row["input"] else ""
+    na = ", ".join(f"{k} (over budget)" if v.startswith("not run") else k
+                   for k, v in sorted(row["not_applicable"].items())) or "-"
+    failed = "; ".join(f"{k}: {v[:120]}" for k, v in row["failed"].items()) or "-"
+    return f"| {arch} | {size} | {row['seconds']:.0f} | {row['peak_mib'] or 0:.0f} | {na} | {failed} |"
+
+
 def main() -> None:
     import torchvision
 
@@ -117,14 +129,7 @@ def main() -> None:
                             "|---|---|---|---|---|---|\n")
     for arch in archs:
         row = build(arch, work, images, config, args.extra)
-        if "error" in row:
-            line = f"| {arch} | | {row['seconds']:.0f} | | | build error: {row['error']} |"
-        else:
-            size = "x".join(map(str, row["input"])) if row["input"] else ""
-            na = ", ".join(f"{k} (over budget)" if v.startswith("not run") else k
-                           for k, v in sorted(row["not_applicable"].items())) or "-"
-            failed = "; ".join(f"{k}: {v[:120]}" for k, v in row["failed"].items()) or "-"
-            line = f"| {arch} | {size} | {row['seconds']:.0f} | {row['peak_mib'] or 0:.0f} | {na} | {failed} |"
+        line = table_row(row)
         print(line, flush=True)
         if args.out:
             with args.out.open("a") as fh:
