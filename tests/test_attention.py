@@ -201,7 +201,27 @@ def _timm_beit():
     return model
 
 
-@pytest.mark.parametrize("make,count", [(_timm_vit, 12), (_hf_vit, 2), (_timm_beit, 2)])
+def _hf_beit(shared: bool):
+    """Hugging Face BEiT (own relative position bias per layer) or Data2Vec-Vision (one bias shared by all layers,
+    handed to each attention module by position), biases drawn at random (they start at zero)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    kinds = {False: (transformers.BeitConfig, transformers.BeitForImageClassification),
+             True: (transformers.Data2VecVisionConfig, transformers.Data2VecVisionForImageClassification)}
+    config_class, model_class = kinds[shared]
+    config = config_class(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=32, num_labels=3, use_relative_position_bias=not shared,
+                          use_shared_relative_position_bias=shared)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("make,count", [(_timm_vit, 12), (_hf_vit, 2), (_timm_beit, 2),
+                                        (lambda: _hf_beit(False), 2), (lambda: _hf_beit(True), 2)])
 def test_timm_and_hugging_face_attention_is_recovered_exactly(make, count):
     """timm's fused attention and Hugging Face's attention never hand their weights out by default: recovered from
     the projections, they reproduce each module's output to 1e-5 (else `recording_attention` refuses the layer)."""
@@ -349,3 +369,32 @@ def test_attention_over_positions_folded_into_the_batch_is_refused():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     grids, refused = attention_grids(FoldedAttention().eval(), x)
     assert grids == {} and "attends over 8 sequences for 2 images" in refused["attn"]
+
+
+def test_a_masked_attention_is_read_with_its_mask():
+    """A boolean mask (True = may attend, as in scaled_dot_product_attention) handed to timm's Attention: the
+    recovered weights are 0 exactly where it forbids and reproduce the module's output."""
+    pytest.importorskip("timm")
+    from timm.models.vision_transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(8, num_heads=2).eval()
+    mask = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(1)) > 0.4
+    mask[..., 0] = True  # every query may attend somewhere
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x, attn_mask=mask)
+
+    model = Masked()
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(2))
+    with recording_attention(model, ["attn"], rtol=1e-5) as rec, torch.no_grad():
+        model(x)
+    assert not rec.refused
+    w = rec.weights["attn"]
+    assert w.shape == (2, 2, 5, 5) and torch.all(w[~mask.expand_as(w)] == 0)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 2, 5))

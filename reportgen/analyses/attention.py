@@ -19,7 +19,8 @@ from .activations import enlarge_tiles
 from .influence import AttributionAnalysis
 
 NO_ATTENTION = ("the model has no attention module whose weights this report can recover (torch.nn."
-                "MultiheadAttention, timm's Attention or Hugging Face ViT attention, without masks)")
+                "MultiheadAttention without masks, timm's ViT and BEiT Attention, Hugging Face ViT and BEiT attention, "
+                "torchvision's Swin window attention)")
 
 
 def require_attention(ctx: Any, what: str) -> None:

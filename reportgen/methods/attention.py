@@ -4,11 +4,12 @@ made from them: class-token attention, attention rollout and its gradient-weight
 Fast attention kernels (``nn.MultiheadAttention`` with ``need_weights=False``, timm's fused attention, PyTorch's
 ``scaled_dot_product_attention``) never materialize the weights. Here they are recomputed from the attention
 module's own input and projections, ``A = softmax(q k^T * scale + bias)`` per head (bias: BEiT's relative position
-bias, else none), and the module's output is recomputed from ``A`` too: a layer whose recomputed output differs
+bias and the module's attention mask, a boolean one as 0 / -inf, else none), and the module's output is recomputed from ``A`` too: a layer whose recomputed output differs
 from what the module returned (by more than 1e-4 relative) is refused, so a map is never drawn from weights the
 model did not use. Supported modules: ``torch.nn.MultiheadAttention`` (torchvision's ViT), timm's ``Attention``
 (``qkv`` + ``proj``) and its BEiT ``Attention`` (relative position bias added to the logits), Hugging Face ViT
-attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``) and torchvision's
+attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``, BEiT's and
+Data2Vec-Vision's with their relative position biases) and torchvision's
 Swin ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2`` (window attention, v2 with cosine logits: no class
 token; shown as the weight each position receives within its window, see `Windows`).
 
@@ -20,6 +21,7 @@ https://arxiv.org/abs/2103.15679 .
 
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,10 +90,9 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
     """(q, k, v) as (N, h, L, d), the logit scale, ``finish(A @ v)`` -> the module's (first) output, and the bias
     added to the scaled logits before the softmax (None for most kinds)."""
     kind = _kind(module)
+    given = _named_arguments(module, args, kwargs)
     if kind == "torch":
         m: nn.MultiheadAttention = module  # type: ignore[assignment]
-        names = ["query", "key", "value", "key_padding_mask", "need_weights", "attn_mask"]
-        given = dict(zip(names, args), **kwargs)
         if given.get("key_padding_mask") is not None or given.get("attn_mask") is not None or given.get("is_causal"):
             raise Unsupported("masked attention")
         if m.bias_k is not None or m.add_zero_attn:
@@ -112,7 +113,7 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
             return out if m.batch_first else out.transpose(0, 1)
 
         return q, k, v, (e // h) ** -0.5, finish, None
-    x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+    x = given.get("x", given.get("hidden_states", args[0] if args else None))
     if kind == "timm-beit":
         n, length, _ = x.shape
         bias = None
@@ -122,13 +123,13 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
         qkv = F.linear(x, module.qkv.weight, bias).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         logit_bias = module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None
-        shared = args[1] if len(args) > 1 else kwargs.get("shared_rel_pos_bias")
+        shared = given.get("shared_rel_pos_bias")
         if shared is not None:
             logit_bias = shared if logit_bias is None else logit_bias + shared
         return q, k, v, float(module.scale), lambda ctx: module.proj(_merge(ctx)), logit_bias
     if kind == "timm":
-        if (len(args) > 1 and args[1] is not None) or kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
-            raise Unsupported("masked attention")
+        if given.get("is_causal"):
+            raise Unsupported("causal attention")
         n, length, _ = x.shape
         qkv = module.qkv(x).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -141,17 +142,59 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
             out = out * gate if gate is not None else out
             return module.proj(out)
 
-        return q, k, v, float(module.scale), finish, None
-    if (len(args) > 1 and args[1] is not None) or kwargs.get("attention_mask") is not None \
-            or kwargs.get("head_mask") is not None:
-        raise Unsupported("masked attention")
+        return q, k, v, float(module.scale), finish, _additive(given.get("attn_mask"))
+    if given.get("head_mask") is not None:
+        raise Unsupported("attention with a head mask")
     h = module.num_attention_heads
+    # Hugging Face hands relative position biases (BEiT) and padding masks in as an additive `attention_mask`
+    mask = _additive(given.get("attention_mask"))
     if kind == "hf":
         q, k, v = (_heads(proj(x), h) for proj in (module.q_proj, module.k_proj, module.v_proj))
         scale = float(getattr(module, "scaling", q.shape[-1] ** -0.5))
-        return q, k, v, scale, lambda ctx: module.o_proj(_merge(ctx)), None
+        return q, k, v, scale, lambda ctx: module.o_proj(_merge(ctx)), mask
     q, k, v = (_heads(proj(x), h) for proj in (module.query, module.key, module.value))
-    return q, k, v, module.attention_head_size ** -0.5, _merge, None
+    bias = _hf_position_bias(module, given, x)
+    return q, k, v, module.attention_head_size ** -0.5, _merge, bias if mask is None else (
+        mask if bias is None else bias + mask)
+
+
+def _additive(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """An attention mask as what it adds to the scaled logits: a boolean one (True = may attend, the
+    ``scaled_dot_product_attention`` convention) as 0 / -inf, a float one as it is."""
+    if mask is None or not isinstance(mask, torch.Tensor):
+        return None
+    return torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask
+
+
+def _named_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a call of ``module`` by parameter name (Hugging Face modules pass them by position or by
+    keyword, in an order that differs between models); those caught by ``**kwargs`` too."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    named = {}
+    for key, value in bound.arguments.items():
+        if bound.signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[key] = value
+    return named
+
+
+def _hf_position_bias(module: nn.Module, named: dict[str, Any], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The relative position bias Hugging Face's BEiT / Data2Vec-Vision attention adds to its scaled logits: the
+    module's own (from the input's resolution) plus the one shared by all layers, when given; None for others."""
+    bias = None
+    if getattr(module, "has_relative_position_bias", False):
+        height, width = named["resolution"]
+        patch = module.config.patch_size
+        bias = module.relative_position_bias((height // patch, width // patch),
+                                             named.get("interpolate_pos_encoding", False), dim_size=x.shape[1])
+    shared = named.get("relative_position_bias")
+    if isinstance(shared, torch.Tensor):
+        bias = shared if bias is None else bias + shared
+    return bias
 
 
 @dataclass(frozen=True)
@@ -303,7 +346,8 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
                 if windows is None and rec.batch is not None and weights.shape[0] != rec.batch:
                     # MobileViT attends over (N * pixels per patch) sequences: no token set belongs to one image
                     raise Unsupported(f"it attends over {weights.shape[0]} sequences for {rec.batch} images "
-                                      "(positions folded into the batch), not over one token set per image")
+                                      "(windows or positions folded into the batch, as in Hugging Face's Swin or in MobileViT), not "
+                                      "over one token set per image")
             except Unsupported as exc:
                 rec.refused[name] = str(exc)
                 return
