@@ -80,6 +80,8 @@ def test_zero_head_builds_and_says_the_logits_are_constant(tmp_path, image_folde
     a = build(tmp_path, image_folder, "zero_head_cnn")
     assert any("features of logits are constant" in n and "all zero" in n for n in a["embeddings"]["notes"])
     assert a["predictions"]["status"] == "ok"  # constant logits are still predictions (all class 0)
+    # no pixel moves a logit of a zero head: the gradient maps are black, and the page says why
+    assert any("maps are zero at every pixel" in n for n in a["gradient"]["notes"])
 
 
 def test_constant_layer_builds_with_a_note_on_each_affected_figure(tmp_path, image_folder):
@@ -110,3 +112,16 @@ def test_a_shared_grid_scale_ignores_non_finite_tiles():
     half = heat_colors(np.array([[1.0]]), 2.0)[0, 0]
     assert np.allclose(rgb[1, -2], half)
     assert np.allclose(rgb[1, rgb.shape[1] // 2], 0.5)
+
+
+def test_maps_zero_at_every_pixel_or_not_finite_are_said_so():
+    from reportgen.analyses.influence import degenerate_maps
+
+    maps = np.ones((3, 2, 2))
+    maps[1] = 0.0
+    maps[2, 0, 0] = np.nan
+    clean, blank, notes = degenerate_maps(maps)
+    assert np.isfinite(clean).all() and clean[2, 0, 0] == 0 and clean[2, 1, 1] == 1
+    assert blank == ["", "This map is zero at every pixel.", "This map had NaN or infinite values, drawn as 0."]
+    assert "1 of the 3 maps are zero at every pixel" in notes[1] and "1 of the 3 maps had NaN" in notes[0]
+    assert degenerate_maps(np.ones((2, 2, 2)))[2] == []

@@ -82,6 +82,33 @@ def mask_scores(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.nda
     return mass, hit
 
 
+def degenerate_maps(maps: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
+    """Maps (N, H, W) with their NaN / infinite values set to 0, a sentence per map for its caption ("" when it is
+    ordinary) and the notes for the page: maps that are zero at every pixel (the score does not move, e.g. under a
+    zero-initialized classifier head) are drawn black, which a reader would otherwise take for a dark image."""
+    m = np.asarray(maps, dtype=np.float64)
+    n = len(m)
+    flat = m.reshape(n, -1)
+    finite = np.isfinite(flat).all(axis=1) if n else np.zeros(0, bool)
+    m = np.where(np.isfinite(m), m, 0.0)
+    zero = (np.abs(m.reshape(n, -1)).max(axis=1) == 0) if flat.shape[1:] != (0,) else np.ones(n, bool)
+    blank = ["" for _ in range(n)]
+    notes = []
+    if (~finite).any():
+        for k in np.flatnonzero(~finite):
+            blank[k] = "This map had NaN or infinite values, drawn as 0."
+        notes.append(f"{int((~finite).sum())} of the {n} maps had NaN or infinite values (the model's numbers "
+                     "overflow or are already not finite there); those values are drawn as 0.")
+    zero &= finite
+    if zero.any():
+        for k in np.flatnonzero(zero):
+            blank[k] = "This map is zero at every pixel."
+        notes.append(f"{int(zero.sum())} of the {n} maps are zero at every pixel and drawn black: the method finds "
+                     "no influence of any pixel on that score (a zero-initialized classifier head, for instance, "
+                     "gives every image the same logits).")
+    return m, blank, notes
+
+
 @dataclass
 class MapTarget:
     """One map to draw: sample image ``image`` (index into the image set), class ``cls``, why it was chosen."""
@@ -344,6 +371,8 @@ class AttributionAnalysis(Analysis):
             return result
         raw, options = self.compute(ctx, params, targets)
         result.notes.extend(self.notes(ctx, params, options, raw))
+        raw, blank, degenerate = degenerate_maps(raw)
+        result.notes.extend(degenerate)
         heat = np.clip(raw, 0, None)  # heat colours start at 0; only occlusion has negative values
         shared, per_image = colour_limits(heat, params.percentile)
         result.metrics["maps"] = len(targets)
@@ -385,6 +414,8 @@ class AttributionAnalysis(Analysis):
                     found = (f" {scores[0][k]:.0%} of the map lies on the object; its maximum is "
                              f"{'on' if scores[1][k] else 'off'} it.")
                 image_name, cls_name = ctx.images.names[t.image], names[t.cls]
+                if blank[k]:
+                    found += f" {blank[k]}"
                 result.items.append(Picture(
                     key=f"{scale}-{t.role}-{t.image:05d}-{t.cls}", array=heat[k], style="heat", vmax=limit,
                     base=display[t.image] if over_image else None, colorbar=True, image=t.image,
