@@ -216,7 +216,8 @@ def test_torchscript_build_marks_hook_based_analyses_not_applicable(tmp_path, im
 
 
 def test_the_model_runs_once_before_the_image_set(tmp_path, image_folder):
-    """The plan learns the model from one probe pass (output check, layer table, CAM layers, non-linearities):
+    """The plan learns the model from one probe pass (output check, layer table, CAM layers, non-linearities) and
+    one backward pass of one probe image (the last map layer the top logit's gradient reaches: Grad-CAM's default):
     with every analysis chosen, no `check` or `reducers` runs the model again before the image-set pass."""
     import tiny_models
 
@@ -230,7 +231,7 @@ def test_the_model_runs_once_before_the_image_set(tmp_path, image_folder):
         "--out", tmp_path / "site", "--batch-size", "7", "--samples", "2", "--config", config, "-q")
     calls = tiny_models.CountingCNN.calls
     first_batch = calls.index(7)
-    assert calls[:first_batch] == [2]  # the plan's probe: two inputs
+    assert calls[:first_batch] == [2, 1]  # the plan's probe: two inputs; Grad-CAM's default layer: one
     assert calls[first_batch:first_batch + 3] == [7, 7, 4]  # 18 images, once
     manifest = json.loads((tmp_path / "site" / "manifest.json").read_text())
     not_ok = {s["name"]: s["reason"] for s in manifest["analyses"] if s["status"] != "ok"}
