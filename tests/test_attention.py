@@ -398,3 +398,71 @@ def test_a_masked_attention_is_read_with_its_mask():
     w = rec.weights["attn"]
     assert w.shape == (2, 2, 5, 5) and torch.all(w[~mask.expand_as(w)] == 0)
     assert torch.allclose(w.sum(-1), torch.ones(2, 2, 5))
+
+
+def _timm_swin(img: int = 48, window: int = 5):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=img,
+                              window_size=window, embed_dim=16, depths=(2, 2), num_heads=(2, 2)).eval()
+    with torch.no_grad():  # timm starts the relative position biases near zero: make them matter
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(std=0.5)
+    return model
+
+
+def test_timm_swin_window_attention_is_placed_as_timm_places_it():
+    """timm's Swin cuts the windows in its block (shift, then pad: here 12x12 and 6x6 maps in windows of 5, so
+    both padded, every other block shifted by 2). Independently: timm's own non-fused path hands its softmax
+    weights to an `nn.Softmax` module, and timm's own `window_reverse` puts each window's received weight back; the
+    recovered weights and the drawn grids equal those."""
+    from timm.models.swin_transformer import window_reverse
+
+    from reportgen.methods.attention import attention_grids
+
+    model = _timm_swin()
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    names = attention_modules(model)
+    grids, refused = attention_grids(model, x)
+    assert not refused and set(grids) == set(names)
+    seen, handles = {}, []
+    for name in names:
+        attn = model.get_submodule(name)
+        attn.fused_attn = False
+        handles.append(attn.softmax.register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, o)))
+    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    shifts = []
+    for name in names:
+        block = model.get_submodule(name.rpartition(".")[0])
+        assert torch.allclose(rec.weights[name], seen[name], atol=1e-6)
+        (wh, ww), (sh, sw) = block.window_size, block.shift_size
+        h, w = grids[name].shape[-2:]
+        hp, wp = h + (wh - h % wh) % wh, w + (ww - w % ww) % ww
+        received = seen[name].mean(dim=2).permute(0, 2, 1).reshape(-1, wh, ww, 2)  # (B * nW, wh, ww, heads)
+        placed = window_reverse(received, (wh, ww), hp, wp)[:, :h, :w]  # (B, H, W, heads)
+        placed = torch.roll(placed, shifts=(sh, sw), dims=(1, 2)).permute(0, 3, 1, 2)
+        assert torch.allclose(grids[name], placed, atol=1e-6), name
+        shifts.append((h % wh != 0, sh))
+    assert shifts == [(True, 0), (True, 2), (True, 0), (True, 2)]
+
+
+def test_timm_window_attention_outside_its_block_is_refused():
+    """Without its block the windows' places are unknown: refused with the reason, never drawn."""
+    from reportgen.methods.attention import attention_grids
+
+    attn = _timm_swin().layers[0].blocks[0].attn
+
+    class Bare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x.flatten(2).transpose(1, 2)[:, :25])
+
+    grids, refused = attention_grids(Bare(), torch.randn(2, 16, 8, 8))
+    assert grids == {} and "places on the map are not known" in refused["attn"]

@@ -3,15 +3,17 @@ made from them: class-token attention, attention rollout and its gradient-weight
 
 Fast attention kernels (``nn.MultiheadAttention`` with ``need_weights=False``, timm's fused attention, PyTorch's
 ``scaled_dot_product_attention``) never materialize the weights. Here they are recomputed from the attention
-module's own input and projections, ``A = softmax(q k^T * scale + bias)`` per head (bias: BEiT's relative position
-bias and the module's attention mask, a boolean one as 0 / -inf, else none), and the module's output is recomputed from ``A`` too: a layer whose recomputed output differs
-from what the module returned (by more than 1e-4 relative) is refused, so a map is never drawn from weights the
-model did not use. Supported modules: ``torch.nn.MultiheadAttention`` (torchvision's ViT), timm's ``Attention``
-(``qkv`` + ``proj``) and its BEiT ``Attention`` (relative position bias added to the logits), Hugging Face ViT
-attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``, BEiT's and
-Data2Vec-Vision's with their relative position biases) and torchvision's
-Swin ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2`` (window attention, v2 with cosine logits: no class
-token; shown as the weight each position receives within its window, see `Windows`).
+module's own input and projections, ``A = softmax(q k^T * scale + bias)`` per head (bias: the relative position bias
+of BEiT and Swin, the module's attention mask, a boolean one as 0 / -inf, else none), and the module's output is
+recomputed from ``A`` too: a layer whose recomputed output differs from what the module returned (by more than 1e-4
+relative) is refused, so a map is never drawn from weights the model did not use. Supported modules:
+``torch.nn.MultiheadAttention`` (torchvision's ViT), timm's ``Attention`` (``qkv`` + ``proj``) and its BEiT
+``Attention`` (relative position bias added to the logits), Hugging Face ViT attention
+(``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``, BEiT's and Data2Vec-Vision's
+with their relative position biases) and torchvision's Swin ``ShiftedWindowAttention`` and
+``ShiftedWindowAttentionV2`` and timm's Swin ``WindowAttention`` (window attention, v2 with cosine logits: no class
+token; shown as the weight each position receives within its window, see `Windows`; timm's windows are cut by the
+block, so their places are checked against the block's own input).
 
 Papers: attention rollout, Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020,
 https://arxiv.org/abs/2005.00928 ; gradient-weighted rollout, Chefer, Gur & Wolf, Generic Attention-model
@@ -54,6 +56,10 @@ def _kind(module: nn.Module) -> Optional[str]:
     # the same projections but add biases or mix heads, and have no q_norm / k_norm
     if linear("qkv", "proj") and all(hasattr(module, a) for a in ("num_heads", "scale", "q_norm", "k_norm")):
         return "timm"
+    # timm's Swin `WindowAttention`: windows cut by its block, relative position bias, shifted-window mask
+    swin = ("num_heads", "scale", "window_size", "relative_position_bias_table", "_get_rel_pos_bias")
+    if linear("qkv", "proj") and all(hasattr(module, a) for a in swin) and not hasattr(module, "logit_scale"):
+        return "timm-window"
     # timm's BEiT attention: separate q / v biases and a relative position bias added to the logits
     beit = ("num_heads", "scale", "q_bias", "v_bias", "relative_position_bias_table", "_get_rel_pos_bias")
     if linear("qkv", "proj") and all(hasattr(module, a) for a in beit):
@@ -127,6 +133,16 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
         if shared is not None:
             logit_bias = shared if logit_bias is None else logit_bias + shared
         return q, k, v, float(module.scale), lambda ctx: module.proj(_merge(ctx)), logit_bias
+    if kind == "timm-window":
+        n, length, _ = x.shape
+        q, k, v = module.qkv(x).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = module._get_rel_pos_bias()
+        mask = given.get("mask")
+        if mask is not None:  # (windows, T, T), the same for every image
+            windows = mask.shape[0]
+            bias = (bias.expand(n // windows, windows, -1, -1, -1) + mask[None, :, None]).reshape(n, -1, length,
+                                                                                                length)
+        return q, k, v, float(module.scale), lambda ctx: module.proj(_merge(ctx)), bias
     if kind == "timm":
         if given.get("is_causal"):
             raise Unsupported("causal attention")
@@ -207,6 +223,8 @@ class Windows:
     padded: tuple[int, int]
     window: tuple[int, int]
     shift: tuple[int, int]
+    # torchvision pads the map, then shifts it; timm shifts the (H, W) map, then pads
+    shift_padded: bool = True
 
     def received(self, weights: torch.Tensor) -> torch.Tensor:
         """(B * nW, h, T, T) -> (B, h, H, W): the weight each position receives from the positions of its window,
@@ -216,9 +234,45 @@ class Windows:
         heads = got.shape[1]
         got = got.reshape(self.batch, ph // wh, pw // ww, heads, wh, ww).permute(0, 3, 1, 4, 2, 5)
         got = got.reshape(self.batch, heads, ph, pw)
+        if not self.shift_padded:
+            got = got[:, :, : self.size[0], : self.size[1]]
         if any(self.shift):
             got = torch.roll(got, shifts=self.shift, dims=(2, 3))
         return got[:, :, : self.size[0], : self.size[1]]
+
+    def cut(self, x: torch.Tensor) -> torch.Tensor:
+        """A (B, H, W, C) map cut into this layout's windows, (B * nW, T, C): what the attention module sees."""
+        (wh, ww), (ph, pw) = self.window, self.padded
+        pad = (0, 0, 0, pw - x.shape[2], 0, ph - x.shape[1])
+        if self.shift_padded:
+            x = F.pad(x, pad)
+        if any(self.shift):
+            x = torch.roll(x, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
+        if not self.shift_padded:
+            x = F.pad(x, pad)
+        x = x.reshape(x.shape[0], ph // wh, wh, pw // ww, ww, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(-1, wh * ww, x.shape[-1])
+
+
+def _timm_windows(block: nn.Module, x: torch.Tensor) -> Windows:
+    """The window layout a timm `SwinTransformerBlock` gives its attention for a (B, H, W, C) input ``x``."""
+    b, h, w, _ = x.shape
+    (wh, ww), shift = tuple(block.window_size), tuple(int(s) for s in block.shift_size)
+    return Windows(b, (h, w), (h + (wh - h % wh) % wh, w + (ww - w % ww) % ww), (wh, ww), shift, shift_padded=False)
+
+
+def _placed_windows(block: Optional[nn.Module], block_input: Optional[torch.Tensor], x: torch.Tensor) -> Windows:
+    """Where the windows a timm Swin attention module received, ``x`` (B * nW, T, C), sit on its block's map: the
+    layout of `_timm_windows`, accepted only when cutting the block's normalized (B, H, W, C) input that way gives
+    ``x`` exactly (else `Unsupported`: a map is never drawn in places the model did not use)."""
+    if block is None or block_input is None or block_input.dim() != 4:
+        raise Unsupported("it attends within windows whose places on the map are not known (its block is not a "
+                          "timm SwinTransformerBlock with a (B, H, W, C) input)")
+    windows = _timm_windows(block, block_input)
+    cut = windows.cut(block.norm1(block_input))
+    if cut.shape != x.shape or not torch.allclose(cut, x, rtol=1e-5, atol=1e-6 * float(x.abs().max() or 1.0)):
+        raise Unsupported("its input is not its block's map cut into shifted windows as this report reads them")
+    return windows
 
 
 def _swin(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable, Windows]:
@@ -327,7 +381,17 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
             rec.input_size = tuple(args[0].shape[-2:])
             rec.batch = int(args[0].shape[0])
 
+    blocks = {}  # timm Swin: attention module name -> its block, which cuts the windows
+    for name, module in modules:
+        parent = resolve_layer(model, name.rpartition(".")[0]) if "." in name else model
+        if _kind(module) == "timm-window" and all(hasattr(parent, a) for a in ("window_size", "shift_size", "norm1")):
+            blocks[name] = parent
+
     def make_hooks(name: str, module: nn.Module):
+        def block_pre(_m, args):
+            if args and isinstance(args[0], torch.Tensor):
+                rec._pending[name + "#block"] = args[0].detach()
+
         def pre(_m, args, kwargs):
             rec._pending[name] = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
                                   {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
@@ -343,11 +407,13 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
                 if not err <= rtol * scale:
                     raise Unsupported(f"the weights recomputed from its projections reproduce its output only to "
                                       f"{err / scale:.1e} relative")
+                if _kind(module) == "timm-window":
+                    windows = _placed_windows(blocks.get(name), rec._pending.pop(name + "#block", None), args[0])
                 if windows is None and rec.batch is not None and weights.shape[0] != rec.batch:
                     # MobileViT attends over (N * pixels per patch) sequences: no token set belongs to one image
                     raise Unsupported(f"it attends over {weights.shape[0]} sequences for {rec.batch} images "
-                                      "(windows or positions folded into the batch, as in Hugging Face's Swin or in MobileViT), not "
-                                      "over one token set per image")
+                                      "(windows or positions folded into the batch, as in Hugging Face's Swin or "
+                                      "in MobileViT), not over one token set per image")
             except Unsupported as exc:
                 rec.refused[name] = str(exc)
                 return
@@ -369,7 +435,7 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
 
                 out.register_hook(grad_hook)
 
-        return pre, post
+        return block_pre, pre, post
 
     try:
         handles.append(model.register_forward_pre_hook(note_input))
@@ -377,7 +443,9 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
             if _kind(module) is None:
                 raise Unsupported(f"'{name}' is a {type(module).__name__}, not an attention module this report can "
                                   "read")
-            pre, post = make_hooks(name, module)
+            block_pre, pre, post = make_hooks(name, module)
+            if name in blocks:
+                handles.append(blocks[name].register_forward_pre_hook(block_pre))
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True))
         yield rec
