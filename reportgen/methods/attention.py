@@ -56,9 +56,11 @@ def _kind(module: nn.Module) -> Optional[str]:
     # the same projections but add biases or mix heads, and have no q_norm / k_norm
     if linear("qkv", "proj") and all(hasattr(module, a) for a in ("num_heads", "scale", "q_norm", "k_norm")):
         return "timm"
-    # timm's Swin `WindowAttention`: windows cut by its block, relative position bias, shifted-window mask
+    # timm's Swin `WindowAttention`: windows cut by its block, relative position bias, shifted-window mask (BEiT's
+    # attention has the same attributes and its own q / v biases)
     swin = ("num_heads", "scale", "window_size", "relative_position_bias_table", "_get_rel_pos_bias")
-    if linear("qkv", "proj") and all(hasattr(module, a) for a in swin) and not hasattr(module, "logit_scale"):
+    if linear("qkv", "proj") and all(hasattr(module, a) for a in swin) \
+            and not any(hasattr(module, a) for a in ("logit_scale", "q_bias")):
         return "timm-window"
     # timm's BEiT attention: separate q / v biases and a relative position bias added to the logits
     beit = ("num_heads", "scale", "q_bias", "v_bias", "relative_position_bias_table", "_get_rel_pos_bias")
