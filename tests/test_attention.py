@@ -466,3 +466,43 @@ def test_timm_window_attention_outside_its_block_is_refused():
 
     grids, refused = attention_grids(Bare(), torch.randn(2, 16, 8, 8))
     assert grids == {} and "places on the map are not known" in refused["attn"]
+
+
+def test_hugging_face_swin_window_attention_is_placed_as_it_places_it():
+    """Hugging Face's Swin pads, then shifts, then cuts windows in its SwinLayer (here 12x12 and 6x6 maps in windows
+    of 5). Independently: the eager implementation returns its softmax weights (`output_attentions`), and the
+    layer's own `window_reverse` and reverse `cyclic_shift` put each window's received weight back; the recovered
+    weights and the drawn grids equal those."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.swin.modeling_swin import window_reverse
+
+    from reportgen.methods.attention import attention_grids
+
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(image_size=48, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                                     window_size=5, num_labels=3, attn_implementation="eager")
+    model = transformers.SwinForImageClassification(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(std=0.5)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    names = attention_modules(model)
+    grids, refused = attention_grids(model, x)
+    assert not refused and set(grids) == set(names) and len(names) == 4
+    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
+        seen = model(pixel_values=x, output_attentions=True).attentions  # the last block of each stage
+    shifted = 0
+    for name in names:
+        layer = model.get_submodule(name.rpartition(".")[0])
+        window, h, w = layer.window_size, *grids[name].shape[-2:]
+        hp, wp = h + (window - h % window) % window, w + (window - w % window) % window
+        received = rec.weights[name].mean(dim=2).permute(0, 2, 1).reshape(-1, window, window, 2)
+        placed = layer.cyclic_shift(window_reverse(received, window, hp, wp), reverse=True)[:, :h, :w]
+        assert torch.allclose(grids[name], placed.permute(0, 3, 1, 2), atol=1e-6), name
+        shifted += layer.shift_size > 0 and h % window != 0
+    assert shifted == 2
+    last = [n for n in names if n.endswith("blocks.1.attention")]
+    assert len(last) == len(seen) == 2
+    for name, weights in zip(last, seen):
+        assert torch.allclose(rec.weights[name], weights, atol=1e-6)

@@ -20,7 +20,7 @@ from .influence import AttributionAnalysis
 
 NO_ATTENTION = ("the model has no attention module whose weights this report can recover (torch.nn."
                 "MultiheadAttention without masks, timm's ViT and BEiT Attention, Hugging Face ViT and BEiT attention, "
-                "torchvision's and timm's Swin window attention)")
+                "the Swin window attention of torchvision, timm and Hugging Face)")
 
 
 def require_attention(ctx: Any, what: str) -> None:

@@ -11,9 +11,10 @@ relative) is refused, so a map is never drawn from weights the model did not use
 ``Attention`` (relative position bias added to the logits), Hugging Face ViT attention
 (``q_proj``/``k_proj``/``v_proj``/``o_proj``, or the older ``query``/``key``/``value``, BEiT's and Data2Vec-Vision's
 with their relative position biases) and torchvision's Swin ``ShiftedWindowAttention`` and
-``ShiftedWindowAttentionV2`` and timm's Swin ``WindowAttention`` (window attention, v2 with cosine logits: no class
-token; shown as the weight each position receives within its window, see `Windows`; timm's windows are cut by the
-block, so their places are checked against the block's own input).
+``ShiftedWindowAttentionV2`` and the Swin attention of timm (``WindowAttention``) and Hugging Face (window
+attention, v2 with cosine logits: no class token; shown as the weight each position receives within its window, see
+`Windows`; timm's and Hugging Face's windows are cut by the block, so their places are checked against the block's
+own input).
 
 Papers: attention rollout, Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020,
 https://arxiv.org/abs/2005.00928 ; gradient-weighted rollout, Chefer, Gur & Wolf, Generic Attention-model
@@ -45,6 +46,10 @@ class Unsupported(ValueError):
     """This module's attention cannot be recomputed exactly (an unknown kind, a mask, extra key/value biases)."""
 
 
+# attention modules that receive windows their block cut from the map
+WINDOWED = ("timm-window", "hf-swin")
+
+
 def _kind(module: nn.Module) -> Optional[str]:
     if isinstance(module, nn.MultiheadAttention):
         return "torch"
@@ -67,7 +72,9 @@ def _kind(module: nn.Module) -> Optional[str]:
     if linear("qkv", "proj") and all(hasattr(module, a) for a in beit):
         return "timm-beit"
     if linear("q_proj", "k_proj", "v_proj", "o_proj") and hasattr(module, "num_attention_heads"):
-        return "hf"
+        # Hugging Face's Swin: windows cut by its layer, its own relative position bias, the shift mask per window
+        table = getattr(getattr(module, "relative_position_bias", None), "relative_position_bias_table", None)
+        return "hf-swin" if isinstance(table, torch.Tensor) else "hf"
     if linear("query", "key", "value") and hasattr(module, "num_attention_heads") \
             and hasattr(module, "attention_head_size"):
         return "hf-legacy"
@@ -166,6 +173,14 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
     h = module.num_attention_heads
     # Hugging Face hands relative position biases (BEiT) and padding masks in as an additive `attention_mask`
     mask = _additive(given.get("attention_mask"))
+    if kind == "hf-swin":
+        q, k, v = (_heads(proj(x), h) for proj in (module.q_proj, module.k_proj, module.v_proj))
+        bias = module.relative_position_bias()
+        shift = given.get("attention_mask")
+        if shift is not None:  # (windows, T, T), the same for every image
+            n, windows, length = x.shape[0], shift.shape[0], x.shape[1]
+            bias = bias + shift[None, :, None].expand(n // windows, -1, -1, -1, -1).reshape(n, 1, length, length)
+        return q, k, v, float(module.scaling), lambda ctx: module.o_proj(_merge(ctx)), bias
     if kind == "hf":
         q, k, v = (_heads(proj(x), h) for proj in (module.q_proj, module.k_proj, module.v_proj))
         scale = float(getattr(module, "scaling", q.shape[-1] ** -0.5))
@@ -263,15 +278,33 @@ def _timm_windows(block: nn.Module, x: torch.Tensor) -> Windows:
     return Windows(b, (h, w), (h + (wh - h % wh) % wh, w + (ww - w % ww) % ww), (wh, ww), shift, shift_padded=False)
 
 
-def _placed_windows(block: Optional[nn.Module], block_input: Optional[torch.Tensor], x: torch.Tensor) -> Windows:
-    """Where the windows a timm Swin attention module received, ``x`` (B * nW, T, C), sit on its block's map: the
-    layout of `_timm_windows`, accepted only when cutting the block's normalized (B, H, W, C) input that way gives
-    ``x`` exactly (else `Unsupported`: a map is never drawn in places the model did not use)."""
-    if block is None or block_input is None or block_input.dim() != 4:
+def _hf_windows(layer: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> Windows:
+    """The window layout a Hugging Face `SwinLayer` gives its attention for its (B, H * W, C) input ``x`` of map
+    ``size`` (H, W): padded, then shifted, as torchvision does."""
+    (h, w), window, shift = size, int(layer.window_size), int(layer.shift_size)
+    return Windows(x.shape[0], (h, w), (h + (window - h % window) % window, w + (window - w % window) % window),
+                   (window, window), (shift, shift) if shift > 0 else (0, 0))
+
+
+def _placed_windows(block: Optional[nn.Module], block_call: Optional[tuple], x: torch.Tensor) -> Windows:
+    """Where the windows a Swin attention module of timm or Hugging Face received, ``x`` (B * nW, T, C), sit on
+    its block's map (``block_call``: the block's (args, kwargs)): the layout of `_timm_windows` / `_hf_windows`,
+    accepted only when cutting the block's normalized input that way gives ``x`` exactly (else `Unsupported`: a map
+    is never drawn in places the model did not use)."""
+    args, kwargs = block_call if block_call is not None else ((), {})
+    first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    size = args[1] if len(args) > 1 else kwargs.get("input_dimensions")
+    if block is not None and hasattr(block, "norm1") and first is not None and first.dim() == 4:
+        windows, normed = _timm_windows(block, first), block.norm1(first)
+    elif block is not None and hasattr(block, "layernorm_before") and first is not None and first.dim() == 3 \
+            and size is not None:
+        size = (int(size[0]), int(size[1]))
+        windows = _hf_windows(block, first, size)
+        normed = block.layernorm_before(first).view(first.shape[0], *size, first.shape[-1])
+    else:
         raise Unsupported("it attends within windows whose places on the map are not known (its block is not a "
-                          "timm SwinTransformerBlock with a (B, H, W, C) input)")
-    windows = _timm_windows(block, block_input)
-    cut = windows.cut(block.norm1(block_input))
+                          "timm SwinTransformerBlock or a Hugging Face SwinLayer)")
+    cut = windows.cut(normed)
     if cut.shape != x.shape or not torch.allclose(cut, x, rtol=1e-5, atol=1e-6 * float(x.abs().max() or 1.0)):
         raise Unsupported("its input is not its block's map cut into shifted windows as this report reads them")
     return windows
@@ -383,16 +416,16 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
             rec.input_size = tuple(args[0].shape[-2:])
             rec.batch = int(args[0].shape[0])
 
-    blocks = {}  # timm Swin: attention module name -> its block, which cuts the windows
+    blocks = {}  # Swin of timm and Hugging Face: attention module name -> its block, which cuts the windows
     for name, module in modules:
         parent = resolve_layer(model, name.rpartition(".")[0]) if "." in name else model
-        if _kind(module) == "timm-window" and all(hasattr(parent, a) for a in ("window_size", "shift_size", "norm1")):
+        if _kind(module) in WINDOWED and all(hasattr(parent, a) for a in ("window_size", "shift_size")):
             blocks[name] = parent
 
     def make_hooks(name: str, module: nn.Module):
-        def block_pre(_m, args):
-            if args and isinstance(args[0], torch.Tensor):
-                rec._pending[name + "#block"] = args[0].detach()
+        def block_pre(_m, args, kwargs):
+            rec._pending[name + "#block"] = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                                             dict(kwargs))
 
         def pre(_m, args, kwargs):
             rec._pending[name] = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
@@ -409,13 +442,13 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
                 if not err <= rtol * scale:
                     raise Unsupported(f"the weights recomputed from its projections reproduce its output only to "
                                       f"{err / scale:.1e} relative")
-                if _kind(module) == "timm-window":
+                if _kind(module) in WINDOWED:
                     windows = _placed_windows(blocks.get(name), rec._pending.pop(name + "#block", None), args[0])
                 if windows is None and rec.batch is not None and weights.shape[0] != rec.batch:
                     # MobileViT attends over (N * pixels per patch) sequences: no token set belongs to one image
                     raise Unsupported(f"it attends over {weights.shape[0]} sequences for {rec.batch} images "
-                                      "(windows or positions folded into the batch, as in Hugging Face's Swin or "
-                                      "in MobileViT), not over one token set per image")
+                                      "(windows or positions folded into the batch, as in MobileViT), not over "
+                                      "one token set per image")
             except Unsupported as exc:
                 rec.refused[name] = str(exc)
                 return
@@ -447,7 +480,7 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
                                   "read")
             block_pre, pre, post = make_hooks(name, module)
             if name in blocks:
-                handles.append(blocks[name].register_forward_pre_hook(block_pre))
+                handles.append(blocks[name].register_forward_pre_hook(block_pre, with_kwargs=True))
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True))
         yield rec
