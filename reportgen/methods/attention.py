@@ -434,6 +434,7 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
         def post(_m, _args, _kwargs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
             args, kwargs = rec._pending.pop(name)
+            block_call = rec._pending.pop(name + "#block", None)
             try:
                 with torch.no_grad():
                     weights, redo, _, windows = attention_from_inputs(module, args, kwargs)
@@ -443,7 +444,7 @@ def recording_attention(model: nn.Module, names: Optional[list[str]] = None, *, 
                     raise Unsupported(f"the weights recomputed from its projections reproduce its output only to "
                                       f"{err / scale:.1e} relative")
                 if _kind(module) in WINDOWED:
-                    windows = _placed_windows(blocks.get(name), rec._pending.pop(name + "#block", None), args[0])
+                    windows = _placed_windows(blocks.get(name), block_call, args[0])
                 if windows is None and rec.batch is not None and weights.shape[0] != rec.batch:
                     # MobileViT attends over (N * pixels per patch) sequences: no token set belongs to one image
                     raise Unsupported(f"it attends over {weights.shape[0]} sequences for {rec.batch} images "
