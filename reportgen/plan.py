@@ -24,27 +24,27 @@ TORCHSCRIPT_REASON = ("needs the Python model, not a TorchScript one (hooks and 
 
 @dataclass
 class ModelFacts:
-    """What one probe pass (and one backward pass of one probe image, for ``cam_layer``) taught the build about
-    the model; read by every analysis.
+    """What one probe pass (and one backward pass of one probe image, for ``cam_layer``) taught the build about the
+    model; read by every analysis.
 
     ``layers``: the layer table (dotted names, types, output shapes without the batch dimension, calls per forward
     pass). ``selected``: the analysed layers. ``penultimate``: the layer whose output the final Linear classifies.
     ``cam``: ``(layer, fc)`` when the logits are ``fc(spatial mean of layer)``, i.e. when CAM is defined.
-    ``cam_layer``: the last layer that runs once, outputs a (K, h, w) map, h*w > 1, and gets a gradient from the
-    top logit (Grad-CAM's default, `default_grad_cam_layer`), or None with ``cam_layer_reason``. ``nonlinearities``: how the model computes its ReLUs and other non-linearities
-    (None for a TorchScript model). ``python``: False for a TorchScript model (no hooks: layer-based analyses do not
-    apply). ``input_shape``: (C, H, W). ``output_reason``: why the logits cannot be used (NaN or infinite on the
-    probe: a diverged model), else "". ``views``: {layer: `reportgen.methods.tokens.View`} of every layer that ran
-    (token and channels-last layers are read as maps of their patches). ``attention``: the attention modules whose
-    weights were recovered exactly on the probe (`reportgen.methods.attention`), in depth order;
-    ``attention_refused``: {module: why not}; ``attention_windowed``: those of ``attention`` that attend within
-    shifted windows (Swin), not globally; ``attention_tokens``: {module: token count} of the others.
-    ``image_bytes``: the bytes of every leaf module's outputs for one image (float32, a reused module counted once
-    per call), the yardstick of `reportgen.context.Context.batch_size`.
-    ``macs``: multiply-adds of one forward pass of one image, and ``macs_until``: {layer: those done by the time its
-    output first exists}, the yardsticks of the compute budget (`reportgen.budget.count_macs`, on the first sample
-    image after the one pass, so that no third pass runs before it; 0 and {} when the model cannot be
-    counted).
+    ``cam_layer``: the last layer that runs once, outputs a (K, h, w) map, h*w > 1, and gets a gradient from the top
+    logit (Grad-CAM's default, `default_grad_cam_layer`), or None with ``cam_layer_reason``. ``nonlinearities``: how
+    the model computes its ReLUs and other non-linearities (None for a TorchScript model). ``python``: False for a
+    TorchScript model (no hooks: layer-based analyses do not apply). ``input_shape``: (C, H, W). ``output_reason``:
+    why the logits cannot be used (NaN or infinite on the probe: a diverged model), else "". ``views``: {layer:
+    `reportgen.methods.tokens.View`} of every layer that ran (token and channels-last layers are read as maps of
+    their patches). ``attention``: the attention modules whose weights were recovered exactly on the probe
+    (`reportgen.methods.attention`), in depth order; ``attention_refused``: {module: why not};
+    ``attention_windowed``: those of ``attention`` that attend within shifted windows (Swin), not globally;
+    ``attention_tokens``: {module: token count} of the others. ``image_bytes``: the bytes of every leaf module's
+    outputs for one image (float32, a reused module counted once per call), the yardstick of
+    `reportgen.context.Context.batch_size`. ``macs``: multiply-adds of one forward pass of one image, and
+    ``macs_until``: {layer: those done by the time its output first exists}, the yardsticks of the compute budget
+    (`reportgen.budget.count_macs`, on the first sample image after the one pass, so that no third pass runs before
+    it; 0 and {} when the model cannot be counted).
     """
 
     layers: list[LayerRow]

@@ -143,16 +143,18 @@ class RolloutFamily(AttributionAnalysis):
         require_attention(ctx, self.title)
         if not global_attention(ctx.facts):
             raise NotApplicable(WINDOWS_ONLY)
-        if mixed(ctx.facts):
-            raise NotApplicable(mixed(ctx.facts))
+        why = mixed(ctx.facts)
+        if why:
+            raise NotApplicable(why)
 
     def exactness(self, facts: Any) -> tuple[str, str]:
         if not facts.attention:
             return "not applicable", NO_ATTENTION
         if not global_attention(facts):
             return "not applicable", WINDOWS_ONLY
-        if mixed(facts):
-            return "not applicable", mixed(facts)
+        why = mixed(facts)
+        if why:
+            return "not applicable", why
         return "exact", f"weights of {len(global_attention(facts))} attention modules, checked against their outputs"
 
     def options(self, ctx: Any, params: Any) -> dict:

@@ -87,11 +87,10 @@ def degenerate_maps(maps: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]
     ordinary) and the notes for the page: maps that are zero at every pixel (the score does not move, e.g. under a
     zero-initialized classifier head) are drawn black, which a reader would otherwise take for a dark image."""
     m = np.asarray(maps, dtype=np.float64)
-    n = len(m)
-    flat = m.reshape(n, -1)
-    finite = np.isfinite(flat).all(axis=1) if n else np.zeros(0, bool)
+    n, pixels = len(m), int(np.prod(m.shape[1:]))
+    finite = np.isfinite(m.reshape(n, pixels)).all(axis=1)
     m = np.where(np.isfinite(m), m, 0.0)
-    zero = (np.abs(m.reshape(n, -1)).max(axis=1) == 0) if flat.shape[1:] != (0,) else np.ones(n, bool)
+    zero = ~(m.reshape(n, pixels) != 0).any(axis=1)
     blank = ["" for _ in range(n)]
     notes = []
     if (~finite).any():

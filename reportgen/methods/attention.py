@@ -130,34 +130,23 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
         return q, k, v, (e // h) ** -0.5, finish, None
     x = given.get("x", given.get("hidden_states", args[0] if args else None))
     if kind == "timm-beit":
-        n, length, _ = x.shape
         bias = None
         if module.q_bias is not None:
             k_bias = module.k_bias if module.k_bias is not None else torch.zeros_like(module.v_bias)
             bias = torch.cat((module.q_bias, k_bias, module.v_bias))
-        qkv = F.linear(x, module.qkv.weight, bias).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        logit_bias = module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None
-        shared = given.get("shared_rel_pos_bias")
-        if shared is not None:
-            logit_bias = shared if logit_bias is None else logit_bias + shared
-        return q, k, v, float(module.scale), lambda ctx: module.proj(_merge(ctx)), logit_bias
+        q, k, v = _fused_qkv(F.linear(x, module.qkv.weight, bias), module.num_heads)
+        own = module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None
+        return q, k, v, float(module.scale), lambda ctx: module.proj(_merge(ctx)), _plus(
+            own, given.get("shared_rel_pos_bias"))
     if kind == "timm-window":
-        n, length, _ = x.shape
-        q, k, v = module.qkv(x).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = module._get_rel_pos_bias()
-        mask = given.get("mask")
-        if mask is not None:  # (windows, T, T), the same for every image
-            windows = mask.shape[0]
-            bias = (bias.expand(n // windows, windows, -1, -1, -1) + mask[None, :, None]).reshape(n, -1, length,
-                                                                                                length)
+        q, k, v = _fused_qkv(module.qkv(x), module.num_heads)
+        shift = given.get("mask")
+        bias = _plus(module._get_rel_pos_bias(), None if shift is None else _per_window(shift, x.shape[0]))
         return q, k, v, float(module.scale), lambda ctx: module.proj(_merge(ctx)), bias
     if kind == "timm":
         if given.get("is_causal"):
             raise Unsupported("causal attention")
-        n, length, _ = x.shape
-        qkv = module.qkv(x).reshape(n, length, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = _fused_qkv(module.qkv(x), module.num_heads)
         q, k = module.q_norm(q), module.k_norm(k)
         gate = module.gate(x).sigmoid() if getattr(module, "gate", None) is not None else None
 
@@ -175,20 +164,26 @@ def _split(module: nn.Module, args: tuple, kwargs: dict
     mask = _additive(given.get("attention_mask"))
     if kind == "hf-swin":
         q, k, v = (_heads(proj(x), h) for proj in (module.q_proj, module.k_proj, module.v_proj))
-        bias = module.relative_position_bias()
-        shift = given.get("attention_mask")
-        if shift is not None:  # (windows, T, T), the same for every image
-            n, windows, length = x.shape[0], shift.shape[0], x.shape[1]
-            bias = bias + shift[None, :, None].expand(n // windows, -1, -1, -1, -1).reshape(n, 1, length, length)
+        # its attention_mask is the shifted-window mask, (nW, T, T)
+        bias = _plus(module.relative_position_bias(), None if mask is None else _per_window(mask, x.shape[0]))
         return q, k, v, float(module.scaling), lambda ctx: module.o_proj(_merge(ctx)), bias
     if kind == "hf":
         q, k, v = (_heads(proj(x), h) for proj in (module.q_proj, module.k_proj, module.v_proj))
         scale = float(getattr(module, "scaling", q.shape[-1] ** -0.5))
         return q, k, v, scale, lambda ctx: module.o_proj(_merge(ctx)), mask
     q, k, v = (_heads(proj(x), h) for proj in (module.query, module.key, module.value))
-    bias = _hf_position_bias(module, given, x)
-    return q, k, v, module.attention_head_size ** -0.5, _merge, bias if mask is None else (
-        mask if bias is None else bias + mask)
+    return q, k, v, module.attention_head_size ** -0.5, _merge, _plus(_hf_position_bias(module, given, x), mask)
+
+
+def _plus(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``a + b`` of two logit biases, either of which may be absent (None)."""
+    return b if a is None else a if b is None else a + b
+
+
+def _fused_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """timm's fused projection output (N, L, 3 * h * d) as q, k, v, each (N, h, L, d)."""
+    n, length, _ = qkv.shape
+    return qkv.reshape(n, length, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def _additive(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -225,9 +220,7 @@ def _hf_position_bias(module: nn.Module, named: dict[str, Any], x: torch.Tensor)
         bias = module.relative_position_bias((height // patch, width // patch),
                                              named.get("interpolate_pos_encoding", False), dim_size=x.shape[1])
     shared = named.get("relative_position_bias")
-    if isinstance(shared, torch.Tensor):
-        bias = shared if bias is None else bias + shared
-    return bias
+    return _plus(bias, shared if isinstance(shared, torch.Tensor) else None)
 
 
 @dataclass(frozen=True)
@@ -235,7 +228,6 @@ class Windows:
     """Where the (B * windows, h, T, T) weights of a shifted-window attention layer sit on its (H, W) map
     (Liu et al., Swin Transformer, ICCV 2021, https://arxiv.org/abs/2103.14030)."""
 
-    batch: int
     size: tuple[int, int]  # the layer's (H, W)
     padded: tuple[int, int]
     window: tuple[int, int]
@@ -246,20 +238,17 @@ class Windows:
     def received(self, weights: torch.Tensor) -> torch.Tensor:
         """(B * nW, h, T, T) -> (B, h, H, W): the weight each position receives from the positions of its window,
         averaged over them (each window's values sum to 1 per query, so a uniform window gives 1 / T)."""
-        (ph, pw), (wh, ww) = self.padded, self.window
-        got = weights.mean(dim=2)  # (B * nW, h, T)
-        heads = got.shape[1]
-        got = got.reshape(self.batch, ph // wh, pw // ww, heads, wh, ww).permute(0, 3, 1, 4, 2, 5)
-        got = got.reshape(self.batch, heads, ph, pw)
-        if not self.shift_padded:
-            got = got[:, :, : self.size[0], : self.size[1]]
-        if any(self.shift):
-            got = torch.roll(got, shifts=self.shift, dims=(2, 3))
-        return got[:, :, : self.size[0], : self.size[1]]
+        return self.merge(weights.mean(dim=2).transpose(1, 2)).permute(0, 3, 1, 2)
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """A padded and shifted (B, H', W', C) map as its windows, (B * nW, T, C), in row-major window order."""
+        (wh, ww), (ph, pw) = self.window, self.padded
+        x = x.reshape(x.shape[0], ph // wh, wh, pw // ww, ww, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(-1, wh * ww, x.shape[-1])
 
     def cut(self, x: torch.Tensor) -> torch.Tensor:
         """A (B, H, W, C) map cut into this layout's windows, (B * nW, T, C): what the attention module sees."""
-        (wh, ww), (ph, pw) = self.window, self.padded
+        (ph, pw) = self.padded
         pad = (0, 0, 0, pw - x.shape[2], 0, ph - x.shape[1])
         if self.shift_padded:
             x = F.pad(x, pad)
@@ -267,23 +256,42 @@ class Windows:
             x = torch.roll(x, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
         if not self.shift_padded:
             x = F.pad(x, pad)
-        x = x.reshape(x.shape[0], ph // wh, wh, pw // ww, ww, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(-1, wh * ww, x.shape[-1])
+        return self.partition(x)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of `cut`: (B * nW, T, C) windows back to the (B, H, W, C) map, shift undone, padding cut."""
+        (wh, ww), (ph, pw), (h, w) = self.window, self.padded, self.size
+        c = x.shape[-1]
+        x = x.reshape(-1, ph // wh, pw // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ph, pw, c)
+        if not self.shift_padded:
+            x = x[:, :h, :w]
+        if any(self.shift):
+            x = torch.roll(x, shifts=self.shift, dims=(1, 2))
+        return x[:, :h, :w]
+
+
+def _padded(size: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
+    """``size`` (H, W) rounded up to whole windows."""
+    return tuple(n + (k - n % k) % k for n, k in zip(size, window))  # type: ignore[return-value]
+
+
+def _per_window(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """A shifted-window mask (nW, T, T), the same for every image, as (n, 1, T, T) for n = B * nW windows."""
+    windows, length = mask.shape[0], mask.shape[-1]
+    return mask[None, :, None].expand(n // windows, -1, -1, -1, -1).reshape(n, 1, length, length)
 
 
 def _timm_windows(block: nn.Module, x: torch.Tensor) -> Windows:
     """The window layout a timm `SwinTransformerBlock` gives its attention for a (B, H, W, C) input ``x``."""
-    b, h, w, _ = x.shape
-    (wh, ww), shift = tuple(block.window_size), tuple(int(s) for s in block.shift_size)
-    return Windows(b, (h, w), (h + (wh - h % wh) % wh, w + (ww - w % ww) % ww), (wh, ww), shift, shift_padded=False)
+    window, shift = tuple(block.window_size), tuple(int(s) for s in block.shift_size)
+    return Windows(tuple(x.shape[1:3]), _padded(tuple(x.shape[1:3]), window), window, shift, shift_padded=False)
 
 
-def _hf_windows(layer: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> Windows:
-    """The window layout a Hugging Face `SwinLayer` gives its attention for its (B, H * W, C) input ``x`` of map
-    ``size`` (H, W): padded, then shifted, as torchvision does."""
-    (h, w), window, shift = size, int(layer.window_size), int(layer.shift_size)
-    return Windows(x.shape[0], (h, w), (h + (window - h % window) % window, w + (window - w % window) % window),
-                   (window, window), (shift, shift) if shift > 0 else (0, 0))
+def _hf_windows(layer: nn.Module, size: tuple[int, int]) -> Windows:
+    """The window layout a Hugging Face `SwinLayer` gives its attention for a map of ``size`` (H, W): padded, then
+    shifted, as torchvision does."""
+    window, shift = int(layer.window_size), max(int(layer.shift_size), 0)
+    return Windows(size, _padded(size, (window, window)), (window, window), (shift, shift))
 
 
 def _placed_windows(block: Optional[nn.Module], block_call: Optional[tuple], x: torch.Tensor) -> Windows:
@@ -299,7 +307,7 @@ def _placed_windows(block: Optional[nn.Module], block_call: Optional[tuple], x: 
     elif block is not None and hasattr(block, "layernorm_before") and first is not None and first.dim() == 3 \
             and size is not None:
         size = (int(size[0]), int(size[1]))
-        windows = _hf_windows(block, first, size)
+        windows = _hf_windows(block, size)
         normed = block.layernorm_before(first).view(first.shape[0], *size, first.shape[-1])
     else:
         raise Unsupported("it attends within windows whose places on the map are not known (its block is not a "
@@ -312,24 +320,18 @@ def _placed_windows(block: Optional[nn.Module], block_call: Optional[tuple], x: 
 
 def _swin(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable, Windows]:
     """torchvision's shifted-window attention, step by step up to the weights and back to its output."""
-    b, h_in, w_in, c = x.shape
-    window, shift = list(module.window_size), list(module.shift_size)
+    _, h_in, w_in, c = x.shape
+    window, shift = tuple(module.window_size), tuple(module.shift_size)
     logit_scale = getattr(module, "logit_scale", None)  # Swin v2: cosine attention with a learned temperature
-    pad_r, pad_b = (window[1] - w_in % window[1]) % window[1], (window[0] - h_in % window[0]) % window[0]
-    xp = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-    ph, pw = xp.shape[1:3]
-    shift = [0 if window[0] >= ph else shift[0], 0 if window[1] >= pw else shift[1]]
-    if any(shift):
-        xp = torch.roll(xp, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-    n_win = (ph // window[0]) * (pw // window[1])
-    xw = xp.view(b, ph // window[0], window[0], pw // window[1], window[1], c).permute(0, 1, 3, 2, 4, 5)
-    xw = xw.reshape(b * n_win, window[0] * window[1], c)
+    ph, pw = _padded((h_in, w_in), window)
+    shift = (0 if window[0] >= ph else shift[0], 0 if window[1] >= pw else shift[1])
+    layout = Windows((h_in, w_in), (ph, pw), window, shift)
+    xw = layout.cut(x)
     heads = module.num_heads
     bias = module.qkv.bias
     if logit_scale is not None and bias is not None:  # Swin v2 has no key bias: torchvision zeroes that third
         bias = torch.cat([bias[: c], torch.zeros_like(bias[c: 2 * c]), bias[2 * c:]])
-    qkv = F.linear(xw, module.qkv.weight, bias).reshape(xw.shape[0], xw.shape[1], 3, heads, c // heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    q, k, v = _fused_qkv(F.linear(xw, module.qkv.weight, bias), heads)
     if logit_scale is not None:
         scale = torch.clamp(logit_scale, max=math.log(100.0)).exp()
         logits = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * scale
@@ -344,21 +346,15 @@ def _swin(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
             for ws in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
                 label[hs[0]: hs[1], ws[0]: ws[1]] = count
                 count += 1
-        label = label.view(ph // window[0], window[0], pw // window[1], window[1]).permute(0, 2, 1, 3)
-        label = label.reshape(n_win, window[0] * window[1])
+        label = layout.partition(label[None, :, :, None])[..., 0]
         mask = (label[:, None, :] - label[:, :, None]).ne(0).to(logits.dtype) * -100.0
-        logits = (logits.view(b, n_win, heads, xw.shape[1], xw.shape[1]) + mask[None, :, None]).view_as(logits)
+        logits = logits + _per_window(mask, xw.shape[0])
     weights = torch.softmax(logits, dim=-1)
 
     def output_of(a: torch.Tensor) -> torch.Tensor:
-        out = module.proj((a.to(v.dtype) @ v).transpose(1, 2).reshape(xw.shape[0], xw.shape[1], c))
-        out = out.view(b, ph // window[0], pw // window[1], window[0], window[1], c).permute(0, 1, 3, 2, 4, 5)
-        out = out.reshape(b, ph, pw, c)
-        if any(shift):
-            out = torch.roll(out, shifts=(shift[0], shift[1]), dims=(1, 2))
-        return out[:, :h_in, :w_in, :]
+        return layout.merge(module.proj(_merge(a.to(v.dtype) @ v)))
 
-    return weights, output_of(weights), output_of, Windows(b, (h_in, w_in), (ph, pw), tuple(window), tuple(shift))
+    return weights, output_of(weights), output_of, layout
 
 
 def attention_from_inputs(module: nn.Module, args: tuple, kwargs: dict
