@@ -14,7 +14,7 @@ from typing import Any
 
 from ..artifacts import Grid, NotApplicable, Picture, Result
 from ..config import doc
-from . import Analysis, register
+from . import Analysis, NOTHING, register
 from .activations import enlarge_tiles
 from .influence import AttributionAnalysis
 
@@ -51,7 +51,7 @@ class AttentionMaps(Analysis):
     def check(self, ctx, params):
         require_attention(ctx, self.title)
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         import torch
         import torch.nn.functional as F
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..artifacts import NotApplicable, Picture, Result, Table
 from ..config import doc
 from ..errors import ConfigError
-from . import Analysis, python_name, register
+from . import Analysis, NOTHING, Upstream, python_name, register
 
 SCALES = ("shared", "per-image", "both")
 NO_GAP_LINEAR = "the model does not end in global average pooling + one linear layer"
@@ -268,7 +268,7 @@ class AttributionAnalysis(Analysis):
         labels = [int(ctx.images.labels[i]) for i in ctx.samples]
         return class_targets(ctx.samples, preds, labels, requested_classes(ctx))
 
-    def cost(self, ctx: Any, params: Any) -> float:
+    def cost(self, ctx: Any, params: Any, upstream: Upstream = NOTHING) -> float:
         return len(self.map_targets(ctx)) * self.passes(ctx, params) * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
@@ -335,9 +335,10 @@ class AttributionAnalysis(Analysis):
         own here, so that a chunk's maps do not depend on which chunks ran before it, or on which process)."""
         return options
 
-    def compute(self, ctx: Any, params: Any, targets: list[MapTarget]) -> tuple[np.ndarray, dict]:
-        """Maps (T, h, w) float64 for ``targets`` in their order, and the options used; in chunks of `chunk_size`
-        targets, which a distributed build deals to its ranks (`reportgen.context.Context.map_chunks`)."""
+    def compute(self, ctx: Any, params: Any, targets: list[MapTarget]) -> tuple[Any, dict]:
+        """Maps (T, h, w), a float32 tensor on the CPU, for ``targets`` in their order, and the options used; in
+        chunks of `chunk_size` targets, which a distributed build deals to its ranks
+        (`reportgen.context.Context.map_chunks`)."""
         import torch
 
         inputs = ctx.sample_inputs()
@@ -358,17 +359,19 @@ class AttributionAnalysis(Analysis):
         maps = torch.cat([m for m, _ in done])
         if "plans" in options:
             options["plans"].extend(p for _, plans in done for p in plans)
-        ctx.keep_maps(self.name, [(t.image, t.cls) for t in targets], maps)  # the trust checks read them
-        return maps.numpy().astype(np.float64), options
+        return maps, options
 
-    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+    def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         result = Result()
         predictions = ctx.predictions
         targets = self.map_targets(ctx)
         if not targets:
             result.notes.append("There is no sample image to explain.")
             return result
-        raw, options = self.compute(ctx, params, targets)
+        maps, options = self.compute(ctx, params, targets)
+        # the very maps this page draws, for the analyses that read them (the trust checks, `Upstream`)
+        result.shared["maps"] = {(t.image, t.cls): m for t, m in zip(targets, maps)}
+        raw = maps.numpy().astype(np.float64)
         result.notes.extend(self.notes(ctx, params, options, raw))
         raw, blank, degenerate = degenerate_maps(raw)
         result.notes.extend(degenerate)
@@ -782,7 +785,7 @@ class Nonlinearities(Analysis):
     def check(self, ctx: Any, params: Any) -> None:
         ctx.facts.require_python(self.title)
 
-    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+    def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         from . import all_analyses
 
         result = Result()
@@ -839,7 +842,7 @@ class TopPredictions(Analysis):
     summary = "each sample image with its five most probable classes"
     order = 0
 
-    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+    def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         result = Result()
         predictions = ctx.predictions
         names = ctx.class_names
