@@ -17,8 +17,14 @@ def test_wheel_holds_templates_and_weights(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    wheel = next(tmp_path.glob("reportgen-*.whl"))
+    # The distribution is reportgen-vision ("reportgen" on PyPI is an unrelated package); import name and command stay.
+    wheel = next(tmp_path.glob("reportgen_vision-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
+    info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    metadata = zipfile.ZipFile(wheel).read(info).decode()
+    assert "\nName: reportgen-vision\n" in metadata
+    entry_points = zipfile.ZipFile(wheel).read(info.replace("METADATA", "entry_points.txt")).decode()
+    assert "reportgen = reportgen.cli:main" in entry_points
     templates = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*")
                  if p.is_file() and "__pycache__" not in p.parts}
     for rel in templates:

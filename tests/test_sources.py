@@ -177,7 +177,7 @@ def test_timm_mistakes(tmp_path, timm_vit, monkeypatch):
     fails_in_one_line(run("layers", "timm:vit_tiny_patch16_22"), "timm has no model", "vit_tiny_patch16_224")
     fails_in_one_line(run("layers", "timm:resnet10t", "--weights", weights), "timm's 'resnet10t'")
     monkeypatch.setitem(sys.modules, "timm", None)  # what an environment without timm imports
-    fails_in_one_line(run("layers", "timm:resnet10t"), "pip install 'reportgen[timm]'")
+    fails_in_one_line(run("layers", "timm:resnet10t"), "pip install 'reportgen-vision[timm]'")
 
 
 # ------------------------------------------------------------------------------------------------- Hugging Face
@@ -237,4 +237,4 @@ def test_hugging_face_mistakes(tmp_path, monkeypatch):
     fails_in_one_line(run("layers", folder), "no weights file", "model.safetensors")
     (tmp_path / "elsewhere.safetensors").rename(folder / "model.safetensors")
     monkeypatch.setitem(sys.modules, "transformers", None)  # what an environment without transformers imports
-    fails_in_one_line(run("layers", folder), "pip install 'reportgen[hf]'")
+    fails_in_one_line(run("layers", folder), "pip install 'reportgen-vision[hf]'")

@@ -38,4 +38,4 @@ def require(module: str, what: str) -> Any:
     except ImportError:
         extra = EXTRAS[module]
         raise ModelError(f"{what} needs the optional package '{module}', which is not installed: "
-                         f"pip install 'reportgen[{extra}]'") from None
+                         f"pip install 'reportgen-vision[{extra}]'") from None

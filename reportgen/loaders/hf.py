@@ -1,5 +1,5 @@
 """A local Hugging Face image-classification folder (``config.json`` + ``model.safetensors``), optional extra
-``pip install reportgen[hf]``.
+``pip install 'reportgen-vision[hf]'``.
 
 Loaded with ``AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)``, eager attention
 (so that attention weights can be computed), strictly: a missing or mis-shaped weight is an error, not a silent

@@ -1,4 +1,5 @@
-"""``timm:NAME``: a timm architecture, weights from ``--weights`` (optional extra ``pip install reportgen[timm]``).
+"""``timm:NAME``: a timm architecture, weights from ``--weights`` (optional extra
+``pip install 'reportgen-vision[timm]'``).
 
 The model is built with ``timm.create_model(NAME, pretrained=False, num_classes=K)``, K read from the weights; it
 never downloads. Mean, std and input size come from timm's pretrained config of NAME
