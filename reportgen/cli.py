@@ -111,7 +111,27 @@ def report_config(config_path: Optional[str], **options: Any) -> Any:
     for key in ("only", "skip", "layers"):
         options[key] = split_names(options[key])
     inputs = {key: options.pop(key) for key in ("input_size", "channels", "mean", "std", "class_names")}
-    return load_config(config_path, **options, **input_overrides(**inputs))
+    cfg = load_config(config_path, **options, **input_overrides(**inputs))
+    check_early(cfg)
+    return cfg
+
+
+def check_early(cfg: Any) -> None:
+    """What the build checks first, and the names and paths the loaders check later, all checked before torch is
+    imported and the model loaded (10 s or more): a typo in a flag, an analysis name, an [analysis.NAME] table, a
+    path or a zoo name is reported in about a second. The build checks the same again in its own order (the
+    Python API goes there directly)."""
+    from pathlib import Path
+
+    from .build import choose_analyses
+    from .config import check_paths
+    from .staging import check_out_path, check_replaceable
+
+    out = check_out_path(Path(cfg.out))
+    model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
+    check_replaceable(out, [model_file, cfg.weights, cfg.images])
+    choose_analyses(cfg)
+    check_paths(cfg)
 
 
 def input_options(fn: Callable) -> Callable:
@@ -146,9 +166,9 @@ def main() -> None:
 @common
 def build(model, weights, config_path, output: Output, **options):
     """Build the report of MODEL (default: the zoo's default model) into a static site."""
-    from .api import build_report
-
     cfg = report_config(config_path, model=model, weights=weights, **options)
+    from .api import build_report  # after the checks, which need neither it nor torch
+
     report = build_report(config=cfg, output=output)
     if report.rank:  # a helper rank of a distributed build (torchrun): rank 0 wrote the site and says so
         return
@@ -168,12 +188,13 @@ def build(model, weights, config_path, output: Output, **options):
 @common
 def layers_cmd(model, weights, input_size, channels, mean, std, class_names, output: Output):
     """List MODEL's layers: dotted names, types, output shapes and parameter counts."""
-    from .config import load_config
+    from .config import check_paths, load_config
     from .layers import default_layers, layer_table
     from .models import load_model
 
     cfg = load_config(None, model=model, weights=weights,
                       **input_overrides(input_size, channels, mean, std, class_names))
+    check_paths(cfg)  # before torch is imported: a typo is reported in about a second
     loaded = load_model(cfg)
     rows = layer_table(loaded.model, loaded.input.shape)
     chosen = set(default_layers(rows))

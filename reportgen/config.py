@@ -14,9 +14,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError, ModelError
+from .models import SPEC_HELP
 
 
 def doc(text: str, **limits: Any) -> dict:
@@ -65,6 +66,36 @@ class BuildConfig:
     class_names: Optional[list[str]] = field(default=None, metadata=doc("Class names, in output order."))
     analysis: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=doc(
         "Per-analysis parameters: [analysis.NAME] tables; `reportgen analyses` lists names and keys."))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` with the known name closest to a mistyped ``name`` (difflib's similarity ratio at
+    least 0.6), else ''. One wording for every unknown name the user types: config keys, analysis names."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_paths(cfg: BuildConfig) -> None:
+    """Raise the loaders' own error for a name or path in ``cfg`` that cannot work, checked without torch: an
+    image folder that does not exist or an unknown zoo data set (`DataError`), a weights file that does not exist,
+    a model spec that names nothing (`ModelError`). The CLI calls it before it imports torch and loads the model
+    (10 s or more), so that a typo is reported in about a second; the loaders check the same again later (the
+    Python API reaches them directly)."""
+    import models_zoo
+
+    if cfg.images and cfg.images.startswith("zoo:"):
+        if cfg.images[4:] not in models_zoo.ZOO:
+            raise DataError(f"unknown zoo data set '{cfg.images[4:]}': choose one of {', '.join(models_zoo.ZOO)}")
+    elif cfg.images and not Path(cfg.images).exists():
+        raise DataError(f"image path '{cfg.images}' does not exist: give a folder of images with --images")
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise ModelError(f"weights file '{cfg.weights}' does not exist: check the --weights path")
+    # a spec without ':' is a zoo name or a path (`reportgen.models.load_model`): neither means it names nothing
+    spec = cfg.model
+    if spec and ":" not in spec and spec not in models_zoo.ZOO and not Path(spec).exists():
+        close = difflib.get_close_matches(spec, list(models_zoo.ZOO), n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ModelError(f"model spec '{spec}' names nothing{hint}: give {SPEC_HELP}")
 
 
 def known_keys(cls: type) -> list[str]:
@@ -129,9 +160,7 @@ def validate_dataclass(cls: type, data: dict, prefix: str, errors: list[str]) ->
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            errors.append(f"{path}: unknown key{hint}; known keys: {', '.join(fields)}")
+            errors.append(f"{path}: unknown key{did_you_mean(key, fields)}; known keys: {', '.join(fields)}")
             continue
         tp = hints[key]
         if isinstance(value, int) and not isinstance(value, bool) and _type_ok(float(value), tp) \
