@@ -2,8 +2,8 @@
 
 A build (or an archive) writes into a temporary folder beside ``--out`` (`staged_site`) and moves it into place at
 the end with two renames, so a failed or interrupted build leaves the previous site as it was. A lock file beside
-``--out`` keeps two builds from writing the same site at once. SIGINT/SIGTERM become `BuildInterrupted` once every
-``finally`` has cleaned up. Nothing here knows what a report contains, except that it has a manifest.json.
+``--out`` keeps two builds from writing the same site at once. SIGINT/SIGTERM/SIGHUP become `BuildInterrupted` once
+every ``finally`` has cleaned up. Nothing here knows what a report contains, except that it has a manifest.json.
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ from .errors import OutputError, ReportgenError
 from .manifest import GENERATOR, MANIFEST
 
 
+# the signals that stop a build cleanly (SIGHUP: the terminal was closed; Windows has none)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+
+
 class BuildInterrupted(ReportgenError):
-    """SIGINT or SIGTERM stopped the build; the exit status is 128 + the signal number, as a shell reports it."""
+    """SIGINT, SIGTERM or SIGHUP stopped the build; the exit status is 128 + the signal number, as a shell reports
+    it."""
 
     exit_code = 130
 
@@ -48,7 +53,7 @@ class _Held:
 
 @contextmanager
 def _held_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM (only under `interrupts_as_errors`) until the block ends; the caller checks
+    """Hold SIGINT/SIGTERM/SIGHUP (only under `interrupts_as_errors`) until the block ends; the caller checks
     ``_Held.pending`` afterwards."""
     _Held.depth += 1
     try:
@@ -153,7 +158,9 @@ def site_lock(out: Path) -> Iterator[None]:
 
 @contextmanager
 def interrupts_as_errors() -> Iterator[None]:
-    """SIGTERM (and SIGINT) raise `BuildInterrupted`, so ``finally`` blocks remove the temporary folder."""
+    """SIGTERM, SIGINT and SIGHUP raise `BuildInterrupted`, so ``finally`` blocks remove the temporary folder and the
+    lock. SIGHUP is what a build gets when its terminal is closed; its default action would end the process at once,
+    leaving both behind. A signal the process was started ignoring (``nohup`` ignores SIGHUP) stays ignored."""
 
     def handler(signum, _frame):
         if _Held.depth:
@@ -162,7 +169,9 @@ def interrupts_as_errors() -> Iterator[None]:
         raise _Signalled(signum)
 
     previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # ignored by whoever started us (nohup, a background job): the build must go on
         try:
             previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread: leave signals alone
@@ -180,7 +189,7 @@ def interrupts_as_errors() -> Iterator[None]:
 def swap_into_place(tmp: Path, out: Path) -> None:
     """Replace ``out`` by ``tmp`` with two renames; the old site is deleted only after the new one is in place.
 
-    SIGINT/SIGTERM are held until both renames are done: a signal between them would leave no site at ``out``.
+    SIGINT/SIGTERM/SIGHUP are held until both renames are done: a signal between them would leave no site at ``out``.
     """
     old = None
     _Held.pending = None

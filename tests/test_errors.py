@@ -527,12 +527,13 @@ def slow():
 """
 
 
-def test_sigint_and_sigterm_leave_the_previous_site_intact(tmp_path, image_folder):
-    """A slow build in a subprocess is interrupted once its temporary folder exists; meanwhile a second build to
-    the same site fails cleanly. Afterwards: the previous site byte for byte, no temporary folder, one line."""
+def test_sigint_sigterm_and_sighup_leave_the_previous_site_intact(tmp_path, image_folder):
+    """A slow build in a subprocess is interrupted once its temporary folder exists (SIGHUP: its terminal closed);
+    meanwhile a second build to the same site fails cleanly. Afterwards: the previous site byte for byte, no
+    temporary folder, no lock file, one line."""
     mods = write_module(tmp_path / "mods", "slowmodel", SLOW_MODEL)
     sites = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         parent = tmp_path / sig.name
         parent.mkdir()
         sites[sig] = parent / "site"
