@@ -32,8 +32,9 @@ import torch
 
 
 def context(model: str, images: int):
-    """The build's context (model, image set, plan) with the first ``images`` images as samples."""
-    from reportgen.build import Given, choose_analyses, forward_pass, load, make_plan
+    """The build's read-only context (model, image set) with the first ``images`` images as samples, and its plan
+    (the settings of every attribution method the trust checks read)."""
+    from reportgen.build import Given, choose_analyses, forward_pass, load, make_plan, settle
     from reportgen.config import load_config
     from reportgen.console import Output
 
@@ -50,10 +51,12 @@ def context(model: str, images: int):
                           max_images=images, samples=images, only=only, class_names=["a", "b"])
         given = Given(model=net)
     ctx = load(cfg, Output(silent=True), given)
-    make_plan(ctx, choose_analyses(cfg))
+    chosen = choose_analyses(cfg)
+    plan = make_plan(ctx, chosen)
     ctx.predictions = forward_pass(ctx, {})
     ctx.samples = list(range(images))
-    return ctx
+    settle(ctx, chosen, plan)
+    return ctx, plan
 
 
 def shapes_folder(images: int) -> str:
@@ -103,7 +106,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    ctx = context(args.model, args.images)
+    ctx, plan = context(args.model, args.images)
     inputs, targets, bs = ctx.sample_inputs(), predicted(ctx, ctx.samples), ctx.config.batch_size
     dp, rp = DeletionParams(), RandomizationParams()  # the report's defaults
     layers = cascade_layers(ctx.model, inputs, rp.steps)
@@ -117,20 +120,21 @@ def main() -> None:
     skip = {s for s in args.no_maps.split(",") if s}
     twin = copy.deepcopy(ctx.model)
     total = [0.0, 0.0, 0.0]
-    for a, opts in attribution_methods(ctx, [], "methods"):
+    images = ctx.samples
+    for a, opts in attribution_methods(ctx, plan.upstream("deletion-insertion"), dp):
         with counting_images(twin) as count:
-            method_maps(a, twin, inputs[:1], targets[:1], opts, bs)
+            method_maps(a, ctx, twin, inputs[:1], images[:1], targets[:1], opts)
         passes = count[0]
         if a.name in skip:
             print(f"  {a.name:<20}{passes:>8}{'(not timed)':>27}")
             continue
-        t_maps, maps = timed(lambda _a=a, _o=opts: method_maps(_a, ctx.model, inputs, targets, _o, bs))
+        t_maps, maps = timed(lambda _a=a, _o=opts: method_maps(_a, ctx, ctx.model, inputs, images, targets, _o))
         t_curves, _ = timed(lambda _m=maps: deletion_insertion(
             ctx.model, inputs, targets, _m, steps=dp.steps, fill=dp.fill, blur_sigma=dp.blur, batch_size=bs,
             generator=torch.Generator().manual_seed(0)))
 
         def attribute(model, x, t, _a=a, _o=opts):
-            return method_maps(_a, model, x, t, _o, bs)
+            return method_maps(_a, ctx, model, x, images, t, _o)
 
         t_step, _ = timed(lambda _f=attribute, _m=maps: randomization_test(
             ctx.model, inputs, targets, _f, layers=layers[:1], original=_m))

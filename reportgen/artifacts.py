@@ -78,11 +78,16 @@ class Table(Item):
 
 @dataclass
 class Result:
-    """What an analysis returns: items to show, key numbers (also compared across checkpoints) and notes."""
+    """What an analysis returns: items to show, key numbers (also compared across checkpoints) and notes.
+
+    ``shared``: values that other analyses of the same build read (an attribution method's raw maps, for the trust
+    checks); never written to the site. The build hands them, with the tables, metrics and notes, to the analyses
+    that declare they read this one (`reportgen.analyses.Analysis.reads`, `reportgen.analyses.Upstream`)."""
 
     items: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    shared: dict = field(default_factory=dict)
 
 
 class NotApplicable(Exception):

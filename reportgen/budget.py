@@ -104,15 +104,20 @@ def gmac(macs: float) -> str:
     return f"{macs / GIGA:,.0f} GMAC" if macs >= 10 * GIGA else f"{macs / GIGA:,.2g} GMAC"
 
 
-def fit(analysis: Any, ctx: Any, params: Any) -> Fitted:
-    """``params`` shrunk until ``analysis.cost(ctx, params)`` fits the build's budget (`ctx.config.budget` GMAC).
+def fit(analysis: Any, ctx: Any, params: Any, upstream: Any = None) -> Fitted:
+    """``params`` shrunk until ``analysis.cost(ctx, params, upstream)`` fits the build's budget
+    (`ctx.config.budget` GMAC); ``upstream``: the settings of the analyses it reads
+    (`reportgen.analyses.Upstream`, as `reportgen.build.Plan.upstream` gives them; none by default).
 
     The knobs of ``analysis.shrink`` ((key, floor) pairs) are tried in order: each integer key the user did not set
     under ``[analysis.NAME]`` is lowered to the largest value >= floor that fits (the cost never falls when a key
     grows, so bisection finds it), and the search stops once the cost fits. Still over budget: an analysis without
     knobs is ``refused``; one with knobs runs at its floors and says so."""
+    def cost_of(p: Any) -> float:
+        return float(analysis.cost(ctx, p) if upstream is None else analysis.cost(ctx, p, upstream))
+
     budget = float(ctx.config.budget) * GIGA
-    cost = float(analysis.cost(ctx, params))
+    cost = cost_of(params)
     if budget <= 0 or cost <= budget or not ctx.facts.macs:
         return Fitted(params, cost, cost)
     fixed = set(ctx.config.analysis.get(analysis.name, {}))
@@ -121,19 +126,19 @@ def fit(analysis: Any, ctx: Any, params: Any) -> Fitted:
         value = getattr(params, key)
         if key in fixed or value <= floor:
             continue
-        if analysis.cost(ctx, dataclasses.replace(params, **{key: floor})) >= analysis.cost(ctx, params):
+        if cost_of(dataclasses.replace(params, **{key: floor})) >= cost_of(params):
             continue  # lowering it saves nothing here (a cap above what this model has)
         lo, hi = floor, value  # the largest v in [lo, hi] with cost <= budget, or lo when none
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if analysis.cost(ctx, dataclasses.replace(params, **{key: mid})) <= budget:
+            if cost_of(dataclasses.replace(params, **{key: mid})) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
         params = dataclasses.replace(params, **{key: lo})
-        if analysis.cost(ctx, params) <= budget:
+        if cost_of(params) <= budget:
             break
-    spent = float(analysis.cost(ctx, params))
+    spent = cost_of(params)
     passes = f"as much as {cost / ctx.facts.macs:,.0f} forward passes of one image through this model"
     over = (f"With its settings this analysis would spend {gmac(cost)} ({passes}), over the build's budget of "
             f"{gmac(budget)} per analysis (--budget)")

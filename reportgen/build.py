@@ -21,6 +21,7 @@ import platform
 import time
 import traceback
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -28,7 +29,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from . import __version__
-from .artifacts import ArtifactWriter, NotApplicable, Result, to_jsonable
+from .artifacts import ArtifactWriter, NotApplicable, Result, Table, to_jsonable
 from .config import BuildConfig, analysis_params, config_dict, raise_errors
 from .console import Output
 from .errors import ConfigError, ReportgenError
@@ -48,19 +49,48 @@ class BuildReport:
 
 @dataclass
 class Chosen:
-    """The analyses a config asks for, in report order, with their resolved parameters (by analysis name)."""
+    """The analyses a config asks for, in report order; the resolved parameters (by analysis name) of those and of
+    every analysis they read (`Analysis.reads`, which may name analyses not chosen); and what each chosen one
+    reads."""
 
     analyses: list
     params: dict
+    reads: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
 class Plan:
-    """What the plan stage decided: why the chosen analyses that do not apply do not, and the one pass's reducers
-    of those that do (keyed by analysis name, then the analysis's own key)."""
+    """What the plan stage decides, once, for the whole build.
+
+    `make_plan` (before the pass): ``skipped``, why the chosen and read analyses that do not apply to this model do
+    not; ``reducers``, the one pass's reducers of the chosen ones that do (by analysis name, then the analysis's own
+    key); ``params``, the settings of every chosen and read analysis; ``reads``, the applicable analyses each chosen
+    one reads. `settle` (after the pass, when the sample images are known): ``params`` fitted to the compute budget,
+    ``refused`` (over the budget: why not run), ``notes`` (what the budget changed, for the page) and ``order`` (the
+    chosen analyses in run order: report order, each moved after the analyses it reads)."""
 
     skipped: dict[str, str]
     reducers: dict[str, dict]
+    params: dict[str, Any] = field(default_factory=dict)
+    reads: dict[str, list[str]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    order: list = field(default_factory=list)
+
+    def upstream(self, name: str, results: Optional[dict] = None, failed: Optional[dict] = None) -> Any:
+        """What analysis ``name`` is handed of the analyses it reads (`reportgen.analyses.Upstream`): their
+        settings, which of them have a page in this build, the ``results`` of those that ran (by name) and why
+        the others did not (over the budget, or ``failed``: {name: why})."""
+        from .analyses import Upstream
+
+        reads = self.reads.get(name, [])
+        chosen = {a.name for a in self.order}
+        missing = {n: "its page was not run, being over the build's compute budget (--budget)"
+                   for n in reads if n in self.refused}
+        missing.update((n, why) for n, why in (failed or {}).items() if n in reads)
+        return Upstream(params={n: self.params[n] for n in reads},
+                        pages=frozenset(n for n in reads if n in chosen and n not in self.refused),
+                        results={n: r for n, r in (results or {}).items() if n in reads}, missing=missing)
 
 
 @dataclass
@@ -118,7 +148,7 @@ def build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
     that split their work (``folder`` is not used)."""
     import torch
 
-    from .api import kept_as_is
+    from .capture import kept_as_is
 
     model = given.model if given is not None else None
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
@@ -139,16 +169,17 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
     if group is not None:
         share_pass(ctx, chosen, plan, group)
     ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
+    timings["forward pass"] = time.perf_counter() - t_pass
+    settle(ctx, chosen, plan)  # from here on the context is read-only
     if group is not None and group.rank != 0:
         # a helper rank computes its share of the chunks of the analyses that split their work, in rank 0's order
         # (so that the collectives line up), and writes nothing
-        for _ in analyse(ctx, Chosen([a for a in chosen.analyses if getattr(a, "splits", False)], chosen.params),
-                         plan):
+        for _ in analyse(ctx, [a for a in plan.order if getattr(a, "splits", False)], plan):
             pass
         return BuildReport(out=folder, seconds=0.0, rank=group.rank)
-    timings["forward pass"] = time.perf_counter() - t_pass
     writer = ArtifactWriter(folder)
-    entries = write(analyse(ctx, chosen, plan), writer)
+    report_order = {a.name: k for k, a in enumerate(chosen.analyses)}
+    entries = sorted(write(analyse(ctx, plan.order, plan), writer), key=lambda e: report_order[e.name])
     timings.update((e.name, e.seconds) for e in entries if e.name not in plan.skipped)
     manifest = make_manifest(cfg, ctx, entries, timings, time.perf_counter() - t0, snapshot)
     render(manifest, folder, writer)
@@ -173,9 +204,22 @@ def share_pass(ctx: Any, chosen: Chosen, plan: Plan, group: Any) -> None:
 
 
 def choose_analyses(cfg: BuildConfig) -> Chosen:
-    """The analyses ``cfg`` selects (--only/--skip) and their parameters; every config error reported at once."""
+    """The analyses ``cfg`` selects (--only/--skip), what each reads (`Analysis.reads`), and the parameters of
+    both; every config error reported at once."""
+    from .analyses import get
+
     analyses = select_analyses(cfg)
-    return Chosen(analyses, resolve_params(analyses, cfg))
+    params = resolve_params(analyses, cfg)
+    reads, errors = {}, []
+    for a in analyses:
+        try:
+            reads[a.name] = a.reads(params[a.name], cfg)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise_errors(errors, "config")
+    unchosen = [get(n) for n in dict.fromkeys(n for names in reads.values() for n in names) if n not in params]
+    params.update(resolve_params(unchosen, cfg))
+    return Chosen(analyses, params, reads)
 
 
 def load(cfg: BuildConfig, output: Output, given: Optional[Given] = None) -> Any:
@@ -198,12 +242,12 @@ def load(cfg: BuildConfig, output: Output, given: Optional[Given] = None) -> Any
         given.images is None) else None
     dataset = None
     if given.images is not None:
-        from .api import dataset_image_set
+        from .data import dataset_image_set
 
-        dataset = dataset_image_set(given.images, cfg.max_images)
+        dataset = dataset_image_set(given.images, cfg.max_images, cfg.seed)
     class_folders = scanned.class_names if scanned else dataset.class_names if dataset else None
     if given.model is not None:
-        from .api import loaded_from_object, model_device
+        from .given import loaded_from_object, model_device
 
         loaded = loaded_from_object(given.model, cfg, given.model_sha256)
         device = model_device(given.model, cfg.device)
@@ -222,29 +266,103 @@ def load(cfg: BuildConfig, output: Output, given: Optional[Given] = None) -> Any
 
 def make_plan(ctx: Any, chosen: Chosen) -> Plan:
     """Learn the model's facts from one probe pass (`reportgen.plan.learn_model`, which also checks its output and
-    names its classes), then decide which chosen analyses apply to this model and data (each analysis's `check`,
-    which reads ``ctx.facts`` and never runs the model) and the reducers each wants on the one pass."""
+    names its classes), then decide which chosen analyses, and which analyses they read, apply to this model and
+    data (each analysis's `check`, which reads ``ctx.facts`` and never runs the model), and the reducers each chosen
+    one wants on the one pass. An analysis none of whose reads applies does not apply either."""
+    from .analyses import get
     from .data import map_labels
     from .plan import learn_model
 
     cfg = ctx.config
     ctx.facts = learn_model(ctx.loaded, list(cfg.layers), ctx.generator("plan"), ctx.device, ctx.class_folders)
     map_labels(ctx.images, ctx.loaded.class_names)
-    reducers, skipped = {}, {}
-    for a in chosen.analyses:
-        if a.needs_images and not ctx.is_image_model:
-            skipped[a.name] = "applies to image models only"
+    read = [get(n) for n in chosen.params if n not in {a.name for a in chosen.analyses}]
+    plan = Plan(skipped={}, reducers={}, params=dict(chosen.params))
+    for a in [*read, *chosen.analyses]:  # the analyses read first: a reader's own check may depend on them
+        why = not_applicable(ctx, a, chosen.params[a.name])
+        reads = [n for n in chosen.reads.get(a.name, []) if n not in plan.skipped]
+        if not why and chosen.reads.get(a.name) and not reads:
+            why = a.nothing_to_read
+        if why:
+            plan.skipped[a.name] = why
+        elif a in chosen.analyses:
+            plan.reads[a.name] = reads
+            plan.reducers[a.name] = a.reducers(ctx, chosen.params[a.name])
+    return plan
+
+
+def not_applicable(ctx: Any, analysis: Any, params: Any) -> str:
+    """Why ``analysis`` does not apply to this model and data, or "" when it does (its `check`, and the model kinds
+    it needs)."""
+    if analysis.needs_images and not ctx.is_image_model:
+        return "applies to image models only"
+    if analysis.needs_logits and ctx.facts.output_reason:
+        return f"{ctx.facts.output_reason}: there is no class score to work with"
+    try:
+        analysis.check(ctx, params)
+    except NotApplicable as exc:
+        return str(exc)
+    return ""
+
+
+def settle(ctx: Any, chosen: Chosen, plan: Plan) -> None:
+    """After the pass, when the sample images are known: fix every chosen analysis's settings within the compute
+    budget (`reportgen.budget.fit`; an analysis that reads others is fitted after them, so that its cost counts
+    the settings they run with) and the run order (``plan.order``: report order, each analysis after those it
+    reads). Says on the console what the analyses will spend at most, with the time that takes at the measured
+    speed of a forward and backward pass (`reportgen.budget.measured_speed`), when that is a minute or more. Then
+    the context is made read-only: what the analyses share goes through their results (`Plan.upstream`)."""
+    from .budget import count_macs, estimate_line, fit, measured_speed
+
+    facts = ctx.facts
+    if facts.python and not facts.macs and ctx.samples:
+        facts.macs, facts.macs_until = count_macs(ctx.model, ctx.images.load_inputs(ctx.samples[:1], ctx.device))
+    plan.order = run_order(chosen.analyses, plan.reads)
+    fitted = {}
+    for a in plan.order:
+        if a.name in plan.skipped:
             continue
-        if a.needs_logits and ctx.facts.output_reason:
-            skipped[a.name] = f"{ctx.facts.output_reason}: there is no class score to work with"
-            continue
-        try:
-            a.check(ctx, chosen.params[a.name])
-        except NotApplicable as exc:
-            skipped[a.name] = str(exc)
-            continue
-        reducers[a.name] = a.reducers(ctx, chosen.params[a.name])
-    return Plan(skipped, reducers)
+        f = fitted[a.name] = fit(a, ctx, plan.params[a.name], plan.upstream(a.name))
+        if f.refused:
+            plan.refused[a.name] = f.refused
+        else:
+            plan.params[a.name] = f.params
+            if f.note:
+                plan.notes[a.name] = f.note
+    total = sum(f.cost for f in fitted.values() if not f.refused)
+    # worth a line only when the analyses cost more than a few hundred passes of one image (and someone reads it)
+    if not ctx.output.quiet and facts.macs and total > 300 * facts.macs and ctx.samples:
+        # a batch as the analyses run them (a pass of one or two images measures mostly per-call overhead)
+        n = min(ctx.batch_size(grad=True), 8)
+        x = ctx.images.load_inputs([ctx.samples[k % len(ctx.samples)] for k in range(n)], ctx.device)
+        speed = measured_speed(ctx.model, x, facts.macs)
+        if total / speed >= 60:
+            ctx.output.info(estimate_line(fitted, speed))
+    for name, f in fitted.items():
+        if f.refused or f.note:
+            ctx.output.detail(f"{name}: {f.refused or f.note}")
+    ctx.freeze()
+
+
+def run_order(analyses: list, reads: dict[str, list[str]]) -> list:
+    """``analyses`` (in report order) with each one moved after the analyses it reads (``reads``: name -> names);
+    otherwise in report order. A cycle is a bug in the analyses' declarations."""
+    by_name = {a.name: a for a in analyses}
+    done: dict[str, Any] = {}
+
+    def visit(a: Any, path: tuple) -> None:
+        if a.name in done:
+            return
+        if a.name in path:
+            raise RuntimeError(f"analyses read each other in a cycle: {' -> '.join(path + (a.name,))}")
+        for n in reads.get(a.name, []):
+            if n in by_name:
+                visit(by_name[n], path + (a.name,))
+        done[a.name] = a
+
+    for a in analyses:
+        visit(a, ())
+    return list(done.values())
 
 
 def forward_pass(ctx: Any, reducers: dict[str, dict], group: Any = None) -> Any:
@@ -329,33 +447,32 @@ class Outcome:
     seconds: float = 0.0
 
 
-def analyse(ctx: Any, chosen: Chosen, plan: Plan) -> Iterator[Outcome]:
-    """Run each chosen analysis on the shared context, in report order, yielding one `Outcome` at a time (so that
-    its arrays can be written and dropped before the next analysis runs). A failing analysis becomes a "failed"
-    outcome with the reason (the rest of the report goes on); user errors and interrupts stop the build."""
+def analyse(ctx: Any, order: list, plan: Plan) -> Iterator[Outcome]:
+    """Run the analyses of ``order`` (run order, `settle`) on the read-only context with the settings the plan
+    fixed, yielding one `Outcome` at a time (so that its arrays can be written and dropped before the next analysis
+    runs). Each analysis is handed the results of those it reads (`Plan.upstream`); those results (without their
+    pictures) are kept only until their last reader has run. A failing analysis becomes a "failed" outcome with the
+    reason (the rest of the report goes on); user errors and interrupts stop the build."""
+    from .methods.relu_rules import NonReluWarning
+
     output = ctx.output
-    fitted = fit_budget(ctx, chosen, plan)
-    for a in ctx.iterate(chosen.analyses, length=len(chosen.analyses), label="analyses"):
-        params = chosen.params[a.name]
-        if a.name in plan.skipped:
-            yield Outcome(a, params, "not applicable", plan.skipped[a.name])
+    readers = Counter(n for a in order for n in plan.reads.get(a.name, []))
+    kept: dict[str, Result] = {}
+    failed: dict[str, str] = {}
+    for a in ctx.iterate(order, length=len(order), label="analyses"):
+        params = plan.params[a.name]
+        if a.name in plan.skipped or a.name in plan.refused:
+            yield Outcome(a, params, "not applicable", plan.skipped.get(a.name) or plan.refused[a.name])
             continue
-        fit = fitted[a.name]
-        if fit.refused:
-            yield Outcome(a, params, "not applicable", fit.refused)
-            continue
-        params = fit.params
         t = time.perf_counter()
         output.detail(f"running {a.name}")
         outcome = Outcome(a, params)
         try:
             with warnings.catch_warnings():
                 # the page says where a ReLU rule is approximate (the non-linearities check): no console warning
-                from .methods.relu_rules import NonReluWarning
-
                 warnings.simplefilter("ignore", NonReluWarning)
-                ctx.splitting = bool(getattr(a, "splits", False))  # its chunks shared by the ranks (Context.map_chunks)
-                outcome.result = a.run(ctx, params, plan.reducers[a.name])
+                outcome.result = a.run(ctx.running(a), params, plan.reducers[a.name],
+                                       plan.upstream(a.name, kept, failed))
         except NotApplicable as exc:
             outcome.status, outcome.reason = "not applicable", str(exc)
         except (ReportgenError, KeyboardInterrupt):
@@ -365,40 +482,19 @@ def analyse(ctx: Any, chosen: Chosen, plan: Plan) -> Iterator[Outcome]:
                 traceback.print_exc()
             outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
             output.warn(f"analysis '{a.name}' failed: {type(exc).__name__}: {exc} (run with -v for the traceback)")
-        if fit.note and outcome.result is not None:
-            outcome.result.notes.insert(0, fit.note)
+        if outcome.result is None:
+            failed[a.name] = f"its page did not run: {outcome.status}, {outcome.reason}"
+        elif readers[a.name]:
+            kept[a.name] = dataclasses.replace(outcome.result, items=[
+                i for i in outcome.result.items if isinstance(i, Table)])
+        for n in plan.reads.get(a.name, []):
+            readers[n] -= 1
+            if not readers[n]:
+                kept.pop(n, None)
+        if a.name in plan.notes and outcome.result is not None:
+            outcome.result.notes.insert(0, plan.notes[a.name])
         outcome.seconds = time.perf_counter() - t
         yield outcome
-
-
-def fit_budget(ctx: Any, chosen: Chosen, plan: Plan) -> dict:
-    """Each applicable analysis's settings within the compute budget (`reportgen.budget.fit`), by name; says on the
-    console what the analyses will spend at most, with the time that takes at the measured speed of a forward and
-    backward pass (`reportgen.budget.measured_speed`), when that is a minute or more."""
-    from .budget import count_macs, estimate_line, fit, measured_speed
-
-    facts = ctx.facts
-    if facts.python and not facts.macs and ctx.samples:
-        facts.macs, facts.macs_until = count_macs(ctx.model, ctx.images.load_inputs(ctx.samples[:1], ctx.device))
-    fitted = {}
-    for a in chosen.analyses:  # in report order: the trust checks leave out the methods not run before them
-        if a.name not in plan.skipped:
-            fitted[a.name] = fit(a, ctx, chosen.params[a.name])
-            if fitted[a.name].refused:
-                ctx.over_budget.add(a.name)
-    total = sum(f.cost for f in fitted.values() if not f.refused)
-    # worth a line only when the analyses cost more than a few hundred passes of one image (and someone reads it)
-    if not ctx.output.quiet and ctx.facts.macs and total > 300 * ctx.facts.macs and ctx.samples:
-        # a batch as the analyses run them (a pass of one or two images measures mostly per-call overhead)
-        n = min(ctx.batch_size(grad=True), 8)
-        x = ctx.images.load_inputs([ctx.samples[k % len(ctx.samples)] for k in range(n)], ctx.device)
-        speed = measured_speed(ctx.model, x, ctx.facts.macs)
-        if total / speed >= 60:
-            ctx.output.info(estimate_line(fitted, speed))
-    for name, f in fitted.items():
-        if f.refused or f.note:
-            ctx.output.detail(f"{name}: {f.refused or f.note}")
-    return fitted
 
 
 def write(outcomes: Iterator[Outcome], writer: ArtifactWriter) -> list[AnalysisEntry]:
@@ -427,6 +523,7 @@ def render(manifest: Manifest, folder: Path, writer: ArtifactWriter) -> None:
 
 def select_analyses(cfg: BuildConfig) -> list:
     from .analyses import all_analyses
+    from .config import did_you_mean
 
     analyses = all_analyses()
     names = [a.name for a in analyses]
@@ -434,10 +531,10 @@ def select_analyses(cfg: BuildConfig) -> list:
     for key in ("only", "skip"):
         for n in getattr(cfg, key):
             if n not in names:
-                errors.append(f"--{key}: unknown analysis '{n}'; known: {', '.join(names)}")
+                errors.append(f"--{key}: unknown analysis '{n}'{did_you_mean(n, names)}; known: {', '.join(names)}")
     for n in cfg.analysis:
         if n not in names:
-            errors.append(f"analysis.{n}: unknown analysis; known: {', '.join(names)}")
+            errors.append(f"analysis.{n}: unknown analysis{did_you_mean(n, names)}; known: {', '.join(names)}")
     raise_errors(errors, "options")
     chosen = [a for a in analyses if (not cfg.only or a.name in cfg.only) and a.name not in cfg.skip]
     if not chosen:
@@ -485,7 +582,7 @@ def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timi
     import torch
     import torchvision
 
-    from .api import state_dict_sha256
+    from .given import state_dict_sha256
 
     images = ctx.images
     predictions = ctx.predictions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -46,12 +47,15 @@ class Predictions:
 
 @dataclass
 class Context:
-    """Shared by every analysis of one build.
+    """Shared by every analysis of one build; read-only once the build has settled the plan after the one pass
+    (`freeze`): analyses hand each other values through their results (`reportgen.build.Plan.upstream`), never
+    through the context.
 
     ``model`` is in eval mode on ``device``; ``facts`` is what the plan learned about it (layer table, CAM layers,
     non-linearities...); ``layers`` are the selected dotted layer names; ``predictions`` holds the logits of the one
     pass (None before it); ``samples`` are the seeded pick of image indices for per-image analyses; ``output``
-    takes messages and progress bars.
+    takes messages and progress bars; ``group`` is the process group of a distributed build; ``splitting`` says
+    that the analysis this context was handed to shares its chunks between the ranks (`running`, `map_chunks`).
     """
 
     config: BuildConfig
@@ -63,10 +67,24 @@ class Context:
     samples: list[int] = field(default_factory=list)
     output: Output = field(default_factory=lambda: Output(silent=True))
     class_folders: Optional[list[str]] = None  # an image folder's class sub-folders (they may name the classes)
-    maps: dict[str, dict] = field(default_factory=dict)  # attribution maps of this build; see `keep_maps`
-    over_budget: set = field(default_factory=set)  # analyses not run for cost (`reportgen.budget.fit`)
     group: Any = None  # the process group of a distributed build (`reportgen.distributed.Group`); see `map_chunks`
     splitting: bool = False  # the running analysis shares its chunks between the ranks (`Analysis.splits`)
+    frozen: bool = False  # read-only (`freeze`)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("frozen"):
+            raise AttributeError(f"the build context is read-only after the pass: cannot set '{name}' (an analysis "
+                                 "hands values to another through its result: `Analysis.reads`)")
+        super().__setattr__(name, value)
+
+    def freeze(self) -> None:
+        """Make this context read-only (the build calls it once the plan is settled after the one pass)."""
+        self.frozen = True
+
+    def running(self, analysis: Any) -> "Context":
+        """The context handed to ``analysis``: this one, marked as ``splitting`` when the analysis deals its
+        chunks to the ranks of a distributed build (`Analysis.splits`); a copy, so this one stays as it is."""
+        return dataclasses.replace(self, splitting=bool(getattr(analysis, "splits", False)))
 
     @property
     def layers(self) -> list[str]:
@@ -138,10 +156,3 @@ class Context:
         if self.group is None or not self.splitting:
             return [fn(c) for c in self.iterate(chunks, length=len(chunks), label=label)]
         return self.group.map_chunks(fn, chunks, label, lambda it, n: self.iterate(it, length=n, label=label))
-
-    def keep_maps(self, method: str, keys: list[tuple[int, int]], maps: Any) -> None:
-        """Keep the raw maps (T, h, w) an attribution method drew for ``keys``, (image index, class) pairs, as
-        ``ctx.maps[method][key]`` (h, w) float32 on the CPU, so that later analyses of this build (the trust section)
-        read the very maps the method's page shows instead of recomputing them. Memory is bounded by samples x
-        classes per sample x methods x h x w x 4 bytes (16 maps of 224x224 for 12 methods: 39 MB)."""
-        self.maps.setdefault(method, {}).update((k, m) for k, m in zip(keys, maps.detach().float().cpu()))

@@ -468,9 +468,12 @@ def test_context_maps_chunks_in_one_process_and_shares_them_only_for_an_analysis
 
     def body(group):
         ctx = Context(config=BuildConfig(), loaded=None, images=None, device="cpu", facts=None, group=group)
-        local = ctx.map_chunks(lambda c: (c, group.rank), range(3), "not split")  # no collective: all here
-        ctx.splitting = True
-        return local, ctx.map_chunks(lambda c: (c, group.rank), range(3), "split")
+        ctx.freeze()  # as the build hands it to the analyses
+        local = ctx.running(SimpleNamespace(splits=False)).map_chunks(lambda c: (c, group.rank), range(3),
+                                                                      "not split")  # no collective: all here
+        split = ctx.running(SimpleNamespace(splits=True))
+        assert split.frozen and not ctx.splitting  # a read-only copy for the analysis; the build's own unchanged
+        return local, split.map_chunks(lambda c: (c, group.rank), range(3), "split")
 
     for r, (ok, (local, shared)) in enumerate(on_ranks(2, body, monkeypatch)):
         assert ok and local == [(0, r), (1, r), (2, r)] and shared == [(0, 0), (1, 1), (2, 0)]

@@ -345,8 +345,9 @@ def test_skip_and_unknown_methods(tmp_path, image_folder):
 # Bounded cost: the page's maps are read, not recomputed; costly methods leave the cascade unless named
 
 
-def build_context(image_folder, samples=3):
-    """The context a build hands its analyses (tiny CNN, 32x32), after the one pass and the sample pick."""
+def build_context(image_folder, samples=3, **settings):
+    """The context a build hands its analyses (tiny CNN, 32x32) and its plan, after the one pass, the sample pick
+    and the settled plan (the context is then read-only)."""
     from conftest import TINY_ARGS
 
     from reportgen.build import (
@@ -355,45 +356,83 @@ def build_context(image_folder, samples=3):
         load,
         make_plan,
         pick_samples,
+        settle,
     )
     from reportgen.config import load_config
     from reportgen.console import Output
 
     cfg = load_config(None, model=TINY_ARGS[0], input_size=[32, 32], channels=3, images=str(image_folder),
-                      samples=samples, only=["predictions", "deletion-insertion", "randomization-test"])
+                      samples=samples, only=["predictions", "deletion-insertion", "randomization-test"], **settings)
     ctx = load(cfg, Output(silent=True))
-    make_plan(ctx, choose_analyses(cfg))
+    chosen = choose_analyses(cfg)
+    plan = make_plan(ctx, chosen)
     ctx.predictions = forward_pass(ctx, {})
     ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, samples, ctx.rng("samples"))
-    return ctx
+    settle(ctx, chosen, plan)
+    return ctx, plan
 
 
 def test_the_checks_read_the_maps_the_method_pages_show_and_compute_only_the_missing(image_folder):
     from reportgen.analyses import get
-    from reportgen.analyses.faithfulness import (
-        attribution_methods,
-        predicted,
-        report_maps,
-    )
+    from reportgen.analyses.faithfulness import predicted, report_maps
 
-    ctx = build_context(image_folder)
+    ctx, plan = build_context(image_folder)
     targets = predicted(ctx, ctx.samples)
     page = get("smoothgrad")  # random noise per call: a recomputation would not give the page's maps
-    ((a, opts),) = attribution_methods(ctx, ["smoothgrad"], "methods")
-    _, computed = report_maps(ctx, a, opts, ctx.samples, targets)
-    assert computed == 3 and ctx.maps == {}  # no page ran yet: computed, and not kept as if a page drew them
-    result = page.run(ctx, page.Params(), {})
-    maps, computed = report_maps(ctx, a, opts, ctx.samples, targets)
+    upstream = plan.upstream("deletion-insertion")  # smoothgrad has no page in this build (--only)
+    assert "smoothgrad" in upstream.params and "smoothgrad" not in upstream.pages
+    opts = page.options(ctx, upstream.params["smoothgrad"])
+    _, computed = report_maps(ctx, page, opts, ctx.samples, targets, upstream)
+    assert computed == 3  # no page ran: computed
+    result = page.run(ctx, upstream.params["smoothgrad"], {})
+    read = plan.upstream("deletion-insertion", {"smoothgrad": result})
+    maps, computed = report_maps(ctx, page, opts, ctx.samples, targets, read)
     assert computed == 0
     drawn = {item.key: item.array for item in result.items if item.key.startswith("shared-predicted-")}
     for p, i in enumerate(ctx.samples):
         np.testing.assert_array_equal(drawn[f"shared-predicted-{i:05d}-{int(targets[p])}"],
                                       np.clip(maps[p].numpy().astype(np.float64), 0, None))
     # a class no page drew (and one image's map dropped) is computed, the rest still read
-    del ctx.maps["smoothgrad"][(ctx.samples[1], int(targets[1]))]
-    again, computed = report_maps(ctx, a, opts, ctx.samples, targets)
+    del result.shared["maps"][(ctx.samples[1], int(targets[1]))]
+    again, computed = report_maps(ctx, page, opts, ctx.samples, targets, read)
     assert computed == 1
     assert torch.equal(again[0], maps[0]) and torch.equal(again[2], maps[2])
+
+
+def test_the_checks_judge_the_settings_the_budget_gave_the_pages(image_folder):
+    """The budget lowers SmoothGrad's noisy copies on its page: both checks are handed those settings, not the
+    config's (they used to judge SmoothGrad at n = 50 while its page showed fewer copies)."""
+    from conftest import TINY_ARGS
+
+    from reportgen.analyses import get
+    from reportgen.budget import count_macs
+    from reportgen.build import choose_analyses, forward_pass, load, make_plan, pick_samples, settle
+    from reportgen.config import load_config
+    from reportgen.console import Output
+
+    def context(budget):
+        cfg = load_config(None, model=TINY_ARGS[0], input_size=[32, 32], channels=3, images=str(image_folder),
+                          samples=2, budget=budget, only=["smoothgrad", "deletion-insertion", "randomization-test"])
+        ctx = load(cfg, Output(silent=True))
+        chosen = choose_analyses(cfg)
+        plan = make_plan(ctx, chosen)
+        ctx.predictions = forward_pass(ctx, {})
+        ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, 2, ctx.rng("samples"))
+        return ctx, chosen, plan
+
+    ctx, _, _ = context(0)
+    macs, _ = count_macs(ctx.model, ctx.images.load_inputs(ctx.samples[:1], ctx.device))
+    maps = len(get("smoothgrad").map_targets(ctx))  # each sample's predicted and true class
+    # a budget for 20 noisy copies per map (a forward and a backward pass each: 3 passes), and a bit
+    ctx, chosen, plan = context(maps * 20.5 * 3 * macs / 1e9)
+    settle(ctx, chosen, plan)
+    fitted = plan.params["smoothgrad"]
+    assert chosen.params["smoothgrad"].n == 50 and fitted.n == 20 and "smoothgrad" in plan.notes
+    for check in ("deletion-insertion", "randomization-test"):
+        upstream = plan.upstream(check)
+        assert upstream.params["smoothgrad"] == fitted and "smoothgrad" in upstream.pages
+    with pytest.raises(AttributeError, match="read-only"):
+        ctx.samples = []
 
 
 def test_counting_images_counts_batches_stops_at_the_limit_and_leaves_no_hook():
@@ -413,14 +452,16 @@ def test_counting_images_counts_batches_stops_at_the_limit_and_leaves_no_hook():
 
 
 def test_randomization_leaves_out_costly_methods_with_a_note_unless_named(image_folder):
+    from reportgen.analyses import Upstream
     from reportgen.analyses.faithfulness import RandomizationParams, RandomizationTest
 
-    ctx = build_context(image_folder, samples=1)
+    ctx, plan = build_context(image_folder, samples=1)
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     test = RandomizationTest()
     # SmoothGrad (50 noisy copies) and occlusion (one copy per patch position) cost more than 8 passes per map
     params = RandomizationParams(steps=2, images=1, max_passes=8, methods=[])
-    result = test.run(ctx, params, {})
+    upstream = plan.upstream("randomization-test")
+    result = test.run(ctx, params, {}, upstream)
     table = next(i for i in result.items if i.key == "trust")
     verdicts = {r[0]: r[-1] for r in table.rows}
     assert verdicts["gradient"] in ("pass", "fail")
@@ -429,7 +470,8 @@ def test_randomization_leaves_out_costly_methods_with_a_note_unless_named(image_
     note = next(n for n in result.notes if n.startswith("Left out of this check"))
     assert "smoothgrad" in note and "occlusion" in note and "gradient" not in note and "more than 8 images" in note
     assert result.metrics["left out (cost)"] >= 2
-    named = test.run(ctx, RandomizationParams(steps=2, images=1, max_passes=8, methods=["smoothgrad"]), {})
+    named = test.run(ctx, RandomizationParams(steps=2, images=1, max_passes=8, methods=["smoothgrad"]), {},
+                     Upstream(params={"smoothgrad": upstream.params["smoothgrad"]}))
     assert [r[0] for r in next(i for i in named.items if i.key == "trust").rows] == [
         "smoothgrad", "edge detector (control)"]
     assert not any(n.startswith("Left out") for n in named.notes)

@@ -13,8 +13,8 @@ Modules in this package register their analyses with `@register` and are importe
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Optional
 
 from ..manifest import SECTIONS
 
@@ -50,8 +50,30 @@ class Reducer:
         same on every rank and the same as in one process."""
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """What the build hands an analysis about the analyses it reads (`Analysis.reads`), all of which ran before it.
+
+    ``params``: the settings of every read analysis that applies to the model, as the plan fixed them once (fitted
+    to the compute budget where that analysis has a page in this report): an analysis that recomputes what another
+    one shows uses exactly these. ``results``: the `reportgen.artifacts.Result` of each read analysis that ran in
+    this build (its tables, metrics, notes and ``shared`` values; pictures are not kept). ``pages``: the read
+    analyses that are planned to run with a page in this report; one of ``params`` that is not among them was not
+    chosen (--only/--skip): a reader that needs its values computes them with its ``params``. ``missing``: why a
+    read analysis did not run although chosen (over the compute budget, failed). ``cost`` sees ``params``,
+    ``pages`` and the budget refusals only (nothing has run yet)."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    pages: frozenset = frozenset()
+    results: Mapping[str, Any] = field(default_factory=dict)
+    missing: Mapping[str, str] = field(default_factory=dict)
+
+
+NOTHING = Upstream()
+
+
 class Analysis:
-    """Base class; subclasses set the class attributes and implement `run` (and optionally `reducers`)."""
+    """Base class; subclasses set the class attributes and implement `run` (and optionally `reducers`, `reads`)."""
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
@@ -66,16 +88,28 @@ class Analysis:
     # (config key, floor) pairs the compute budget may lower, in order (`reportgen.budget.fit`)
     shrink: ClassVar[tuple[tuple[str, int], ...]] = ()
 
-    def cost(self, ctx: Any, params: Any) -> float:
+    # why it does not apply when none of the analyses it reads (`reads`) applies or runs
+    nothing_to_read: ClassVar[str] = "none of the analyses it reads applies to this model"
+
+    def reads(self, params: Any, config: Any) -> list[str]:
+        """Names of the analyses whose results (or settings) this one reads with ``params`` under the build's
+        ``config``: the build plans their settings, runs them first and hands their results to `run` and `cost` as
+        an `Upstream`. None by default."""
+        return []
+
+    def cost(self, ctx: Any, params: Any, upstream: Upstream = NOTHING) -> float:
         """Multiply-adds this analysis spends at most with ``params`` (after the one pass: ``ctx.predictions`` and
         ``ctx.samples`` are known), from ``ctx.facts.macs`` per forward pass of one image (a backward pass counts
-        twice that); 0 for an analysis whose cost does not grow with the model's (the default)."""
+        twice that); 0 for an analysis whose cost does not grow with the model's (the default). ``upstream``: the
+        settings of the analyses it reads (no results yet)."""
         return 0.0
 
     def reducers(self, ctx: Any, params: Any) -> dict[str, Reducer]:
         return {}
 
-    def run(self, ctx: Any, params: Any, reduced: dict[str, Reducer]) -> Any:  # pragma: no cover - interface
+    def run(self, ctx: Any, params: Any, reduced: dict[str, Reducer],
+            upstream: Upstream = NOTHING) -> Any:  # pragma: no cover - interface
+        """The analysis: ``reduced`` its reducers after the one pass, ``upstream`` what it reads (`reads`)."""
         raise NotImplementedError
 
     def check(self, ctx: Any, params: Any) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..artifacts import Grid, NotApplicable, Picture, Plot, Result, Table
 from ..config import doc
-from . import Analysis, Reducer, register
+from . import Analysis, NOTHING, Reducer, register
 
 
 def _short(x: float) -> str:
@@ -71,7 +71,7 @@ class ActivationMaps(Analysis):
     order = 10
     Params = ActivationMapParams
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         from ..methods.activations import pick_channels, signed_range
 
         indices = list(ctx.samples[: params.images])
@@ -226,7 +226,7 @@ class Distributions(Analysis):
     def reducers(self, ctx, params):
         return {"stats": StatsReducer(ctx.layers, params.bins), "relus": EverPositive(relu_outputs(ctx)[0])}
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         reducer = reduced["stats"]
         result = Result()
         rows, names, means, stds, dead = [], [], [], [], []
@@ -450,7 +450,7 @@ class Embeddings(Analysis):
     def reducers(self, ctx, params):
         return {"sample": FeatureSample(ctx.layers, params.max_points, params.max_dim, ctx.rng("embeddings"))}
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         import time
 
         from ..methods.degenerate import degenerate_reason
@@ -624,7 +624,7 @@ class Neighbours(Analysis):
     def reducers(self, ctx, params):
         return {"bank": FeatureBank(feature_layer(ctx), params.max_points, ctx.rng("neighbours"))}
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         from ..methods.degenerate import degenerate_reason
         from ..methods.embed import nearest_neighbours
 
@@ -780,7 +780,7 @@ class TopImages(Analysis):
     def reducers(self, ctx, params):
         return {"top": TopReducer(top_layers(ctx), params.n)}
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         reducer: TopReducer = reduced["top"]
         if reducer.count == 0:
             raise NotApplicable("no image was seen")

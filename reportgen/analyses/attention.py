@@ -79,7 +79,8 @@ class AttentionMaps(Analysis):
             result.notes.append(
                 f"{len(windowed)} of the {len(names)} attention layers attend within shifted windows (Swin): there "
                 "is no class token, so their maps show the weight each position receives from the positions of "
-                "its window, averaged over them (1 / window size everywhere when attention is uniform), placed "
+                "its window, averaged over them (1/T everywhere for T positions per window when attention is "
+                "uniform: 1/49 for 7x7 windows), placed "
                 "back on the layer's map with the window shift undone.")
         if len(windowed) < len(names):
             result.notes.append(
@@ -190,6 +191,8 @@ class GradRollout(RolloutFamily):
     order = 92
     map_words = ("the class token's row of R, R = I then R + mean over heads of ReLU(dS/dA * A) R layer by layer, "
                  "one value per patch")
+    blank_means = ("no path of positive gradient-weighted attention leads from a patch to the class token (only "
+                   "positive products are kept), so the pixels may still change that score")
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attention import grad_rollout

@@ -1,9 +1,11 @@
 """Which maps to trust: the faithfulness and sanity checks of every attribution method, as two analyses.
 
-Both take the attribution methods as the report enumerates them (every `AttributionAnalysis` in the registry, with
-its own ``[analysis.NAME]`` parameters and its own `attribute` entry point), read each method's maps of the sample
-images for their predicted class from this build (the maps its page drew, `Context.keep_maps`; only those no page
-drew are computed, `report_maps`), and check them with `reportgen.methods.faithfulness`:
+Both read the attribution methods (`Analysis.reads`: every `AttributionAnalysis` of the registry not skipped with
+--skip, or those named under ``methods``), so the build runs those methods' pages first and hands each check an
+`Upstream`: every method's settings as the plan fixed them (budget-fitted, exactly those its page ran with) and the
+maps its page drew (its result's ``shared["maps"]``). A check reads those maps of the sample images for their
+predicted class and computes only the maps no page drew (`report_maps`: a method not chosen with --only, or named
+although its page did not run), then checks them with `reportgen.methods.faithfulness`:
 
 - `deletion-insertion`: the deletion and insertion curves (Petsiuk et al. 2018) and their areas per method, against
   a random pixel order, with the object-mask scores of the same maps where the data has masks;
@@ -24,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import Grid, NotApplicable, Plot, Result, Table
-from ..config import analysis_params, doc, raise_errors
+from ..artifacts import Grid, Plot, Result, Table
+from ..config import doc
 from ..errors import ConfigError
-from . import Analysis, register
+from . import Analysis, NOTHING, Upstream, register
 
 RANDOM_ROW = "random order"
 EDGE_ROW = "edge detector (control)"
@@ -74,37 +76,46 @@ class RandomizationParams:
 # The attribution methods, as the report enumerates them
 
 
-def method_params(ctx: Any, names: list[str], key: str) -> list[tuple[Any, Any]]:
-    """``(analysis, params)`` of each attribution method to check, in report order: those named (``names``,
-    checked against the registry; `ConfigError` naming ``key`` otherwise) or every one not skipped with --skip
-    and not left out by the compute budget (`budget_note`);
-    each with its own ``[analysis.NAME]`` parameters, leaving out those that do not apply to this model."""
+def attribution_names() -> list[str]:
+    """Every attribution method of the report (each `AttributionAnalysis` of the registry), in report order."""
     from . import all_analyses
     from .influence import AttributionAnalysis
 
-    known = [a for a in all_analyses() if isinstance(a, AttributionAnalysis)]
-    unknown = [n for n in names if n not in {a.name for a in known}]
+    return [a.name for a in all_analyses() if isinstance(a, AttributionAnalysis)]
+
+
+def checked_names(names: list[str], config: Any, key: str) -> list[str]:
+    """The attribution methods a trust check reads (`Analysis.reads`), in report order: those named (``names``,
+    checked against the registry; `ConfigError` naming ``key`` otherwise) or every one not skipped with --skip."""
+    known = attribution_names()
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"{key}: unknown attribution method {', '.join(repr(n) for n in unknown)}; known: "
-                          + ", ".join(a.name for a in known))
-    # a method whose page the compute budget left out would cost the check what it cost the page: left out too
-    chosen = [a for a in known if (a.name in names if names else a.name not in ctx.config.skip
-                                   and a.name not in ctx.over_budget)]
-    methods, errors = [], []
-    for a in chosen:
-        params = analysis_params(a.Params, a.name, ctx.config.analysis.get(a.name, {}), errors)
-        raise_errors(errors, "config")
-        try:
-            a.check(ctx, params)
-        except NotApplicable:
-            continue
-        methods.append((a, params))
-    return methods
+                          + ", ".join(known))
+    return [n for n in known if n in names] if names else [n for n in known if n not in config.skip]
 
 
-def attribution_methods(ctx: Any, names: list[str], key: str) -> list[tuple[Any, dict]]:
+def method_params(upstream: Any, params: Any) -> list[tuple[Any, Any]]:
+    """``(analysis, settings)`` of each attribution method to check, in report order, with the settings the plan
+    fixed for it (those its page ran with: `Upstream.params`); methods that do not apply to this model are not
+    there, and neither are those whose page did not run (over the compute budget, failed) unless ``params.methods``
+    names them."""
+    from . import get
+
+    return [(get(name), p) for name, p in upstream.params.items()
+            if name not in upstream.missing or name in params.methods]
+
+
+def attribution_methods(ctx: Any, upstream: Any, params: Any) -> list[tuple[Any, dict]]:
     """``(analysis, options)`` of each attribution method to check, in report order (`method_params`)."""
-    return [(a, a.options(ctx, params)) for a, params in method_params(ctx, names, key)]
+    return [(a, a.options(ctx, p)) for a, p in method_params(upstream, params)]
+
+
+def unseen_passes(ctx: Any, upstream: Any, params: Any) -> float:
+    """Forward-pass equivalents of one image of the maps a check computes itself, per image: those of the methods
+    it checks that have no page in this build (not chosen, or their page did not run)."""
+    return sum(a.passes(ctx, p) for a, p in method_params(upstream, params)
+               if a.name not in upstream.pages or a.name in upstream.missing)
 
 
 def method_maps(analysis: Any, ctx: Any, model: Any, inputs: Any, images: list[int], targets: Any,
@@ -127,13 +138,15 @@ def method_maps(analysis: Any, ctx: Any, model: Any, inputs: Any, images: list[i
     return torch.cat(maps)
 
 
-def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targets: Any) -> tuple[Any, int]:
+def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targets: Any,
+                upstream: Any) -> tuple[Any, int]:
     """One method's maps (N, h, w) float32 on the CPU of ``images`` (image indices) for ``targets`` (N,): the very
-    maps its own analysis drew earlier in this build (`Context.keep_maps`), and those it did not draw (the method
-    skipped with --skip/--only, or another class) computed now with `method_maps`; and how many were computed."""
+    maps its own page drew in this build (its result's ``shared["maps"]``, `Upstream.results`), and those it did not
+    draw (the method has no page, or another class) computed now with `method_maps`; and how many were computed."""
     import torch
 
-    stored = ctx.maps.get(analysis.name, {})
+    drawn = upstream.results.get(analysis.name)
+    stored = drawn.shared.get("maps", {}) if drawn is not None else {}
     keys = [(i, int(t)) for i, t in zip(images, targets.tolist())]
     missing = [p for p, k in enumerate(keys) if k not in stored]
     fresh = {}
@@ -168,20 +181,11 @@ def too_costly(analysis: Any, ctx: Any, twin: Any, inputs: Any, images: list[int
     return False
 
 
-def budget_note(ctx: Any, params: Any) -> list[str]:
-    """The page's note on the attribution methods left out because the compute budget did not run their pages."""
-    from . import all_analyses
-    from .influence import AttributionAnalysis
-
-    out = [a.name for a in all_analyses() if isinstance(a, AttributionAnalysis) and a.name in ctx.over_budget
-           and a.name not in params.methods]
-    return [f"Not checked: {', '.join(out)}: its page was not run, being over the build's compute budget "
-            "(--budget); name it under methods to check it anyway."] if out else []
-
-
-def check_methods(ctx: Any, params: Any, key: str) -> None:
-    if not attribution_methods(ctx, params.methods, f"analysis.{key}.methods"):
-        raise NotApplicable("no attribution method applies to this model (or all are skipped)")
+def missing_note(upstream: Any, params: Any) -> list[str]:
+    """The page's note on the attribution methods left out because their page did not run in this build (over
+    the compute budget, failed)."""
+    out = [f"{name} ({why})" for name, why in upstream.missing.items() if name not in params.methods]
+    return [f"Not checked: {'; '.join(out)}. Name a method under methods to check it anyway."] if out else []
 
 
 def maps_note(computed: dict[str, int], n: int) -> str:
@@ -225,27 +229,27 @@ class DeletionInsertion(Analysis):
     Params = DeletionParams
     needs_logits = True  # both checks are about the class probability / the class's maps
     shrink = (("steps", 8), ("images", 2), ("images", 1))
+    nothing_to_read = "no attribution method applies to this model (or all are skipped)"
 
-    def cost(self, ctx: Any, params: Any) -> float:
+    def cost(self, ctx: Any, params: Any, upstream: Upstream = NOTHING) -> float:
         # two curves of steps + 1 forward passes per image, for every method and the random order, and the maps
         # of the methods whose pages this build does not draw (not chosen with --only)
-        methods = method_params(ctx, params.methods, f"analysis.{self.name}.methods")
+        methods = method_params(upstream, params)
         n = min(params.images, len(ctx.samples))
-        only = ctx.config.only
-        unseen = sum(a.passes(ctx, p) for a, p in methods if only and a.name not in only)
-        return ((len(methods) + 1) * 2 * (params.steps + 1) + unseen) * n * ctx.facts.macs
+        return ((len(methods) + 1) * 2 * (params.steps + 1) + unseen_passes(ctx, upstream, params)) * n \
+            * ctx.facts.macs
 
-    def check(self, ctx: Any, params: Any) -> None:
-        check_methods(ctx, params, self.name)
+    def reads(self, params: Any, config: Any) -> list[str]:
+        return checked_names(params.methods, config, f"analysis.{self.name}.methods")
 
-    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+    def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         import torch
 
         from ..methods.faithfulness import curve_auc, deletion_insertion
         from .influence import mask_scores, nan_mean
 
         result = Result()
-        result.notes.extend(budget_note(ctx, params))
+        result.notes.extend(missing_note(upstream, params))
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets = predicted(ctx, images)
@@ -257,9 +261,9 @@ class DeletionInsertion(Analysis):
         rows: dict[str, dict] = {}
         curves: dict[str, tuple] = {}
         computed: dict[str, int] = {}
-        methods = attribution_methods(ctx, params.methods, f"analysis.{self.name}.methods")
+        methods = attribution_methods(ctx, upstream, params)
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
-            maps, computed[a.name] = report_maps(ctx, a, opts, images, targets)
+            maps, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream)
             dele, ins = deletion_insertion(ctx.model, inputs, targets, maps,
                                            generator=ctx.generator(f"{self.name}:{a.name}"), **options)
             row = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
@@ -355,7 +359,8 @@ class DeletionInsertion(Analysis):
             "predicted class, as Petsiuk et al. do; deleted pixels take the value "
             f"{params.fill:g} in normalized units"
             + (" (the mean colour)" if params.fill == 0 else "")
-            + f"; insertion starts from a Gaussian blur with sigma {params.blur:g} of the shorter side.")
+            + f"; insertion starts from a Gaussian blur with sigma {params.blur:g} of the shorter side (Petsiuk "
+            "et al.'s code: 5 pixels on 224-pixel images, about 0.022).")
         result.notes.append(maps_note(computed, n))
         return result
 
@@ -377,24 +382,27 @@ class RandomizationTest(Analysis):
     Params = RandomizationParams
     needs_logits = True  # both checks are about the class probability / the class's maps
     shrink = (("images", 1), ("steps", 4))
+    nothing_to_read = "no attribution method applies to this model (or all are skipped)"
 
-    def cost(self, ctx: Any, params: Any) -> float:
+    def cost(self, ctx: Any, params: Any, upstream: Upstream = NOTHING) -> float:
         # one map per method, image and step of the cascade (and the model's own); the methods left out for cost
         # (one map over max_passes images) are estimated from their declared passes, a backward counting 2
         n = min(params.images, len(ctx.samples))
-        per_map = [a.passes(ctx, p) for a, p in method_params(ctx, params.methods, f"analysis.{self.name}.methods")
+        per_map = [a.passes(ctx, p) for a, p in method_params(upstream, params)
                    if a.name in params.methods or a.passes(ctx, p) <= 3 * params.max_passes]
         return (params.steps + 1) * n * sum(per_map) * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
         ctx.facts.require_python(self.title)
-        check_methods(ctx, params, self.name)
 
-    def run(self, ctx: Any, params: Any, reduced: dict) -> Result:
+    def reads(self, params: Any, config: Any) -> list[str]:
+        return checked_names(params.methods, config, f"analysis.{self.name}.methods")
+
+    def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         from ..methods.faithfulness import cascade_layers, edge_map, randomization_test
 
         result = Result()
-        result.notes.extend(budget_note(ctx, params))
+        result.notes.extend(missing_note(upstream, params))
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets = predicted(ctx, images)
@@ -403,7 +411,7 @@ class RandomizationTest(Analysis):
         labels = [" + ".join(step) if len(step) <= 2 else f"{step[0]} … {step[-1]} ({len(step)} modules)"
                   for step in layers]
         seed = int(ctx.rng(self.name).integers(2**31))
-        methods = attribution_methods(ctx, params.methods, f"analysis.{self.name}.methods")
+        methods = attribution_methods(ctx, upstream, params)
         twin = copy.deepcopy(ctx.model)  # the cost probe's counting hook goes on a copy, never on the user's model
         runs, left_out, computed = {}, [], {}
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
@@ -415,7 +423,7 @@ class RandomizationTest(Analysis):
             def attribute(model: Any, x: Any, t: Any, _a: Any = a, _o: dict = opts) -> Any:
                 return method_maps(_a, ctx, model, x, images, t, _o)  # x, t: the images, in order
 
-            original, computed[a.name] = report_maps(ctx, a, opts, images, targets)
+            original, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream)
             runs[a.name] = (a, randomization_test(ctx.model, inputs, targets, attribute, layers=layers, seed=seed,
                                                   original=original))
         del twin
@@ -486,8 +494,10 @@ class RandomizationTest(Analysis):
             "The cascade re-initializes, on a deep copy of the model (the model itself is not changed), the "
             f"{sum(len(s) for s in layers)} modules that own parameters in {len(layers)} steps (a normalization "
             f"layer with the layer before it; at most {params.steps} steps), from the logits down, each as PyTorch "
-            "initializes it (seeded; batch "
-            "norm to the identity). Each method's maps are recomputed after each step for the same target classes "
+            "initializes it (seeded; a parameter of a module without reset_parameters, such as a class token, "
+            "from a normal distribution with its own mean and standard deviation; a batch norm becomes the "
+            "identity in eval mode, a layer or group norm still normalizes, with weight 1 and bias 0). Each "
+            "method's maps are recomputed after each step for the same target classes "
             "(the trained model's predictions).")
         result.notes.append(maps_note(computed, len(images)))
         if left_out:

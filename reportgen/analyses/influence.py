@@ -82,10 +82,14 @@ def mask_scores(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.nda
     return mass, hit
 
 
-def degenerate_maps(maps: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
+BLANK_MEANS = "the method gives every pixel the value 0 for that score"
+
+
+def degenerate_maps(maps: np.ndarray, blank_means: str = BLANK_MEANS) -> tuple[np.ndarray, list[str], list[str]]:
     """Maps (N, H, W) with their NaN / infinite values set to 0, a sentence per map for its caption ("" when it is
-    ordinary) and the notes for the page: maps that are zero at every pixel (the score does not move, e.g. under a
-    zero-initialized classifier head) are drawn black, which a reader would otherwise take for a dark image."""
+    ordinary) and the notes for the page: maps that are zero at every pixel are drawn black, which a reader would
+    otherwise take for a dark image; ``blank_means`` says what such a map means for the method (its
+    `AttributionAnalysis.blank_means`: for the Grad-CAM family, not that no pixel moves the score)."""
     m = np.asarray(maps, dtype=np.float64)
     n, pixels = len(m), int(np.prod(m.shape[1:]))
     finite = np.isfinite(m.reshape(n, pixels)).all(axis=1)
@@ -102,9 +106,7 @@ def degenerate_maps(maps: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]
     if zero.any():
         for k in np.flatnonzero(zero):
             blank[k] = "This map is zero at every pixel."
-        notes.append(f"{int(zero.sum())} of the {n} maps are zero at every pixel and drawn black: the method finds "
-                     "no influence of any pixel on that score (a zero-initialized classifier head, for instance, "
-                     "gives every image the same logits).")
+        notes.append(f"{int(zero.sum())} of the {n} maps are zero at every pixel and drawn black: {blank_means}.")
     return m, blank, notes
 
 
@@ -254,6 +256,7 @@ class AttributionAnalysis(Analysis):
     relu_rules: ClassVar[bool] = False  # True: the method changes the ReLU backward rule
     hooks: ClassVar[bool] = False  # True: the method reads a layer's output through hooks
     exact_because: ClassVar[str] = ""  # why the maps are exact on any model (methods without ReLU rules or hooks)
+    blank_means: ClassVar[str] = BLANK_MEANS  # what a map that is 0 at every pixel means (a note on the page)
     map_passes: ClassVar[float] = 3.0  # forward passes of one image that one map costs (a backward pass counts 2)
 
     def passes(self, ctx: Any, params: Any) -> float:
@@ -373,7 +376,7 @@ class AttributionAnalysis(Analysis):
         result.shared["maps"] = {(t.image, t.cls): m for t, m in zip(targets, maps)}
         raw = maps.numpy().astype(np.float64)
         result.notes.extend(self.notes(ctx, params, options, raw))
-        raw, blank, degenerate = degenerate_maps(raw)
+        raw, blank, degenerate = degenerate_maps(raw, self.blank_means)
         result.notes.extend(degenerate)
         heat = np.clip(raw, 0, None)  # heat colours start at 0; only occlusion has negative values
         shared, per_image = colour_limits(heat, params.percentile)
@@ -439,6 +442,8 @@ class Occlusion(AttributionAnalysis):
     Params = OcclusionParams
     chunked = False
     exact_because = "forward passes only"
+    blank_means = ("hiding a patch at any position left that score unchanged (a zero-initialized classifier head, "
+                   "for instance, gives every image the same logits)")
 
     def positions(self, ctx: Any, options: dict) -> int:
         """Patch positions per image: the window slid by the stride over the input (``check`` keeps it inside)."""
@@ -522,6 +527,9 @@ class Gradient(AttributionAnalysis):
     paper_url = "https://arxiv.org/abs/1312.6034"
     order = 20
     exact_because = "plain autograd"
+    blank_means = ("the gradient of that score is 0 at every pixel: no small change of a pixel changes it, though a "
+                   "larger one may (a zero-initialized classifier head gives every image the same logits; in a ReLU "
+                   "network, units that are all off block every path)")
     map_words = "|d class logit / d pixel|, the maximum over colour channels"
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
@@ -541,6 +549,8 @@ class SmoothGrad(AttributionAnalysis):
     Params = SmoothGradParams
     chunked = False
     exact_because = "plain autograd on noisy copies"
+    blank_means = ("the gradient of that score, averaged over the noisy copies, is 0 at every pixel (a "
+                   "zero-initialized classifier head, for instance, gives every image the same logits)")
     shrink = (("n", 10),)
 
     def passes(self, ctx: Any, params: Any) -> float:
@@ -580,6 +590,9 @@ class Deconvnet(AttributionAnalysis):
     order = 40
     relu_rules = True
     map_words = "|deconvnet reconstruction|, the maximum over colour channels"
+    blank_means = ("no signal reached the image: the deconvnet rule passes only the positive part of the backward "
+                   "signal at every ReLU, so a map can be blank while the pixels do change that score (a "
+                   "zero-initialized classifier head also gives blank maps)")
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attribution import deconvnet, reduce_channels
@@ -598,6 +611,9 @@ class GuidedBackprop(AttributionAnalysis):
     order = 50
     relu_rules = True
     map_words = "|guided backpropagation|, the maximum over colour channels"
+    blank_means = ("no signal reached the image: guided backpropagation passes a backward signal through a ReLU "
+                   "only where it is positive and the unit was on, so a map can be blank while the pixels do change "
+                   "that score (a zero-initialized classifier head also gives blank maps)")
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attribution import guided_backprop, reduce_channels
@@ -616,6 +632,9 @@ class Cam(AttributionAnalysis):
     order = 60
     hooks = True
     map_passes = 1.0  # one forward pass: the weights are the classifier's
+    blank_means = ("the class's map (the channels weighted by the class's classifier weights) is at most 0 at every "
+                   "position and the ReLU drawn here removes it: the layer holds only evidence against the class, "
+                   "which still counts in that score (a zero-initialized classifier head gives blank maps too)")
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
@@ -657,6 +676,10 @@ class CamFamily(AttributionAnalysis):
 
     Params = LayerMapParams
     hooks = True
+    blank_means = ("the weighted sum of the layer's channels is at most 0 at every position and the final ReLU "
+                   "removes it: the map shows only evidence for the class, the layer holds none here, and the pixels "
+                   "may still change that score (zero gradients, as under a zero-initialized classifier head, also "
+                   "give blank maps)")
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
@@ -710,6 +733,20 @@ class GradCamPlusPlus(CamFamily):
     map_words = ("ReLU of the channels of '{layer}' weighted by the alpha-weighted sum of their positive "
                  "gradients (Grad-CAM++), upsampled bilinearly")
 
+    def exactness(self, facts: Any) -> tuple[str, str]:
+        # the closed form of alpha is the paper's derivation for a score piecewise linear in the layer (ReLU
+        # networks): a smooth non-linearity or a layer / group norm after the layer makes it an approximation
+        verdict, why = super().exactness(facts)
+        report = facts.nonlinearities
+        smooth = report.other_kinds() if report is not None else []
+        norms = sorted({r.type for r in facts.layers if r.out_shape is not None and "Norm" in r.type
+                        and "Batch" not in r.type})
+        if verdict != "exact" or not (smooth or norms):
+            return verdict, why
+        return "approximate", (f"{why}; its closed-form weights assume a score piecewise linear in the layer, and "
+                               f"this model also has {', '.join(smooth + norms)} (exact only if they all run "
+                               "before the layer)")
+
 
 @register
 class XGradCam(CamFamily):
@@ -748,6 +785,9 @@ class ScoreCam(CamFamily):
     order = 78
     map_words = ("ReLU of the channels of '{layer}' weighted by the softmax over channels of the class logit of the "
                  "image masked by each channel (scaled to [0, 1]), upsampled bilinearly")
+    blank_means = ("the weighted sum of the layer's channels is at most 0 at every position and the final ReLU "
+                   "removes it; the weights are positive, so this is a property of the layer's activations on the "
+                   "image and says nothing about whether the pixels change that score")
 
     def passes(self, ctx: Any, params: Any) -> float:
         # one forward pass for the layer's maps, then one per channel (the image masked by that channel)
@@ -762,6 +802,9 @@ class GuidedGradCam(GradCam):
     order = 80
     relu_rules = True
     map_words = "|guided backpropagation x Grad-CAM at '{layer}'|, the maximum over colour channels"
+    blank_means = ("its Grad-CAM factor is 0 everywhere (the weighted sum of the layer's channels is at most 0 at "
+                   "every position and the ReLU removes it) or no signal survived guided backpropagation's rule; "
+                   "either way the pixels may still change that score")
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.attribution import reduce_channels
@@ -816,8 +859,12 @@ class Nonlinearities(Analysis):
         method_rows = [[a.name, *a.exactness(ctx.facts)] for a in all_analyses() if isinstance(a, AttributionAnalysis)]
         result.items.append(Table(
             key="methods", label="Which attribution maps are exact on this model",
-            caption="'Exact' = computed as the method's paper defines it. Approximate maps mix the modified ReLU "
-                    "rule with the plain gradient of the other non-linearities.",
+            caption="'Exact' = computed exactly as the method's page defines it, with nothing approximated on this "
+                    "model; where a page's definition differs from the paper's (for example CAM's displayed ReLU, "
+                    "the pytorch-grad-cam forms of Grad-CAM++, XGrad-CAM and Score-CAM, LayerCAM's single layer, "
+                    "occlusion's logit), the page says how. 'Approximate': deconvnet, guided backpropagation and guided Grad-CAM mix the modified "
+                    "ReLU rule with the plain gradient of the other non-linearities; Grad-CAM++'s closed-form "
+                    "weights assume a score piecewise linear in its layer (ReLU networks).",
             columns=["method", "on this model", "why"], rows=method_rows))
         result.metrics.update({
             "ReLU calls": report.n_relu_calls, "reused ReLU modules": len(report.reused_relu_modules),
@@ -829,7 +876,9 @@ class Nonlinearities(Analysis):
                                 "them.")
         elif report.other_nonlinearities:
             result.notes.append("This model has non-linearities other than ReLU: deconvnet, guided backpropagation "
-                                "and guided Grad-CAM are approximate here (" + report.reasons["deconvnet"] + ").")
+                                "and guided Grad-CAM are approximate here (" + report.reasons["deconvnet"] + "), "
+                                "and so is Grad-CAM++ unless they all run before its layer (its closed-form weights "
+                                "assume ReLU networks).")
         return result
 
 

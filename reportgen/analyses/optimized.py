@@ -16,7 +16,7 @@ import numpy as np
 from ..artifacts import NotApplicable, Picture, Plot, Result, Table
 from ..config import doc
 from ..errors import ConfigError, ReportgenError
-from . import Analysis, Reducer, register
+from . import Analysis, NOTHING, Reducer, register
 
 MAX_CLASSES = 20  # class-max draws every class up to this many; beyond, a configured list or the most predicted
 
@@ -265,10 +265,10 @@ class ClassMax(Analysis):
         return top, (f"The model has {len(names)} classes: these are the {params.max_classes} most often predicted "
                      f"over the image set. Name others under [analysis.class-max] classes.")
 
-    def cost(self, ctx, params):
+    def cost(self, ctx, params, upstream=NOTHING):
         return len(self.pick_classes(ctx, params)[0]) * params.steps * 3 * ctx.facts.macs  # a forward + a backward
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         from ..methods.optimize import class_logit, class_prob
 
         classes, note = self.pick_classes(ctx, params)
@@ -369,7 +369,7 @@ class UnitMax(Analysis):
     splits = True  # a distributed build deals its batches of channels (of every layer) to the ranks
     shrink = (("channels", 4), ("steps", 50), ("channels", 1))
 
-    def cost(self, ctx, params):
+    def cost(self, ctx, params, upstream=NOTHING):
         # forward passes truncated after the channel's layer, and their backward passes
         facts = ctx.facts
         return sum(min(params.channels, facts.channels(layer)) * params.steps * 3
@@ -382,7 +382,7 @@ class UnitMax(Analysis):
     def reducers(self, ctx, params):
         return {"channels": ChannelStats(_map_layers(ctx))}
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         import torch
 
         from ..methods.optimize import channel
@@ -459,7 +459,7 @@ class DeepDream(Analysis):
     splits = True  # a distributed build deals its images to the ranks
     shrink = (("images", 1), ("steps_per_octave", 3))
 
-    def cost(self, ctx, params):
+    def cost(self, ctx, params, upstream=NOTHING):
         # each octave's steps (forward + backward) at its size, the largest last; the before/after passes
         per_image = sum(params.steps_per_octave * 3 / params.octave_scale ** (2 * o) for o in range(params.octaves))
         return min(params.images, len(ctx.samples)) * (per_image + 2) * ctx.facts.macs
@@ -492,7 +492,7 @@ class DeepDream(Analysis):
                               f"{params.octave_scale:g} shrink the {h}x{w} input to {small:.0f} px, below "
                               f"{self.MIN_SIDE}: use fewer octaves or a smaller octave_scale")
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         import torch
 
         from ..capture import capture
@@ -604,7 +604,7 @@ class Adversarial(Analysis):
     splits = True  # a distributed build deals its batches of images and its sphere images to the ranks
     shrink = (("sphere_points", 50), ("steps", 50))
 
-    def cost(self, ctx, params):
+    def cost(self, ctx, params, upstream=NOTHING):
         # at most: every step of the untargeted and targeted runs (forward + backward), and every sphere point
         runs = 2 if params.targeted else 1
         return len(ctx.samples) * (runs * params.steps * 3 + params.sphere_points) * ctx.facts.macs
@@ -617,7 +617,7 @@ class Adversarial(Analysis):
         if len(ctx.class_names) < 2:
             raise NotApplicable("the model has a single output class")
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         import dataclasses
 
         import torch

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..artifacts import Grid, NotApplicable, Plot, Result
 from ..config import doc
-from . import Analysis, register
+from . import Analysis, NOTHING, register
 from .activations import enlarge_tiles
 
 
@@ -64,7 +64,7 @@ class Perceptron(Analysis):
         if find_first_linear2(ctx.model) is None:
             raise NotApplicable("the model's first layer is not a Linear(2, n) layer on points of the plane")
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         from ..methods.perceptron import find_first_linear2, hidden_lines, response_grid
 
         name, first = find_first_linear2(ctx.model)
@@ -123,7 +123,8 @@ class Perceptron(Analysis):
                                "snapshots": len(history)})
         if in_view < units:
             result.notes.append(f"{units - in_view} of the {units} units' lines lie outside the drawn square: "
-                                "such a unit is on (or off) for every point shown.")
+                                "such a unit's input w·x + b has one sign at every point shown (a ReLU unit is on, "
+                                "or off, for all of them).")
         return result
 
 
@@ -161,7 +162,7 @@ class Filters(Analysis):
         if not conv_layers(ctx.model):
             raise NotApplicable("the model has no Conv2d layer")
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         from ..methods.activations import filter_grid, first_layer_tiles
 
         convs = conv_layers(ctx.model)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..artifacts import NotApplicable, Picture, Plot, Result, Table
 from ..config import doc
-from . import Analysis, register
+from . import Analysis, NOTHING, register
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ class Predictions(Analysis):
     needs_logits = True
     Params = PredictionParams
 
-    def run(self, ctx, params, reduced):
+    def run(self, ctx, params, reduced, upstream=NOTHING):
         predictions = ctx.predictions
         finite = np.isfinite(predictions.logits).all(axis=1)
         if not finite.any():
