@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from typing import Any, Callable, Optional
 
 import click
 
+from . import __version__
 from .console import Output
 from .errors import ReportgenError, first_line
 
@@ -36,6 +38,11 @@ def common(fn: Callable) -> Callable:
             raise
         except click.ClickException:
             raise
+        except BrokenPipeError:
+            if reader_gone():
+                raise  # `reportgen analyses | head`: click's main ends quietly, and `Reportgen.main` quiets stdout
+            raise click.ClickException("unexpected BrokenPipeError (a pipe other than the output's was closed): "
+                                       "run again with -v for the traceback, and please report it") from None
         except Exception as exc:
             if verbose:
                 raise
@@ -44,6 +51,36 @@ def common(fn: Callable) -> Callable:
                                        "traceback, and please report it)") from None
 
     return wrapper
+
+
+def reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``reportgen analyses | head``): poll reports an error
+    on such a pipe's write end (POLLERR on Linux, POLLHUP elsewhere). False when stdout is no file (a test runner's
+    capture) or poll is missing (Windows)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class Reportgen(click.Group):
+    """The command group; its `main` (what the ``reportgen`` command runs) ends quietly when the reader of the
+    output has gone."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            if reader_gone():
+                # what is still buffered has no one to read it: stdout goes to /dev/null, so that Python's flush at
+                # exit does not print "Exception ignored ... BrokenPipeError"
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
 
 
 def split_names(values: tuple[str, ...]) -> Optional[list[str]]:
@@ -153,8 +190,8 @@ def input_overrides(input_size, channels, mean, std, class_names) -> dict:
             "class_names": split_names((class_names,)) if class_names else None}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="reportgen", prog_name="reportgen")
+@click.group(cls=Reportgen, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reportgen")  # the distribution is reportgen-vision
 def main() -> None:
     """reportgen: look inside a trained PyTorch image model and publish what you see as a static site."""
 

@@ -36,3 +36,15 @@ def test_wheel_holds_templates_and_weights(tmp_path):
     assert "reportgen/imaging/__init__.py" in names and "reportgen/methods/__init__.py" in names
     assert "reportgen/loaders/exported.py" in names
 
+
+
+def test_version_without_the_distribution_metadata():
+    """`reportgen --version` reads the package, not the metadata of a distribution called "reportgen" (which is
+    the unrelated PyPI package's name; this one is reportgen-vision)."""
+    from click.testing import CliRunner
+
+    import reportgen
+    from reportgen.cli import main
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output == f"reportgen, version {reportgen.__version__}\n"
