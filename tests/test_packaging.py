@@ -38,10 +38,17 @@ def test_wheel_holds_templates_and_weights(tmp_path):
 
 
 
-def test_version_without_the_distribution_metadata():
+def test_version_without_the_distribution_metadata(monkeypatch):
     """`reportgen --version` reads the package, not the metadata of a distribution called "reportgen" (which is
     the unrelated PyPI package's name; this one is reportgen-vision)."""
+    import importlib.metadata
+
     from click.testing import CliRunner
+
+    def no_metadata(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)  # as where no "reportgen" is installed
 
     import reportgen
     from reportgen.cli import main
