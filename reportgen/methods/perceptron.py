@@ -1,8 +1,10 @@
 """Two-input networks drawn in their input plane: each hidden unit's line and the output's response surface.
 
-A unit ``relu(w . x + b)`` of a first layer Linear(2, n) switches on across the line ``w . x + b = 0``; the network is
-piecewise linear on the cells these lines cut out (Montufar et al., "On the Number of Linear Regions of Deep Neural
-Networks", 2014, https://arxiv.org/abs/1402.1869).
+A unit ``relu(w . x + b)`` of a first layer Linear(2, n) switches on across the line ``w . x + b = 0``. With that one
+hidden ReLU layer the network is linear on each cell these lines cut out; with more ReLU layers a cell splits further
+into linear regions whose borders the first layer's lines do not show (Montufar et al., "On the Number of Linear
+Regions of Deep Neural Networks", 2014, https://arxiv.org/abs/1402.1869), and with smooth activations it is curved
+everywhere.
 """
 
 from __future__ import annotations
