@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from .console import duration
+
 GIGA = 1e9
 
 
@@ -163,7 +165,5 @@ def estimate_line(fitted: dict[str, Fitted], macs_per_second: Optional[float]) -
     named = ", ".join(f"{name} {gmac(c)}" for c, name in costly if c > 0)
     when = ""
     if macs_per_second:
-        minutes = total / macs_per_second / 60
-        when = f"; at most about {minutes:.0f} min at the measured {macs_per_second / GIGA:.0f} GMAC/s" \
-            if minutes >= 1 else f"; at most about {total / macs_per_second:.0f} s"
+        when = f"; at most about {duration(total / macs_per_second)} at the measured {gmac(macs_per_second)}/s"
     return f"the analyses will spend at most {gmac(total)} ({named}){when}"

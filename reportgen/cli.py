@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import click
 
 from . import __version__
-from .console import Output
+from .console import Output, duration
 from .errors import ReportgenError, first_line
 
 
@@ -212,7 +212,7 @@ def build(model, weights, config_path, output: Output, **options):
     index = report.out / "index.html"
     if report.failed:
         output.warn(f"{len(report.failed)} analysis(es) failed: {', '.join(report.failed)} (shown on their pages)")
-    click.echo(f"Report written to {index} in {report.seconds:.1f} s: open it in a browser, "
+    click.echo(f"Report written to {index} in {duration(report.seconds)}: open it in a browser, "
                f"or run `reportgen serve {report.out}`")
     if report.failed:
         sys.exit(1)
@@ -251,11 +251,15 @@ def layers_cmd(model, weights, input_size, channels, mean, std, class_names, out
 def analyses_cmd(output: Output):
     """List the analyses, one line each, with their config keys."""
     from .analyses import all_analyses
-    from .config import describe_params
+    from .config import BuildConfig, describe_params
 
+    config = BuildConfig()
     for a in all_analyses():
         click.echo(f"{a.name:<20} {a.section:<12} {a.summary}")
         if output.verbose:
+            reads = a.reads(a.Params(), config)
+            if reads:
+                click.echo(f"    reads the results of: {', '.join(reads)}")
             for key, tp, default, doc in describe_params(a.Params):
                 click.echo(f"    {key} = {default!r}  ({tp}) {doc}")
 
@@ -294,7 +298,7 @@ def zoo_train(name, out_dir, seed, epochs, output: Output):
     target.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     report = entry.train(target, seed=seed, epochs=epochs, log=output.info)
-    click.echo(f"trained {name}: test accuracy {report.test_accuracy:.2%} in {time.perf_counter() - t0:.0f} s; "
+    click.echo(f"trained {name}: test accuracy {report.test_accuracy:.2%} in {duration(time.perf_counter() - t0)}; "
                f"{len(report.checkpoints)} checkpoints in {target}")
 
 
@@ -388,5 +392,5 @@ def archive_cmd(checkpoints, model, config_path, output: Output, **options):
     summary = archive(cfg, list(checkpoints), output)
     if summary.get("rank"):  # a helper rank of a distributed archive (torchrun): rank 0 wrote it and says so
         return
-    click.echo(f"Archive written to {summary['out'] / 'index.html'} in {summary['seconds']:.1f} s "
+    click.echo(f"Archive written to {summary['out'] / 'index.html'} in {duration(summary['seconds'])} "
                f"({len(summary['built'])} snapshots built, {len(summary['reused'])} reused)")

@@ -12,6 +12,29 @@ from typing import Any, Optional
 import click
 
 
+def duration(seconds: Optional[float]) -> str:
+    """A time span for people, on the console and the pages alike: "< 1 ms", "420 ms", "4.2 s", "42 s",
+    "25 min 40 s", "2 h 5 min" ("–" for None or NaN)."""
+    if seconds is None or seconds != seconds:
+        return "–"
+    if seconds <= 0:
+        return "0 s"
+    if seconds < 0.001:
+        return "< 1 ms"
+    if seconds < 0.9995:  # what rounds to 1000 ms is "1.0 s"
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        minutes, rest = divmod(whole, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 class Output:
     """Where messages go, by verbosity: -q shows only errors and the last line, -v adds details and tracebacks."""
 

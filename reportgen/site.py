@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .artifacts import ArtifactWriter, slug
+from .console import duration
 from .manifest import SECTIONS, Manifest, read_manifest, write_manifest
 
 
@@ -41,6 +42,7 @@ def make_env() -> Any:
     )
     env.filters["num"] = format_number
     env.filters["slug"] = slug
+    env.filters["duration"] = duration  # "25 min 40 s", as the console says it
     return env
 
 

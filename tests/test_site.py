@@ -234,7 +234,7 @@ def test_user_strings_are_escaped(site):
 def test_model_card_contents(site):
     index = (site / "index.html").read_text()
     for needle in ("2,623", "ab" * 32, "features.3", "Conv2d", "0.75", "Confusion matrix", "Worst predictions",
-                   "analyses/maps.html", "1.25", "data.html"):
+                   "analyses/maps.html", "1.2 s", "data.html"):
         assert needle in index, needle
 
 
