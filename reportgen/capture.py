@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from .errors import LayerError
 
@@ -65,6 +65,23 @@ def preserved(model: "nn.Module") -> Iterator["nn.Module"]:
             module.training = training
         for param, flag in flags:
             param.requires_grad_(flag)
+
+
+@contextmanager
+def kept_as_is(model: Optional["nn.Module"]) -> Iterator[None]:
+    """Give ``model`` back exactly as it came, also after an error: train/eval flags and ``requires_grad`` (see
+    `preserved`) and every parameter's ``.grad`` (gradient analyses may accumulate into it). ``None``: nothing to
+    keep."""
+    if model is None:
+        yield
+        return
+    grads = [(p, p.grad) for p in model.parameters()]
+    with preserved(model):
+        try:
+            yield
+        finally:
+            for p, g in grads:
+                p.grad = g
 
 
 class Recorder:
