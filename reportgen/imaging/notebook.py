@@ -6,6 +6,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..analyses.influence import colour_limits
+from .colors import colorize, heat_colors, signed_colors
+
+# matplotlib is imported inside show, where a figure is drawn: display_images works without it.
+
 SCALES = ("shared", "per-image")
 
 
@@ -72,9 +77,6 @@ def show(maps: Any, images: Any = None, *, style: str = "heat", scale: str = "sh
     """
     from matplotlib.figure import Figure  # a Figure without pyplot: no global state, no GUI backend
 
-    from ..analyses.influence import colour_limits
-    from . import colorize
-
     if style not in ("heat", "signed"):
         raise ValueError(f"style '{style}': give 'heat' or 'signed'")
     if scale not in SCALES:
@@ -123,8 +125,6 @@ def show(maps: Any, images: Any = None, *, style: str = "heat", scale: str = "sh
 
 
 def _colour_bar(ax: Any, style: str, limit: float, percentile: float) -> None:
-    from . import heat_colors, signed_colors
-
     lo = -limit if style == "signed" else 0.0
     xs = np.linspace(lo, limit, 256)[None, :]
     rgb = signed_colors(xs, limit) if style == "signed" else heat_colors(xs, limit)
