@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import datasets, shapes
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+# nets and training import torch: they are imported inside functions, so that importing the zoo (`reportgen zoo
+# list`, the config checks) loads no torch.
 
 __all__ = ["ZooData", "TrainReport", "ZooEntry", "ZOO", "DEFAULT_MODEL", "get", "export_dataset", "WEIGHTS_DIR"]
 
@@ -74,7 +79,6 @@ class Recipe:
 
 
 def _net(factory: str) -> Callable[[], "nn.Module"]:
-    # Architectures are looked up on call so that importing the zoo (e.g. for `reportgen zoo list`) loads no torch.
     def build() -> "nn.Module":
         from . import nets
 
@@ -165,7 +169,7 @@ class ZooEntry:
         """
         from .training import train_entry
 
-        return train_entry(self, out_dir, seed=seed, epochs=epochs, max_train=max_train, log=log)
+        return TrainReport(**train_entry(self, out_dir, seed=seed, epochs=epochs, max_train=max_train, log=log))
 
     def history(self) -> list[tuple[int, dict[str, "torch.Tensor"]]]:
         """The shipped parameter snapshots ``[(iteration, state_dict), ...]`` ascending (mlp2d-disk), else []."""
@@ -184,8 +188,6 @@ class ZooEntry:
 
 def _shapes_entry(name: str, what: str, net: str, recipe: Recipe) -> ZooEntry:
     """An entry on the generated 64x64 shapes data (8 classes, with object masks)."""
-    from . import datasets, shapes
-
     return ZooEntry(
         name=name,
         summary=f"{what} on 64x64 generated shapes (8 classes, with masks)",
@@ -202,8 +204,6 @@ def _shapes_entry(name: str, what: str, net: str, recipe: Recipe) -> ZooEntry:
 
 
 def _registry() -> dict[str, ZooEntry]:
-    from . import datasets
-
     entries = [
         ZooEntry(
             name="mlp2d-disk",

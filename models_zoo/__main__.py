@@ -11,7 +11,12 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+from . import WEIGHTS_DIR, ZOO, get
+
+# torch is imported inside train_all: `list` and `stats` answer without loading it.
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -21,19 +26,13 @@ def _log(message: str) -> None:
 
 
 def train_one(name: str, out: Path | None, seed: int, epochs: int | None) -> None:
-    from . import get
-
     report = get(name).train(out, seed=seed, epochs=epochs, log=_log)
     _log(f"{name}: test accuracy {report.test_accuracy:.4f} in {report.seconds:.1f} s, {len(report.checkpoints)} checkpoints")
 
 
 def train_all(seed: int, names: list[str]) -> None:
-    import time
-
     import torch
     from safetensors.torch import save_file
-
-    from . import WEIGHTS_DIR, ZOO
 
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     for name in names or list(ZOO):
@@ -81,15 +80,11 @@ def _read_results() -> dict[str, str]:
 
 
 def _write_results(rows: dict[str, str]) -> None:
-    from . import ZOO
-
     body = "\n".join(rows[name] for name in ZOO if name in rows)
     RESULTS.write_text(_HEADER + body + "\n")
 
 
 def stats(name: str) -> None:
-    from . import get
-
     data = get(name).load_dataset("train")
     x = data.inputs.astype("float64") / 255.0
     axes = tuple(range(x.ndim - 1))
@@ -114,9 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     p_stats.add_argument("name")
     sub.add_parser("list", help="the zoo's models")
     args = parser.parse_args(argv)
-
-    from . import ZOO
-
     for name in [getattr(args, "name", None)] + list(getattr(args, "names", [])):
         if name is not None and name not in ZOO:
             parser.error(f"unknown zoo model '{name}': known models are {', '.join(ZOO)}")

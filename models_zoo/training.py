@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from . import TrainReport, ZooEntry
+    from . import ZooEntry
 
 
 def history_iterations(total: int = 10_000, count: int = 21) -> list[int]:
@@ -60,9 +60,9 @@ def train_entry(
     epochs: int | None,
     max_train: int | None,
     log: Callable[[str], None],
-) -> "TrainReport":
-    from . import TrainReport
-
+) -> dict:
+    """Train ``entry``; the fields of its `models_zoo.TrainReport`, which `ZooEntry.train` (the caller) makes of
+    them, so that this module does not import the package that imports it."""
     recipe = entry.recipe
     epochs = recipe.epochs if epochs is None else epochs
     start = time.perf_counter()
@@ -124,7 +124,7 @@ def train_entry(
 
     model.eval()
     test_acc = last_acc[-1] if last_acc else accuracy(entry, model, test.inputs, test.labels)
-    return TrainReport(
+    return dict(
         model=model,
         test_accuracy=test_acc,
         seconds=time.perf_counter() - start,
