@@ -178,3 +178,40 @@ class Folding(nn.Module):
 
 def folding() -> nn.Module:
     return Folding()
+
+
+class Where(nn.Module):
+    """``[sum(w^2 * a), c]`` for ``a`` (N, 16, 16): w^2 is each pixel's weight, >= 0 whatever w is."""
+
+    def __init__(self, w: torch.Tensor, c: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w.reshape(-1).clone())
+        self.register_buffer("c", torch.tensor(float(c)))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        s = (a.flatten(1) * self.w ** 2).sum(dim=1)
+        return torch.stack([s, self.c.expand_as(s)], dim=1)
+
+
+class PixelSet(nn.Module):
+    """3x16x16 -> 2 classes ("set", "other") whose decision depends on a known set of pixels only: logits
+    ``[sum of channel 0 over the 4x4 block S = rows 6-9, cols 6-9, 4]``. ``features`` (parameter-free, the image
+    itself) is the layer a Grad-CAM can be asked for; ``head`` owns the one parameter, w (16x16), 1 on S and 0
+    elsewhere, whose square weighs each pixel. So the gradient is exactly the indicator of S (channel 0), and
+    Grad-CAM, whose weight is the mean gradient (1/16 > 0), is ReLU(channel 0 / 16): the image, not S. Re-initialized
+    (normal with w's own mean and std), w^2 is a random positive pattern: the gradient becomes it, and Grad-CAM
+    keeps its weight positive and so its map's order of pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        w = torch.zeros(16, 16)
+        w[6:10, 6:10] = 1.0
+        self.features = nn.Identity()
+        self.head = Where(w, 4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)[:, 0])
+
+
+def pixel_set() -> nn.Module:
+    return PixelSet()
