@@ -253,6 +253,8 @@ def load(cfg: BuildConfig, output: Output, given: Optional[Given] = None) -> Any
         device = model_device(given.model, cfg.device)
     else:
         loaded = load_model(cfg, class_folders, check=False)  # the plan's probe checks the output
+        for line in loaded.warnings:  # what the model file does not say (a .pt2's mean and std)
+            output.warn(line)
         device = resolve_device(cfg.device)
         loaded.model.to(device)
     if dataset is not None:

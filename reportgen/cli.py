@@ -233,6 +233,8 @@ def layers_cmd(model, weights, input_size, channels, mean, std, class_names, out
                       **input_overrides(input_size, channels, mean, std, class_names))
     check_paths(cfg)  # before torch is imported: a typo is reported in about a second
     loaded = load_model(cfg)
+    for line in loaded.warnings:
+        output.warn(line)
     rows = layer_table(loaded.model, loaded.input.shape)
     chosen = set(default_layers(rows))
     width = max([len(r.name) for r in rows] + [5])

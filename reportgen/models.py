@@ -54,6 +54,7 @@ class LoadedModel:
     zoo_name: Optional[str] = None
     history: list = field(default_factory=list)  # [(iteration, state_dict)] for perceptron training snapshots
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # lines for the console, each also among ``notes``
 
     @property
     def num_classes(self) -> int:
@@ -284,6 +285,7 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
     side = _side_json(weights)
     history: list = []
     notes: list[str] = []
+    warnings_for_console: list[str] = []
     zoo_name = None
     if spec in models_zoo.ZOO:
         entry = models_zoo.ZOO[spec]
@@ -367,6 +369,11 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
             inp = _input_spec(cfg, side, None, spec)
         weights = str(path)
         class_names = list(cfg.class_names or side.get("class_names") or [])
+        if cfg.mean is None and cfg.std is None and "mean" not in side and "std" not in side:
+            # neither file format records the normalization the model was trained with: say so, not guess
+            warning = unnormalized_warning(spec, not class_names and not image_class_names)
+            notes.append(warning)
+            warnings_for_console = [warning]
     else:
         import difflib
 
@@ -378,10 +385,19 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
     loaded = LoadedModel(
         model=model, spec=spec, form=form, input=inp, class_names=class_names, weights_path=weights,
         weights_sha256=sha256_file(weights) if weights else None, zoo_name=zoo_name, history=history, notes=notes,
+        warnings=warnings_for_console,
     )
     if check:
         check_output(loaded, image_class_names)
     return loaded
+
+
+def unnormalized_warning(spec: str, unnamed: bool) -> str:
+    """The line for a ``.pt2`` or TorchScript model given without mean and std (``unnamed``: nor class names)."""
+    classes = ", and --class-names a,b,... to name its classes" if unnamed else ""
+    return (f"'{spec}' runs un-normalized: no mean/std was given, so it sees pixels scaled to [0, 1]; if it was "
+            f"trained on normalized images, give --mean and --std (e.g. ImageNet's --mean 0.485,0.456,0.406 --std "
+            f"0.229,0.224,0.225){classes}, or put them in a model.json beside it")
 
 
 def run_probe(loaded: LoadedModel, probe: Any) -> Any:
