@@ -1,5 +1,6 @@
 """Attention weights recovered from the modules' own projections (they reproduce each module's output), and the
-maps drawn from them, on hand-built cases with known answers."""
+maps drawn from them, on hand-built cases with known answers. Each attention family's own known-answer tests are in
+test_attention_families.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.methods.attention import (attention_maps, attention_modules, grad_rollout_of_weights,
-                                         recording_attention, rollout_of_weights)
+from reportgen.methods.attention import (attention_maps, grad_rollout_of_weights, recording_attention,
+                                         rollout_of_weights)
 
 
 class OneHeadViT(nn.Module):
@@ -71,20 +72,6 @@ def test_rollout_and_grad_rollout_known_answers():
     g = torch.stack([-torch.ones(5, 5), torch.ones(5, 5)])[None]
     r = torch.eye(5) + 0.5 * (0.2 * torch.ones(5, 5))
     assert torch.allclose(grad_rollout_of_weights([a], [g], 1, (2, 2))[0], r[0, 1:].reshape(2, 2))
-
-
-def test_recovered_weights_reproduce_torchvision_vit_outputs():
-    import tiny_models
-
-    model = tiny_models.tiny_vit().eval()
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    names = attention_modules(model)
-    assert len(names) == 2
-    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
-        model(x)
-    assert set(rec.weights) == set(names) and not rec.refused
-    for w in rec.weights.values():
-        assert w.shape == (2, 2, 17, 17) and torch.allclose(w.sum(-1), torch.ones(2, 2, 17), atol=1e-6)
 
 
 def test_grad_of_weights_matches_finite_differences():
@@ -150,111 +137,6 @@ def test_cam_applies_to_a_functional_relu_before_pooling_and_decomposes_the_logi
         atol=1e-6)
 
 
-def test_swin_window_attention_reproduces_the_module_output_and_receives_within_windows():
-    """torchvision's shifted-window attention (with and without shift, with padding) recomputed step by step: the
-    output recomputed from the recovered weights equals the module's, and the received-attention map of uniform
-    logits is 1 / (window size) wherever a window is whole."""
-    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
-
-    from reportgen.methods.attention import attention_from_inputs
-
-    torch.manual_seed(0)
-    x = torch.randn(2, 9, 10, 8)  # (N, H, W, C): not a multiple of the window, so padded
-    for kind, shift in ((ShiftedWindowAttention, [0, 0]), (ShiftedWindowAttention, [2, 2]),
-                        (ShiftedWindowAttentionV2, [2, 2])):  # v2: cosine attention, no key bias
-        module = kind(8, [4, 4], shift, num_heads=2).eval()
-        with torch.no_grad():
-            expected = module(x)
-            weights, out, _, windows = attention_from_inputs(module, (x,), {})
-        assert weights.shape == (2 * 9, 2, 16, 16)  # 3 x 3 windows of 4 x 4 per image
-        assert torch.allclose(out, expected, atol=1e-6)
-        received = windows.received(weights)
-        assert received.shape == (2, 2, 9, 10)
-        # each query's weights sum to 1 over its window of 16 positions: the mean received weight is 1 / 16
-        assert torch.allclose(windows.received(torch.full_like(weights, 1 / 16)), torch.full_like(received, 1 / 16))
-
-
-def _timm_vit():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             num_classes=3).eval()
-
-
-def _hf_vit():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
-                                    num_attention_heads=2, intermediate_size=32, num_labels=3)
-    return transformers.ViTForImageClassification(config).eval()
-
-
-def _timm_beit():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
-                              depth=2, num_heads=2, num_classes=3).eval()
-    with torch.no_grad():  # timm starts the relative position biases at zero: make them matter
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name or name.endswith(("q_bias", "v_bias")):
-                p.normal_(std=0.5)
-    return model
-
-
-def _hf_beit(shared: bool):
-    """Hugging Face BEiT (own relative position bias per layer) or Data2Vec-Vision (one bias shared by all layers,
-    handed to each attention module by position), biases drawn at random (they start at zero)."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    kinds = {False: (transformers.BeitConfig, transformers.BeitForImageClassification),
-             True: (transformers.Data2VecVisionConfig, transformers.Data2VecVisionForImageClassification)}
-    config_class, model_class = kinds[shared]
-    config = config_class(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=32, num_labels=3, use_relative_position_bias=not shared,
-                          use_shared_relative_position_bias=shared)
-    model = model_class(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.normal_(std=0.5)
-    return model
-
-
-@pytest.mark.parametrize("make,count", [(_timm_vit, 12), (_hf_vit, 2), (_timm_beit, 2),
-                                        (lambda: _hf_beit(False), 2), (lambda: _hf_beit(True), 2)])
-def test_timm_and_hugging_face_attention_is_recovered_exactly(make, count):
-    """timm's fused attention and Hugging Face's attention never hand their weights out by default: recovered from
-    the projections, they reproduce each module's output to 1e-5 (else `recording_attention` refuses the layer)."""
-    model = make()
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-    def run(inputs):
-        out = model(inputs) if not hasattr(model, "config") else model(pixel_values=inputs).logits
-        return out
-
-    names = attention_modules(model)
-    assert len(names) == count
-    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
-        run(x)
-    assert set(rec.weights) == set(names) and not rec.refused
-    assert all(w.shape == (2, w.shape[1], 17, 17) for w in rec.weights.values())
-
-
-def test_swin_model_attention_grids_follow_the_stages():
-    import tiny_models
-
-    from reportgen.methods.attention import attention_grids
-
-    model = tiny_models.tiny_swin().eval()
-    grids, refused = attention_grids(model, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
-    assert not refused
-    assert {k: tuple(v.shape) for k, v in grids.items()} == {
-        "features.1.0.attn": (2, 2, 8, 8), "features.1.1.attn": (2, 2, 8, 8),
-        "features.3.0.attn": (2, 2, 4, 4), "features.3.1.attn": (2, 2, 4, 4)}
-    # the last stage is one 4x4 window: each position receives the mean of its column, and they sum to 1 per query
-    assert torch.allclose(grids["features.3.0.attn"].sum(dim=(2, 3)), torch.ones(2, 2), atol=1e-5)
-
-
 def test_cam_applies_when_the_pooled_map_is_the_logits():
     """SqueezeNet ends in a 1x1 conv with one channel per class, a ReLU and global average pooling: no linear
     layer, identity weights, and class c's CAM is the rectified channel c (its mean is the logit)."""
@@ -277,33 +159,7 @@ def test_cam_applies_when_the_pooled_map_is_the_logits():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Architectures beyond the plain ViT: relatives of timm's attention, pooled token sets, several branches
-
-
-def test_relatives_of_timm_attention_are_not_read_and_never_break_the_pass():
-    from reportgen.methods.attention import _kind
-
-    class WindowLike(nn.Module):  # timm's Swin / DaViT WindowAttention: qkv + proj + relative bias, no q_norm
-        def __init__(self):
-            super().__init__()
-            self.qkv, self.proj, self.num_heads, self.scale = nn.Linear(4, 12), nn.Linear(4, 4), 2, 0.5
-
-    class ChannelsLast(nn.Module):  # looks like timm's Attention, but runs on (N, H, W, C) maps
-        def __init__(self):
-            super().__init__()
-            self.qkv, self.proj, self.num_heads, self.scale = nn.Linear(4, 12), nn.Linear(4, 4), 2, 0.5
-            self.q_norm = self.k_norm = nn.Identity()
-
-        def forward(self, x):
-            return self.proj(x)
-
-    assert _kind(WindowLike()) is None
-    model = nn.Sequential(ChannelsLast(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)).eval()
-    x = torch.randn(2, 3, 3, 4)
-    with recording_attention(model) as rec, torch.no_grad():
-        out = model(x)
-    assert torch.equal(out, model(x)) and not rec.weights
-    assert "could not be recomputed" in rec.refused["0"] and "ValueError" in rec.refused["0"]
+# Token sets beyond the plain ViT: overlapping patches, pooled token sets, several branches, folded positions
 
 
 @pytest.mark.parametrize("length,size,layout", [
@@ -315,13 +171,14 @@ def test_relatives_of_timm_attention_are_not_read_and_never_break_the_pass():
     (1 + 8 * 16, (64, 128), (1, (8, 16))),  # a wide input keeps its aspect ratio
 ])
 def test_token_layout_of_attention_modules(length, size, layout):
-    from reportgen.methods.attention import _token_layout
+    from reportgen.methods.attention.core import _token_layout
 
     assert _token_layout(length, size) == layout
 
 
 def test_token_layout_refuses_tokens_without_a_grid():
-    from reportgen.methods.attention import Unsupported, _token_layout
+    from reportgen.methods.attention import Unsupported
+    from reportgen.methods.attention.core import _token_layout
 
     with pytest.raises(Unsupported, match="do not form a patch grid"):
         _token_layout(115, (224, 224))  # no square between 107 and 115
@@ -369,140 +226,3 @@ def test_attention_over_positions_folded_into_the_batch_is_refused():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     grids, refused = attention_grids(FoldedAttention().eval(), x)
     assert grids == {} and "attends over 8 sequences for 2 images" in refused["attn"]
-
-
-def test_a_masked_attention_is_read_with_its_mask():
-    """A boolean mask (True = may attend, as in scaled_dot_product_attention) handed to timm's Attention: the
-    recovered weights are 0 exactly where it forbids and reproduce the module's output."""
-    pytest.importorskip("timm")
-    from timm.models.vision_transformer import Attention
-
-    torch.manual_seed(0)
-    attn = Attention(8, num_heads=2).eval()
-    mask = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(1)) > 0.4
-    mask[..., 0] = True  # every query may attend somewhere
-
-    class Masked(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = attn
-
-        def forward(self, x):
-            return self.attn(x, attn_mask=mask)
-
-    model = Masked()
-    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(2))
-    with recording_attention(model, ["attn"], rtol=1e-5) as rec, torch.no_grad():
-        model(x)
-    assert not rec.refused
-    w = rec.weights["attn"]
-    assert w.shape == (2, 2, 5, 5) and torch.all(w[~mask.expand_as(w)] == 0)
-    assert torch.allclose(w.sum(-1), torch.ones(2, 2, 5))
-
-
-def _timm_swin(img: int = 48, window: int = 5):
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=img,
-                              window_size=window, embed_dim=16, depths=(2, 2), num_heads=(2, 2)).eval()
-    with torch.no_grad():  # timm starts the relative position biases near zero: make them matter
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.normal_(std=0.5)
-    return model
-
-
-def test_timm_swin_window_attention_is_placed_as_timm_places_it():
-    """timm's Swin cuts the windows in its block (shift, then pad: here 12x12 and 6x6 maps in windows of 5, so
-    both padded, every other block shifted by 2). Independently: timm's own non-fused path hands its softmax
-    weights to an `nn.Softmax` module, and timm's own `window_reverse` puts each window's received weight back; the
-    recovered weights and the drawn grids equal those."""
-    from timm.models.swin_transformer import window_reverse
-
-    from reportgen.methods.attention import attention_grids
-
-    model = _timm_swin()
-    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    names = attention_modules(model)
-    grids, refused = attention_grids(model, x)
-    assert not refused and set(grids) == set(names)
-    seen, handles = {}, []
-    for name in names:
-        attn = model.get_submodule(name)
-        attn.fused_attn = False
-        handles.append(attn.softmax.register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, o)))
-    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
-        model(x)
-    for handle in handles:
-        handle.remove()
-    shifts = []
-    for name in names:
-        block = model.get_submodule(name.rpartition(".")[0])
-        assert torch.allclose(rec.weights[name], seen[name], atol=1e-6)
-        (wh, ww), (sh, sw) = block.window_size, block.shift_size
-        h, w = grids[name].shape[-2:]
-        hp, wp = h + (wh - h % wh) % wh, w + (ww - w % ww) % ww
-        received = seen[name].mean(dim=2).permute(0, 2, 1).reshape(-1, wh, ww, 2)  # (B * nW, wh, ww, heads)
-        placed = window_reverse(received, (wh, ww), hp, wp)[:, :h, :w]  # (B, H, W, heads)
-        placed = torch.roll(placed, shifts=(sh, sw), dims=(1, 2)).permute(0, 3, 1, 2)
-        assert torch.allclose(grids[name], placed, atol=1e-6), name
-        shifts.append((h % wh != 0, sh))
-    assert shifts == [(True, 0), (True, 2), (True, 0), (True, 2)]
-
-
-def test_timm_window_attention_outside_its_block_is_refused():
-    """Without its block the windows' places are unknown: refused with the reason, never drawn."""
-    from reportgen.methods.attention import attention_grids
-
-    attn = _timm_swin().layers[0].blocks[0].attn
-
-    class Bare(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = attn
-
-        def forward(self, x):
-            return self.attn(x.flatten(2).transpose(1, 2)[:, :25])
-
-    grids, refused = attention_grids(Bare(), torch.randn(2, 16, 8, 8))
-    assert grids == {} and "places on the map are not known" in refused["attn"]
-
-
-def test_hugging_face_swin_window_attention_is_placed_as_it_places_it():
-    """Hugging Face's Swin pads, then shifts, then cuts windows in its SwinLayer (here 12x12 and 6x6 maps in windows
-    of 5). Independently: the eager implementation returns its softmax weights (`output_attentions`), and the
-    layer's own `window_reverse` and reverse `cyclic_shift` put each window's received weight back; the recovered
-    weights and the drawn grids equal those."""
-    transformers = pytest.importorskip("transformers")
-    from transformers.models.swin.modeling_swin import window_reverse
-
-    from reportgen.methods.attention import attention_grids
-
-    torch.manual_seed(0)
-    config = transformers.SwinConfig(image_size=48, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2],
-                                     window_size=5, num_labels=3, attn_implementation="eager")
-    model = transformers.SwinForImageClassification(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.normal_(std=0.5)
-    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    names = attention_modules(model)
-    grids, refused = attention_grids(model, x)
-    assert not refused and set(grids) == set(names) and len(names) == 4
-    with recording_attention(model, rtol=1e-5) as rec, torch.no_grad():
-        seen = model(pixel_values=x, output_attentions=True).attentions  # the last block of each stage
-    shifted = 0
-    for name in names:
-        layer = model.get_submodule(name.rpartition(".")[0])
-        window, h, w = layer.window_size, *grids[name].shape[-2:]
-        hp, wp = h + (window - h % window) % window, w + (window - w % window) % window
-        received = rec.weights[name].mean(dim=2).permute(0, 2, 1).reshape(-1, window, window, 2)
-        placed = layer.cyclic_shift(window_reverse(received, window, hp, wp), reverse=True)[:, :h, :w]
-        assert torch.allclose(grids[name], placed.permute(0, 3, 1, 2), atol=1e-6), name
-        shifted += layer.shift_size > 0 and h % window != 0
-    assert shifted == 2
-    last = [n for n in names if n.endswith("blocks.1.attention")]
-    assert len(last) == len(seen) == 2
-    for name, weights in zip(last, seen):
-        assert torch.allclose(rec.weights[name], weights, atol=1e-6)

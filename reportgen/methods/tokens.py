@@ -11,6 +11,7 @@ table always agree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -114,3 +115,23 @@ def infer_view(shape: tuple, input_size: Optional[tuple[int, int]], min_patches:
             if p >= 1 and p * p * n == h_in * w_in and h_in % p == 0 and w_in % p == 0:
                 return View("tokens", (h_in // p, w_in // p), prefix=prefix, stride=p)
     return View("other")
+
+
+def token_grid(length: int, input_size: Optional[tuple[int, int]]) -> Optional[tuple[int, tuple[int, int]]]:
+    """(prefix tokens, patch grid (gh, gw)) of a sequence of ``length`` tokens known to be patch tokens (an attention
+    module's) for an input of ``input_size`` (H, W), or None when they form no grid of the input.
+
+    First as `infer_view` (patches of one integer stride tile the input, however few); else the fewest prefix tokens
+    that leave a grid of exactly the input's aspect ratio: PiT's 27 x 27 tokens of a 224-px image (overlapping 16-px
+    patches at stride 8), CrossViT's 14 x 14 of a 240-px image resized to 224."""
+    view = infer_view((length, 1), input_size, min_patches=1)
+    if view.kind == "tokens":
+        return view.prefix, view.grid
+    if input_size is not None:
+        h_in, w_in = input_size
+        for prefix in range(min(MAX_PREFIX, length)):
+            n = length - prefix
+            gh = max(1, round(math.sqrt(n * h_in / w_in)))
+            if n % gh == 0 and gh * w_in == (n // gh) * h_in:
+                return prefix, (gh, n // gh)
+    return None
