@@ -452,8 +452,9 @@ class Occlusion(AttributionAnalysis):
         return (max(h - wh, 0) // sh + 1) * (max(w - ww, 0) // sw + 1)
 
     def passes(self, ctx: Any, params: Any) -> float:
-        # one forward pass per patch position (at most: the incremental engine recomputes less of each)
-        return float(self.positions(ctx, self.options(ctx, params)))
+        # one forward pass of the image itself (the score each drop is taken from), then one per patch position
+        # (at most: the incremental engine recomputes less of each)
+        return 1.0 + self.positions(ctx, self.options(ctx, params))
 
     def check(self, ctx: Any, params: Any) -> None:
         super().check(ctx, params)
@@ -801,6 +802,7 @@ class GuidedGradCam(GradCam):
     summary = "guided backpropagation times Grad-CAM: fine detail, but only where the class evidence is"
     order = 80
     relu_rules = True
+    map_passes = 6.0  # guided backpropagation and Grad-CAM: two forward and two backward passes
     map_words = "|guided backpropagation x Grad-CAM at '{layer}'|, the maximum over colour channels"
     blank_means = ("its Grad-CAM factor is 0 everywhere (the weighted sum of the layer's channels is at most 0 at "
                    "every position and the ReLU removes it) or no signal survived guided backpropagation's rule; "
