@@ -7,7 +7,8 @@ attention, a direct loop), never from the function under test.
 - deletion with its fill value (0 in normalized units = the mean colour, not black);
 - the randomization test's Spearman correlation of |maps| (a sign flip alone is no change);
 - the attention self-check refusing a module whose real computation differs slightly from the recomputation;
-- the ranks' merge of a distributed pass equal to one process, with the ranks as in-process objects.
+- the ranks' merge of a distributed pass equal to one process, with the ranks as in-process objects;
+- the sample images, a seeded draw within each class that changes with the seed.
 """
 
 from __future__ import annotations
@@ -455,3 +456,41 @@ def test_ranks_merged_on_rank_0_equal_one_process(tmp_path, monkeypatch, size):
         assert same(want[key], got[key]), key
     # rank 1's reducers saw only its own batches: so the equality above is the merge's work
     assert not same(results_of(shares[1][0]), want)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sample pick changes with the seed
+
+
+def test_sample_pick_is_a_seeded_draw_within_each_class():
+    """Bug: the pick always takes the first images of each class whatever the seed (no shuffle). Over 300 seeds,
+    3 classes of 6 images (one pick per class): every image is picked, each about 1/6 of the time, and the pick
+    changes with the seed; one seed gives one pick."""
+    from reportgen.build import pick_samples
+
+    indices = np.arange(18)
+    labels = np.repeat([0, 1, 2], 6)
+    picks = [pick_samples(indices, labels, 3, np.random.default_rng(seed)) for seed in range(300)]
+    assert all(sorted(labels[p].tolist()) == [0, 1, 2] for p in picks)  # one image of each class
+    counts = np.bincount(np.concatenate(picks), minlength=18)
+    assert counts.min() >= 25 and counts.max() <= 75  # 50 expected each (binomial sd 6.5)
+    assert len({tuple(p) for p in picks}) > 100
+    assert picks[7] == pick_samples(indices, labels, 3, np.random.default_rng(7))
+
+
+def test_the_reports_sample_images_change_with_the_seed(tmp_path, image_folder):
+    """The same through the CLI: the manifest's sample images of two seeds differ, one image of each class each."""
+    import json
+
+    from conftest import TINY_ARGS, run
+
+    picked = []
+    for seed in (0, 1):
+        out = tmp_path / f"site{seed}"
+        result = run("build", *TINY_ARGS, "--images", image_folder, "--out", out, "--only", "predictions",
+                     "--samples", "3", "--seed", seed, "-q")
+        assert result.exit_code == 0, result.output
+        samples = json.loads((out / "manifest.json").read_text())["images"]["samples"]
+        assert sorted(s["label"] for s in samples) == ["bird", "cat", "dog"]
+        picked.append([s["name"] for s in samples])
+    assert picked[0] != picked[1]
