@@ -3,7 +3,10 @@
     python benchmarks/bench_peers.py [--repeat 3] [--rows smoothgrad gbp gradcam tsne]
 
 Rows (torchvision ``resnet18``, random seeded weights, 224x224, torch threads = ``--threads``, default 2):
-  * smoothgrad: n = 50 noisy copies of 1 image vs Captum ``NoiseTunnel(Saliency)`` (all 50 in one batch);
+  * smoothgrad: n = 50 noisy copies of 1 image vs Captum ``NoiseTunnel(Saliency)``: the same std, signed maps (no
+    abs), all 50 copies in one forward and one backward pass on both sides, one warm-up call each excluded, then
+    the two run in turns (A, B, A, B) so that other work on the machine slows both alike; the maps are compared
+    with the same noise (Captum draws from the global generator, seeded like reportgen's own);
   * gbp: guided backpropagation of 8 images vs Captum ``GuidedBackprop`` (maps compared: max |difference|);
   * gradcam: Grad-CAM of 8 images at ``layer4`` vs pytorch-grad-cam ``GradCAM`` (each as its own users call it:
     reportgen's raw map, the peer's map normalized and resized with OpenCV);
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -40,20 +44,49 @@ def row(name: str, ours: float, peer: float, extra: str = "") -> None:
     print(f"| {name} | {ours:.3f} s | {peer:.3f} s | {ours / peer:.2f} |{' ' + extra if extra else ''}", flush=True)
 
 
+def interleaved(fns: dict, repeat: int) -> dict:
+    """Wall and CPU seconds of each function, run in turns (A, B, A, B, ...) after one excluded warm-up call each, so
+    that other work on the machine falls on both sides alike: {name: (wall times, CPU times, last result)}."""
+    for fn in fns.values():
+        fn()  # warm-up: first-call costs (oneDNN primitives, first touch of memory) are not the method's
+    times: dict = {name: ([], [], None) for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = fn()
+            walls, cpus, _ = times[name]
+            times[name] = (walls + [time.perf_counter() - wall], cpus + [time.process_time() - cpu], result)
+    return times
+
+
 def smoothgrad_row(repeat: int) -> None:
     from captum.attr import NoiseTunnel, Saliency
 
     from reportgen.methods.attribution import smoothgrad
 
+    n, sigma, seed = 50, 0.15, 0
     model, x = resnet18(), torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    ours = best_time(lambda: smoothgrad(model, x, 3, n=50, sigma=0.15, batch_size=64,
-                                        generator=torch.Generator().manual_seed(0)), repeat)
     nt = NoiseTunnel(Saliency(model))
     # Captum's stdevs is absolute; reportgen's sigma is a fraction of the image's range: the same std here
-    std = float(0.15 * (x.max() - x.min()))
-    peer = best_time(lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=50, nt_samples_batch_size=50,
-                                          stdevs=std, target=3, abs=False), repeat)
-    row("SmoothGrad n=50, 1 image, vs Captum NoiseTunnel(Saliency)", ours, peer)
+    std = float(sigma * (x.max() - x.min()))
+
+    def ours() -> torch.Tensor:  # signed mean gradient, all n copies in one forward and one backward pass
+        return smoothgrad(model, x, 3, n=n, sigma=sigma, batch_size=n, generator=torch.Generator().manual_seed(seed))
+
+    def peer() -> torch.Tensor:  # the same: Saliency without abs, nt_samples_batch_size = n (Captum's default)
+        torch.manual_seed(seed)  # Captum draws from the global generator: torch.normal(0, std) = the same noise
+        return nt.attribute(x, nt_type="smoothgrad", nt_samples=n, nt_samples_batch_size=n, stdevs=std, target=3,
+                            abs=False)
+
+    load = os.getloadavg()[0]
+    times = interleaved({"ours": ours, "peer": peer}, repeat)
+    (ours_wall, ours_cpu, a), (peer_wall, peer_cpu, b) = times["ours"], times["peer"]
+    diff = float((a - b).abs().max() / b.abs().max())
+    pairs = sorted(o / p for o, p in zip(ours_wall, peer_wall))
+    row(f"SmoothGrad n={n}, 1 image, vs Captum NoiseTunnel(Saliency), interleaved", min(ours_wall), min(peer_wall),
+        f"maps with the same noise: max |diff| {diff:.1e} of the largest; median of the {repeat} paired ratios "
+        f"{pairs[len(pairs) // 2]:.2f}; CPU s {min(ours_cpu):.2f} vs {min(peer_cpu):.2f}; load average "
+        f"{load:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
 def gbp_row(repeat: int) -> None:
@@ -83,8 +116,6 @@ def gradcam_row(repeat: int) -> None:
 
 
 def tsne_row(repeat: int) -> None:
-    import time
-
     from sklearn.manifold import TSNE, trustworthiness
 
     from reportgen.methods.embed import embed_layers
@@ -133,6 +164,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", choices=sorted(ROWS), default=list(ROWS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"python benchmarks/bench_peers.py {' '.join(sys.argv[1:])}  (torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f})")
     print("| resnet18, 224 px | reportgen | peer | ratio |\n|---|---|---|---|")
     for name in args.rows:
         ROWS[name](args.repeat)
