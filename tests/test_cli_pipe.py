@@ -29,4 +29,8 @@ def test_an_open_pipe_gets_everything():
         os.close(w)
         lines = reader.read().splitlines()
     assert proc.returncode == 0 and proc.stderr == ""
-    assert lines[0].split()[0] == "predictions" and len(lines) > 10
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+
+    assert lines == CliRunner().invoke(main, ["analyses"]).output.splitlines() and len(lines) > 10
