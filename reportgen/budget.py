@@ -17,9 +17,13 @@ gives the same report.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Optional
 
 from .console import duration
+
+# torch is imported inside the functions, so that the build can import this module before it loads torch (its
+# config and path checks come first).
 
 GIGA = 1e9
 
@@ -61,8 +65,6 @@ def measured_speed(model: Any, x: Any, macs: int) -> float:
     """Multiply-adds per second of a forward and backward pass of ``x`` (N, C, H, W) through ``model`` (``macs``
     per image forward, a backward counting twice that): the faster of two timed passes after one that pays for
     kernel selection. The gradient is taken with respect to ``x`` only, so no ``.grad`` of the model changes."""
-    import time
-
     import torch
 
     times = []

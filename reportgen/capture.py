@@ -11,7 +11,9 @@ import difflib
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
+from .artifacts import NotApplicable
 from .errors import LayerError
+from .methods.tokens import infer_view
 
 if TYPE_CHECKING:  # torch is imported lazily so that ``reportgen --help`` stays fast
     import torch
@@ -43,8 +45,6 @@ def require_python_module(model: "nn.Module", what: str) -> None:
     import torch
 
     if isinstance(model, torch.jit.ScriptModule):
-        from .artifacts import NotApplicable
-
         raise NotApplicable(f"{what} needs the Python model, not a TorchScript one (hooks and ReLU rules do not "
                             "reach a compiled graph): give the model as package.module:factory with --weights")
 
@@ -155,8 +155,6 @@ def capture(
                 return
             raw, view = out, None
             if as_maps and out.dim() >= 2:
-                from .methods.tokens import infer_view
-
                 view = infer_view(tuple(out.shape[1:]), input_size[0])
                 if view.kind in ("tokens", "channels-last"):
                     out = view.to_map(out)

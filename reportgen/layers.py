@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .capture import capture, layer_names
+from .methods.tokens import probe_views
+
+# torch is imported inside functions: `reportgen layers` checks its paths before loading it.
+
 
 @dataclass
 class LayerRow:
@@ -31,12 +36,8 @@ def layer_table(model: Any, input_shape: tuple) -> list[LayerRow]:
     A build learns the same table from its one probe pass (`reportgen.plan.learn_model`)."""
     import torch
 
-    from .capture import capture, layer_names
-
     if isinstance(model, torch.jit.ScriptModule):  # no hooks on a compiled graph: names and parameters only
         return rows_from_probe(model, {}, {})
-    from .methods.tokens import probe_views
-
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(torch.zeros((1, *input_shape)))
     return rows_from_probe(model, rec.acts, rec.calls, probe_views(rec.acts, tuple(input_shape)), batch=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import plot_kind
+from .charts import new_figure
 
 # the two classes of a point model and the hidden units' lines must stand out from the grey response surface
 POINT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -92,8 +93,6 @@ def perceptron_frames(data: dict):
 @plot_kind("histogram")
 def histogram(data: dict):
     """data: edges (B+1,), counts (B,), xlabel, title, logy (default True), mean, std (drawn as lines when given)."""
-    from .charts import new_figure
-
     edges = np.asarray(data["edges"], dtype=np.float64)
     counts = np.asarray(data["counts"], dtype=np.float64)
     fig, ax = new_figure(data.get("width", 4.2), data.get("height", 2.8))

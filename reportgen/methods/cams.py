@@ -20,6 +20,7 @@ from torch import nn
 
 from ..capture import capture, layer_names, resolve_layer
 from .attribution import Target, _check_inputs, as_targets, guided_backprop, target_scores
+from .tokens import probe_views
 
 Weighting = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
 
@@ -340,8 +341,6 @@ def default_cam_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     _check_inputs(example_input)
     with capture(model, layer_names(model), clone=False) as rec, torch.no_grad():
         model(example_input.detach())
-    from .tokens import probe_views
-
     return last_map_layer_from_probe(model, rec.acts, rec.calls, probe_views(rec.acts, tuple(example_input.shape[1:])))
 
 
