@@ -5,6 +5,7 @@ config: every costly analysis is then refused, and its reason states its cost ("
 image"). N is checked against a second computation: for the attribution methods, the images that one map of the
 method function really sends through the model forward and backward (counted by hooks on the model, a backward
 pass counting two forward passes), times the maps the build draws; for the others, their recipe counted by hand.
+The two attention rollouts are checked the same way on the tiny ViT.
 A cost that leaves out the backward pass (SmoothGrad at n instead of 3n) lets an analysis run 3x over --budget.
 """
 
@@ -162,3 +163,29 @@ def test_other_costly_analyses_state_their_recipe_counted_by_hand(stated, per_ma
         "adversarial": n * (2 * 100 * 3 + 1000),  # untargeted and targeted steps, then the sphere's points
     }
     assert {name: costs[name] for name in OTHERS} == {name: round(v) for name, v in expected.items()}
+
+
+def test_attention_maps_state_the_passes_their_maps_really_cost(tmp_path, image_folder):
+    """The two rollouts on the tiny ViT: one forward pass per map (attention rollout) and a forward and a backward
+    (gradient-weighted rollout), counted while the method functions run, times the maps the build draws."""
+    import tiny_models
+    from reportgen.methods.attention import attention_rollout, grad_rollout
+
+    model = tiny_models.tiny_vit().eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    per_map = {}
+    for name, call in (("attention-rollout", lambda: attention_rollout(model, x, 0)),
+                       ("grad-rollout", lambda: grad_rollout(model, x, 0))):
+        with counting(model) as seen:
+            call()
+        per_map[name] = seen["forward"] + 2.0 * seen["backward"]
+    assert per_map == {"attention-rollout": 1, "grad-rollout": 3}
+    out = tmp_path / "site"
+    result = run("build", "tiny_models:tiny_vit", "--input-size", "32x32", "--channels", "3", "--images", image_folder,
+                 "--out", out, "--samples", "2", "--budget", "1e-6", "--only", "attention-rollout,grad-rollout", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    maps = sum(1 + (s["label"] != s["pred"]) for s in manifest["images"]["samples"])
+    stated = {a["name"]: int(re.search(r"as much as ([\d,]+) forward passes", a["reason"]).group(1).replace(",", ""))
+              for a in manifest["analyses"]}
+    assert stated == {name: round(maps * p) for name, p in per_map.items()}
