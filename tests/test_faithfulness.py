@@ -478,3 +478,17 @@ def test_randomization_leaves_out_costly_methods_with_a_note_unless_named(image_
     after = ctx.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in ctx.model.modules())
+
+
+def test_a_check_whose_every_method_page_did_not_run_does_not_apply_and_says_why():
+    from reportgen.analyses import Upstream
+    from reportgen.analyses.faithfulness import DeletionParams, attribution_methods
+    from reportgen.analyses.influence import SmoothGradParams
+    from reportgen.artifacts import NotApplicable
+
+    upstream = Upstream(params={"smoothgrad": SmoothGradParams(n=1000)}, pages=frozenset(),
+                        missing={"smoothgrad": "its page was not run, being over the build's compute budget"})
+    with pytest.raises(NotApplicable, match="no attribution method to check: smoothgrad: its page was not run"):
+        attribution_methods(None, upstream, DeletionParams())
+    with pytest.raises(NotApplicable, match="no attribution method applies"):
+        attribution_methods(None, Upstream(), DeletionParams())

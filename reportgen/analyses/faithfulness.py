@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import Grid, Plot, Result, Table
+from ..artifacts import Grid, NotApplicable, Plot, Result, Table
 from ..config import doc
 from ..errors import ConfigError
 from . import Analysis, NOTHING, Upstream, register
@@ -107,8 +107,14 @@ def method_params(upstream: Any, params: Any) -> list[tuple[Any, Any]]:
 
 
 def attribution_methods(ctx: Any, upstream: Any, params: Any) -> list[tuple[Any, dict]]:
-    """``(analysis, options)`` of each attribution method to check, in report order (`method_params`)."""
-    return [(a, a.options(ctx, p)) for a, p in method_params(upstream, params)]
+    """``(analysis, options)`` of each attribution method to check, in report order (`method_params`);
+    `NotApplicable` when none is left (every page the check would read did not run)."""
+    methods = [(a, a.options(ctx, p)) for a, p in method_params(upstream, params)]
+    if not methods:
+        raise NotApplicable("no attribution method to check: " + "; ".join(
+            f"{name}: {why}" for name, why in upstream.missing.items()) if upstream.missing else
+            DeletionInsertion.nothing_to_read)
+    return methods
 
 
 def unseen_passes(ctx: Any, upstream: Any, params: Any) -> float:
