@@ -46,6 +46,12 @@ class BuildReport:
     manifest: Optional[Manifest] = None
     rank: int = 0  # a distributed build's helper ranks (> 0) write no site: their share of the work went to rank 0
 
+    @property
+    def findings(self) -> list:
+        """The report's conclusions (`reportgen.manifest.Finding`: id, severity, title, sentence, threshold,
+        source, numbers, links), most severe first; empty when the findings analysis did not run."""
+        return list(self.manifest.findings) if self.manifest is not None else []
+
 
 @dataclass
 class Chosen:
@@ -179,9 +185,12 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
         return BuildReport(out=folder, seconds=0.0, rank=group.rank)
     writer = ArtifactWriter(folder)
     report_order = {a.name: k for k, a in enumerate(chosen.analyses)}
-    entries = sorted(write(analyse(ctx, plan.order, plan), writer), key=lambda e: report_order[e.name])
+    findings: list = []
+    entries = sorted(write(kept_findings(analyse(ctx, plan.order, plan), findings), writer),
+                     key=lambda e: report_order[e.name])
     timings.update((e.name, e.seconds) for e in entries if e.name not in plan.skipped)
     manifest = make_manifest(cfg, ctx, entries, timings, time.perf_counter() - t0, snapshot)
+    manifest.findings = findings
     render(manifest, folder, writer)
     return BuildReport(out=folder, seconds=0.0, failed=[e.name for e in entries if e.status == "failed"],
                        manifest=manifest)
@@ -497,6 +506,15 @@ def analyse(ctx: Any, order: list, plan: Plan) -> Iterator[Outcome]:
             outcome.result.notes.insert(0, plan.notes[a.name])
         outcome.seconds = time.perf_counter() - t
         yield outcome
+
+
+def kept_findings(outcomes: Iterator[Outcome], findings: list) -> Iterator[Outcome]:
+    """The outcomes as they come, with the findings analysis's conclusions (its result's ``shared["findings"]``,
+    `reportgen.analyses.findings`) appended to ``findings`` for the manifest."""
+    for o in outcomes:
+        if o.result is not None:
+            findings.extend(o.result.shared.get("findings", []))
+        yield o
 
 
 def write(outcomes: Iterator[Outcome], writer: ArtifactWriter) -> list[AnalysisEntry]:

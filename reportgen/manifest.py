@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .artifacts import slug
 from .errors import ReportgenError
 
 GENERATOR = "reportgen"
@@ -24,6 +25,7 @@ SCHEMA = 2  # 1: before the schema number (analyses under "sections"); 2: "analy
 
 # The report's sections, in page order: key -> title.
 SECTIONS = {
+    "findings": "Findings",
     "model": "Model card",
     "parameters": "Parameters",
     "activations": "Activations",
@@ -54,6 +56,34 @@ class AnalysisEntry:
     params: dict = field(default_factory=dict)
 
 
+# A finding's severity, most severe first; "not checked" says that its inputs are missing (``reason``)
+SEVERITIES = ("alert", "warning", "info", "not checked")
+
+
+@dataclass
+class Finding:
+    """One conclusion of the report (`reportgen.analyses.findings`): ``id`` (stable across builds, e.g.
+    "calibration"); ``severity`` one of `SEVERITIES`; ``title`` a few words; ``sentence`` one sentence with the
+    numbers; ``threshold`` what decided the severity and ``source`` where that threshold comes from (a paper, or
+    "convention of this report"); ``numbers`` the sentence's numbers as numbers (name -> value); ``links`` the
+    evidence in this report, each {"page": site path, "anchor": figure id on that page or "", "label": words}."""
+
+    id: str
+    severity: str
+    title: str
+    sentence: str
+    threshold: str = ""
+    source: str = ""
+    numbers: dict = field(default_factory=dict)
+    links: list = field(default_factory=list)
+
+
+def figure_anchor(key: str) -> str:
+    """The id of an analysis's figure or table ``key`` (its `reportgen.artifacts.Item` key) on that analysis's page
+    (analyses/NAME.html#fig-KEY): the anchor a finding links its evidence to."""
+    return "fig-" + slug(key)
+
+
 @dataclass
 class Manifest:
     """Everything a report's pages are rendered from. ``model``: spec, form, weights and their sha256, parameters,
@@ -72,6 +102,8 @@ class Manifest:
     analyses: list[AnalysisEntry]
     files: dict = field(default_factory=dict)
     snapshot: Optional[dict] = None
+    # the report's conclusions, most severe first (an older manifest without them reads as none)
+    findings: list[Finding] = field(default_factory=list)
     generator: str = GENERATOR
     schema: int = SCHEMA
 
@@ -104,6 +136,9 @@ class Manifest:
             values = {k: v for k, v in data.items() if k in names}
             values["analyses"] = [AnalysisEntry(**{k: v for k, v in a.items() if k in entry_names})
                                   for a in data["analyses"]]
+            finding_names = {f.name for f in dataclasses.fields(Finding)}
+            values["findings"] = [Finding(**{k: v for k, v in f.items() if k in finding_names})
+                                  for f in data.get("findings", [])]
             return cls(**values)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ReportgenError(f"'{where}' is incomplete or damaged ({type(exc).__name__}: {exc}): build the "

@@ -349,6 +349,10 @@ class DeletionInsertion(Analysis):
                 columns=["method", "deletion AUC ↓", "insertion AUC ↑"]
                 + (["mass on object ↑", "maximum on object"] if has_masks else []) + ["best at"], rows=per))
 
+        # for the findings: each method's mean areas and the random order's, as numbers
+        result.shared["trust"] = {"methods": {name: {"deletion": v["deletion"], "insertion": v["insertion"]}
+                                              for name, v in means.items()},
+                                  "random": {"deletion": base[1], "insertion": base[3]}, "images": n}
         full = ins[:, -1].mean() if curves else float("nan")
         result.metrics.update({
             "methods": len(rows), "sample images": n, "steps": params.steps,
@@ -493,6 +497,10 @@ class RandomizationTest(Analysis):
                 rows=[[name, float(r.spearman[-1, p]), float(r.ssim[-1, p]), verdict(float(r.spearman[-1, p]))]
                       for name, (_, r) in runs.items()] + [[name, nan, nan, LEFT_OUT] for name in left_out]))
         passed = [n for n, (_, r) in runs.items() if float(r.spearman[-1].mean()) <= params.threshold]
+        # for the findings: each method's last Spearman correlation and the threshold that judged it
+        result.shared["trust"] = {"methods": {n: float(r.spearman[-1].mean()) for n, (_, r) in runs.items()},
+                                  "threshold": params.threshold, "left out": list(left_out),
+                                  "control": float(control.spearman[-1].mean()), "images": len(images)}
         result.metrics.update({"methods": len(runs), "passed": len(passed), "failed": len(runs) - len(passed),
                                "threshold": params.threshold, "steps in the cascade": len(layers),
                                "sample images": len(images)})
