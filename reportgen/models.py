@@ -2,16 +2,16 @@
 
 Forms: a zoo name (``shapes-cnn``), ``torchvision:ARCH`` and ``timm:NAME`` (weights from ``--weights``, the number
 of classes taken from them), a local Hugging Face image-classification folder, a ``torch.export`` program
-(``.pt2``), a TorchScript file, or ``package.module:factory`` (a callable returning an ``nn.Module``); the loaders
-of the newer forms live in `reportgen.loaders`. Weights are safetensors or a PyTorch state dict read with
-``torch.load(weights_only=True)``: arbitrary pickles are never run.
+(``.pt2``), a TorchScript file, or ``package.module:factory`` (a callable returning an ``nn.Module``); the
+torchvision, timm, Hugging Face and ``.pt2`` forms are `reportgen.loaders.Loader` adapters, one module each, which
+`load_model` finds through `reportgen.loaders.registry.loader_for`. Weights are safetensors or a PyTorch state
+dict read with ``torch.load(weights_only=True)``: arbitrary pickles are never run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ModelError, first_line
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .loaders import SPEC_HELP
+from .loaders.registry import loader_for
+# re-exported: the weights helpers live with the loaders, which share them (no loader imports this module)
+from .loaders.weights import (IMAGENET_MEAN, IMAGENET_STD, apply_weights, read_safetensors_metadata,  # noqa: F401
+                              read_state_dict)
+from .loaders.weights import side_json as _side_json
 
 
 @dataclass(frozen=True)
@@ -67,121 +70,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def read_state_dict(path: str | Path, allow_namespace: bool = False) -> dict:
-    """A flat {name: tensor} dict from a .safetensors file or a torch state dict (``weights_only=True``).
-
-    A training checkpoint dict holding the state dict under ``state_dict`` or ``model`` is unwrapped. Anything that
-    would need arbitrary unpickling is refused with a `ModelError`. ``allow_namespace`` also admits
-    ``argparse.Namespace`` objects (plain attribute holders), which timm's training script stores as ``args`` in
-    its checkpoints.
-    """
-    import argparse
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file '{path}' does not exist: check the --weights path")
-    if path.stat().st_size == 0:
-        raise ModelError(f"weights file '{path}' is empty: give a .safetensors or .pt state dict")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    is_safetensors = path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
-    if is_safetensors:
-        try:
-            from safetensors.torch import load_file
-
-            return dict(load_file(str(path)))
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise ModelError(f"weights file '{path}' is not a valid safetensors file ({exc}): re-export it") from None
-    try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols are noise to the user
-            warnings.simplefilter("ignore")
-            with torch.serialization.safe_globals([argparse.Namespace] if allow_namespace else []):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = first_line(exc)
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            raise ModelError(
-                f"weights file '{path}' holds pickled objects beyond tensors, which reportgen refuses to load "
-                "(it could run code): save model.state_dict() or use safetensors"
-            ) from None
-        raise ModelError(f"weights file '{path}' cannot be read as a state dict ({msg}): give a .pt state dict "
-                         "or a .safetensors file") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"weights file '{path}' is not a state dict of tensors: save model.state_dict()")
-    return dict(obj)
-
-
-def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata of a safetensors file ({} when there is none or the file is another format)."""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception:
-        return {}
-
-
-def apply_weights(model: Any, state: dict, path: str | Path) -> None:
-    """Load ``state`` strictly into ``model``; a `ModelError` lists missing, unexpected and mis-shaped keys.
-
-    A parameter the model shares under several names (CoaT's positional convolutions, tied weights) may be stored
-    under one of them only (safetensors' ``save_model`` drops the aliases): the others take it from that name."""
-    shared: dict[int, list[str]] = {}
-    for key, value in model.state_dict(keep_vars=True).items():
-        shared.setdefault(id(value), []).append(key)
-    state = dict(state)
-    for keys in shared.values():
-        stored = [k for k in keys if k in state]
-        for key in keys if stored else ():
-            state.setdefault(key, state[stored[0]])
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if keys:
-                shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-                parts.append(f"{label}: {shown}")
-        raise ModelError(f"weights '{path}' do not fit the architecture ({'; '.join(parts)}): "
-                         "check that the weights belong to this model")
-    from collections import OrderedDict
-
-    # Some modules read a format version from the state dict's metadata (torchvision's MNASNet refuses to load
-    # without one); a flat dict (safetensors, or our own reading) has none: the weights fit this code, so give them
-    # this code's versions.
-    if getattr(state, "_metadata", None) is None:
-        state = OrderedDict(state)
-        state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
-    model.load_state_dict(state, strict=True)
-
-
-def _side_json(weights: Optional[str]) -> dict:
-    """Input facts from a small JSON file beside the weights: ``<weights>.json`` or ``model.json``."""
-    if not weights:
-        return {}
-    w = Path(weights)
-    for candidate in (w.with_suffix(w.suffix + ".json"), w.with_suffix(".json"), w.parent / "model.json"):
-        if candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text())
-            except (OSError, ValueError) as exc:
-                raise ModelError(f"model info file '{candidate}' is not valid JSON ({exc}): fix or remove it") from None
-            if not isinstance(data, dict):
-                raise ModelError(f"model info file '{candidate}' must hold a JSON object")
-            return data
-    return {}
 
 
 def _input_spec(cfg: Any, side: dict, defaults: Optional[dict], spec: str) -> InputSpec:
@@ -257,8 +145,6 @@ def resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
-SPEC_HELP = ("a zoo name (`reportgen zoo list`), torchvision:ARCH, timm:NAME, a Hugging Face model folder, "
-             "a .pt2 file (torch.export), a TorchScript file, or package.module:factory")
 
 # Every model file or folder reportgen reads, and how to produce it: the error for an unreadable model file.
 MODEL_FILE_FORMS = (
@@ -303,17 +189,11 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
         else:
             inp = InputSpec("image", tuple(entry.input_size), entry.channels, tuple(entry.mean), tuple(entry.std))
         class_names = list(cfg.class_names or entry.class_names)
-    elif spec.startswith(("torchvision:", "timm:")):
-        from .loaders.timm_models import load_timm
-        from .loaders.torchvision_models import load_torchvision
-
-        form, name = spec.split(":", 1)
-        state = read_state_dict(weights, allow_namespace=form == "timm") if weights else None
-        if form == "torchvision":
-            source = load_torchvision(name, state, weights, side)
-        else:
-            source = load_timm(name, state, weights, cfg.input_size or side.get("input_size"))
-        model, notes = source.model, source.notes
+    elif (loader := loader_for(spec)) is not None:  # torchvision:, timm:, a Hugging Face folder, a .pt2 program
+        source = loader.load(spec, cfg, side)
+        model, notes, form = source.model, source.notes, loader.form
+        weights = source.weights if source.weights is not None else weights
+        side = source.side if source.side is not None else side
         inp = _input_spec(cfg, side, source.defaults, spec)
         _check_fixed_size(source.fixed_size, inp, spec)
         class_names = list(cfg.class_names or side.get("class_names") or source.class_names)
@@ -326,60 +206,37 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
         form = "factory"
         inp = _input_spec(cfg, side, None, spec)
         class_names = list(cfg.class_names or side.get("class_names") or [])
-    elif Path(spec).is_dir():
-        from .loaders.hf import load_hf_folder
-
-        path = Path(spec)
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model folder '{spec}' has no config.json, so it is not a Hugging Face model folder: "
-                             f"give {SPEC_HELP}")
-        if weights:
-            raise ModelError(f"--weights is not used with a Hugging Face folder ('{spec}' holds its weights): "
-                             "drop --weights")
-        source = load_hf_folder(path)
-        model, notes, form = source.model, source.notes, "huggingface"
-        weights = next(iter(sorted(path.glob("model*.safetensors"))), None)
-        weights = str(weights) if weights else None
-        side = side or _side_json(str(path / "config.json"))
-        inp = _input_spec(cfg, side, source.defaults, spec)
-        class_names = list(cfg.class_names or side.get("class_names") or source.class_names)
-    elif Path(spec).exists():
-        from .loaders.exported import is_export_archive, load_exported
-
+    elif Path(spec).exists():  # not a folder, not a torch.export program: a TorchScript file
         path = Path(spec)
         side = side or _side_json(str(path))
-        if is_export_archive(path):
-            source = load_exported(path)
-            model, notes, form = source.model, source.notes, "export"
-            inp = _input_spec(cfg, side, source.defaults, spec)
-        else:
-            try:
-                with warnings.catch_warnings():  # the deprecation notice of torch.jit.load is not the user's to fix
-                    warnings.simplefilter("ignore", FutureWarning)
-                    model = torch.jit.load(str(path), map_location="cpu")
-            except Exception as exc:
-                import zipfile
+        try:
+            with warnings.catch_warnings():  # the deprecation notice of torch.jit.load is not the user's to fix
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            import zipfile
 
-                # both formats are zip archives: a file that is not one is neither, and torch's own message about
-                # it is a paragraph of internals
-                first = "not a zip archive" if not zipfile.is_zipfile(path) else first_line(exc, 160)
-                raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}), nor a torch.export "
-                                 f"program: {MODEL_FILE_FORMS}") from None
-            form = "torchscript"
-            inp = _input_spec(cfg, side, None, spec)
+            # both formats are zip archives: a file that is not one is neither, and torch's own message about
+            # it is a paragraph of internals
+            first = "not a zip archive" if not zipfile.is_zipfile(path) else first_line(exc, 160)
+            raise ModelError(f"'{spec}' is not a loadable TorchScript file ({first}), nor a torch.export "
+                             f"program: {MODEL_FILE_FORMS}") from None
+        form = "torchscript"
+        inp = _input_spec(cfg, side, None, spec)
         weights = str(path)
         class_names = list(cfg.class_names or side.get("class_names") or [])
-        if cfg.mean is None and cfg.std is None and "mean" not in side and "std" not in side:
-            # neither file format records the normalization the model was trained with: say so, not guess
-            warning = unnormalized_warning(spec, not class_names and not image_class_names)
-            notes.append(warning)
-            warnings_for_console = [warning]
     else:
         import difflib
 
         close = difflib.get_close_matches(spec, list(models_zoo.ZOO), n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ModelError(f"model spec '{spec}' names nothing{hint}: give {SPEC_HELP}")
+    if form in ("export", "torchscript") and cfg.mean is None and cfg.std is None and "mean" not in side \
+            and "std" not in side:
+        # neither file format records the normalization the model was trained with: say so, not guess
+        warning = unnormalized_warning(spec, not class_names and not image_class_names)
+        notes.append(warning)
+        warnings_for_console = [warning]
 
     model.eval()
     loaded = LoadedModel(

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from .capture import capture, layer_names, preserved, resolve_layer
+from .errors import LayerError
 from .layers import LayerRow, default_layers, penultimate_layer, rows_from_probe
+from .models import check_output, run_probe
 
 if TYPE_CHECKING:
     from .methods.receptive_field import RF
@@ -128,15 +131,13 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
     ``image_class_names`` as for `reportgen.models.load_model`). ``layers``: the configured layer names (checked to
     exist; empty = the default pick of conv/linear layers). ``generator`` seeds the probe input.
     """
+    # lazy: torch, and the methods that import it at their top (the CLI starts without torch)
     import torch
 
-    from .capture import capture, layer_names, resolve_layer
-    from .errors import LayerError
     from .methods.attention import attention_modules, probe_layouts, recording_attention
     from .methods.cams import cam_layers_from_probe, linear_inputs, map_layers_from_probe
     from .methods.relu_rules import recording_nonlinearities
     from .methods.tokens import probe_views
-    from .models import check_output, run_probe
 
     model, input_shape = loaded.model, tuple(loaded.input.shape)
     for name in layers:
@@ -205,9 +206,7 @@ def default_grad_cam_layer(model: Any, candidates: list[str], views: dict, probe
         return None, "no layer outputs a (N, K, h, w) map with h*w > 1: give the CAM layer explicitly"
     last = candidates[-1]
     token_head = views.get(last) is not None and views[last].kind == "tokens" and bool(views[last].prefix)
-    import torch
-
-    from .capture import capture, preserved
+    import torch  # lazy: the CLI starts without torch
 
     pool = [n for n in candidates if views.get(n) is not None and views[n].kind == "tokens"] if token_head \
         else candidates

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, first_line
-from . import Source
+from . import Loader, Source
+from .weights import side_json
 
 EXPORT_HOWTO = ("torch.export.save(torch.export.export(model.eval(), (x,), dynamic_shapes=({0: torch.export.Dim"
                 "('batch')},)), 'model.pt2')")
@@ -311,3 +312,20 @@ def load_exported(path: Path) -> Source:
                  + (f"; {len(swapped)} leaf modules restored to their torch.nn layer ({', '.join(kinds)}) from the "
                     "program's records" if swapped else "") + "; other modules run their exported graph")
     return Source(unflat, defaults, notes=notes)
+
+
+class ExportLoader(Loader):
+    """A ``.pt2`` file saved by ``torch.export.save`` (any other existing file is left to the TorchScript reader
+    of `reportgen.models`)."""
+
+    form = "export"
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return Path(spec).exists() and is_export_archive(Path(spec))
+
+    @classmethod
+    def load(cls, spec: str, cfg: Any, side: dict) -> Source:
+        source = load_exported(Path(spec))
+        source.weights, source.side = str(Path(spec)), side or side_json(str(Path(spec)))
+        return source

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, first_line
-from . import Source, require
+from . import SPEC_HELP, Loader, Source, require
+from .weights import side_json
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -142,3 +143,29 @@ def load_hf_folder(folder: Path) -> Source:
         ("the folder has no preprocessor_config.json: the input size is the config's image_size and the "
          "normalization is what --mean/--std say (none by default)")]
     return Source(model, input_defaults(folder, config), class_names=class_names(config), notes=notes)
+
+
+class HuggingFaceLoader(Loader):
+    """A local folder saved by a transformers image classifier's ``save_pretrained`` (it holds its weights:
+    ``--weights`` is refused)."""
+
+    form = "huggingface"
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return Path(spec).is_dir()
+
+    @classmethod
+    def load(cls, spec: str, cfg: Any, side: dict) -> Source:
+        path = Path(spec)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder '{spec}' has no config.json, so it is not a Hugging Face model folder: "
+                             f"give {SPEC_HELP}")
+        if cfg.weights:
+            raise ModelError(f"--weights is not used with a Hugging Face folder ('{spec}' holds its weights): "
+                             "drop --weights")
+        source = load_hf_folder(path)
+        weights = next(iter(sorted(path.glob("model*.safetensors"))), None)
+        source.weights = str(weights) if weights else None
+        source.side = side or side_json(str(path / "config.json"))
+        return source

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ModelError, first_line
-from . import Source, require
+from . import Loader, Source, require
+from .weights import apply_weights, read_state_dict
 
 _PROBE_CLASSES = 997  # as in torchvision_models: a count no architecture uses as a width
 
@@ -56,8 +57,6 @@ def load_timm(name: str, state: dict | None, weights: str | None, input_size: li
     the weights were made for, for the architectures whose parameters depend on it."""
     import difflib
 
-    from ..models import apply_weights
-
     timm = require("timm", f"model 'timm:{name}'")
     known = timm.list_models()
     if name not in known:
@@ -84,3 +83,19 @@ def load_timm(name: str, state: dict | None, weights: str | None, input_size: li
     size = list(img_size) if img_size else [int(h), int(w)]
     return Source(model, {"input_size": size, "channels": int(data["input_size"][0]), "mean": list(data["mean"]),
                           "std": list(data["std"])}, notes=notes)
+
+
+class TimmLoader(Loader):
+    """``timm:NAME``, weights (optional) from ``--weights``; the size the weights were made for from
+    ``--input-size`` or the model.json."""
+
+    form = "timm"
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return spec.startswith("timm:")
+
+    @classmethod
+    def load(cls, spec: str, cfg: Any, side: dict) -> Source:
+        state = read_state_dict(cfg.weights, allow_namespace=True) if cfg.weights else None
+        return load_timm(spec.split(":", 1)[1], state, cfg.weights, cfg.input_size or side.get("input_size"))

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ModelError
-from . import Source
+from . import Loader, Source
+from .weights import IMAGENET_MEAN, IMAGENET_STD, apply_weights, read_state_dict
 
 # A class count no torchvision architecture uses for a channel width: the dimensions equal to it are classes.
 _PROBE_CLASSES = 997
@@ -122,8 +123,6 @@ def load_torchvision(arch: str, state: dict | None, weights: str | None, side: d
     for messages). ``side`` is the model.json beside the weights (``num_classes`` when there are no weights)."""
     import difflib
 
-    from ..models import IMAGENET_MEAN, IMAGENET_STD, apply_weights
-
     names = classifier_names()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=3)
@@ -151,3 +150,19 @@ def load_torchvision(arch: str, state: dict | None, weights: str | None, side: d
                      "head's logits only")
     return Source(model, {"input_size": [size, size], "channels": 3, "mean": list(IMAGENET_MEAN),
                           "std": list(IMAGENET_STD)}, notes=notes, fixed_size=fixed)
+
+
+class TorchvisionLoader(Loader):
+    """``torchvision:ARCH``, weights (optional) from ``--weights``; ``num_classes`` from the model.json when there
+    are none."""
+
+    form = "torchvision"
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return spec.startswith("torchvision:")
+
+    @classmethod
+    def load(cls, spec: str, cfg: Any, side: dict) -> Source:
+        state = read_state_dict(cfg.weights) if cfg.weights else None
+        return load_torchvision(spec.split(":", 1)[1], state, cfg.weights, side)
