@@ -174,8 +174,8 @@ def test_functional_nonlinearities_of_a_program_are_seen(tmp_path):
     assert mine.functional_relus == theirs.functional_relus == {"<model>": 1}
     assert list(mine.other_nonlinearities) == ["aten.gelu in <model>"]
     assert list(theirs.other_nonlinearities) == ["F.gelu in <model>"]
-    assert mine.exact_methods == theirs.exact_methods == {m: False for m in mine.exact_methods}
-    assert mine.reasons == {m: r.replace("F.gelu", "aten.gelu") for m, r in theirs.reasons.items()}
+    assert not mine.rules_exact and not theirs.rules_exact
+    assert mine.rule_reason == theirs.rule_reason.replace("F.gelu", "aten.gelu")
     target = torch.tensor([0, 1, 2])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # both warn that GELU keeps its plain gradient

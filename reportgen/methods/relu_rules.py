@@ -9,6 +9,7 @@ is swapped and no hook is registered, so there is nothing to put back.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
+
+from ..capture import require_python_module
 
 Rule = Literal["guided", "deconv"]
 
@@ -162,8 +165,6 @@ def relu_rule(rule: Rule, source: torch.Tensor | None = None) -> Iterator[None]:
     the block's forward pass starts from; with it, ReLUs and others that see only parameters and buffers (not on
     the image's path) are not counted as such, since no gradient of the image passes them.
     """
-    import warnings
-
     if rule not in ("guided", "deconv"):
         raise ValueError(f"unknown ReLU rule {rule!r}: use 'guided' or 'deconv'")
     mode = _RuleMode(guided=rule == "guided")
@@ -237,10 +238,12 @@ _OTHER_FUNCS = _other_functions()
 class NonlinearityReport:
     """How a model computed its non-linearities in one forward pass; module names are dotted paths.
 
-    ``exact_methods`` says, per method name, whether it is computed as its paper defines it on this model, and
-    ``reasons`` says why not. Deconvnet and guided backprop only change the backward rule of ReLUs: any other
-    non-linearity (GELU, SiLU, sigmoid gates, softmax attention...) keeps its plain gradient, so the maps are a
-    hybrid. Whether CAM applies (global average pooling + one linear layer) is `reportgen.methods.cams`'s call.
+    ``rule_reason`` says why a modified ReLU backward rule (`relu_rule`) does not give the map its paper defines on
+    this model, "" when it does (`rules_exact`): the rule changes only the backward pass of ReLUs, so any other
+    non-linearity (GELU, SiLU, sigmoid gates, softmax attention...) keeps its plain gradient and the maps are a
+    hybrid; without a ReLU on the image's path the map is the plain gradient. Which methods use such a rule is said
+    once, by the attribution analyses (their ``relu_rules``), not here. Whether CAM applies (global average pooling
+    + one linear layer) is `reportgen.methods.cams`'s call.
     """
 
     relu_modules: list[str] = field(default_factory=list)  # nn.ReLU modules called exactly once
@@ -250,8 +253,7 @@ class NonlinearityReport:
     other_nonlinearities: dict[str, int] = field(default_factory=dict)  # "where (kind)" -> calls
     # "where (kind)" -> calls of ReLUs and others whose input does not depend on the image: no rule reaches them
     off_path: dict[str, int] = field(default_factory=dict)
-    exact_methods: dict[str, bool] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)
+    rule_reason: str = ""
 
     def other_kinds(self) -> list[str]:
         """The kinds of the other non-linearities on the image's path, sorted ("GELU", "F.softmax", ...)."""
@@ -271,6 +273,11 @@ class NonlinearityReport:
         more = f" and {len(off) - 3} more" if len(off) > 3 else ""
         return (f"no ReLU on the image's path (its ReLUs, in {', '.join(off[:3])}{more}, see only parameters "
                 "and buffers)")
+
+    @property
+    def rules_exact(self) -> bool:
+        """Whether a modified ReLU rule gives exactly the map its paper defines on this model."""
+        return not self.rule_reason
 
     @property
     def n_functional_relus(self) -> int:
@@ -304,8 +311,7 @@ class NonlinearityReport:
                        + listing(f"{k} x{v}" for k, v in self.other_nonlinearities.items()))
         if self.off_path:
             out.append("not on the image's path: " + listing(f"{k} x{v}" for k, v in self.off_path.items()))
-        for method, exact in self.exact_methods.items():
-            out.append(f"{method}: " + ("exact" if exact else f"approximate: {self.reasons.get(method, '')}"))
+        out.append("modified ReLU rules: " + ("exact" if self.rules_exact else f"approximate: {self.rule_reason}"))
         return out
 
 
@@ -362,8 +368,6 @@ def recording_nonlinearities(model: nn.Module, source: torch.Tensor | None = Non
     running it. Other hooks (e.g. `reportgen.capture.capture`) may be active in the same block: the build's plan
     learns the layer table, the CAM layers and this report from one forward pass.
     """
-    from ..capture import require_python_module
-
     require_python_module(model, "the non-linearity check")
     recorder = NonlinearityRecorder({module: name for name, module in model.named_modules()})
     if source is not None:
@@ -442,14 +446,8 @@ def _make_report(names: dict[nn.Module, str], recorded: list, module_calls: dict
             report.other_nonlinearities[f"{label(module)} ({type(module).__name__})"] = calls
 
     if report.n_relu_calls == 0:
-        reason = f"the model has {report.no_relu_words()}: the map is the plain gradient"
+        report.rule_reason = f"the model has {report.no_relu_words()}: the map is the plain gradient"
     elif report.other_nonlinearities:
-        reason = (f"non-ReLU non-linearities ({', '.join(report.other_kinds())}) keep their plain gradient, "
-                  "so the map mixes the modified rule with the gradient")
-    else:
-        reason = ""
-    for method in ("deconvnet", "guided_backprop", "guided_grad_cam"):
-        report.exact_methods[method] = not reason
-        if reason:
-            report.reasons[method] = reason
+        report.rule_reason = (f"non-ReLU non-linearities ({', '.join(report.other_kinds())}) keep their plain "
+                              "gradient, so the map mixes the modified rule with the gradient")
     return report
