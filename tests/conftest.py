@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))  # so that "tiny_models:NAME" works as a module:factory spec
+
+# One intra-op thread per test process, and for the builds it starts (CLI subprocesses, torchrun's ranks, which set
+# this anyway): the tensors here are tiny, so a second OpenMP thread only spins, and on a busy 2-core machine it waits
+# for a core: seeded training of the 102-parameter MLP took 58.6 s with 2 threads and 2.3 s with 1 (load 12). The
+# suite's parallelism is its worker processes (pytest -n 2). Set before torch is imported; tests of the thread
+# count (test_tsne) set it themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +46,77 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (f"CI=true: this test needs a peer library that is not installed ({peer}): install it in "
                            "the README's test command instead of skipping")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2 --dist loadgroup`` each built site is built once: the tests of a module with a
+    module-scoped fixture run on one worker (as with ``--dist loadfile``), and the tests of every module that use a
+    session-scoped fixture of this file (`lenet_site`) on one worker too; the other tests go wherever a worker is
+    free. Without xdist the marks do nothing."""
+    for item in items:
+        if any(True for _ in item.iter_markers("xdist_group")):
+            continue
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        scopes = {name: fixturedefs[-1].scope for name, fixturedefs in defs.items() if fixturedefs}
+        shared = sorted(name for name, scope in scopes.items() if scope == "session" and name in SHARED_SITES)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"site-{'-'.join(shared)}"))
+        elif "module" in scopes.values():
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+# The end-to-end site of a zoo model that several test modules read (the browser tests, the reproducibility test):
+# every analysis (the default set), with small step counts so that it builds in seconds, 60 images, 2 samples.
+LENET = "lenet-digits"
+LENET_FAST_CONFIG = """
+[analysis.embeddings]
+max_points = 60
+perplexity = 10.0
+[analysis.smoothgrad]
+n = 4
+[analysis.class-max]
+steps = 10
+[analysis.unit-max]
+steps = 5
+[analysis.adversarial]
+steps = 10
+sphere_points = 50
+"""
+
+
+def lenet_build_args(tmp: Path) -> list[str]:
+    """The `reportgen build` arguments of `lenet_site` (with its config and, before the zoo is trained, seeded
+    random weights written into ``tmp``), minus ``--out``."""
+    import models_zoo
+
+    (tmp / "fast.toml").write_text(LENET_FAST_CONFIG)
+    args = ["build", LENET, "--max-images", "60", "--samples", "2", "--config", str(tmp / "fast.toml"), "-q"]
+    entry = models_zoo.ZOO[LENET]
+    if not entry.weights_path().is_file():
+        import torch
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        save_file({k: v.contiguous() for k, v in entry.build_model().state_dict().items()}, str(tmp / "w.safetensors"))
+        args += ["--weights", str(tmp / "w.safetensors")]
+    return args
+
+
+@pytest.fixture(scope="session")
+def lenet_site(tmp_path_factory) -> Path:
+    """The default site of the zoo's lenet-digits, small (`lenet_build_args`), built once for the session; no
+    analysis failed (a failed one exits 1 and its page would only show the error). Read it, never write into it."""
+    tmp = tmp_path_factory.mktemp("lenet-site")
+    result = run(*lenet_build_args(tmp), "--out", tmp / "site")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp / "site" / "manifest.json").read_text())
+    failed = {a["name"]: a["reason"] for a in manifest["analyses"] if a["status"] == "failed"}
+    assert not failed, failed
+    return tmp / "site"
+
+
+SHARED_SITES = {"lenet_site"}
 
 
 def write_image_folder(root: Path, classes=("cat", "dog", "bird"), per_class=6, size=(40, 48), seed=0) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from click.testing import CliRunner
 
+from conftest import lenet_build_args
 from reportgen.cli import main
 
 TINY = ["--model", "tiny_models:tiny_cnn", "--input-size", "32x32", "--channels", "3"]
@@ -86,38 +87,12 @@ def image_hashes(site: Path) -> dict:
     return {k: v for k, v in files.items() if not k.endswith(".html")}
 
 
-def test_same_inputs_give_the_same_files(tmp_path):
-    """Reproducible: the same checkpoint, image set, config and seed give byte-identical figures."""
-    from reportgen.analyses import all_analyses
-
-    names = [a.name for a in all_analyses() if a.name not in ("perceptron",)]
-    cfg = tmp_path / "fast.toml"
-    cfg.write_text(FAST_CONFIG)
-    outs = []
-    for i in range(2):
-        out = tmp_path / f"site{i}"
-        result = CliRunner().invoke(main, ["build", "lenet-digits", "--max-images", "60", "--samples", "2",
-                                           "--config", str(cfg), "--out", str(out), "-q",
-                                           "--only", ",".join(names)], catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        outs.append(out)
-    first, second = image_hashes(outs[0]), image_hashes(outs[1])
+def test_same_inputs_give_the_same_files(tmp_path, lenet_site):
+    """Reproducible: the same checkpoint, image set, config and seed give byte-identical figures (every analysis,
+    small step counts: a second build of the session's `lenet_site`, with the same arguments)."""
+    result = CliRunner().invoke(main, [*lenet_build_args(tmp_path), "--out", str(tmp_path / "again")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    first, second = image_hashes(lenet_site), image_hashes(tmp_path / "again")
     assert len(first) > 10
     assert first == second
-
-
-# Small step counts so that the reproducibility build takes seconds (every analysis still runs).
-FAST_CONFIG = """
-[analysis.embeddings]
-max_points = 60
-perplexity = 10.0
-[analysis.smoothgrad]
-n = 4
-[analysis.class-max]
-steps = 10
-[analysis.unit-max]
-steps = 5
-[analysis.adversarial]
-steps = 10
-sphere_points = 50
-"""

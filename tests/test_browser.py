@@ -16,11 +16,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from click.testing import CliRunner
 from find_browser import DEBIAN_CHROMIUM, find_browser
 
 CHROMIUM = find_browser()
-ZOO_MODEL = "lenet-digits"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 NO_BROWSER = f"needs Debian's chromium on PATH or at {DEBIAN_CHROMIUM} (apt-get install chromium)"
 
@@ -55,29 +53,10 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """The default site of the zoo model, small: 150 images, 3 samples."""
-    import models_zoo
-
-    from reportgen.cli import main
-
-    tmp = tmp_path_factory.mktemp("browser")
-    args = ["build", ZOO_MODEL, "--max-images", "150", "--samples", "3", "--out", str(tmp / "site"), "-q"]
-    entry = models_zoo.ZOO[ZOO_MODEL]
-    if not entry.weights_path().is_file():
-        # before the zoo's weights are trained: the same architecture with seeded random weights
-        import torch
-        from safetensors.torch import save_file
-
-        torch.manual_seed(0)
-        save_file({k: v.contiguous() for k, v in entry.build_model().state_dict().items()}, str(tmp / "w.safetensors"))
-        args += ["--weights", str(tmp / "w.safetensors")]
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output  # a failed analysis exits 1: its page would only show the error
-    manifest = json.loads((tmp / "site" / "manifest.json").read_text())
-    failed = {a["name"]: a["reason"] for a in manifest["analyses"] if a["status"] == "failed"}
-    assert not failed, failed
-    return tmp / "site"
+def site(lenet_site) -> Path:
+    """The default site of the zoo model, small (`conftest.lenet_site`: every analysis, 60 images, 2 samples, few
+    steps), built once for the session and shared with the reproducibility test."""
+    return lenet_site
 
 
 @pytest.fixture(scope="module")
