@@ -289,7 +289,9 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
     map_labels(ctx.images, ctx.loaded.class_names)
     read = [get(n) for n in chosen.params if n not in {a.name for a in chosen.analyses}]
     plan = Plan(skipped={}, reducers={}, params=dict(chosen.params))
-    for a in [*read, *chosen.analyses]:  # the analyses read first: a reader's own check may depend on them
+    # the analyses read first, and each chosen one after those it reads (a reader's own check may depend on them,
+    # and what it reads that does not apply is known by then: the findings come first in report order)
+    for a in [*read, *run_order(chosen.analyses, chosen.reads)]:
         why = not_applicable(ctx, a, chosen.params[a.name])
         reads = [n for n in chosen.reads.get(a.name, []) if n not in plan.skipped]
         if not why and chosen.reads.get(a.name) and not reads:

@@ -97,12 +97,16 @@ def test_calibration_fires_on_an_over_confident_model_and_not_on_a_calibrated_on
     assert by_id["calibration"].numbers["ece"] == pytest.approx(0.399, abs=1e-6)
     assert "over-confident" in by_id["calibration"].sentence
     assert by_id["confident-mistakes"].severity == "warning"
-    assert by_id["confident-mistakes"].numbers["confident share"] == 1.0
+    assert by_id["confident-mistakes"].numbers["error when confident"] == pytest.approx(0.4)
     calibrated, rel = fd.calibration_findings(logits_for(preds, 0.6, 4), labels)
     by_id = {f.id: f for f in calibrated}
     assert by_id["calibration"].severity == "info" and by_id["calibration"].numbers["ece"] < 1e-9
     assert by_id["confident-mistakes"].severity == "info"
+    assert by_id["confident-mistakes"].numbers["confident predictions"] == 0
     assert rel.count.sum() == 100
+    # confident and right as often as it says (95% at 0.95): its mistakes are no warning
+    sure, _ = fd.calibration_findings(logits_for(preds, 0.95, 4), np.where(np.arange(100) < 95, 0, 1))
+    assert {f.id: f for f in sure}["confident-mistakes"].severity == "info"
 
 
 # --- accuracy, classes, confusions, balance -------------------------------------------------------------------------

@@ -32,7 +32,6 @@ MIN_CLASS_IMAGES = 5  # per-class accuracy is compared only for classes with at 
 CLASS_GAP = (0.15, 0.30)  # worst class's accuracy below the overall accuracy by this much: warning, alert
 ECE_LEVELS = (0.05, 0.15)  # expected calibration error above: warning, alert
 CONFIDENT = 0.9  # a mistake made with at least this top-1 confidence is a confident mistake
-CONFIDENT_SHARE = 0.5  # warning when at least this share of the mistakes are confident
 CONFUSED_SHARE = 0.2  # warning when one (true, predicted) pair holds at least this share of the true class
 CONFUSED_MIN = 2  # ... and at least this many images
 IMBALANCE = (3.0, 10.0)  # largest / smallest labelled class count: warning, alert
@@ -178,15 +177,22 @@ def calibration_findings(logits: np.ndarray, labels: np.ndarray, evidence: Optio
                            f"The model makes no mistake on the {len(labels)} labelled images.",
                            numbers={"mistakes": 0}, links=evidence))
         return out, rel
-    share = float((wrong >= CONFIDENT).mean())
-    severity = "warning" if share >= CONFIDENT_SHARE else "info"
+    sure = conf >= CONFIDENT
+    # a calibrated model is wrong on at most 1 - CONFIDENT of the predictions it makes with confidence >= CONFIDENT
+    error = float((~right[sure]).mean()) if sure.any() else float("nan")
+    severity = "warning" if sure.any() and error > 1 - CONFIDENT else "info"
+    confident = (f"of the {int(sure.sum())} predictions made with confidence {CONFIDENT:g} or more, {pct(error)} are "
+                 f"wrong (calibrated: at most {pct(1 - CONFIDENT)})" if sure.any()
+                 else f"no prediction is made with confidence {CONFIDENT:g} or more")
     out.append(finding(
         "confident-mistakes", "Confidence of the mistakes", severity,
-        f"The {len(wrong)} wrong predictions have a median confidence of {pct(np.median(wrong))}; "
-        f"{pct(share)} of them are made with confidence {CONFIDENT:g} or more.",
-        threshold=f"warning when at least {pct(CONFIDENT_SHARE)} of the mistakes have confidence >= {CONFIDENT:g}",
-        source=CONVENTION, numbers={"mistakes": len(wrong), "median confidence": float(np.median(wrong)),
-                                    "confident share": share},
+        f"The {len(wrong)} wrong predictions have a median confidence of {pct(np.median(wrong))}; {confident}.",
+        threshold=f"warning when more than {pct(1 - CONFIDENT)} of the predictions made with confidence "
+                  f">= {CONFIDENT:g} are wrong",
+        source=f"what calibration means (Guo et al. 2017: P(right | confidence p) = p), read at p >= {CONFIDENT:g}; "
+               f"the level {CONFIDENT:g} is a {CONVENTION}",
+        numbers={"mistakes": len(wrong), "median confidence": float(np.median(wrong)),
+                 "confident predictions": int(sure.sum()), "error when confident": error},
         links=(diagram or []) + (evidence or [])))
     return out, rel
 
@@ -294,7 +300,7 @@ def trust_findings(deletion: Optional[dict], randomization: Optional[dict], why_
     check has no result ({analysis name: reason})."""
     title = "Which maps to trust"
     if not deletion and not randomization:
-        reasons = "; ".join(f"{n}: {why}" for n, why in why_not.items()) or "neither trust check ran"
+        reasons = "; ".join(why_not.values()) or "neither trust check ran"
         return [not_checked("trust", title, reasons)]
     verdicts = trust_verdicts(deletion, randomization)
     good = trusted_methods(verdicts)
@@ -309,7 +315,7 @@ def trust_findings(deletion: Optional[dict], randomization: Optional[dict], why_
         parts.append("failing: " + ", ".join(f"{n} ({', '.join(ks)})" for n, ks in failed.items()))
     if unjudged or left_out:
         parts.append("not judged by both checks: " + ", ".join(dict.fromkeys(unjudged + left_out)))
-    missing = [f"{n} did not run ({why})" for n, why in why_not.items()]
+    missing = list(why_not.values())
     both = bool(deletion) and bool(randomization)
     if not both:  # one check alone trusts nothing: it can only find failures
         parts.append(f"only the {'deletion-insertion' if deletion else 'randomization'} check ran")
