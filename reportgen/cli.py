@@ -157,13 +157,18 @@ def check_early(cfg: Any) -> None:
     """What the build checks first, and the names and paths the loaders check later, all checked before torch is
     imported and the model loaded (10 s or more): a typo in a flag, an analysis name, an [analysis.NAME] table, a
     path or a zoo name is reported in about a second. The build checks the same again in its own order (the
-    Python API goes there directly)."""
+    Python API goes there directly). Not in a job of several processes (torchrun): there the build checks them on
+    every rank and rank 0 alone says what is wrong (`reportgen.distributed`), where a mistake here would be said
+    once per rank."""
     from pathlib import Path
 
     from .build import choose_analyses
     from .config import check_paths
+    from .distributed import current_world
     from .staging import check_out_path, check_replaceable
 
+    if current_world() is not None:
+        return
     out = check_out_path(Path(cfg.out))
     model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
     check_replaceable(out, [model_file, cfg.weights, cfg.images])

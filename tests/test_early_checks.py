@@ -65,3 +65,21 @@ def test_typos_are_reported_before_torch_is_imported(tmp_path):
 def test_an_unknown_name_far_from_every_known_one_gets_no_guess(tmp_path):
     (r,) = run_fresh([["build", "--only", "zzzz", "--out", str(tmp_path / "site")]], tmp_path)
     assert "unknown analysis 'zzzz'; known: " in r["output"] and "did you mean" not in r["output"]
+
+
+def test_a_job_of_several_processes_leaves_the_checks_to_the_build(monkeypatch, tmp_path):
+    """Under torchrun every rank runs the CLI: a mistake found here would be said once per rank, so the checks wait
+    for the distributed build, where rank 0 alone says it (`reportgen.distributed`)."""
+    import pytest
+
+    from reportgen.cli import check_early
+    from reportgen.config import load_config
+    from reportgen.errors import ConfigError
+
+    cfg = load_config(None, only=["grad-camm"], out=str(tmp_path / "site"))
+    with pytest.raises(ConfigError, match="did you mean 'grad-cam'"):
+        check_early(cfg)
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    check_early(cfg)  # nothing said on this rank
