@@ -289,12 +289,11 @@ class AttributionAnalysis(Analysis):
         """("exact" | "approximate" | "not applicable", why) for these maps on the model of ``facts``."""
         if not self.relu_rules:
             return "exact", self.exact_because
-        method = python_name(self.name)
         if not facts.nonlinearities.n_relu_calls:
-            return "not applicable", facts.nonlinearities.reasons.get(method, "")
-        if facts.nonlinearities.exact_methods.get(method, True):
+            return "not applicable", facts.nonlinearities.rule_reason
+        if facts.nonlinearities.rules_exact:
             return "exact", "every ReLU call rewritten"
-        return "approximate", facts.nonlinearities.reasons.get(method, "")
+        return "approximate", facts.nonlinearities.rule_reason
 
     def options(self, ctx: Any, params: Any) -> dict:
         """Keyword arguments of `attribute`, resolved once per build from the params and the model facts."""
@@ -321,10 +320,9 @@ class AttributionAnalysis(Analysis):
         if not self.relu_rules:
             return []
         report = nonlinearities(ctx, self.title)
-        method = python_name(self.name)
-        if report.exact_methods.get(method, True):
+        if report.rules_exact:
             return []
-        return [f"These maps are not exact on this model: {report.reasons[method]}. The non-linearities "
+        return [f"These maps are not exact on this model: {report.rule_reason}. The non-linearities "
                 "check of this section lists them."]
 
     def chunk_size(self, ctx: Any, options: dict) -> int:
@@ -396,6 +394,13 @@ class AttributionAnalysis(Analysis):
             result.metrics["object mass share"] = nan_mean(scores[0][pred])
             result.metrics["pointing game"] = nan_mean(scores[1][pred])
             result.metrics["object area (chance)"] = float(mask_stack[pred].mean())
+            # per sample image, for the findings: mass on object, pointing-game hit, the object's area share and
+            # the key of the map's figure on this page
+            first = "shared" if params.scale in ("shared", "both") else "per-image"
+            result.shared["mask scores"] = {
+                int(targets[k].image): (float(scores[0][k]), float(scores[1][k]), float(mask_stack[k].mean()),
+                                        f"{first}-{targets[k].role}-{targets[k].image:05d}-{targets[k].cls}")
+                for k in pred}
 
         result.notes.append(f"Each map shows {self.words(options)}; "
                             + ("it is drawn over a dimmed grey copy of the image." if over_image else
@@ -878,7 +883,7 @@ class Nonlinearities(Analysis):
                                 "them.")
         elif report.other_nonlinearities:
             result.notes.append("This model has non-linearities other than ReLU: deconvnet, guided backpropagation "
-                                "and guided Grad-CAM are approximate here (" + report.reasons["deconvnet"] + "), "
+                                "and guided Grad-CAM are approximate here (" + report.rule_reason + "), "
                                 "and so is Grad-CAM++ unless they all run before its layer (its closed-form weights "
                                 "assume ReLU networks).")
         return result
