@@ -17,15 +17,40 @@ gives the same report.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any, Optional
 
 from .console import duration
+from .staging import _Held, _held_signals, _Signalled
 
 # torch is imported inside the functions, so that the build can import this module before it loads torch (its
 # config and path checks come first).
 
 GIGA = 1e9
+
+
+def _import_counter_whole() -> None:
+    """Import torch's FLOP counter and ``torch._dynamo`` (with sympy and, on a CUDA build of torch, triton: 1 to 3 s
+    on a first build) with SIGINT, SIGTERM and SIGHUP held until both are done, then raise the signal that came
+    (as `reportgen.staging.interrupts_as_errors` would have).
+
+    ``torch.utils.flop_counter`` imports triton, and the counter's forward pass is the first call of a build through
+    ``torch._disable_dynamo``, which imports ``torch._dynamo`` on first use. A signal turned into an exception in the
+    middle of these imports leaves their modules half initialized in ``sys.modules``; every later call through
+    ``torch._disable_dynamo`` (an optimizer's ``zero_grad``) then fails with an error from inside triton or sympy
+    ("module 'triton.language' has no attribute 'core'"). So a distributed rank that the launcher's SIGTERM reached
+    there could fail with that error instead of stopping cleanly, and so could the next torch call in a notebook
+    after a Ctrl-C."""
+    if "torch._dynamo" in sys.modules and "torch.utils.flop_counter" in sys.modules:
+        return
+    _Held.pending = None
+    with _held_signals():
+        import torch._dynamo  # noqa: F401 - imported whole here, before the counter's forward pass needs it
+        import torch.utils.flop_counter  # noqa: F401
+    if _Held.pending is not None:
+        signum, _Held.pending = _Held.pending, None
+        raise _Signalled(signum)
 
 
 def count_macs(model: Any, x: Any) -> tuple[int, dict[str, int]]:
@@ -36,6 +61,8 @@ def count_macs(model: Any, x: Any) -> tuple[int, dict[str, int]]:
     Returns (0, {}) for a model the counter cannot run (the budget is then not applied). Hooks are removed on exit;
     the model's ``.grad`` tensors are not touched (no backward pass)."""
     import torch
+
+    _import_counter_whole()
     from torch.utils.flop_counter import FlopCounterMode
 
     until: dict[str, int] = {}

@@ -102,6 +102,48 @@ def test_detection_imports_no_torch_outside_a_distributed_job():
     assert out.stdout.strip() == "False", out.stderr
 
 
+SIGNAL_MID_IMPORT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch, tiny_models
+from reportgen.budget import count_macs
+from reportgen.staging import BuildInterrupted, interrupts_as_errors
+
+class SignalMidImport:  # SIGTERM to this process in the middle of sympy's import (torch._dynamo imports it), once
+    def find_spec(self, name, path=None, target=None):  # sympy.logic is imported by then, sympy not yet whole
+        if name == "sympy.plotting":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+model = tiny_models.tiny_cnn().eval()
+sys.meta_path.insert(0, SignalMidImport())
+try:
+    with interrupts_as_errors():
+        count_macs(model, torch.zeros(1, 3, 32, 32))
+    print("not interrupted")
+except BuildInterrupted as exc:
+    print("interrupted:", exc)
+torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()  # through torch._disable_dynamo, as the analyses go
+print("macs after:", count_macs(model, torch.zeros(1, 3, 32, 32))[0])
+"""
+
+
+def test_a_signal_during_the_first_counts_imports_stops_the_build_and_leaves_torch_whole():
+    """The launcher's SIGTERM may reach a rank while its first `count_macs` imports torch._dynamo (sympy, triton):
+    raised in the middle of that import, it left half-initialized modules behind, and a later torch call failed
+    with an error from inside them ("module 'sympy' has no attribute 'logic'") instead of the rank stopping. Here
+    the signal arrives exactly there: the build stops with `BuildInterrupted` once the import is whole, and torch
+    works afterwards."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", SIGNAL_MID_IMPORT.format(tests=str(TESTS))], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "interrupted: build interrupted by SIGTERM: the previous site is unchanged", out.stdout
+    assert lines[1].startswith("macs after: ") and int(lines[1].split()[-1]) > 0, out.stdout
+
+
 def test_checkpoints_are_dealt_round_robin_in_archive_order():
     from reportgen.distributed import Group, World
 
