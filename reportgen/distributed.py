@@ -23,20 +23,28 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `current_world` reads it, and `shared_bui
   ...``); a rank that is killed says nothing, so the lowest surviving rank names it; the previous site stays as it
   was, and no rank waits for longer than the timeout (`Group.failures`).
 
-Without those variables nothing here runs and nothing is imported: this module imports only the standard library
-at the top. A job of one process (WORLD_SIZE=1) is the plain build.
+Without those variables nothing here runs, and torch is not imported: it is imported inside the functions that run
+a job. A job of one process (WORLD_SIZE=1) is the plain build.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
+import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
+
+from .data import BadImage, Batch
 from .errors import ConfigError, ReportgenError, first_line
+from .models import resolve_device
+from .staging import BuildInterrupted, interrupts_as_errors
 
 VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT_VARIABLE = "REPORTGEN_DIST_TIMEOUT"
@@ -113,8 +121,6 @@ class _PeerLost(Exception):
 def _portable(exc: Exception) -> Exception:
     """``exc`` itself when it survives pickling (to be raised on the other ranks as it is), else a RuntimeError
     that carries its type and message."""
-    import pickle
-
     try:
         back = pickle.loads(pickle.dumps(exc))
         if type(back) is type(exc) and str(back) == str(exc):
@@ -130,8 +136,6 @@ def shared_build(world: World, device_name: str, run: Callable[["Group"], Any]) 
     process group up, this rank's GPU selected and every failure turned into one line that names its rank."""
     import torch
 
-    from .models import resolve_device
-
     device = resolve_device(device_name)
     if device.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
@@ -140,8 +144,6 @@ def shared_build(world: World, device_name: str, run: Callable[["Group"], Any]) 
                                    "(--nproc-per-node)")
         torch.cuda.set_device(world.local_rank)  # "cuda" now means cuda:LOCAL_RANK for the model and the inputs
     with Group.joined(world, "nccl" if device.type == "cuda" else "gloo") as group, group.failures():
-        from .staging import interrupts_as_errors
-
         with interrupts_as_errors():  # the launcher's SIGTERM after another rank's failure: a clean stop
             done = run(group)
         if group.rank != 0:  # its share is done: when rank 0 stops later, this rank is not the one to name
@@ -201,10 +203,7 @@ class Group:
         indices [k * batch_size, (k + 1) * batch_size) and belongs to rank k mod size. Unreadable images are
         recorded in ``images.skipped`` as `ImageSet.batches` does (each rank records its own; `gather` joins them).
         With every image readable these are exactly the batches of one process."""
-        import numpy as np
         import torch
-
-        from .data import BadImage, Batch
 
         n = len(images)
         images.skipped.clear()
@@ -244,7 +243,6 @@ class Group:
         """Send this rank's share of the pass to rank 0. On rank 0: ``reducers`` merged in place (rank order) and
         (indices (M,), logits (M, K), labels (M,)) of every rank sorted by image index, and the unreadable images
         of every rank in image order; None on the other ranks."""
-        import numpy as np
         import torch.distributed as dist
 
         def joined(parts: list, empty: Any) -> Any:
@@ -369,8 +367,6 @@ class Group:
         word: when one failed and said so, it stays silent (`PeerFailed`); when one said nothing (killed, crashed or
         hung), the lowest stopped rank names it. A mistake that rank 0 made too (a config error: every rank makes
         it) is said by rank 0 alone."""
-        from .staging import BuildInterrupted
-
         who = f"rank {self.rank} of {self.size}"
         try:
             yield
@@ -400,11 +396,6 @@ class Group:
         return False
 
     def _stopped(self, exc: BaseException) -> BaseException:
-        import shutil
-        import signal
-
-        from .staging import BuildInterrupted
-
         # this rank is ending: the launcher's SIGTERM (sent to every rank once one died) must not cut short the wait
         # for the others' word and the one line that follows (it waits for the exit before it sends SIGKILL)
         try:
