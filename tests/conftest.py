@@ -51,9 +51,10 @@ def pytest_runtest_makereport(item, call):
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n 2 --dist loadgroup`` each built site is built once: the tests of a module with a
-    module-scoped fixture run on one worker (as with ``--dist loadfile``), and the tests of every module that use a
-    session-scoped fixture of this file (`lenet_site`) on one worker too; the other tests go wherever a worker is
-    free. Without xdist the marks do nothing."""
+    module-scoped fixture run on one worker (as with ``--dist loadfile``; a test may also reach a fixture through
+    ``request.getfixturevalue``), unless the module splits them into groups of its own (``xdist_group`` marks:
+    test_distributed); the tests of every module that use a session-scoped fixture of this file (`lenet_site`) run
+    on one worker too; the other tests go wherever a worker is free. Without xdist the marks do nothing."""
     for item in items:
         if any(True for _ in item.iter_markers("xdist_group")):
             continue

@@ -73,6 +73,13 @@ perplexity = 5.0
 """
 
 
+# Under `pytest -n 2 --dist loadgroup` (the README's test command) the launches run in three groups, each on one
+# worker and each building its own one-process site once: the whole builds, the split analyses, the archives.
+WHOLE_BUILDS = pytest.mark.xdist_group("test_distributed-whole")
+SPLIT_BUILDS = pytest.mark.xdist_group("test_distributed-split")
+ARCHIVES = pytest.mark.xdist_group("test_distributed-archive")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the environment
 
@@ -611,6 +618,7 @@ def assert_same_site(one: Path, many: Path, timings: tuple = ()) -> None:
         assert e1["notes"] == e2["notes"]
 
 
+@WHOLE_BUILDS
 @pytest.mark.parametrize("n", [2, 3])
 def test_n_gloo_processes_build_the_same_site_as_one(one_process, n):
     root = one_process
@@ -635,6 +643,7 @@ def one_process_split(one_process):
     return root
 
 
+@SPLIT_BUILDS
 @pytest.mark.parametrize("n", [2, 3])
 def test_n_gloo_processes_split_the_per_item_analyses_and_build_the_same_site(one_process_split, n):
     root = one_process_split
@@ -687,6 +696,7 @@ def failing_in_split_work_on_rank_one() -> nn.Module:
     return FailsOnRankOne(kill=False)
 
 
+@SPLIT_BUILDS
 def test_a_chunk_that_fails_on_rank_1_fails_its_analysis_with_the_same_reason_and_the_job_goes_on(one_process_split):
     root = one_process_split
     out = root / "split-failing"
@@ -704,6 +714,7 @@ def test_a_chunk_that_fails_on_rank_1_fails_its_analysis_with_the_same_reason_an
     assert result.stderr.count(f"analysis 'gradient' failed: {reason}") == 1, result.stderr
 
 
+@WHOLE_BUILDS
 @pytest.mark.parametrize("how, says", [("killed", "rank 1 of 2 stopped without a word during the build")])
 def test_a_rank_that_dies_mid_pass_fails_the_job_in_one_line_and_keeps_the_site(one_process, how, says):
     """Rank 1 is killed by SIGKILL at its second batch; torchrun then sends SIGTERM to rank 0 (a rank that raises
@@ -723,6 +734,7 @@ def test_a_rank_that_dies_mid_pass_fails_the_job_in_one_line_and_keeps_the_site(
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(f".previous-{how}")) == []  # no tmp, no lock
 
 
+@SPLIT_BUILDS
 def test_a_rank_killed_during_a_split_analysis_fails_the_job_in_one_line_and_keeps_the_site(one_process_split):
     root = one_process_split
     out = root / "previous-split"
@@ -776,6 +788,7 @@ def without_times(manifest: dict) -> dict:
     return strip(manifest)
 
 
+@ARCHIVES
 def test_two_gloo_processes_build_the_same_archive_as_one(one_process_archive):
     root = one_process_archive
     one, two = root / "one", root / "two"
@@ -800,6 +813,7 @@ def test_two_gloo_processes_build_the_same_archive_as_one(one_process_archive):
     assert [p.name for p in root.iterdir() if p.name.startswith(".two")] == []  # no staged folder, no lock left
 
 
+@ARCHIVES
 def test_a_rank_killed_during_its_snapshot_fails_the_archive_in_one_line_and_keeps_the_previous(one_process_archive):
     """Rank 1 is killed by SIGKILL in the pass of its snapshot (the second checkpoint): one line names it, the previous
     archive is unchanged, and neither rank 0's staged archive nor rank 1's own folder beside it is left behind."""
