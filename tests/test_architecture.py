@@ -21,11 +21,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_the_readme_lists_what_each_analysis_reads():
     block = re.search(r"<!-- reads -->.*?```\n(.*?)```.*?<!-- /reads -->", README.read_text(), re.S).group(1)
-    listed = {}  # reader -> what it reads, one "read ──(what)──► readers" paragraph each
-    for paragraph in block.strip().split("\n\n"):
-        read, readers = re.split(r"──\(.*?\)──►", paragraph)
-        for reader in readers.replace("\n", " ").split(","):
-            listed[reader.strip()] = [n.strip() for n in read.replace("\n", " ").split(",")]
+    listed: dict[str, list[str]] = {}
+    for group in block.strip().split("\n\n"):  # "a, b, ...  ──(what)──► reader, reader"
+        read, readers = re.split(r"──\(.*?\)──►", group.replace("\n", " "))
+        for reader in (n.strip() for n in readers.split(",")):
+            listed[reader] = [n.strip() for n in read.split(",")]
     reads = {name: names for name, names in choose_analyses(BuildConfig()).reads.items() if names}
     assert reads == listed
 
