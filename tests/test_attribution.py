@@ -198,6 +198,24 @@ def test_smoothgrad_known_answer_seed_and_batching():
     assert not torch.allclose(a, A.gradient(net, x, 2), atol=1e-4)
 
 
+def test_smoothgrad_equals_a_plain_loop_over_the_same_noise():
+    """An independent computation: each image's gradient at x + sigma * (max - min) * noise_j, one copy at a time,
+    with the noise the generator gives (n standard-normal tensors of one image's shape, shared by the images),
+    averaged; batches that cut an image's copies in two included."""
+    net, x = ReluNet("once"), images(3)
+    n, sigma = 7, 0.2
+    noise = torch.randn((n, *x.shape[1:]), generator=torch.Generator().manual_seed(11))
+    expected = []
+    for i, t in enumerate([2, 0, 1]):
+        std = sigma * (x[i].max() - x[i].min())
+        grads = [A.gradient(net, (x[i] + std * noise[j])[None], t) for j in range(n)]
+        expected.append(torch.cat(grads).mean(0))
+    for batch_size in (1, 4, 7, 21):
+        got = A.smoothgrad(net, x, torch.tensor([2, 0, 1]), n=n, sigma=sigma, batch_size=batch_size,
+                           generator=torch.Generator().manual_seed(11))
+        torch.testing.assert_close(got, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Batch in = the same maps as one image at a time, for every method the report shows
 

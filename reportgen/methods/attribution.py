@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import require_python_module
+from .incremental import IncrementalOcclusion, IncrementalPlan
 from .relu_rules import relu_rule
 
 Target = Union[int, Sequence[int], torch.Tensor]
@@ -69,11 +70,18 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = "log
 def gradient(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
     """d score_target / d input, signed, (N, C, H, W) (Simonyan et al. 2013, https://arxiv.org/abs/1312.6034)."""
     _check_inputs(inputs)
-    targets = as_targets(target, inputs.shape[0], inputs.device)
-    x = inputs.detach().clone().requires_grad_(True)
+    return _input_gradient(model, inputs.detach().clone(), as_targets(target, inputs.shape[0], inputs.device))
+
+
+def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`gradient` of a tensor the caller made for this call and gives up (it becomes a leaf that requires grad):
+    SmoothGrad's noisy copies, which need no defensive clone."""
+    x.requires_grad_(True)
     with torch.enable_grad():
         scores = target_scores(model(x), targets)
         # Images are independent (eval mode), so the gradient of the sum gives every image its own gradient.
+        # Taken w.r.t. the input only: autograd then skips the parameters' gradients (convolution_backward runs
+        # with output_mask [True, False, False]) and writes no .grad.
         (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad
 
@@ -152,14 +160,30 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target, *, method
     noise = torch.randn((n, *x.shape[1:]), generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
 
     total = None
-    pairs = torch.arange(num * n, device=x.device)  # pair k is image k // n with noise k % n
-    for chunk in pairs.split(batch_size):
-        img, copy = chunk // n, chunk % n
-        noisy = x[img] + std[img].view(-1, 1, 1, 1) * noise[copy]
-        attr = method(model, noisy, targets[img]).detach()
+    # Pair k is image k // n with noise k % n; pairs [start, stop) make one batch. Each image's run of copies in
+    # it is written straight into the batch (no index gathers) and summed as one block (no scatter-add).
+    for start in range(0, num * n, batch_size):
+        stop = min(start + batch_size, num * n)
+        runs = [(i, max(start, i * n) - i * n, min(stop, (i + 1) * n) - i * n)
+                for i in range(start // n, (stop - 1) // n + 1)]  # (image, first copy, end copy)
+        noisy = x.new_empty((stop - start, *x.shape[1:]))
+        at = 0
+        for i, a, b in runs:
+            block = noisy[at:at + b - a]
+            torch.mul(noise[a:b], std[i], out=block)
+            block.add_(x[i])  # x + std * noise, rounded as before
+            at += b - a
+        chunk_targets = torch.cat([targets[i:i + 1].expand(b - a) for i, a, b in runs])
+        if method is gradient:  # the batch is ours: no defensive clone
+            attr = _input_gradient(model, noisy, chunk_targets)
+        else:
+            attr = method(model, noisy, chunk_targets).detach()
         if total is None:
             total = attr.new_zeros((num, *attr.shape[1:]))
-        total.index_add_(0, img.to(attr.device), attr)
+        at = 0
+        for i, a, b in runs:
+            total[i] += attr[at:at + b - a].sum(0)
+            at += b - a
     return total / n
 
 
@@ -267,8 +291,6 @@ def _incremental_drops(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     """Occlusion drops (N, rows, cols) by incremental inference, or None where it does not apply (the plan, appended
     to ``plans``, says why). Any failure of the engine falls back to the plain path, which then raises the model's
     own error if it has one."""
-    from .incremental import IncrementalOcclusion, IncrementalPlan
-
     def scores(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return target_scores(logits, t, score)
 
