@@ -7,14 +7,22 @@ the model on the sample images only.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..artifacts import Grid, NotApplicable, Picture, Plot, Result, Table
+from ..capture import capture
 from ..config import doc
+from ..errors import ConfigError
+from ..methods.degenerate import degenerate_reason
+from ..methods.embed import embed_layers, embed_pca, knn_accuracy, nearest_neighbours
 from . import Analysis, NOTHING, Reducer, register
+
+# torch, and the methods modules that import it at their top (methods.activations, methods.receptive_field), are
+# imported inside functions: `reportgen analyses` and the config checks load every analysis module without torch.
 
 
 def _short(x: float) -> str:
@@ -35,8 +43,6 @@ def enlarge_tiles(tiles: Any, min_side: int) -> np.ndarray:
 def sample_acts(ctx, indices: list[int], layers: list[str]) -> tuple[Any, dict, Any]:
     """Inputs, {layer: acts} and logits of the images ``indices`` (the samples: never the whole set)."""
     import torch
-
-    from ..capture import capture
 
     inputs = ctx.images.load_inputs(list(indices), ctx.device)
     with capture(ctx.model, layers, as_maps=True) as rec, torch.no_grad():
@@ -218,8 +224,6 @@ class Distributions(Analysis):
     Params = DistributionParams
 
     def check(self, ctx, params):
-        from ..errors import ConfigError
-
         if params.bins % 2:
             raise ConfigError(f"analysis.distributions.bins: must be even, got {params.bins}")
 
@@ -277,12 +281,15 @@ class Distributions(Analysis):
                   "marker": True, "ylabel": "value"}))
         measured, unmeasured = relu_outputs(ctx)
         relus = reduced["relus"]
+        # for the findings: dead units of each ReLU (dead, units) and the layers constant over the image set
+        shared_units = result.shared["units"] = {"dead": {}, "constant": [r[0] for r in rows if r[5] == r[6]]}
         dead_rows = []
         for name in measured:
             if name in relus.ever:
                 ever = relus.ever[name]
                 n_dead = int((~ever).sum())
                 dead_rows.append([name, len(ever), n_dead, n_dead / len(ever)])
+                shared_units["dead"][name] = (n_dead, len(ever))
                 result.metrics[f"dead {name}"] = n_dead / len(ever)
         if dead_rows:
             result.items.insert(2, Table(
@@ -451,11 +458,6 @@ class Embeddings(Analysis):
         return {"sample": FeatureSample(ctx.layers, params.max_points, params.max_dim, ctx.rng("embeddings"))}
 
     def run(self, ctx, params, reduced, upstream=NOTHING):
-        import time
-
-        from ..methods.degenerate import degenerate_reason
-        from ..methods.embed import embed_layers, embed_pca, knn_accuracy
-
         reducer: FeatureSample = reduced["sample"]
         feats, indices, labels, preds = reducer.collected()
         if len(indices) < 3:
@@ -625,9 +627,6 @@ class Neighbours(Analysis):
         return {"bank": FeatureBank(feature_layer(ctx), params.max_points, ctx.rng("neighbours"))}
 
     def run(self, ctx, params, reduced, upstream=NOTHING):
-        from ..methods.degenerate import degenerate_reason
-        from ..methods.embed import nearest_neighbours
-
         bank: FeatureBank = reduced["bank"]
         m = min(bank.seen, bank.max_points)
         if bank.pixels is None or m < 2:

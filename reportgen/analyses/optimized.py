@@ -8,15 +8,20 @@ range (``clamp=pixel_bounds(mean, std)``) and shown as pixels, i.e. denormalized
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..artifacts import NotApplicable, Picture, Plot, Result, Table
+from ..capture import capture, resolve_layer
 from ..config import doc
-from ..errors import ConfigError, ReportgenError
+from ..errors import ConfigError, ReportgenError, first_line
 from . import Analysis, NOTHING, Reducer, register
+
+# torch and the methods modules that import it at their top (methods.optimize, methods.adversarial) are imported
+# inside functions: `reportgen analyses` and the config checks load every analysis module without torch.
 
 MAX_CLASSES = 20  # class-max draws every class up to this many; beyond, a configured list or the most predicted
 
@@ -77,8 +82,6 @@ def _maximize(ctx, make_objective, batches: list[list], params: RealismParams, n
     optimized on its own, with every random draw (start noise first) from its own generator,
     ``ctx.generator(f"{name}/{first item}")``: a batch's images do not depend on the batches before it, so a
     distributed build deals the batches to its ranks (`reportgen.context.Context.map_chunks`)."""
-    import dataclasses
-
     def one(batch: list) -> Any:
         res = _maximize_batch(ctx, make_objective(batch), len(batch), params,
                               ctx.generator(f"{name}/{_item_name(batch[0])}"), truncate)
@@ -108,8 +111,6 @@ def _adversarial(ctx, x, target, common: dict, label: str = "adversarial") -> An
     """`reportgen.methods.adversarial.adversarial` of the images ``x`` (N, C, H, W), in batches of
     `Context.batch_size` (each image's steps depend on that image alone, so batching does not change them), which
     a distributed build deals to its ranks; the result on the CPU."""
-    import dataclasses
-
     import torch
 
     from ..methods.adversarial import AdvResult, adversarial
@@ -476,8 +477,6 @@ class DeepDream(Analysis):
         return maps[len(maps) // 2]
 
     def check(self, ctx, params):
-        from ..capture import resolve_layer
-
         if params.layer:
             try:
                 resolve_layer(ctx.model, params.layer)
@@ -495,10 +494,7 @@ class DeepDream(Analysis):
     def run(self, ctx, params, reduced, upstream=NOTHING):
         import torch
 
-        from ..capture import capture
         from ..methods.optimize import deepdream, layer_energy
-
-        from ..errors import first_line
 
         layer = self.layer(ctx, params)
         idx = ctx.samples[: params.images]
@@ -618,8 +614,6 @@ class Adversarial(Analysis):
             raise NotApplicable("the model has a single output class")
 
     def run(self, ctx, params, reduced, upstream=NOTHING):
-        import dataclasses
-
         import torch
 
         from ..methods.adversarial import random_sphere
@@ -682,6 +676,9 @@ class Adversarial(Analysis):
         success = float(ok.mean()) if len(ok) else float("nan")
         result.metrics["success rate"] = success
         result.metrics["mean change % (successes)"] = float(rel[ok].mean()) if ok.any() else float("nan")
+        # for the findings: each sample's change (% of ||x||) and whether its label changed, in sample order
+        result.shared["robustness"] = {"images": [int(i) for i in idx], "change %": rel.astype(float).tolist(),
+                                       "changed": ok.astype(bool).tolist(), "steps": params.steps}
 
         if params.targeted:
             result.items.append(self.targeted(ctx, params, x, common, result))
@@ -723,6 +720,9 @@ class Adversarial(Analysis):
                         "range), classified by the model; label changes = points classified differently from the "
                         f"image. {stop} The interval is the 95% Wilson score interval of the fraction."))
             result.metrics["sphere: mean fraction flipped"] = float(frac.mean())
+            result.shared["robustness"].update({"sphere images": [int(idx[j]) for j in sel],
+                                                "sphere fraction": frac.astype(float).tolist(),
+                                                "sphere radius %": [float(r[3]) for r in rows]})
         elif params.sphere_points:
             result.notes.append("No label changed, so the random-sphere control has no radius to test.")
         result.items += per_image
