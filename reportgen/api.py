@@ -13,19 +13,26 @@ iframe whose stylesheet and pictures are inlined, so no server is needed.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
-import numpy as np
-
-from .build import BuildReport
+from .build import BuildReport, Given, build
+from .capture import kept_as_is
+from .config import BuildConfig, load_config, raise_errors, validate_dataclass
+from .console import Output
+from .data import (BadImage, DatasetImages, dataset_image_set, fit_item, item_picture, read_item,
+                   scan_folder)
 from .errors import ConfigError, DataError, ModelError, ReportgenError, first_line
+from .given import loaded_from_object, model_device, object_spec, state_dict_sha256
+
+# kept_as_is, DatasetImages, fit_item, loaded_from_object, model_device, object_spec (and the names used here) are
+# re-exported: they moved to the core modules the build imports, and reportgen.api.NAME goes on working.
+# IPython (optional) is imported inside Report.show; torch and PIL inside the functions that use them, as in the
+# modules above, so that importing the API costs no torch start-up until a model is handled.
 
 # BuildConfig keys that `build_report` takes as its own arguments, not through ``config`` or ``**options``
 ARGUMENTS = ("out", "class_names", "mean", "std", "input_size")
@@ -33,241 +40,7 @@ PIL_ONE_CHANNEL = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The model object
-
-
-def state_dict_sha256(model: Any) -> str:
-    """sha256 of ``model.state_dict()``: for each entry in name order, its name, dtype, shape and the raw bytes of
-    a contiguous CPU copy. Deterministic across runs and devices; the same for two models with equal tensors."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{name}\0{t.dtype}\0{tuple(tensor.shape)}\0".encode())
-        # bytes through a uint8 view: numpy has no bfloat16, and the view copies nothing
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def model_device(model: Any, requested: str = "auto") -> Any:
-    """The device of ``model``'s first parameter or buffer (CPU for a model with neither). The build runs there,
-    never moving the user's model; a ``device`` option that names another device type is a `ConfigError`."""
-    import torch
-
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    device = tensor.device if tensor is not None else torch.device("cpu")
-    if requested not in (None, "auto") and torch.device(requested).type != device.type:
-        raise ConfigError(f"device='{requested}' but the model is on {device}: leave device out (the report runs "
-                          "where the model is) or move the model first")
-    return device
-
-
-def object_spec(model: Any) -> str:
-    """How the manifest names a model given as an object: its class's dotted path."""
-    cls = type(model)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def loaded_from_object(model: Any, cfg: Any, sha256: Optional[str] = None) -> Any:
-    """A `reportgen.models.LoadedModel` around the caller's ``model`` (put in eval mode; the caller restores it,
-    see `kept_as_is`). Input size, channels, mean and std come from ``cfg`` (`build_report` fills them)."""
-    from torch import nn
-
-    from .models import LoadedModel, _input_spec
-
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model is a {type(model).__name__}, not a torch.nn.Module: give the model object, or a "
-                         "model spec string (a zoo name, torchvision:ARCH, a TorchScript file, module:factory)")
-    spec = object_spec(model)
-    inp = _input_spec(cfg, {}, None, spec)
-    model.eval()
-    return LoadedModel(model=model, spec=spec, form="object", input=inp, class_names=list(cfg.class_names or []),
-                       weights_path=None, weights_sha256=sha256 or state_dict_sha256(model),
-                       notes=["Given as a Python object: the weights' sha256 is that of its state dict (tensors "
-                              "in name order, the raw bytes of contiguous CPU copies), not of a file."])
-
-
-@contextmanager
-def kept_as_is(model: Any) -> Iterator[None]:
-    """Give ``model`` back exactly as it came, also after an error: train/eval flags and ``requires_grad`` (see
-    `reportgen.capture.preserved`) and every parameter's ``.grad`` (gradient analyses may accumulate into it).
-    ``None``: nothing to keep."""
-    if model is None:
-        yield
-        return
-    from .capture import preserved
-
-    grads = [(p, p.grad) for p in model.parameters()]
-    with preserved(model):
-        try:
-            yield
-        finally:
-            for p, g in grads:
-                p.grad = g
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A Dataset as an image set
-
-
-@dataclass
-class DatasetImages:
-    """A map-style Dataset (or a DataLoader's) before the model's input spec is known. ``class_names``: the
-    dataset's ``classes`` attribute when it is a list of strings (they may name the model's classes);
-    ``batch_size``: a DataLoader's."""
-
-    dataset: Any
-    source: str
-    names: list[str]
-    class_names: Optional[list[str]] = None
-    batch_size: Optional[int] = None
-
-    def bind(self, spec: Any) -> Any:
-        """The `reportgen.data.ImageSet` that reads item ``i`` on demand and fits it to ``spec``; labels are
-        filled in as items are read (the build's one pass reads every item before any label is used)."""
-        from .data import ImageSet
-
-        n = len(self.names)
-        image_set = ImageSet(source=self.source, names=list(self.names), labels=np.full(n, -1, dtype=np.int64),
-                             class_names=None, spec=spec, _load=lambda i: None)
-        counts = image_set.conversions
-        counted: set[int] = set()
-        dataset = self.dataset
-
-        def load(i: int) -> np.ndarray:
-            image, label = read_item(dataset, i)
-            image_set.labels[i] = label
-            mine: dict[str, int] = {}
-            arr = fit_item(image, spec, mine, i)
-            if i not in counted:  # pages read some items again: count each item's conversions once
-                counted.add(i)
-                for key, k in mine.items():
-                    counts[key] = counts.get(key, 0) + k
-            return arr
-
-        image_set._load = load
-        return image_set
-
-
-def dataset_image_set(images: Any, max_images: Optional[int] = None) -> DatasetImages:
-    """A `DatasetImages` from a map-style ``Dataset`` (anything with ``__len__`` and ``__getitem__`` returning
-    (image, label) pairs or bare images) or a ``DataLoader`` (read through its ``dataset`` in index order, with its
-    batch size; its sampler, workers and collate function are not used, so that image ``i`` is the dataset's item
-    ``i`` on every page). Only the first ``max_images`` items are used when given."""
-    from torch.utils.data import DataLoader, IterableDataset
-
-    loader = images if isinstance(images, DataLoader) else None
-    dataset = loader.dataset if loader is not None else images
-    what = f"DataLoader over {type(dataset).__name__}" if loader is not None else type(dataset).__name__
-    if isinstance(dataset, IterableDataset):
-        raise DataError(f"images: {what} is an IterableDataset; reportgen needs random access to show sample "
-                        "images: give a map-style Dataset (with __len__ and __getitem__)")
-    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise DataError(f"images is a {type(images).__name__}: give an image folder, a map-style Dataset of (image, "
-                        "label) pairs or a DataLoader over one")
-    n = len(dataset)
-    if n == 0:
-        raise DataError(f"images: the {what} is empty: give a Dataset with at least one image")
-    if max_images is not None:
-        n = min(n, max_images)
-    root = getattr(dataset, "root", None)
-    source = f"{what} at {root}" if isinstance(root, (str, os.PathLike)) else f"{what} ({len(dataset)} items)"
-    names = _item_names(dataset, n)
-    classes = getattr(dataset, "classes", None)
-    class_names = list(classes) if isinstance(classes, (list, tuple)) and classes and all(
-        isinstance(c, str) for c in classes) else None
-    batch_size = loader.batch_size if loader is not None else None
-    return DatasetImages(dataset, source, names, class_names, batch_size)
-
-
-def _item_names(dataset: Any, n: int) -> list[str]:
-    """Item names for the pages: the file path below ``root`` for an ImageFolder-like dataset (``samples`` of
-    (path, target) pairs), else "item 00012"."""
-    samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
-    if isinstance(samples, (list, tuple)) and len(samples) >= n and isinstance(root, (str, os.PathLike)):
-        try:
-            return [Path(samples[i][0]).relative_to(root).as_posix() for i in range(n)]
-        except (ValueError, TypeError, IndexError):
-            pass
-    width = len(str(max(n - 1, 0)))
-    return [f"item {i:0{width}d}" for i in range(n)]
-
-
-def read_item(dataset: Any, i: int) -> tuple[Any, int]:
-    """(image, label) of item ``i``; label -1 when the item is a bare image or its label is None. An item the
-    dataset cannot produce is a `reportgen.data.BadImage` (skipped and listed, as an unreadable file is)."""
-    from .data import BadImage
-
-    try:
-        item = dataset[i]
-    except Exception as exc:  # e.g. a damaged file behind an ImageFolder: that item is skipped, the build goes on
-        raise BadImage(f"the dataset raised {type(exc).__name__}: {first_line(exc, 120)}") from None
-    if isinstance(item, (tuple, list)):
-        if len(item) < 2:
-            raise DataError(f"images: item {i} is a {type(item).__name__} of {len(item)}, not an (image, label) "
-                            "pair")
-        image, label = item[0], item[1]
-    else:
-        image, label = item, None
-    return image, _label(label, i)
-
-
-def _label(label: Any, i: int) -> int:
-    if label is None:
-        return -1
-    try:
-        value = label.item() if hasattr(label, "item") else label
-    except (ValueError, RuntimeError):
-        value = label
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"images: item {i} has label {label!r}; labels must be integers (indices of the model's "
-                        "outputs) or None")
-    if value < -1:
-        raise DataError(f"images: item {i} has label {value}; labels are indices of the model's outputs (-1 = "
-                        "unknown)")
-    return int(value)
-
-
-def item_picture(image: Any, i: int) -> Any:
-    """A PIL image from a dataset item's image: a PIL image as it is; a tensor (C, H, W) or (H, W) with C = 1, 3
-    or 4, uint8 or float in [0, 1] (as ``transforms.ToTensor`` gives), as 8-bit pixels like an image file's."""
-    import torch
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image
-    if not isinstance(image, torch.Tensor):
-        raise DataError(f"images: item {i} is a {type(image).__name__}; give PIL images or tensors (C, H, W)")
-    t = image.detach().to("cpu")
-    if t.ndim == 2:
-        t = t[None]
-    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
-        raise DataError(f"images: item {i} is a tensor of shape {tuple(image.shape)}, not an image (C, H, W) with "
-                        "C = 1, 3 or 4")
-    if t.dtype == torch.uint8:
-        arr = t.numpy()
-    elif t.is_floating_point():
-        lo, hi = float(t.min()), float(t.max())
-        if lo < -1e-6 or hi > 1 + 1e-6:
-            raise DataError(f"images: item {i} is a float tensor with values in [{lo:.3g}, {hi:.3g}], not an image "
-                            "in [0, 1]: drop Normalize from the dataset's transform and pass mean= and std= to "
-                            "build_report (reportgen normalizes, and shows the images as they were)")
-        arr = np.round(t.float().clamp(0, 1).numpy() * 255.0).astype(np.uint8)
-    else:
-        raise DataError(f"images: item {i} is a {t.dtype} tensor; give uint8 or float images")
-    arr = np.ascontiguousarray(arr.transpose(1, 2, 0))
-    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[-1]])
-
-
-def fit_item(image: Any, spec: Any, counts: dict[str, int], i: int) -> np.ndarray:
-    """A dataset item's image -> uint8 (H, W, C) at ``spec``'s size and channels, exactly as an image file is read
-    (`reportgen.data.fit_image`): a folder and a Dataset of the same pictures give the same numbers."""
-    from .data import fit_image
-
-    return fit_image(item_picture(image, i), spec, counts)
+# A Dataset's first image
 
 
 def first_image_facts(images: Any) -> tuple[tuple[int, int], int]:
@@ -276,8 +49,6 @@ def first_image_facts(images: Any) -> tuple[tuple[int, int], int]:
     from PIL import Image
 
     if isinstance(images, (str, os.PathLike)):
-        from .data import scan_folder
-
         scanned = scan_folder(images)
         first = Path(scanned.source) / scanned.names[0] if Path(scanned.source).is_dir() else Path(scanned.source)
         try:
@@ -286,8 +57,6 @@ def first_image_facts(images: Any) -> tuple[tuple[int, int], int]:
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read the first image '{first}' ({first_line(exc)}) to learn the input size: "
                             "give input_size= and channels=") from None
-    from .data import BadImage
-
     source = dataset_image_set(images)
     for i in range(min(len(source.names), 16)):  # the first readable item
         try:
@@ -340,12 +109,8 @@ def build_report(model: Any = None, images: Any = None, *, out: Optional[Union[s
     Raises:
         `reportgen.errors.ReportgenError` (one line: what is wrong, what to do) for every user mistake.
     """
-    from .console import Output
-
     cfg, given = prepare(model, images, out=out, class_names=class_names, mean=mean, std=std,
                          input_size=input_size, config=config, options=options)
-    from .build import build
-
     report = build(cfg, output or Output(quiet=True), given)
     return Report(**{f.name: getattr(report, f.name) for f in fields(BuildReport)})
 
@@ -355,9 +120,6 @@ def prepare(model: Any, images: Any, *, out: Any = None, class_names: Any = None
     """The `reportgen.config.BuildConfig` and the `reportgen.build.Given` objects of a `build_report` call (its
     arguments, see there): ``config`` first, then ``options`` and the named arguments on top; every key checked.
     For a model object, the input size and channels default to the first image's."""
-    from .build import Given
-    from .config import BuildConfig, load_config, raise_errors, validate_dataclass
-
     options = dict(options or {})
     for key in ("model", "images"):
         if key in options:

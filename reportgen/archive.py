@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
+from .archive_index import render_archive
+from .artifacts import slug
 from .build import build_site, choose_analyses
 from .config import BuildConfig, config_dict
 from .console import Output
+from .distributed import current_world, shared_build
 from .errors import ConfigError, ModelError, OutputError, ReportgenError
 from .manifest import MANIFEST, read_manifest
+from .models import read_safetensors_metadata, sha256_file
 from .staging import check_out_path, is_report_folder, staged_site
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -40,8 +44,6 @@ class Checkpoint:
 
 
 def _metadata(path: Path) -> dict:
-    from .models import read_safetensors_metadata
-
     return read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
 
 
@@ -73,8 +75,6 @@ def find_checkpoints(paths: list[str]) -> list[Checkpoint]:
     checkpoints.sort(key=lambda c: (c.step is None, c.step if c.step is not None else 0, c.path.name))
     seen: set[str] = set()
     for c in checkpoints:
-        from .artifacts import slug
-
         base = f"step-{c.step:05d}" if c.step is not None else slug(c.path.stem)
         label, n = base, 2
         while label in seen:
@@ -118,12 +118,8 @@ def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Outpu
     pass inside), rank r > 0 into a folder of its own beside rank 0's staged archive; once every rank is done rank 0
     moves those snapshots into its staged archive, writes the index and swaps it into place. A rank that fails
     leaves the previous archive as it was (`reportgen.distributed.Group.failures`)."""
-    from .distributed import current_world
-
     world = current_world() if group is None else None
     if world is not None:
-        from .distributed import shared_build
-
         return shared_build(world, cfg.device, lambda grp: archive(cfg, checkpoint_args, output, grp))
     output = output or Output()
     t0 = time.perf_counter()
@@ -158,9 +154,7 @@ def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Outpu
             manifest = read_manifest(tmp / "snapshots" / c.label)
             snapshots.append({"label": c.label, "step": c.step, "checkpoint": c.path.name,
                               "path": f"snapshots/{c.label}/index.html", "manifest": manifest})
-        from .archive_index import render_archive
-
-        render_archive(tmp, snapshots, cfg)
+        render_archive(tmp, snapshots, cfg.seed)
     labels = [c.label for c in checkpoints]
     return {"built": [x for x in labels if done[x] == "built"], "reused": [x for x in labels if done[x] == "reused"],
             "seconds": time.perf_counter() - t0, "out": out}
@@ -175,8 +169,6 @@ def helper_folder(tmp: Path, rank: int) -> Path:
 def _build_snapshots(cfg: BuildConfig, chosen: Any, checkpoints: list[Checkpoint], root: Path, out: Path,
                      output: Output, group: Any = None) -> dict[str, str]:
     """Build or reuse the snapshot of each of ``checkpoints`` into ``root/<label>``; {label: "built" | "reused"}."""
-    from .models import sha256_file
-
     where = f" (rank {group.rank})" if group is not None else ""
     done = {}
     for c in checkpoints:

@@ -7,8 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import imaging
 from .artifacts import ArtifactWriter, Plot, to_jsonable
-from .manifest import GENERATOR, MANIFEST, AnalysisEntry, Manifest
+from .errors import ReportgenError
+from .manifest import GENERATOR, MANIFEST, SCHEMA, AnalysisEntry, Manifest
+from .site import copy_static, make_env, rerender
+
+AGAIN = "build the archive again with `reportgen archive`"
 
 # (title, analysis name, how many items per snapshot, which items): pictures already in each snapshot shown in one
 # row per checkpoint. "image" picks items tagged with a sample image (the same images in every snapshot, since the
@@ -60,11 +65,10 @@ def knn_series(snapshots: list[dict]) -> tuple[list[str], dict[str, list]]:
     return layers, {label: [vals.get(layer) for layer in layers] for label, vals in series.items()}
 
 
-def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
-    """Write the archive index (index.html, charts, manifest.json) into ``root`` beside ``snapshots/``."""
-    from . import imaging
-    from .site import copy_static, make_env
-
+def render_archive(root: Path, snapshots: list[dict], seed: int) -> None:
+    """Write the archive index (index.html, charts, manifest.json) into ``root`` beside ``snapshots/``; ``seed``: the
+    build seed. Each of ``snapshots``: ``label``, ``step``, ``checkpoint`` (file name), ``path`` (its index page)
+    and its ``manifest``."""
     writer = ArtifactWriter(root)
     rows = []
     for snap in snapshots:
@@ -98,7 +102,7 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
     manifest = to_jsonable({
         "generator": GENERATOR, "kind": "archive", "version": first.version if first else None,
         "model": first.model.get("spec") if first else None, "images": first.images.get("source") if first else None,
-        "config": first.config if first else None, "seed": cfg.seed,
+        "config": first.config if first else None, "seed": seed,
         "snapshots": [{k: v for k, v in r.items()} | {"fingerprint": (s["manifest"].snapshot or {}).get(
             "fingerprint")} for r, s in zip(rows, snapshots)],
     })
@@ -118,3 +122,45 @@ def render_archive(root: Path, snapshots: list[dict], cfg: Any) -> None:
             files[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest["files"] = dict(sorted(files.items()))
     writer.write_text(MANIFEST, json.dumps(manifest, indent=1))
+
+
+def rerender_archive(root: Path) -> list[str]:
+    """Render an archive's pages again from the manifests alone (after a template change, as `reportgen.site.rerender`
+    does for one report): every snapshot's pages, then the index (page, charts, manifest.json with the new files'
+    hashes) from the archive's manifest.json and the snapshots' manifests. Returns the pages written, relative to
+    ``root``. An archive or snapshot this reportgen cannot read is one `ReportgenError` that says to rebuild it."""
+    try:
+        data = json.loads((root / MANIFEST).read_text())
+        rows = [(str(r["label"]), r.get("step"), str(r["checkpoint"]), r.get("path")) for r in data["snapshots"]]
+        seed = int(data["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReportgenError(f"the archive's {root / MANIFEST} is incomplete or damaged ({type(exc).__name__}): "
+                             f"{AGAIN}") from None
+    pages, snapshots = [], []
+    for label, step, checkpoint, path in rows:
+        folder = root / "snapshots" / label
+        manifest = _snapshot_manifest(folder, label)
+        pages += [f"snapshots/{label}/{page}" for page in rerender(folder)]
+        snapshots.append({"label": label, "step": step, "checkpoint": checkpoint,
+                          "path": path or f"snapshots/{label}/index.html", "manifest": manifest})
+    render_archive(root, snapshots, seed)
+    return [*pages, "index.html"]
+
+
+def _snapshot_manifest(folder: Path, label: str) -> Manifest:
+    """The manifest of snapshot ``label``; a `ReportgenError` saying why it cannot be rendered, with the archive's
+    own remedy (a snapshot is rebuilt by `reportgen archive`, not `reportgen build`)."""
+    path = folder / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportgenError(f"snapshot '{label}' has no readable {path} ({type(exc).__name__}): {AGAIN}") from None
+    schema = data.get("schema", 1) if isinstance(data, dict) else None
+    if schema != SCHEMA:
+        raise ReportgenError(f"snapshot '{label}' is a report of schema {schema} (reportgen "
+                             f"{data.get('version', '?') if isinstance(data, dict) else '?'}); this reportgen renders "
+                             f"schema {SCHEMA}: {AGAIN}")
+    try:
+        return Manifest.from_json(data, str(path))
+    except ReportgenError:
+        raise ReportgenError(f"snapshot '{label}': {path} is incomplete or damaged: {AGAIN}") from None

@@ -215,6 +215,10 @@ def build(model, weights, config_path, output: Output, **options):
     if report.rank:  # a helper rank of a distributed build (torchrun): rank 0 wrote the site and says so
         return
     index = report.out / "index.html"
+    for f in report.findings:  # the report's conclusions that need a look, most severe first
+        if f.severity in ("alert", "warning"):
+            output.info(f"{click.style(f.severity + ':', fg='red' if f.severity == 'alert' else 'yellow')} "
+                        f"{f.title}. {f.sentence}")
     if report.failed:
         output.warn(f"{len(report.failed)} analysis(es) failed: {', '.join(report.failed)} (shown on their pages)")
     click.echo(f"Report written to {index} in {duration(report.seconds)}: open it in a browser, "
@@ -371,14 +375,21 @@ def serve(directory, port, output: Output):
 @click.argument("directory", default="site", type=click.Path(file_okay=False))
 @common
 def render(directory, output: Output):
-    """Render the pages of a built site again from its manifest.json (after a template change)."""
+    """Render the pages of a built site, or of a checkpoint archive, again from its manifest.json (after a template
+    change)."""
     from pathlib import Path
 
-    from .staging import is_report_folder
+    from .staging import is_archive_folder, is_report_folder
     from .site import rerender
 
     if not is_report_folder(Path(directory)):
         raise ReportgenError(f"'{directory}' is not a reportgen site (no manifest.json of ours)")
+    if is_archive_folder(Path(directory)):
+        from .archive_index import rerender_archive  # matplotlib, for the index's charts: only for an archive
+
+        pages = rerender_archive(Path(directory))
+        click.echo(f"rendered {len(pages)} pages in {directory} (the archive's index and its snapshots)")
+        return
     pages = rerender(Path(directory))
     click.echo(f"rendered {len(pages)} pages in {directory}")
 

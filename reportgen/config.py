@@ -45,7 +45,7 @@ class BuildConfig:
     layers: list[str] = field(default_factory=list, metadata=doc(
         "Dotted layer names to analyse; empty = every conv/linear layer (at most 8, evenly spread)."))
     max_images: Optional[int] = field(default=None, metadata=doc(
-        "Use at most this many images of the set (a seeded, class-balanced pick is not made: the first N).", min=1))
+        "Use at most this many images of the set: a sample stratified by class, drawn with the seed.", min=1))
     batch_size: int = field(default=64, metadata=doc("Images per forward pass.", min=1, max=4096))
     memory: float = field(default=2.0, metadata=doc(
         "GiB that one batch's activations may take: a large model at a large input size gets batches smaller than "

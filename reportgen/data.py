@@ -1,4 +1,5 @@
-"""Image sets: a folder of images (class sub-folders give labels) or a zoo data set.
+"""Image sets: a folder of images (class sub-folders give labels), a zoo data set, or a map-style Dataset given
+from Python (`dataset_image_set`).
 
 Images are decoded lazily, batch by batch, so memory does not grow with the size of the set. Each image is
 converted to the model's channel count, resized (shorter side) and centre-cropped to its input size; the uint8
@@ -8,6 +9,8 @@ is skipped with a warning and listed on the report's data page.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +18,13 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import DataError
+import models_zoo
+
+from .errors import DataError, first_line
 from .models import InputSpec
+
+# torch and PIL are imported inside the functions that decode images or make tensors: the build lists and checks
+# an image folder before it loads torch.
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_PIXELS = 64_000_000  # larger images are refused as possible decompression bombs
@@ -230,8 +238,6 @@ def folder_image_set(root: str | Path | ImageSet, spec: InputSpec) -> ImageSet:
 
 def zoo_image_set(name: str, spec: InputSpec, seed: int = 0, split: str = "test") -> ImageSet:
     """A zoo data set's split, held in memory (they are small)."""
-    import models_zoo
-
     if name not in models_zoo.ZOO:
         raise DataError(f"unknown zoo data set '{name}': choose one of {', '.join(models_zoo.ZOO)}")
     entry = models_zoo.ZOO[name]
@@ -262,13 +268,69 @@ def load_image_set(images: Optional[str], spec: InputSpec, zoo_name: Optional[st
             raise DataError("this model takes 2-D points, not images: leave --images out to use its own data")
         image_set = folder_image_set(scanned if scanned is not None else images, spec)
     if max_images is not None and max_images < len(image_set):
-        n = max_images
-        image_set.names = image_set.names[:n]
-        image_set.labels = image_set.labels[:n]
-        if image_set.masks is not None:
-            image_set.masks = image_set.masks[:n]
-        image_set.notes.append(f"limited to the first {n} images (--max-images)")
+        pick = stratified_pick(image_set.labels, max_images, seed)
+        image_set.notes.append(pick_note(image_set.labels, pick, seed))
+        take(image_set, pick)
     return image_set
+
+
+def stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``n`` of the images whose labels are ``labels`` (int (N,), -1 = unlabelled), stratified
+    by class: int64 indices (n,), ascending, 0 <= n <= N.
+
+    The unlabelled images are a group of their own. Each group gets n / (number of groups) images, as evenly as
+    the groups' counts allow: a group with fewer images gives all of them and the rest is shared among the
+    others; the remainder of the division goes to groups the seed draws (so that no class is always favoured).
+    Within a group the images are drawn without replacement. Same labels, n and seed = same pick. (Why not the
+    first n files: a folder listing is sorted, so on an ImageFolder set the first n are often a single class.)"""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    # a stream of its own, as `reportgen.context.Context.rng` derives them: other random draws do not move it
+    digest = hashlib.sha256(f"{seed}:max-images".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    groups, counts = np.unique(labels, return_counts=True)
+    quota = np.zeros(len(groups), dtype=np.int64)
+    left = n
+    while left > 0:  # water-filling: each pass fills every group that still has images by an equal share
+        room = counts - quota
+        open_ = np.flatnonzero(room > 0)
+        share = left // len(open_)
+        if share == 0:
+            quota[rng.choice(open_, size=left, replace=False)] += 1
+            break
+        add = np.minimum(room[open_], share)
+        quota[open_] += add
+        left -= int(add.sum())
+    chosen = [rng.choice(np.flatnonzero(labels == g), size=int(q), replace=False) for g, q in zip(groups, quota)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def pick_note(labels: np.ndarray, pick: np.ndarray, seed: int) -> str:
+    """The data page's line on a `stratified_pick`: how many of how many, the seed, the images per class."""
+    labels = np.asarray(labels)
+    head = f"{len(pick)} of {len(labels)} images (--max-images)"
+    if not (labels >= 0).any():
+        return f"{head}, a seeded random sample (seed {seed}): the images have no labels to stratify by"
+    picked = labels[pick]
+    per_class = np.array([int((picked == c).sum()) for c in np.unique(labels[labels >= 0])])
+    lo, hi = int(per_class.min()), int(per_class.max())
+    spread = f"{lo} per class" if lo == hi else f"{lo} to {hi} per class"
+    unlabelled = int((picked < 0).sum())
+    if (labels < 0).any():
+        spread += f", {unlabelled} unlabelled"
+    return f"{head}, a seeded sample stratified by class (seed {seed}): {spread}"
+
+
+def take(image_set: ImageSet, pick: np.ndarray) -> None:
+    """Keep only the images ``pick`` (indices (n,) into the set, ascending), in place; image ``i`` of the result
+    reads what image ``pick[i]`` read."""
+    load, pick = image_set._load, [int(j) for j in pick]
+    image_set.names = [image_set.names[j] for j in pick]
+    image_set.labels = image_set.labels[pick]
+    if image_set.masks is not None:
+        image_set.masks = image_set.masks[pick]
+    image_set._load = lambda i: load(pick[i])
 
 
 def map_labels(image_set: ImageSet, model_classes: list[str]) -> None:
@@ -283,3 +345,192 @@ def map_labels(image_set: ImageSet, model_classes: list[str]) -> None:
         image_set.notes.append(
             f"class folders not among the model's classes, so treated as unlabelled: {', '.join(unknown[:10])}")
     image_set.class_names = list(model_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A Dataset as an image set
+
+
+@dataclass
+class DatasetImages:
+    """A map-style Dataset (or a DataLoader's) before the model's input spec is known. ``class_names``: the
+    dataset's ``classes`` attribute when it is a list of strings (they may name the model's classes);
+    ``batch_size``: a DataLoader's."""
+
+    dataset: Any
+    source: str
+    names: list[str]
+    class_names: Optional[list[str]] = None
+    batch_size: Optional[int] = None
+    items: Optional[list[int]] = None  # the dataset index of image i (None: item i)
+    notes: list[str] = field(default_factory=list)
+
+    def item(self, i: int) -> int:
+        """The dataset index of image ``i``."""
+        return i if self.items is None else self.items[i]
+
+    def bind(self, spec: Any) -> Any:
+        """The `ImageSet` that reads item ``i`` on demand and fits it to ``spec``; labels are
+        filled in as items are read (the build's one pass reads every item before any label is used)."""
+        n = len(self.names)
+        image_set = ImageSet(source=self.source, names=list(self.names), labels=np.full(n, -1, dtype=np.int64),
+                             class_names=None, spec=spec, _load=lambda i: None, notes=list(self.notes))
+        counts = image_set.conversions
+        counted: set[int] = set()
+        dataset, item = self.dataset, self.item
+
+        def load(i: int) -> np.ndarray:
+            image, label = read_item(dataset, item(i))
+            image_set.labels[i] = label
+            mine: dict[str, int] = {}
+            arr = fit_item(image, spec, mine, item(i))
+            if i not in counted:  # pages read some items again: count each item's conversions once
+                counted.add(i)
+                for key, k in mine.items():
+                    counts[key] = counts.get(key, 0) + k
+            return arr
+
+        image_set._load = load
+        return image_set
+
+
+def dataset_image_set(images: Any, max_images: Optional[int] = None, seed: int = 0) -> DatasetImages:
+    """A `DatasetImages` from a map-style ``Dataset`` (anything with ``__len__`` and ``__getitem__`` returning
+    (image, label) pairs or bare images) or a ``DataLoader`` (read through its ``dataset`` in index order, with its
+    batch size; its sampler, workers and collate function are not used, so that image ``i`` is the dataset's item
+    ``i`` on every page). With ``max_images`` below its length, a `stratified_pick` of that many items (``seed``:
+    the build seed), as for a folder: by the labels the dataset lists without reading its items (``targets``, or
+    ``samples`` of (path, label) pairs, as torchvision's data sets have), else a seeded random sample."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    loader = images if isinstance(images, DataLoader) else None
+    dataset = loader.dataset if loader is not None else images
+    what = f"DataLoader over {type(dataset).__name__}" if loader is not None else type(dataset).__name__
+    if isinstance(dataset, IterableDataset):
+        raise DataError(f"images: {what} is an IterableDataset; reportgen needs random access to show sample "
+                        "images: give a map-style Dataset (with __len__ and __getitem__)")
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise DataError(f"images is a {type(images).__name__}: give an image folder, a map-style Dataset of (image, "
+                        "label) pairs or a DataLoader over one")
+    n = len(dataset)
+    if n == 0:
+        raise DataError(f"images: the {what} is empty: give a Dataset with at least one image")
+    items, notes = None, []
+    if max_images is not None and max_images < n:
+        labels = _listed_labels(dataset, n)
+        pick = stratified_pick(labels if labels is not None else np.full(n, -1, dtype=np.int64), max_images, seed)
+        note = pick_note(labels, pick, seed) if labels is not None else (
+            f"{len(pick)} of {n} images (--max-images), a seeded random sample (seed {seed}): the dataset lists no "
+            "labels (targets or samples) to stratify by without reading every item")
+        items, notes = [int(j) for j in pick], [note]
+    root = getattr(dataset, "root", None)
+    source = f"{what} at {root}" if isinstance(root, (str, os.PathLike)) else f"{what} ({len(dataset)} items)"
+    names = _item_names(dataset, items if items is not None else list(range(n)))
+    classes = getattr(dataset, "classes", None)
+    class_names = list(classes) if isinstance(classes, (list, tuple)) and classes and all(
+        isinstance(c, str) for c in classes) else None
+    batch_size = loader.batch_size if loader is not None else None
+    return DatasetImages(dataset, source, names, class_names, batch_size, items, notes)
+
+
+def _listed_labels(dataset: Any, n: int) -> Optional[np.ndarray]:
+    """int64 (n,) labels that ``dataset`` lists without reading its items: ``targets`` (torchvision's MNIST, CIFAR,
+    ImageFolder), else the second element of ``samples`` pairs; None when it lists neither (or not as integers).
+    Used only to stratify a `stratified_pick`: the labels on the pages are those the items return."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        samples = getattr(dataset, "samples", None)
+        try:
+            targets = [s[1] for s in samples] if isinstance(samples, (list, tuple)) else None
+        except (TypeError, IndexError):
+            return None
+    try:
+        labels = np.asarray(targets.tolist() if hasattr(targets, "tolist") else targets)
+    except (TypeError, ValueError):
+        return None
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        return None
+    return np.where(labels >= 0, labels, -1).astype(np.int64)
+
+
+def _item_names(dataset: Any, items: list[int]) -> list[str]:
+    """Names for the pages of the dataset's items ``items``: the file path below ``root`` for an ImageFolder-like
+    dataset (``samples`` of (path, target) pairs), else "item 00012" (the dataset index)."""
+    samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
+    if isinstance(samples, (list, tuple)) and len(samples) >= len(items) and isinstance(root, (str, os.PathLike)):
+        try:
+            return [Path(samples[i][0]).relative_to(root).as_posix() for i in items]
+        except (ValueError, TypeError, IndexError):
+            pass
+    width = len(str(max(max(items, default=0), 0)))
+    return [f"item {i:0{width}d}" for i in items]
+
+
+def read_item(dataset: Any, i: int) -> tuple[Any, int]:
+    """(image, label) of item ``i``; label -1 when the item is a bare image or its label is None. An item the
+    dataset cannot produce is a `reportgen.data.BadImage` (skipped and listed, as an unreadable file is)."""
+    try:
+        item = dataset[i]
+    except Exception as exc:  # e.g. a damaged file behind an ImageFolder: that item is skipped, the build goes on
+        raise BadImage(f"the dataset raised {type(exc).__name__}: {first_line(exc, 120)}") from None
+    if isinstance(item, (tuple, list)):
+        if len(item) < 2:
+            raise DataError(f"images: item {i} is a {type(item).__name__} of {len(item)}, not an (image, label) "
+                            "pair")
+        image, label = item[0], item[1]
+    else:
+        image, label = item, None
+    return image, _label(label, i)
+
+
+def _label(label: Any, i: int) -> int:
+    if label is None:
+        return -1
+    try:
+        value = label.item() if hasattr(label, "item") else label
+    except (ValueError, RuntimeError):
+        value = label
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise DataError(f"images: item {i} has label {label!r}; labels must be integers (indices of the model's "
+                        "outputs) or None")
+    if value < -1:
+        raise DataError(f"images: item {i} has label {value}; labels are indices of the model's outputs (-1 = "
+                        "unknown)")
+    return int(value)
+
+
+def item_picture(image: Any, i: int) -> Any:
+    """A PIL image from a dataset item's image: a PIL image as it is; a tensor (C, H, W) or (H, W) with C = 1, 3
+    or 4, uint8 or float in [0, 1] (as ``transforms.ToTensor`` gives), as 8-bit pixels like an image file's."""
+    import torch
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    if not isinstance(image, torch.Tensor):
+        raise DataError(f"images: item {i} is a {type(image).__name__}; give PIL images or tensors (C, H, W)")
+    t = image.detach().to("cpu")
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        raise DataError(f"images: item {i} is a tensor of shape {tuple(image.shape)}, not an image (C, H, W) with "
+                        "C = 1, 3 or 4")
+    if t.dtype == torch.uint8:
+        arr = t.numpy()
+    elif t.is_floating_point():
+        lo, hi = float(t.min()), float(t.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise DataError(f"images: item {i} is a float tensor with values in [{lo:.3g}, {hi:.3g}], not an image "
+                            "in [0, 1]: drop Normalize from the dataset's transform and pass mean= and std= to "
+                            "build_report (reportgen normalizes, and shows the images as they were)")
+        arr = np.round(t.float().clamp(0, 1).numpy() * 255.0).astype(np.uint8)
+    else:
+        raise DataError(f"images: item {i} is a {t.dtype} tensor; give uint8 or float images")
+    arr = np.ascontiguousarray(arr.transpose(1, 2, 0))
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[-1]])
+
+
+def fit_item(image: Any, spec: Any, counts: dict[str, int], i: int) -> np.ndarray:
+    """A dataset item's image -> uint8 (H, W, C) at ``spec``'s size and channels, exactly as an image file is read
+    (`fit_image`): a folder and a Dataset of the same pictures give the same numbers."""
+    return fit_image(item_picture(image, i), spec, counts)

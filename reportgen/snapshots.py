@@ -27,7 +27,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
-from .errors import ConfigError, ReportgenError
+from .api import Report, prepare
+from .archive import image_set_fingerprint, snapshot_fingerprint
+from .archive_index import render_archive
+from .build import Given, build_site, choose_analyses
+from .console import Output
+from .data import BadImage, dataset_image_set, item_picture, read_item
+from .errors import ConfigError, ModelError, ReportgenError
+from .given import state_dict_sha256
+from .manifest import read_manifest
+from .models import sha256_file
+from .staging import check_out_path, staged_site
+
+# torch and safetensors are imported inside the functions that handle a model (as in reportgen.api), so that
+# `reportgen.Snapshots` is there without torch's start-up; Lightning (an optional package) inside lightning_callback.
 
 # What a snapshot shows by default, cheap enough for every epoch: the numbers and pictures the archive index
 # compares (accuracy and loss, the first-layer filters, Grad-CAM on fixed images, per-layer k-NN accuracy).
@@ -59,10 +72,6 @@ class Snapshots:
                  class_names: Optional[list[str]] = None, mean: Optional[list[float]] = None,
                  std: Optional[list[float]] = None, input_size: Any = None, output: Any = None,
                  **options: Any) -> None:
-        from .api import prepare
-        from .build import choose_analyses
-        from .console import Output
-
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ConfigError(f"Snapshots: every={every!r}; give a whole number of epochs >= 1")
         self.root = Path(root)
@@ -91,15 +100,7 @@ class Snapshots:
         """
         from torch import nn
 
-        from .api import Report, prepare, state_dict_sha256
-        from .archive import snapshot_fingerprint
-        from .build import Given, build_site, choose_analyses
-        from .manifest import read_manifest
-        from .staging import check_out_path, staged_site
-
         if not isinstance(model, nn.Module):
-            from .errors import ModelError
-
             raise ModelError(f"Snapshots: model is a {type(model).__name__}; give the nn.Module being trained")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ConfigError(f"Snapshots: epoch={epoch!r}; give the epoch as a whole number >= 0")
@@ -150,9 +151,7 @@ class Snapshots:
                                   "checkpoint": Path(snap.get("checkpoint", "")).name,
                                   "path": f"snapshots/{folder.name}/index.html", "manifest": manifest})
             snapshots.sort(key=lambda s: (s["step"] is None, s["step"] or 0, s["label"]))
-            from .archive_index import render_archive
-
-            render_archive(tmp, snapshots, cfg)
+            render_archive(tmp, snapshots, cfg.seed)
         manifest = read_manifest(out / "snapshots" / label)
         return Report(out=out / "snapshots" / label, seconds=time.perf_counter() - t0, manifest=manifest,
                       failed=[a.name for a in manifest.analyses if a.status == "failed"] if built else [])
@@ -167,18 +166,13 @@ def prepare_images(images: Any) -> Any:
 def images_fingerprint(images: Any, cfg: Any) -> str:
     """A content hash of the image set: a folder's files (`reportgen.archive.image_set_fingerprint`); for a
     Dataset, each item's pixels, size, mode and label (read once, item by item)."""
-    from .archive import image_set_fingerprint
-
     if images is None or isinstance(images, (str, os.PathLike)):
         return image_set_fingerprint(cfg.images, cfg, None)
-    from .api import dataset_image_set, item_picture, read_item
-    from .data import BadImage
-
-    source = dataset_image_set(images, cfg.max_images)
+    source = dataset_image_set(images, cfg.max_images, cfg.seed)
     h = hashlib.sha256()
     for i in range(len(source.names)):
         try:
-            image, label = read_item(source.dataset, i)
+            image, label = read_item(source.dataset, source.item(i))
         except BadImage as exc:
             h.update(f"{i}:unreadable:{exc}".encode())
             continue
@@ -222,8 +216,6 @@ def _plain_metrics(metrics: Optional[dict]) -> dict:
 
 def _kept_snapshots(out: Path, setting: str) -> list[tuple[str, Any]]:
     """(label, manifest) of the archive's snapshots built with this config and image set; others leave the index."""
-    from .manifest import read_manifest
-
     folder = out / "snapshots"
     kept = []
     for snap in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -244,8 +236,6 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _sha256_file(path: Path) -> str:
-    from .models import sha256_file
-
     return sha256_file(path)
 
 

@@ -8,6 +8,7 @@ every ``finally`` has cleaned up. Nothing here knows what a report contains, exc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,8 @@ from typing import Iterator, Optional
 
 from .errors import OutputError, ReportgenError
 from .manifest import GENERATOR, MANIFEST
+
+# fcntl is imported inside site_lock: it exists on POSIX systems only.
 
 
 # the signals that stop a build cleanly (SIGHUP: the terminal was closed; Windows has none)
@@ -64,11 +67,18 @@ def _held_signals() -> Iterator[None]:
 
 def is_report_folder(path: Path) -> bool:
     """True when ``path`` holds a manifest.json written by reportgen."""
-    import json
-
     manifest = path / MANIFEST
     try:
         return json.loads(manifest.read_text()).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def is_archive_folder(path: Path) -> bool:
+    """True when ``path`` holds a checkpoint archive (`reportgen archive`): our manifest.json, of kind "archive"."""
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+        return data.get("generator") == GENERATOR and data.get("kind") == "archive"
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -96,8 +106,6 @@ def check_out_path(out: Path) -> Path:
 def check_replaceable(out: Path, inputs: list[Optional[str]]) -> None:
     """Refuse to replace a report folder that holds the build's own inputs or files reportgen did not write there:
     replacing the site deletes everything in it."""
-    import json
-
     for item in inputs:
         if item and not str(item).startswith(("zoo:", "torchvision:")):
             path = Path(item).expanduser().resolve()
