@@ -406,7 +406,7 @@ def test_analysis_parameters_are_checked(tmp_path, image_folder):
     cfg = tmp_path / "a.toml"
     cfg.write_text('[analysis.predictions]\nworst = -3\nwrost = 1\n[analysis.nosuch]\nx = 1\n')
     result = build(tmp_path / "s", image_folder, "--config", cfg)
-    fails_in_one_line(result, "analysis.nosuch: unknown analysis; known: predictions")
+    fails_in_one_line(result, "analysis.nosuch: unknown analysis; known: findings, predictions")
     cfg.write_text('[analysis.predictions]\nworst = -3\nwrost = 1\n')
     result = build(tmp_path / "s", image_folder, "--config", cfg)
     fails_in_one_line(result, "analysis.predictions.worst: must be >= 0",
