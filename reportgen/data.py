@@ -213,20 +213,30 @@ def scan_folder(root: str | Path) -> ImageSet:
                       dtype=np.int64)
     image_set = ImageSet(source=str(root), names=[r.as_posix() for r in rel], labels=labels,
                          class_names=class_names, spec=None, _load=lambda i: None)
-    counts = image_set.conversions
-    counted: set[int] = set()
+    count = conversions_counter(image_set.conversions)
 
     def load(i: int) -> np.ndarray:
         mine: dict[str, int] = {}
         arr = read_image(files[i], image_set.spec, mine)
-        if i not in counted:  # pages decode some images again: count each image's conversions once
-            counted.add(i)
-            for key, n in mine.items():
-                counts[key] = counts.get(key, 0) + n
+        count(i, mine)
         return arr
 
     image_set._load = load
     return image_set
+
+
+def conversions_counter(counts: dict[str, int]) -> Any:
+    """``count(i, conversions)``: adds image ``i``'s conversions (name -> number) to ``counts`` the first time only
+    (pages decode some images again: each image's conversions count once)."""
+    counted: set[int] = set()
+
+    def count(i: int, mine: dict[str, int]) -> None:
+        if i not in counted:
+            counted.add(i)
+            for key, n in mine.items():
+                counts[key] = counts.get(key, 0) + n
+
+    return count
 
 
 def folder_image_set(root: str | Path | ImageSet, spec: InputSpec) -> ImageSet:
@@ -375,8 +385,7 @@ class DatasetImages:
         n = len(self.names)
         image_set = ImageSet(source=self.source, names=list(self.names), labels=np.full(n, -1, dtype=np.int64),
                              class_names=None, spec=spec, _load=lambda i: None, notes=list(self.notes))
-        counts = image_set.conversions
-        counted: set[int] = set()
+        count = conversions_counter(image_set.conversions)
         dataset, item = self.dataset, self.item
 
         def load(i: int) -> np.ndarray:
@@ -384,10 +393,7 @@ class DatasetImages:
             image_set.labels[i] = label
             mine: dict[str, int] = {}
             arr = fit_item(image, spec, mine, item(i))
-            if i not in counted:  # pages read some items again: count each item's conversions once
-                counted.add(i)
-                for key, k in mine.items():
-                    counts[key] = counts.get(key, 0) + k
+            count(i, mine)
             return arr
 
         image_set._load = load
