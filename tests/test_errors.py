@@ -505,6 +505,7 @@ def test_a_second_build_to_the_same_site_fails_cleanly(tmp_path, image_folder):
 
 
 SLOW_MODEL = """
+import os
 import time
 import torch
 from torch import nn
@@ -518,7 +519,7 @@ class Slow(nn.Module):
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
-        time.sleep(0.4)  # slow on purpose, so that a signal lands mid-build
+        time.sleep(float(os.environ.get("SLOW_SECONDS", "0.4")))  # slow on purpose: a signal lands mid-build
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
@@ -543,7 +544,9 @@ def test_sigint_sigterm_and_sighup_leave_the_previous_site_intact(tmp_path, imag
             shutil.copytree(sites[signal.SIGINT], sites[sig])
     before = {p.relative_to(sites[signal.SIGINT]): p.read_bytes() for p in sites[signal.SIGINT].rglob("*")
               if p.is_file()}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([mods, str(REPO)])}
+    # 2 s per batch of one image: the signals (sent within seconds of each build's start, however loaded the
+    # machine) land long before a build could finish (it was 0.4 s, and under load a build once finished first)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([mods, str(REPO)]), "SLOW_SECONDS": "2"}
     procs = {}
     for sig, out in sites.items():
         cmd = [sys.executable, "-c", "from reportgen.cli import main; main()", "build", "slowmodel:slow",
