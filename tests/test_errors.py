@@ -552,7 +552,10 @@ def test_sigint_sigterm_and_sighup_leave_the_previous_site_intact(tmp_path, imag
         cmd = [sys.executable, "-c", "from reportgen.cli import main; main()", "build", "slowmodel:slow",
                "--input-size", "16x16", "--channels", "3", "--images", str(image_folder), "--out", str(out),
                "--only", "predictions", "--batch-size", "1", "--seed", "9"]
-        procs[sig] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGHUP at its default in the child even where this test runs under nohup (an ignored signal is inherited,
+        # and a build leaves a signal it was started ignoring ignored)
+        procs[sig] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         for sig, proc in procs.items():
             deadline = time.monotonic() + 60
