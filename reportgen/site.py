@@ -179,35 +179,48 @@ def copy_static(writer: ArtifactWriter) -> None:
             writer.write_bytes(f"static/{asset.name}", asset.read_bytes())
 
 
-def render_site(manifest: Manifest, root: Path, writer: Optional[ArtifactWriter] = None) -> list[str]:
-    """Write every page, the static assets and manifest.json into ``root``; returns the page paths."""
+def render_pages(manifest: Manifest) -> list[tuple[str, str]]:
+    """Every page of the site of ``manifest`` as ``(path, html)``, in memory: nothing is written."""
     env = make_env()
-    writer = writer or ArtifactWriter(root)
     pages = plan_pages(manifest)
     nav = nav_tree(manifest, pages)
-    copy_static(writer)
     entries = {entry.name: entry for entry in manifest.analyses}
+    rendered = []
     for page in pages:
         def url(target: str, _here: str = page.path) -> str:
             return relative_url(target, _here)
 
         template = env.get_template(page.template)
-        html = template.render(page=page, manifest=manifest, nav=nav, url=url, entries=entries,
-                               section_anchor=section_anchor,
-                               analysis_page=analysis_page, layer_page=layer_page, image_page=image_page,
-                               **page.context)
-        writer.write_text(page.path, html)
+        rendered.append((page.path, template.render(
+            page=page, manifest=manifest, nav=nav, url=url, entries=entries, section_anchor=section_anchor,
+            analysis_page=analysis_page, layer_page=layer_page, image_page=image_page, **page.context)))
+    return rendered
+
+
+def write_pages(manifest: Manifest, writer: ArtifactWriter, rendered: list[tuple[str, str]]) -> list[str]:
+    """Write the ``rendered`` pages (`render_pages`), the static assets and manifest.json; returns the paths."""
+    copy_static(writer)
+    for path, html in rendered:
+        writer.write_text(path, html)
     write_manifest(writer, manifest)
-    return [p.path for p in pages]
+    return [path for path, _ in rendered]
+
+
+def render_site(manifest: Manifest, root: Path, writer: Optional[ArtifactWriter] = None) -> list[str]:
+    """Write every page, the static assets and manifest.json into ``root``; returns the page paths."""
+    rendered = render_pages(manifest)
+    return write_pages(manifest, writer or ArtifactWriter(root), rendered)
 
 
 def rerender(site_dir: Path) -> list[str]:
-    """Render the pages of an existing site again from its manifest (after a template change)."""
+    """Render the pages of an existing site again from its manifest (after a template change). Every page is
+    rendered before any old one is removed: a template error leaves the site as it was."""
     manifest = read_manifest(site_dir)
+    rendered = render_pages(manifest)
     writer = ArtifactWriter(site_dir)
     for rel in list(manifest.files):
         if rel.endswith(".html") or rel.startswith("static/"):
             (site_dir / rel).unlink(missing_ok=True)
     writer.hashes.update({k: v for k, v in manifest.files.items()
                           if not (k.endswith(".html") or k.startswith("static/"))})
-    return render_site(manifest, site_dir, writer)
+    return write_pages(manifest, writer, rendered)

@@ -265,6 +265,26 @@ def test_render_command_rerenders(site):
     assert {p: p.read_bytes() for p in html_pages(site)} == first
 
 
+def test_render_that_fails_leaves_every_page_in_place(site, monkeypatch):
+    """A page that cannot be rendered (a template error) stops `render` before any old page is removed: the site
+    stays as it was (it lost every page before)."""
+    from reportgen import site as site_module
+    from reportgen.cli import main
+
+    before = {p: p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file()}
+    real = site_module.make_env
+
+    def broken_env():
+        env = real()
+        env.get_template = lambda name: (_ for _ in ()).throw(RuntimeError("a template is broken"))
+        return env
+
+    monkeypatch.setattr(site_module, "make_env", broken_env)
+    result = CliRunner().invoke(main, ["render", str(site)])
+    assert result.exit_code != 0
+    assert {p: p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file()} == before
+
+
 def test_render_command_refuses_other_folders(tmp_path):
     from reportgen.cli import main
 
