@@ -28,6 +28,9 @@ class Item:
     layer: Optional[str] = None
     image: Optional[int] = None
     group: Optional[str] = None
+    # supporting detail (one table per sample image, say): the page folds a group made only of such items under its
+    # heading, so that it leads with its summary figures
+    detail: bool = False
 
 
 @dataclass
@@ -56,6 +59,11 @@ class Grid(Item):
     cols: int = 8
     vmax: Optional[float] = None
     per_tile_scale: bool = False
+    # what tells the tiles apart, drawn in the picture: one per row (left: a layer), per column (above: a head), or
+    # per tile (above it: a channel)
+    row_labels: Optional[list] = None
+    col_labels: Optional[list] = None
+    tile_labels: Optional[list] = None
 
 
 @dataclass

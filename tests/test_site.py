@@ -69,6 +69,9 @@ def fake_manifest(root) -> "Manifest":
          "layer": "fc", "image": None, "group": "Embedding", "alt": "Neighbours", "columns": ["image", "distance"],
          "rows": [[f"{EVIL}/img 3.png", 0.5]],
          "row_images": [[_picture(root, "nn-0", "neighbour 0", seed=8)]]},
+        {"type": "table", "key": "image-00003", "caption": "Scores on one image.", "label": "Per-image scores",
+         "layer": None, "image": 3, "group": "img 3 detail", "detail": True, "alt": "Per-image scores",
+         "columns": ["method", "score"], "rows": [["saliency", 0.25]]},
     ]
     anim = _picture(root, "optim", "Optimized input.", label="optimized", layer="fc", seed=9)
     anim.update(type="plot", animation=_png(root, "img/fake/optim.gif", (10, 10), 9))
@@ -263,6 +266,21 @@ def test_render_command_rerenders(site):
     first = {p: p.read_bytes() for p in html_pages(site)}
     assert CliRunner().invoke(main, ["render", str(site)]).exit_code == 0
     assert {p: p.read_bytes() for p in html_pages(site)} == first
+
+
+def test_analysis_pages_lead_with_their_results(site):
+    """A page opens with its numbers and figures; the explanation follows, folded, then the settings; a group of
+    supporting detail (one table per image) folds under its heading; tables can be sorted."""
+    html = (site / "analyses" / "maps.html").read_text()
+    first_figure = html.index("<figure")
+    assert html.index('<h1>') < html.index('class="metrics"') < first_figure
+    assert first_figure < html.index('<details class="explain" id="how-it-works">') < html.index('class="params"')
+    assert "Source: <a" in html.split('id="how-it-works"')[1]  # the paper stays with its explanation
+    assert '<details class="detail"><summary>img 3 detail</summary>' in html
+    assert "<h3>Embedding</h3>" in html  # a group that is not all detail keeps its heading
+    assert 'class="sortable"' in html
+    # a page without results opens its explanation
+    assert '<details class="explain" id="how-it-works" open>' in (site / "analyses" / "skipped.html").read_text()
 
 
 def test_render_that_fails_leaves_every_page_in_place(site, monkeypatch):

@@ -273,8 +273,8 @@ class DeletionInsertion(Analysis):
             dele, ins = deletion_insertion(ctx.model, inputs, targets, maps,
                                            generator=ctx.generator(f"{self.name}:{a.name}"), **options)
             row = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
-            if masks is not None and tuple(maps.shape[-2:]) == (h, w):
-                mass, hit = mask_scores(np.clip(maps.numpy(), 0, None), np.stack([masks[i] for i in images]))
+            if masks is not None and tuple(maps.shape[-2:]) == (h, w) == tuple(masks.size):
+                mass, hit = mask_scores(np.clip(maps.numpy(), 0, None), [masks.get(i) for i in images])
                 row.update(mass=mass, hit=hit)
             rows[a.name], curves[a.name] = row, (a, dele.numpy(), ins.numpy())
         # all-equal maps + random tie-breaking = a random pixel order per image: the baseline every map must beat
@@ -341,7 +341,7 @@ class DeletionInsertion(Analysis):
             per.append([RANDOM_ROW, float(random["deletion"][p]), float(random["insertion"][p])]
                        + (["–", "–"] if has_masks else []) + ["baseline"])
             result.items.append(Table(
-                key=f"image-{i:05d}", image=i, group=ctx.images.names[i], label="Deletion and insertion",
+                key=f"image-{i:05d}", image=i, detail=True, group=ctx.images.names[i], label="Deletion and insertion",
                 caption="Area under the deletion curve (lower is better) and the insertion curve (higher is "
                         "better) of each method's map for the predicted class"
                         + (", with the share of the map on the object and whether its maximum is on it." if has_masks
@@ -489,7 +489,7 @@ class RandomizationTest(Analysis):
 
         for p, i in enumerate(images):
             result.items.append(Table(
-                key=f"image-{i:05d}", image=i, group=ctx.images.names[i], label="Randomization check",
+                key=f"image-{i:05d}", image=i, detail=True, group=ctx.images.names[i], label="Randomization check",
                 caption="Similarity of each method's map of this image to its map after all layers were "
                         f"re-initialized (the check passes at a Spearman correlation of at most "
                         f"{params.threshold:g}).",

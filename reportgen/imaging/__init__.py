@@ -12,6 +12,7 @@ Colour conventions, the same on every page:
 from __future__ import annotations
 
 import io
+import json
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -24,6 +25,8 @@ from .colors import color_limit, colorize, heat_colors, signed_colors, to_rgb  #
 
 MIN_SIDE = 160  # small images (8x8 filters, 28x28 digits) are enlarged with nearest-neighbour to at least this
 THUMB_SIDE = 160
+LAYOUT_KEY = "reportgen-layout"  # PNG text chunk: JSON of the boxes (pixels of the file, origin top left) of what a
+# figure drew: "text" (labels), "tiles" (a grid's), "axes" and "legends" (a chart's), and "font_px" (least text size)
 PLOT_KINDS: dict[str, Callable[[dict], Any]] = {}
 
 
@@ -58,11 +61,17 @@ def enlarge(img: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
     return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
 
-def png_bytes(img: np.ndarray) -> bytes:
+def png_bytes(img: np.ndarray, layout: Optional[dict] = None) -> bytes:
+    """``img`` (H, W, 3) uint8 as PNG; ``layout`` (boxes of what was drawn, see `LAYOUT_KEY`) as a text chunk."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
+    info = None
+    if layout is not None:
+        info = PngInfo()
+        info.add_text(LAYOUT_KEY, json.dumps(layout, separators=(",", ":")))
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(img).save(buf, format="PNG", optimize=False, compress_level=6, pnginfo=info)
     return buf.getvalue()
 
 
@@ -78,13 +87,18 @@ def tile_grid(tiles: np.ndarray, cols: int, pad: int = 1, pad_value: float = 1.0
     return out
 
 
-def grid_rgb(item: Grid) -> np.ndarray:
+def grid_tiles(item: Grid) -> np.ndarray:
+    """The tiles of ``item`` in colour: (n, h, w, 3) floats in [0, 1]."""
     tiles = np.asarray(item.tiles, dtype=np.float64)
     if item.style == "rgb":
-        colored = np.stack([to_rgb(t) for t in tiles])
-    else:
-        shared = None if item.per_tile_scale else color_limit(tiles, item.style, item.vmax)
-        colored = np.stack([colorize(t, item.style, shared) for t in tiles])
+        return np.stack([to_rgb(t) for t in tiles])
+    shared = None if item.per_tile_scale else color_limit(tiles, item.style, item.vmax)
+    return np.stack([colorize(t, item.style, shared) for t in tiles])
+
+
+def grid_rgb(item: Grid) -> np.ndarray:
+    """The tiles of ``item`` as one unlabelled picture (the page draws `render_grid`'s labelled one)."""
+    colored = grid_tiles(item)
     # enlarge tiles first so that the 1-pixel separators stay thin in the final picture
     h, w = colored.shape[1:3]
     factor = max(1, int(np.ceil(24 / max(1, min(h, w)))))
@@ -112,10 +126,68 @@ def colorbar_png(style: str, vmax: float) -> bytes:
     return figure_png(fig)
 
 
-def figure_png(fig: Any) -> bytes:
+def figure_png(fig: Any, layout: bool = False) -> bytes:
+    """``fig`` as PNG at its own dpi; with ``layout``, the boxes of what it drew (`figure_layout`) in the PNG's
+    `LAYOUT_KEY` text chunk."""
+    metadata: dict = {"Software": None}
+    if layout:
+        metadata[LAYOUT_KEY] = json.dumps(figure_layout(fig), separators=(",", ":"))
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata=metadata)
     return buf.getvalue()
+
+
+def figure_layout(fig: Any) -> dict:
+    """Where ``fig`` draws its parts once laid out, as boxes [x0, y0, x1, y1] in pixels of its PNG (origin top
+    left): "axes" (the data areas; colour bars under "colorbars"), "legends", "text" (tick labels, axis labels,
+    titles: everything that must stay inside the figure, clear of the data and of each other), "notes" (text drawn
+    on the data: counts in cells), and "font_px" (the smallest text's size)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    renderer = canvas.get_renderer()
+    height = fig.bbox.height
+
+    def box(artist) -> list:
+        b = artist.get_window_extent(renderer)
+        return [round(b.x0, 1), round(height - b.y1, 1), round(b.x1, 1), round(height - b.y0, 1)]
+
+    out: dict = {"axes": [], "colorbars": [], "legends": [], "text": [], "notes": []}
+    sizes = []
+
+    def text(t, kind: str = "text") -> None:
+        if t.get_visible() and t.get_text().strip():
+            out[kind].append(box(t))
+            sizes.append(t.get_fontsize() * fig.dpi / 72.0)
+
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        if ax.axison:
+            out["colorbars" if ax.get_label() == "<colorbar>" else "axes"].append(box(ax.patch))
+            for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+                lo, hi = min(lim), max(lim)
+                k = 0 if axis is ax.xaxis else 1
+                for t in axis.get_ticklabels():
+                    if lo - 1e-9 * (hi - lo) <= t.get_position()[k] <= hi + 1e-9 * (hi - lo):  # drawn ticks only
+                        text(t)
+                text(axis.label)
+                text(axis.get_offset_text())
+        for t in (ax.title, ax._left_title, ax._right_title):
+            text(t)
+        for t in ax.texts:
+            text(t, "notes")
+        if ax.get_legend() is not None:
+            out["legends"].append(box(ax.get_legend()))
+    for legend in fig.legends:
+        out["legends"].append(box(legend))
+    if fig._suptitle is not None:
+        text(fig._suptitle)
+    for t in fig.texts:
+        text(t)
+    out["font_px"] = round(min(sizes), 2) if sizes else None
+    return out
 
 
 def _thumb(img: np.ndarray) -> Optional[np.ndarray]:
@@ -141,7 +213,8 @@ def _write_image(img: np.ndarray, writer: ArtifactWriter, rel: str) -> dict:
 
 def _base_entry(item: Item, kind: str) -> dict:
     return {"type": kind, "key": item.key, "caption": item.caption, "label": item.label, "layer": item.layer,
-            "image": item.image, "group": item.group, "alt": item.label or item.caption.split(".")[0] or item.key}
+            "image": item.image, "group": item.group, "detail": item.detail,
+            "alt": item.label or item.caption.split(".")[0] or item.key}
 
 
 def render_picture(item: Picture, writer: ArtifactWriter, rel: str) -> dict:
@@ -159,9 +232,7 @@ def render_item(item: Item, writer: ArtifactWriter, prefix: str) -> dict:
     if isinstance(item, Picture):
         return render_picture(item, writer, rel)
     if isinstance(item, Grid):
-        img = to_uint8(grid_rgb(item))
-        entry = {**_base_entry(item, "grid"), **_write_image(img, writer, rel), "count": int(len(item.tiles))}
-        return entry
+        return render_grid(item, writer, rel)
     if isinstance(item, Plot):
         return render_plot(item, writer, rel)
     if isinstance(item, Table):
@@ -172,6 +243,28 @@ def render_item(item: Item, writer: ArtifactWriter, prefix: str) -> dict:
                 for r, row in enumerate(item.images)]
         return entry
     raise TypeError(f"cannot render {type(item).__name__}")
+
+
+def render_grid(item: Grid, writer: ArtifactWriter, rel: str) -> dict:
+    """A grid with its row, column and tile labels (`reportgen.imaging.grids`); a thumbnail as wide as the page
+    shows it when wider. The entry's ``tiles`` says where the tiles lie in ``file``: ``origin`` [x, y] of the first,
+    ``pitch`` [dy, dx] to the next row and column, ``size`` [h, w]."""
+    from PIL import Image
+
+    from .grids import DISPLAY_WIDTH, draw_grid
+
+    g = draw_grid(grid_tiles(item), item.cols, item.row_labels, item.col_labels, item.tile_labels)
+    h, w = g.image.shape[:2]
+    layout = {"text": g.boxes["text"], "tiles": g.boxes["tiles"], "font_px": g.font_px}
+    entry = {**_base_entry(item, "grid"), "file": writer.write_bytes(rel, png_bytes(g.image, layout)),
+             "width": int(w), "height": int(h), "count": int(len(item.tiles)),
+             "tiles": {"origin": list(g.origin), "pitch": list(g.pitch), "size": list(g.tile)}}
+    entry["thumb"] = entry["file"]
+    if w > DISPLAY_WIDTH:
+        size = (DISPLAY_WIDTH, max(1, round(h * DISPLAY_WIDTH / w)))
+        small = np.asarray(Image.fromarray(g.image).resize(size, Image.Resampling.LANCZOS))
+        entry["thumb"] = writer.write_bytes(rel[:-4] + ".thumb.png", png_bytes(small))
+    return entry
 
 
 def render_plot(item: Plot, writer: ArtifactWriter, rel: str) -> dict:
@@ -189,7 +282,7 @@ def render_plot(item: Plot, writer: ArtifactWriter, rel: str) -> dict:
         entry["animation"] = writer.write_bytes(rel[:-4] + ".gif", buf.getvalue())
         entry.update(_write_image(out[-1], writer, rel))
         return entry
-    data = figure_png(out)
+    data = figure_png(out, layout=True)
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
