@@ -273,7 +273,9 @@ def test_analysis_pages_lead_with_their_results(site):
     supporting detail (one table per image) folds under its heading; tables can be sorted."""
     html = (site / "analyses" / "maps.html").read_text()
     first_figure = html.index("<figure")
-    assert html.index('<h1>') < html.index('class="metrics"') < first_figure
+    assert html.index('<h1>') < first_figure
+    numbers = (site / "analyses" / "predictions.html").read_text()
+    assert numbers.index('class="metrics"') < numbers.index("<figure") < numbers.index('id="how-it-works"')
     assert first_figure < html.index('<details class="explain" id="how-it-works">') < html.index('class="params"')
     assert "Source: <a" in html.split('id="how-it-works"')[1]  # the paper stays with its explanation
     assert '<details class="detail"><summary>img 3 detail</summary>' in html
