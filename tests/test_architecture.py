@@ -1,5 +1,6 @@
-"""The build's stages as the README draws them: what each analysis reads is declared (`Analysis.reads`), the run
-order follows it, a reader is handed the results of what it reads, and the README's list agrees with the code."""
+"""The build's stages as docs/architecture.md draws them: what each analysis reads is declared (`Analysis.reads`),
+the run order follows it, a reader is handed the results of what it reads, and the list in docs/architecture.md
+agrees with the code."""
 
 from __future__ import annotations
 
@@ -16,18 +17,19 @@ from reportgen.config import BuildConfig
 from reportgen.console import Output
 from reportgen.context import Context
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 
 
-def test_the_readme_lists_what_each_analysis_reads():
-    block = re.search(r"<!-- reads -->.*?```\n(.*?)```.*?<!-- /reads -->", README.read_text(), re.S).group(1)
+def test_the_docs_list_what_each_analysis_reads():
+    """docs/architecture.md's list between the `<!-- reads -->` markers is what the code declares."""
+    block = re.search(r"<!-- reads -->.*?```\n(.*?)```.*?<!-- /reads -->", ARCHITECTURE.read_text(), re.S).group(1)
     listed: dict[str, list[str]] = {}
     for group in block.strip().split("\n\n"):  # "a, b, ...  ──(what)──► reader, reader"
         read, readers = re.split(r"──\(.*?\)──►", group.replace("\n", " "))
         for reader in (n.strip() for n in readers.split(",")):
             listed[reader] = [n.strip() for n in read.split(",")]
     reads = {name: names for name, names in choose_analyses(BuildConfig()).reads.items() if names}
-    assert reads == listed
+    assert reads == listed, "update the reads list in docs/architecture.md"
 
 
 @dataclass
