@@ -15,6 +15,8 @@ from reportgen.analyses.influence import AttributionAnalysis
 from reportgen.methods import attention as ATT
 from reportgen.methods import attribution as A
 from reportgen.methods import cams as C
+from reportgen.methods import deeplift as DL
+from reportgen.methods import paths as PATHS
 from reportgen.methods.relu_rules import inspect_nonlinearities, relu_rule
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,7 +227,8 @@ SHOWN = {python_name(a.name): a for a in all_analyses() if isinstance(a, Attribu
 
 def test_every_shown_method_is_a_function_named_like_its_analysis():
     for name in SHOWN:
-        assert callable(getattr(A, name, None) or getattr(C, name, None) or getattr(ATT, name, None)), name
+        assert callable(getattr(A, name, None) or getattr(C, name, None) or getattr(ATT, name, None)
+                        or getattr(PATHS, name, None) or getattr(DL, name, None)), name
 
 
 def method_params(name: str) -> dict:
@@ -447,7 +450,8 @@ def test_every_method_leaves_the_model_unchanged(name, case):
     if case == "ok":
         assert display_map(name, model, x, target, **params).shape == (2, 8, 8)
     elif case == "fail_second_call" and name in ("gradient", "deconvnet", "guided_backprop", "cam", "grad_cam",
-                                                  "grad_cam_plus_plus", "xgrad_cam", "layer_cam", *ATTENTION):
+                                                  "grad_cam_plus_plus", "xgrad_cam", "layer_cam", *ATTENTION,
+                                                  "input_x_gradient", "deeplift"):
         display_map(name, model, x, target, **params)  # one forward pass: nothing to fail
     else:
         with pytest.raises((RuntimeError, ValueError), match="injected|out of range"):
