@@ -27,6 +27,7 @@ SCHEMA = 2  # 1: before the schema number (analyses under "sections"); 2: "analy
 SECTIONS = {
     "findings": "Findings",
     "model": "Model card",
+    "data": "Data",
     "parameters": "Parameters",
     "activations": "Activations",
     "influence": "The input's influence",
