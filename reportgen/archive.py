@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from . import __version__
-from .archive_index import render_archive
+from .archive_index import DYNAMICS, RECORD_VERSION, compare_snapshots, has_record, npz_bytes, render_archive
 from .artifacts import slug
 from .build import build_site, choose_analyses
 from .config import BuildConfig, config_dict
-from .console import Output
+from .console import Output, duration
 from .distributed import current_world, shared_build
 from .errors import ConfigError, ModelError, OutputError, ReportgenError
 from .manifest import MANIFEST, read_manifest
@@ -33,6 +35,12 @@ from .models import read_safetensors_metadata, sha256_file
 from .staging import check_out_path, is_report_folder, staged_site
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# What each snapshot stores for the comparisons across checkpoints (`record_dynamics`) is DYNAMICS beside its
+# manifest: a snapshot reused from a previous archive brings it along, so the comparisons never run a reused
+# checkpoint again.
+# How many images of the set, drawn with the build seed, every checkpoint's features are compared on (linear CKA):
+# the Gram matrices stored per layer are SUBSET x SUBSET float64 (80 KB each at 100)
+SUBSET = 100
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Checkpoint:
     step: Optional[int]  # epoch or step, from metadata or the file name
     label: str  # sub-folder name of its snapshot
     zoo: Optional[str]  # zoo model named in the metadata
+    unit: Optional[str] = None  # what ``step`` counts, as the metadata names it: "epoch", "step" or "iteration"
 
 
 def _metadata(path: Path) -> dict:
@@ -63,15 +72,17 @@ def find_checkpoints(paths: list[str]) -> list[Checkpoint]:
     checkpoints = []
     for f in files:
         meta = _metadata(f)
-        step = None
+        step, unit = None, None
         for key in ("epoch", "step", "iteration"):
             if str(meta.get(key, "")).isdigit():
-                step = int(meta[key])
+                step, unit = int(meta[key]), key
                 break
         if step is None:
             numbers = re.findall(r"\d+", f.stem)
             step = int(numbers[-1]) if numbers else None
-        checkpoints.append(Checkpoint(f, step, "", meta.get("zoo")))
+            words = re.findall(r"(epoch|step|iter(?:ation)?)", f.stem.lower())
+            unit = ("iteration" if words[-1].startswith("iter") else words[-1]) if words and numbers else None
+        checkpoints.append(Checkpoint(f, step, "", meta.get("zoo"), unit))
     checkpoints.sort(key=lambda c: (c.step is None, c.step if c.step is not None else 0, c.path.name))
     seen: set[str] = set()
     for c in checkpoints:
@@ -152,9 +163,12 @@ def archive(cfg: BuildConfig, checkpoint_args: list[str], output: Optional[Outpu
         snapshots = []
         for c in checkpoints:
             manifest = read_manifest(tmp / "snapshots" / c.label)
-            snapshots.append({"label": c.label, "step": c.step, "checkpoint": c.path.name,
+            snapshots.append({"label": c.label, "step": c.step, "unit": c.unit, "checkpoint": c.path.name,
                               "path": f"snapshots/{c.label}/index.html", "manifest": manifest})
-        render_archive(tmp, snapshots, cfg.seed)
+        last = checkpoints[-1]
+        pictures = forgotten_pictures(dataclasses.replace(cfg, model=cfg.model or last.zoo, weights=str(last.path)),
+                                      tmp, snapshots)
+        render_archive(tmp, snapshots, cfg.seed, weight_distances([c.path for c in checkpoints]), pictures)
     labels = [c.label for c in checkpoints]
     return {"built": [x for x in labels if done[x] == "built"], "reused": [x for x in labels if done[x] == "reused"],
             "seconds": time.perf_counter() - t0, "out": out}
@@ -168,27 +182,39 @@ def helper_folder(tmp: Path, rank: int) -> Path:
 
 def _build_snapshots(cfg: BuildConfig, chosen: Any, checkpoints: list[Checkpoint], root: Path, out: Path,
                      output: Output, group: Any = None) -> dict[str, str]:
-    """Build or reuse the snapshot of each of ``checkpoints`` into ``root/<label>``; {label: "built" | "reused"}."""
+    """Build or reuse the snapshot of each of ``checkpoints`` into ``root/<label>``; {label: "built" | "reused"}.
+
+    Says "k of N" before each, and once one is built, about how long the rest take (the mean build time so far
+    times the snapshots left to build: those whose previous snapshot is reused are known before the first)."""
     where = f" (rank {group.rank})" if group is not None else ""
-    done = {}
+    plans = []
     for c in checkpoints:
         model = cfg.model or c.zoo
         snap_cfg = dataclasses.replace(cfg, model=model, weights=str(c.path))
         ck_sha = sha256_file(c.path)
         fp = snapshot_fingerprint(ck_sha, image_set_fingerprint(cfg.images, cfg, model), snap_cfg)
+        plans.append((c, snap_cfg, ck_sha, fp, _find_previous(out, fp)))
+    to_build = sum(previous is None for *_, previous in plans)
+    done: dict[str, str] = {}
+    spent, built = 0.0, 0
+    for k, (c, snap_cfg, ck_sha, fp, previous) in enumerate(plans, start=1):
         target = root / c.label
-        previous = _find_previous(out, fp)
+        count = f"{k} of {len(plans)}"
         if previous is not None:
             shutil.copytree(previous, target)
             done[c.label] = "reused"
-            output.info(f"{c.label}: unchanged, reused{where}")
-        else:
-            target.mkdir(parents=True)
-            output.info(f"{c.label}: building from {c.path.name}{where}")
-            snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
-                        "step": c.step, "label": c.label}
-            build_site(snap_cfg, chosen, target, output, snapshot=snapshot)
-            done[c.label] = "built"
+            output.info(f"[{count}] {c.label}: unchanged, reused{where}")
+            continue
+        left = f"; about {duration(spent / built * (to_build - built))} left" if built else ""
+        output.info(f"[{count}] {c.label}: building from {c.path.name}{where}{left}")
+        t0 = time.perf_counter()
+        target.mkdir(parents=True)
+        snapshot = {"fingerprint": fp, "checkpoint": str(c.path), "checkpoint_sha256": ck_sha,
+                    "step": c.step, "unit": c.unit, "label": c.label}
+        build_site(snap_cfg, chosen, target, output, snapshot=snapshot)
+        record_dynamics(snap_cfg, chosen, target)
+        spent, built = spent + time.perf_counter() - t0, built + 1
+        done[c.label] = "built"
     return done
 
 
@@ -231,6 +257,171 @@ def _find_previous(out: Path, fingerprint: str) -> Optional[Path]:
             manifest = read_manifest(snap)
         except ReportgenError:  # damaged, or written by another version: built again
             continue
-        if (manifest.snapshot or {}).get("fingerprint") == fingerprint:
-            return snap
+        if (manifest.snapshot or {}).get("fingerprint") == fingerprint and has_record(snap):
+            return snap  # (one without the comparisons' record, from an older archive, is built again)
     return None
+
+
+def subset_indices(n: int, seed: int, size: int = SUBSET) -> np.ndarray:
+    """The fixed images (indices into a set of ``n``) whose features every checkpoint is compared on: ``size`` of
+    them drawn without replacement by a generator seeded with the build seed, sorted; the same for every checkpoint
+    of an archive built with one image set and seed."""
+    pick = np.random.default_rng([int(seed), 32]).choice(n, size=min(size, n), replace=False)
+    return np.sort(pick).astype(np.int64)
+
+
+def record_dynamics(cfg: BuildConfig, chosen: Any, folder: Path, given: Any = None) -> None:
+    """Write ``folder/dynamics.npz``: what the archive index compares across checkpoints, computed once per snapshot
+    (one more pass over the image set with the snapshot's model and images, as the build loads them, and the maps
+    of its sample images).
+
+    Holds (numpy arrays only, read with ``allow_pickle=False``): ``subset`` the indices of the fixed images
+    (`subset_indices`) that were read; ``layers`` the analysed layers and ``gram-K`` the centered Gram matrix
+    (subset, subset) float64 of layer K's flattened outputs on them (`reportgen.methods.dynamics.centered_gram`,
+    all linear CKA needs); ``indices``, ``predicted``, ``labels``, ``names`` (N,) the class predicted for each
+    readable image, its label (-1: unknown) and its name; ``classes`` the model's class names; ``weights`` the
+    weight matrices (state-dict entries ``*weight`` of 2 or more dimensions) and ``spectrum`` (W, 3) their norm,
+    largest singular value and stable rank (`reportgen.methods.dynamics.spectrum_summary`); ``relus`` the ReLU
+    modules that run once per pass and ``dead`` (R, 2) the units of each never positive on any image of the set,
+    and its units (as the distributions analysis counts them); ``samples`` the build's sample images (the same for
+    every checkpoint: `reportgen.build.pick_samples` depends on the seed and the labels only), ``targets`` the class
+    of each one's maps (its label, or where unknown the class this checkpoint predicts), ``methods`` the
+    attribution analyses of the snapshot that ran, and ``maps-K`` (samples, H, W) float32 method K's maps, computed
+    with the snapshot's settings after the compute budget (`reportgen.build.settle`). A ``given`` model
+    (`reportgen.Snapshots`) is left exactly as it came."""
+    import torch
+
+    from .analyses.activations import relu_outputs
+    from .build import load, make_plan, pick_samples, settle
+    from .capture import capture, kept_as_is
+    from .context import Predictions
+    from .methods.dynamics import centered_gram, spectrum_summary
+
+    model = given.model if given is not None else None
+    with torch.random.fork_rng(devices=[]), kept_as_is(model):
+        ctx = load(cfg, Output(silent=True), given)
+        plan = make_plan(ctx, chosen)
+        layers = list(ctx.facts.selected) if ctx.facts.python else []
+        relus = relu_outputs(ctx)[0] if ctx.facts.python else []
+        subset = subset_indices(len(ctx.images), cfg.seed)
+        wanted = set(subset.tolist())
+        kept: dict[str, list] = {name: [] for name in layers}
+        ever: dict[str, Any] = {}
+        read, indices, logits, labels = [], [], [], []
+        with capture(ctx.model, sorted(set(layers) | set(relus))) as rec, torch.no_grad():
+            for batch in ctx.images.batches(ctx.batch_size(grad=False), ctx.device):
+                out = ctx.model(batch.inputs)
+                idx = batch.indices.numpy()
+                rows = [k for k, i in enumerate(idx) if int(i) in wanted]
+                read.extend(int(idx[k]) for k in rows)
+                for name in layers:
+                    if name in rec.acts and rows:
+                        kept[name].append(rec.acts[name][rows].reshape(len(rows), -1).float().cpu().numpy())
+                for name in relus:
+                    act = rec.acts.get(name)
+                    if act is None or act.ndim < 2:
+                        continue
+                    fired = (act > 0).transpose(0, 1).reshape(act.shape[1], -1).any(dim=1).cpu().numpy()
+                    ever[name] = fired | ever[name] if name in ever else fired
+                indices.append(idx)
+                logits.append(out.detach().float().cpu().numpy())
+                labels.append(batch.labels.numpy())
+        ctx.predictions = Predictions(np.concatenate(indices), np.concatenate(logits), np.concatenate(labels))
+        ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
+        maps = sample_maps(ctx, chosen, plan, folder, settle)
+        state = ctx.model.state_dict()
+    arrays: dict[str, Any] = {"version": np.asarray(RECORD_VERSION), "subset": np.asarray(read, dtype=np.int64)}
+    names = [name for name in layers if kept[name]]
+    arrays["layers"] = np.asarray(names, dtype=str)
+    for k, name in enumerate(names):
+        arrays[f"gram-{k}"] = centered_gram(np.concatenate(kept[name]))
+    arrays["indices"] = ctx.predictions.indices.astype(np.int64)
+    arrays["predicted"] = ctx.predictions.logits.argmax(axis=1).astype(np.int64)
+    arrays["labels"] = ctx.predictions.labels.astype(np.int64)
+    arrays["names"] = np.asarray([ctx.images.names[int(i)] for i in arrays["indices"]], dtype=str)
+    arrays["classes"] = np.asarray(list(ctx.class_names), dtype=str)
+    matrices = [(k, v) for k, v in state.items() if k.endswith("weight") and v.ndim >= 2 and v.is_floating_point()]
+    arrays["weights"] = np.asarray([k for k, _ in matrices], dtype=str)
+    arrays["spectrum"] = np.asarray([[s["norm"], s["sigma max"], s["stable rank"]] for s in (
+        spectrum_summary(v.detach().cpu().double().numpy()) for _, v in matrices)], dtype=np.float64).reshape(-1, 3)
+    arrays["relus"] = np.asarray(list(ever), dtype=str)
+    arrays["dead"] = np.asarray([[int((~f).sum()), len(f)] for f in ever.values()], dtype=np.int64).reshape(-1, 2)
+    arrays.update(maps)
+    (folder / DYNAMICS).write_bytes(npz_bytes(arrays))
+
+
+def sample_maps(ctx: Any, chosen: Any, plan: Any, folder: Path, settle: Any) -> dict:
+    """The record's ``samples``, ``targets``, ``methods`` and ``maps-K`` (`record_dynamics`): each attribution
+    analysis that ran in the snapshot at ``folder`` (its manifest says so), called once on the sample images with
+    the settings the build gave it. A method that raises here is left out of the comparison (its snapshot page
+    says why it failed, when it did there)."""
+    import torch
+
+    from .analyses.influence import AttributionAnalysis, MapTarget
+
+    ran = {e.name for e in read_manifest(folder).analyses if e.status == "ok"}
+    methods = [a for a in chosen.analyses if isinstance(a, AttributionAnalysis) and a.name in ran]
+    samples = [int(i) for i in ctx.samples]
+    out: dict[str, Any] = {"samples": np.asarray(samples, dtype=np.int64), "methods": np.asarray([], dtype=str)}
+    if not methods or not samples:
+        return out
+    settle(ctx, chosen, plan)
+    preds = ctx.predictions.logits.argmax(axis=1)
+    targets = [int(ctx.images.labels[i]) if ctx.images.labels[i] >= 0 else int(preds[ctx.predictions.row(i)])
+               for i in samples]
+    inputs = ctx.images.load_inputs(samples, ctx.device)
+    classes = torch.tensor(targets, device=inputs.device)
+    done = []
+    for a in methods:
+        if a.name in plan.skipped or a.name in plan.refused:
+            continue
+        params = plan.params[a.name]
+        try:
+            options = a.chunk_options(ctx, a.options(ctx, params), MapTarget(samples[0], targets[0], "true"))
+            maps = a.attribute(ctx.model, inputs, classes, **options).detach().float().cpu().numpy()
+        except Exception:  # noqa: BLE001 - a method failing on one checkpoint must not stop the archive
+            continue
+        out[f"maps-{len(done)}"] = maps
+        done.append(a.name)
+    out["targets"] = np.asarray(targets, dtype=np.int64)
+    out["methods"] = np.asarray(done, dtype=str)
+    return out
+
+
+def weight_distances(paths: list[Optional[Path]]) -> list[Optional[dict[str, float]]]:
+    """For each checkpoint file of ``paths`` (in archive order), {weight name: Frobenius norm of (its weight - the
+    first checkpoint's)} over the weight matrices both hold with the same shape; None for a file that is missing
+    (a `reportgen.Snapshots` checkpoint deleted since). Read from the files on every run: reading and subtracting
+    costs little beside a snapshot's build, and stays right when an earlier checkpoint joins the archive."""
+    from .loaders.weights import read_state_dict
+
+    first = None
+    out: list[Optional[dict[str, float]]] = []
+    for path in paths:
+        if path is None or not Path(path).is_file():
+            out.append(None)
+            continue
+        state = {k: v.detach().double() for k, v in read_state_dict(path).items()
+                 if k.endswith("weight") and v.ndim >= 2 and v.is_floating_point()}
+        if first is None:
+            first = state
+        out.append({k: float((v - first[k]).norm()) for k, v in state.items()
+                    if k in first and first[k].shape == v.shape})
+    return out
+
+
+def forgotten_pictures(cfg: BuildConfig, root: Path, snapshots: list[dict], given: Any = None) -> dict:
+    """{image index: uint8 (H, W, C)} of the most forgotten images across ``snapshots`` (`compare_snapshots`), as
+    the image set of ``cfg`` (or ``given``) shows them; {} when no image was forgotten."""
+    wanted = [f["index"] for f in compare_snapshots(root, snapshots).get("predictions", {}).get("most forgotten", [])]
+    if not wanted:
+        return {}
+    import torch
+
+    from .build import load
+    from .capture import kept_as_is
+
+    with torch.random.fork_rng(devices=[]), kept_as_is(given.model if given is not None else None):
+        images = load(cfg, Output(silent=True), given).images
+        shown = {i: np.asarray(images.display(i)) for i in wanted}
+    return {i: a for i, a in shown.items() if a.ndim == 3 and a.dtype == np.uint8}

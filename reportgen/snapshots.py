@@ -6,7 +6,7 @@
         snap(model, epoch=epoch, metrics={"train loss": loss})
 
 writes ``runs/exp1/checkpoints/epoch-00001.safetensors`` and the checkpoint archive ``runs/exp1/report/`` (the
-layout of `reportgen archive`: ``snapshots/step-00001/`` per epoch and an ``index.html`` that compares them, by
+layout of `reportgen archive`: ``snapshots/epoch-00001/`` per epoch and an ``index.html`` that compares them, by
 `reportgen.archive_index.render_archive`). Each call builds one snapshot with the reduced `SNAPSHOT_CONFIG` (or
 the caller's config) through `reportgen.build.build_site`, the path of every build; the archive is updated
 atomically, like a build: the new archive is staged beside it with the other snapshots hard-linked (no copy), then
@@ -28,8 +28,9 @@ from typing import Any, Optional
 
 from . import __version__
 from .api import Report, prepare
-from .archive import image_set_fingerprint, snapshot_fingerprint
-from .archive_index import render_archive
+from .archive import (forgotten_pictures, image_set_fingerprint, record_dynamics, snapshot_fingerprint,
+                      weight_distances)
+from .archive_index import has_record, render_archive
 from .build import Given, build_site, choose_analyses
 from .console import Output
 from .data import BadImage, dataset_image_set, item_picture, read_item
@@ -114,7 +115,7 @@ class Snapshots:
         else:
             given = Given(model, prepare_images(self.images), state_dict_sha256(model))
         cfg = self._cfg
-        label = f"step-{epoch:05d}"  # the archive's label for a checkpoint of this epoch
+        label = epoch_label(epoch)  # the archive's label for a checkpoint of this epoch
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         checkpoint = write_checkpoint(model, self.checkpoints / f"epoch-{epoch:05d}.safetensors", epoch, metrics)
         setting = snapshot_fingerprint("", self._images_sha, cfg)  # the config and image set, not the weights
@@ -138,23 +139,31 @@ class Snapshots:
             else:
                 target.mkdir(parents=True)
                 record = {"fingerprint": fingerprint, "setting": setting, "checkpoint": str(checkpoint),
-                          "checkpoint_sha256": _sha256_file(checkpoint), "step": epoch, "label": label,
-                          "metrics": metrics}
+                          "checkpoint_sha256": _sha256_file(checkpoint), "step": epoch, "unit": "epoch",
+                          "label": label, "metrics": metrics}
                 self.output.info(f"{label}: building the snapshot of epoch {epoch}")
                 build_site(cfg, chosen, target, self.output, snapshot=record, given=given)
+                record_dynamics(cfg, chosen, target, given)
                 built = True
             snapshots = []
             for folder in sorted((tmp / "snapshots").iterdir()):
                 manifest = read_manifest(folder)
                 snap = manifest.snapshot or {}
-                snapshots.append({"label": folder.name, "step": snap.get("step"),
+                snapshots.append({"label": folder.name, "step": snap.get("step"), "unit": "epoch",
                                   "checkpoint": Path(snap.get("checkpoint", "")).name,
-                                  "path": f"snapshots/{folder.name}/index.html", "manifest": manifest})
+                                  "path": f"snapshots/{folder.name}/index.html", "manifest": manifest,
+                                  "file": snap.get("checkpoint")})
             snapshots.sort(key=lambda s: (s["step"] is None, s["step"] or 0, s["label"]))
-            render_archive(tmp, snapshots, cfg.seed)
+            pictures = forgotten_pictures(cfg, tmp, snapshots, given)
+            render_archive(tmp, snapshots, cfg.seed, weight_distances([s.pop("file") for s in snapshots]), pictures)
         manifest = read_manifest(out / "snapshots" / label)
         return Report(out=out / "snapshots" / label, seconds=time.perf_counter() - t0, manifest=manifest,
                       failed=[a.name for a in manifest.analyses if a.status == "failed"] if built else [])
+
+
+def epoch_label(epoch: int) -> str:
+    """The archive's folder name of epoch ``epoch``'s snapshot: "epoch-00003"."""
+    return f"epoch-{epoch:05d}"
 
 
 def prepare_images(images: Any) -> Any:
@@ -223,7 +232,11 @@ def _kept_snapshots(out: Path, setting: str) -> list[tuple[str, Any]]:
             manifest = read_manifest(snap)
         except ReportgenError:  # damaged, or written by another version: not kept
             continue
-        if (manifest.snapshot or {}).get("setting") == setting:
+        record = manifest.snapshot or {}
+        # one of this config and image set, with the comparisons' record, and named as this reportgen names an
+        # epoch (an older archive's "step-00001" folders leave the index; their epochs are built again when called)
+        if record.get("setting") == setting and has_record(snap) and isinstance(
+                record.get("step"), int) and snap.name == epoch_label(record["step"]):
             kept.append((snap.name, manifest))
     return kept
 

@@ -15,7 +15,8 @@ TINY = ["--model", "tiny_models:tiny_cnn", "--input-size", "32x32", "--channels"
 
 
 def save_checkpoints(folder: Path, epochs_and_names: list[tuple[int, str]]) -> list[Path]:
-    """Seeded variants of tiny_cnn, with the epoch in the safetensors metadata (not always in the name)."""
+    """Seeded variants of tiny_cnn (different weights for different epochs), with the epoch in the safetensors
+    metadata (not always in the name)."""
     from safetensors.torch import save_file
 
     import tiny_models
@@ -23,8 +24,8 @@ def save_checkpoints(folder: Path, epochs_and_names: list[tuple[int, str]]) -> l
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for epoch, name in epochs_and_names:
+        model = tiny_models.tiny_cnn()  # (it seeds the global generator itself)
         torch.manual_seed(epoch)
-        model = tiny_models.tiny_cnn()
         for p in model.parameters():
             p.data.normal_(0, 0.3)
         path = folder / name

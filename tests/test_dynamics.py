@@ -86,3 +86,106 @@ def test_rank_correlation_against_ranks_by_hand():
     assert rank_correlation(a, a ** 3) == pytest.approx(1.0)  # monotone: the ranks are the same
     assert rank_correlation(a, -a) == pytest.approx(-1.0)
     assert np.isnan(rank_correlation(a, np.ones((2, 2))))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the archive: its values against a direct computation from the checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tmp_path_factory):
+    """3 checkpoints of tiny_cnn (epochs 1, 2, 3 with different weights), 18 images, an archive of predictions."""
+    from conftest import run, write_image_folder
+    from test_archive import TINY, save_checkpoints
+
+    root = tmp_path_factory.mktemp("dynamics")
+    images = write_image_folder(root / "images")
+    paths = save_checkpoints(root / "ckpts", [(1, "a.safetensors"), (2, "b.safetensors"), (3, "c.safetensors")])
+    result = run("archive", root / "ckpts", *TINY, "--images", images, "--out", root / "archive",
+                 "--only", "predictions", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    return root, images, paths
+
+
+def direct(images, paths, layer_names):
+    """Each checkpoint's predictions on every image and outputs of ``layer_names`` on them, computed here with
+    plain forward hooks (not reportgen's capture), the images read by the build's loader."""
+    import torch
+    from safetensors.torch import load_file
+
+    import tiny_models
+    from reportgen.build import load  # the build's own image loader: the same pixels as the archive's
+    from reportgen.config import load_config
+    from reportgen.console import Output
+
+    cfg = load_config(None, model="tiny_models:tiny_cnn", images=str(images), input_size=[32, 32], channels=3)
+    ctx = load(cfg, Output(silent=True))
+    inputs = ctx.images.load_inputs(list(range(len(ctx.images))))
+    labels = np.asarray(ctx.images.labels)
+    out = []
+    for path in paths:
+        model = tiny_models.tiny_cnn().eval()
+        model.load_state_dict(load_file(str(path)))
+        feats = {}
+        hooks = [model.get_submodule(n).register_forward_hook(
+            lambda m, i, o, n=n: feats.__setitem__(n, o.detach().reshape(len(o), -1).double().numpy()))
+            for n in layer_names]
+        with torch.no_grad():
+            pred = model(inputs).argmax(1).numpy()
+        for h in hooks:
+            h.remove()
+        out.append((pred, feats))
+    return out, labels
+
+
+def test_archive_cka_and_forgetting_equal_a_direct_computation(tiny_archive):
+    import json
+
+    root, images, paths = tiny_archive
+    manifest = json.loads((root / "archive" / "manifest.json").read_text())
+    dyn = manifest["dynamics"]
+    layers = dyn["cka"]["layers"]
+    subset = dyn["subset"]["indices"]
+    assert len(layers) >= 2 and len(subset) == 18  # fewer images than the subset's size: all of them
+    runs, labels = direct(images, paths, layers)
+    for i, layer in enumerate(layers):
+        final = runs[-1][1][layer][subset]
+        for t, (_, feats) in enumerate(runs):
+            assert dyn["cka"]["final"][i][t] == pytest.approx(hsic_cka(feats[layer][subset], final), abs=1e-6)
+            if t:
+                prev = runs[t - 1][1][layer][subset]
+                assert dyn["cka"]["previous"][i][t] == pytest.approx(hsic_cka(feats[layer][subset], prev), abs=1e-6)
+    assert min(v for row in dyn["cka"]["final"] for v in row) < 0.99  # the checkpoints differ
+    # forgetting events and first-learned checkpoints counted by a plain loop over the direct predictions
+    correct = [pred == labels for pred, _ in runs]
+    events = [sum(1 for t in range(1, 3) if correct[t - 1][n] and not correct[t][n]) for n in range(len(labels))]
+    p = dyn["predictions"]
+    assert p["events"] == [0] + [int(sum(correct[t - 1] & ~correct[t])) for t in range(1, 3)]
+    assert p["forgotten"] == sum(e > 0 for e in events)
+    firsts = [next((t for t in range(3) if correct[t][n]), -1) for n in range(len(labels))]
+    assert p["first learned"] == [firsts.count(t) for t in range(3)]
+    assert p["never learned"] == firsts.count(-1)
+    for f in p["most forgotten"]:
+        assert f["events"] == events[f["index"]]
+    # the index page shows the sections, the checkpoints named by their epochs
+    html = (root / "archive" / "index.html").read_text()
+    for anchor in ('id="cka"', 'id="forgetting"', 'id="weights"', ">epoch 2</a>"):
+        assert anchor in html
+
+
+def test_archive_weights_against_numpy(tiny_archive):
+    import json
+
+    from safetensors.numpy import load_file
+
+    root, _, paths = tiny_archive
+    w = json.loads((root / "archive" / "manifest.json").read_text())["dynamics"]["weights"]
+    first = load_file(str(paths[0]))
+    for t, path in enumerate(paths):
+        state = load_file(str(path))
+        for i, name in enumerate(w["names"]):
+            m = state[f"{name}.weight"].astype(np.float64)
+            s = np.linalg.svd(m.reshape(len(m), -1), compute_uv=False)
+            assert w["sigma max"][i][t] == pytest.approx(s[0], rel=1e-9)
+            assert w["stable rank"][i][t] == pytest.approx((s ** 2).sum() / s[0] ** 2, rel=1e-9)
+            assert w["distance"][i][t] == pytest.approx(np.linalg.norm(m - first[f"{name}.weight"]), rel=1e-9)

@@ -64,7 +64,7 @@ def test_three_epochs_give_an_archive_that_a_rerun_reuses(tmp_path, monkeypatch)
                                    std=entry.std, config=FAST)
 
     first = train(entry, snapshots())
-    assert [r.out.name for r in first] == ["step-00001", "step-00002", "step-00003"]
+    assert [r.out.name for r in first] == ["epoch-00001", "epoch-00002", "epoch-00003"]
     archive = json.loads((root / "report" / "manifest.json").read_text())
     assert archive["kind"] == "archive"
     rows = archive["snapshots"]
@@ -74,8 +74,11 @@ def test_three_epochs_give_an_archive_that_a_rerun_reuses(tmp_path, monkeypatch)
     assert [r["accuracy"] for r in rows] == [r.manifest.entry("predictions").metrics["accuracy"] for r in first]
     assert len({r["accuracy"] for r in rows}) > 1  # training changed the model
     html = (root / "report" / "index.html").read_text()
-    for label in ("step-00001", "step-00002", "step-00003"):
-        assert f"snapshots/{label}/index.html" in html
+    for epoch in (1, 2, 3):
+        assert f'snapshots/epoch-0000{epoch}/index.html">epoch {epoch}</a>' in html  # named as given
+    # the metrics given to the snapshots: a column of the index, each snapshot's value in its row
+    assert '<th scope="col">train loss</th>' in html
+    assert [r["metrics"]["train loss"] for r in rows] == [r.manifest.snapshot["metrics"]["train loss"] for r in first]
     assert (root / "report" / "img" / "archive" / "knn.png").is_file()
     # each checkpoint holds its epoch's weights and says its epoch, as `reportgen archive` reads it
     from reportgen.models import read_safetensors_metadata, read_state_dict
@@ -95,6 +98,8 @@ def test_three_epochs_give_an_archive_that_a_rerun_reuses(tmp_path, monkeypatch)
     built = []
     real = snapshots_module.build_site
     monkeypatch.setattr(snapshots_module, "build_site", lambda *a, **k: built.append(1) or real(*a, **k))
+    recorded = snapshots_module.record_dynamics
+    monkeypatch.setattr(snapshots_module, "record_dynamics", lambda *a, **k: built.append(2) or recorded(*a, **k))
     again = train(entry, snapshots())
     assert built == []
     assert [r.manifest.snapshot["fingerprint"] for r in again] == [r.manifest.snapshot["fingerprint"] for r in first]
@@ -108,7 +113,7 @@ def test_every_and_one_line_mistakes(tmp_path):
                                only=["predictions"], samples=1)
     model = entry.load_pretrained()
     assert snap(model, epoch=1) is None and not (tmp_path / "run" / "checkpoints").exists()
-    assert snap(model, epoch=2).out.name == "step-00002"
+    assert snap(model, epoch=2).out.name == "epoch-00002"
     for kwargs, fragment in (({"every": 0}, "every=0"), ({"only": ["nope"]}, "unknown analysis 'nope'"),
                              ({"sampels": 2}, "did you mean 'samples'")):
         with pytest.raises(ConfigError, match=fragment):
