@@ -53,8 +53,9 @@ def add_grid(browse: dict, key: str, n: int, cols: int, values: list, span: int 
         browse["tiles"].append([g, r, c, span, *[str(v) for v in vals]])
 
 
-def point_thumbs(ctx: Any, indices: Any, side: int = 40) -> Any:
-    """The display copies of images ``indices`` (M,) shrunk to at most ``side`` pixels (Lanczos; never enlarged):
+def point_thumbs(ctx: Any, indices: Any, side: int = 32) -> Any:
+    """The display copies of images ``indices`` (M,) shrunk to at most ``side`` pixels (box filter: the mean of the
+    pixels each covers; never enlarged):
     uint8 (M, h, w, 3), one size for all (the model's input size); None where the inputs are not images (2-D
     points)."""
     from PIL import Image
@@ -69,7 +70,7 @@ def point_thumbs(ctx: Any, indices: Any, side: int = 40) -> Any:
         scale = min(1.0, side / max(h, w))
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+            img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
         thumbs.append(img)
     return np.stack(thumbs) if thumbs else None
 
