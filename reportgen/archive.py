@@ -39,8 +39,12 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 # manifest: a snapshot reused from a previous archive brings it along, so the comparisons never run a reused
 # checkpoint again.
 # How many images of the set, drawn with the build seed, every checkpoint's features are compared on (linear CKA):
-# the Gram matrices stored per layer are SUBSET x SUBSET float64 (80 KB each at 100)
+# the Gram matrices stored per layer are SUBSET x SUBSET float64 (80 KB each at 100). Their features are held in
+# memory during the pass, so a model whose analysed layers output more than SUBSET_BYTES for SUBSET images (float32)
+# is compared on fewer (at least MIN_SUBSET).
 SUBSET = 100
+MIN_SUBSET = 20
+SUBSET_BYTES = 512 * 2 ** 20
 
 
 @dataclass
@@ -276,7 +280,7 @@ def record_dynamics(cfg: BuildConfig, chosen: Any, folder: Path, given: Any = No
     of its sample images).
 
     Holds (numpy arrays only, read with ``allow_pickle=False``): ``subset`` the indices of the fixed images
-    (`subset_indices`) that were read; ``layers`` the analysed layers and ``gram-K`` the centered Gram matrix
+    (`subset_indices`: `SUBSET`, or fewer for wide layers, see `SUBSET_BYTES`) that were read; ``layers`` the analysed layers and ``gram-K`` the centered Gram matrix
     (subset, subset) float64 of layer K's flattened outputs on them (`reportgen.methods.dynamics.centered_gram`,
     all linear CKA needs); ``indices``, ``predicted``, ``labels``, ``names`` (N,) the class predicted for each
     readable image, its label (-1: unknown) and its name; ``classes`` the model's class names; ``weights`` the
@@ -301,9 +305,14 @@ def record_dynamics(cfg: BuildConfig, chosen: Any, folder: Path, given: Any = No
     with torch.random.fork_rng(devices=[]), kept_as_is(model):
         ctx = load(cfg, Output(silent=True), given)
         plan = make_plan(ctx, chosen)
-        layers = list(ctx.facts.selected) if ctx.facts.python else []
+        rows_of = {r.name: r for r in ctx.facts.layers}
+        # layers with one output row per image (not those that fold positions into the batch)
+        layers = [n for n in ctx.facts.selected if n in rows_of and rows_of[n].per_image and rows_of[n].out_shape
+                  ] if ctx.facts.python else []
         relus = relu_outputs(ctx)[0] if ctx.facts.python else []
-        subset = subset_indices(len(ctx.images), cfg.seed)
+        per_image = 4 * sum(int(np.prod(rows_of[n].out_shape)) for n in layers)
+        size = SUBSET if per_image * SUBSET <= SUBSET_BYTES else max(MIN_SUBSET, SUBSET_BYTES // per_image)
+        subset = subset_indices(len(ctx.images), cfg.seed, size)
         wanted = set(subset.tolist())
         kept: dict[str, list] = {name: [] for name in layers}
         ever: dict[str, Any] = {}
