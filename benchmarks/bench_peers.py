@@ -1,6 +1,6 @@
 """reportgen beside its peers, the table of issue 14 (not a test; the peers are never dependencies):
 
-    python benchmarks/bench_peers.py [--repeat 3] [--rows smoothgrad gbp gradcam tsne]
+    python benchmarks/bench_peers.py [--repeat 3] [--rows smoothgrad gbp ig kernelshap gradcam tsne]
 
 Rows (torchvision ``resnet18``, random seeded weights, 224x224, torch threads = ``--threads``, default 2):
   * smoothgrad: n = 50 noisy copies of 1 image vs Captum ``NoiseTunnel(Saliency)``: the same std, signed maps (no
@@ -8,6 +8,11 @@ Rows (torchvision ``resnet18``, random seeded weights, 224x224, torch threads = 
     the two run in turns (A, B, A, B) so that other work on the machine slows both alike; the maps are compared
     with the same noise (Captum draws from the global generator, seeded like reportgen's own);
   * gbp: guided backpropagation of 8 images vs Captum ``GuidedBackprop`` (maps compared: max |difference|);
+  * ig: Integrated Gradients of 8 images, 50 Gauss-Legendre steps, zero baseline, vs Captum
+    ``IntegratedGradients``, 64 path points per pass on both sides (``internal_batch_size``), in turns as above;
+  * kernelshap: KernelSHAP of 1 image, 200 coalitions of its ~50 SLIC superpixels, vs Captum ``KernelShap`` with
+    the same feature mask and the very same coalitions (fed to its ``perturb_func``), 64 copies per forward pass on
+    both sides (``perturbations_per_eval``), in turns as above;
   * gradcam: Grad-CAM of 8 images at ``layer4`` vs pytorch-grad-cam ``GradCAM`` (each as its own users call it:
     reportgen's raw map, the peer's map normalized and resized with OpenCV);
   * tsne: t-SNE of 6 layers x 1,000 points x 256 dims (seeded Gaussian clusters) by `embed_layers` vs scikit-learn
@@ -102,6 +107,69 @@ def gbp_row(repeat: int) -> None:
     row("guided backprop, 8 images, vs Captum GuidedBackprop", ours, peer, f"max |diff| {diff:.1e}")
 
 
+def ig_row(repeat: int) -> None:
+    from captum.attr import IntegratedGradients
+
+    from reportgen.methods.paths import integrated_gradients
+
+    steps, batch = 50, 64
+    model, x = resnet18(), torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ig = IntegratedGradients(model)
+
+    def ours() -> torch.Tensor:  # 64 path points per forward and backward pass on both sides
+        return integrated_gradients(model, x, 3, steps=steps, batch_size=batch)
+
+    def peer() -> torch.Tensor:
+        return ig.attribute(x, target=3, n_steps=steps, internal_batch_size=batch)
+
+    load = os.getloadavg()[0]
+    times = interleaved({"ours": ours, "peer": peer}, repeat)
+    (ours_wall, ours_cpu, a), (peer_wall, peer_cpu, b) = times["ours"], times["peer"]
+    diff = float((a - b).abs().max() / b.abs().max())
+    pairs = sorted(o / p for o, p in zip(ours_wall, peer_wall))
+    row(f"Integrated Gradients, {steps} steps (Gauss-Legendre), 8 images, vs Captum IntegratedGradients, "
+        "interleaved", min(ours_wall), min(peer_wall),
+        f"max |diff| {diff:.1e} of the largest; median of the {repeat} paired ratios {pairs[len(pairs) // 2]:.2f}; "
+        f"CPU s {min(ours_cpu):.1f} vs {min(peer_cpu):.1f}; load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
+def kernelshap_row(repeat: int) -> None:
+    from captum.attr import KernelShap
+
+    from reportgen.methods.perturbation import input_superpixels, kernel_shap, shap_coalitions
+
+    n, batch, seed = 200, 64, 0
+    model, x = resnet18(), torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    segments = input_superpixels(x, n_segments=50)[0]
+    m = int(segments.max()) + 1
+    ks = KernelShap(model)
+    mask = segments[None, None].expand_as(x)
+
+    def ours() -> torch.Tensor:
+        return kernel_shap(model, x, 3, segments=segments, n_samples=n, batch_size=batch,
+                           generator=torch.Generator().manual_seed(seed))
+
+    def peer() -> torch.Tensor:  # the same coalitions, drawn by reportgen's sampler from the same seed
+        rows = shap_coalitions(m, n, torch.Generator().manual_seed(seed))
+
+        def coalitions(_inp, **_kw):  # a generator function: Captum then draws from one generator per call
+            yield from (r[None].long() for r in rows)
+
+        ks.perturb_func = coalitions
+        return ks.attribute(x, target=3, feature_mask=mask, n_samples=n, perturbations_per_eval=batch)[:, 0]
+
+    load = os.getloadavg()[0]
+    times = interleaved({"ours": ours, "peer": peer}, repeat)
+    (ours_wall, ours_cpu, a), (peer_wall, peer_cpu, b) = times["ours"], times["peer"]
+    diff = float((a - b).abs().max() / b.abs().max())
+    pairs = sorted(o / p for o, p in zip(ours_wall, peer_wall))
+    row(f"KernelSHAP, {n} coalitions of {m} superpixels, 1 image, vs Captum KernelShap, interleaved",
+        min(ours_wall), min(peer_wall),
+        f"max |diff| {diff:.1e} of the largest (Captum holds the end conditions by a weight of 1e6, ours exactly); "
+        f"median of the {repeat} paired ratios {pairs[len(pairs) // 2]:.2f}; CPU s {min(ours_cpu):.1f} vs "
+        f"{min(peer_cpu):.1f}; load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
 def gradcam_row(repeat: int) -> None:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -154,7 +222,7 @@ def tsne_row(repeat: int) -> None:
         f"({time.perf_counter() - t0:.0f} s in all)")
 
 
-ROWS = {"smoothgrad": smoothgrad_row, "gbp": gbp_row, "gradcam": gradcam_row, "tsne": tsne_row}
+ROWS = {"smoothgrad": smoothgrad_row, "gbp": gbp_row, "ig": ig_row, "kernelshap": kernelshap_row, "gradcam": gradcam_row, "tsne": tsne_row}
 
 
 def main() -> None:
