@@ -101,7 +101,9 @@ def build_report(model: Any = None, images: Any = None, *, out: Optional[Union[s
             per-analysis tables) or a `reportgen.config.BuildConfig`.
         output: a `reportgen.console.Output` (default: warnings only, on stderr).
         **options: any other config key, e.g. ``seed=1, only=["predictions", "grad-cam"], samples=4,
-            batch_size=32, layers=["features.3"], max_images=500``; they override ``config``.
+            batch_size=32, layers=["features.3"], max_images=500``; they override ``config``. ``masks="DIR"``:
+            object masks, one per image at its relative path (for a Dataset, its items' paths below its ``root``);
+            see docs/masks.md.
 
     Returns:
         a `Report`: ``out`` (the site folder), ``manifest``, ``seconds``, ``failed`` (analyses that failed).

@@ -37,6 +37,10 @@ class BuildConfig:
     images: Optional[str] = field(default=None, metadata=doc(
         "Image set: a folder (class sub-folders give labels) or zoo:NAME for a zoo data set. "
         "Empty = the zoo model's own test split."))
+    masks: Optional[str] = field(default=None, metadata=doc(
+        "Folder of object masks: one per image at the image's relative path (any image format, the extension may "
+        "differ; non-zero = object), read, resized and cropped with their images; the attribution pages and the "
+        "findings score the maps against them. Empty = the zoo data set's own masks, where it has them."))
     out: str = field(default="site", metadata=doc("Output folder of the site."))
     device: str = field(default="auto", metadata=doc("auto, cpu or cuda.", choices=("auto", "cpu", "cuda")))
     seed: int = field(default=0, metadata=doc("Seed of every random choice; same seed = same report.", min=0))
@@ -88,6 +92,13 @@ def check_paths(cfg: BuildConfig) -> None:
             raise DataError(f"unknown zoo data set '{cfg.images[4:]}': choose one of {', '.join(models_zoo.ZOO)}")
     elif cfg.images and not Path(cfg.images).exists():
         raise DataError(f"image path '{cfg.images}' does not exist: give a folder of images with --images")
+    if cfg.masks:
+        from .data import folder_masks, scan_folder
+
+        if cfg.images and not cfg.images.startswith("zoo:"):
+            folder_masks(cfg.masks, scan_folder(cfg.images).names, None)  # orphans and doubles, before the model
+        elif not Path(cfg.masks).is_dir():
+            folder_masks(cfg.masks, [], None)  # its error: no such folder
     if cfg.weights and not Path(cfg.weights).is_file():
         raise ModelError(f"weights file '{cfg.weights}' does not exist: check the --weights path")
     # a spec without ':' is a zoo name or a path (`reportgen.models.load_model`): neither means it names nothing

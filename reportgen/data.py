@@ -4,7 +4,8 @@ from Python (`dataset_image_set`).
 Images are decoded lazily, batch by batch, so memory does not grow with the size of the set. Each image is
 converted to the model's channel count, resized (shorter side) and centre-cropped to its input size; the uint8
 "display copy" is what the pages show, the normalized tensor is what the model sees. An image that cannot be read
-is skipped with a warning and listed on the report's data page.
+is skipped with a warning and listed on the report's data page. Object masks (the zoo's shapes, or a folder given
+with ``--masks``: `Masks`) are read with their images, through the same pick, resize and crop.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class ImageSet:
     class_names: Optional[list[str]]
     spec: Optional[InputSpec]  # None until `folder_image_set` gives a scanned folder its spec
     _load: Callable[[int], np.ndarray]
-    masks: Optional[np.ndarray] = None  # bool (N, H, W) object masks when the data set has them
+    masks: Optional["Masks"] = None  # object masks, when the data set has them or --masks gives them
+    files: Optional[list[Path]] = None  # the file of each image (a scanned folder), for the masks' size check
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     notes: list[str] = field(default_factory=list)
     conversions: dict[str, int] = field(default_factory=dict)  # what was converted, how often
@@ -212,7 +214,7 @@ def scan_folder(root: str | Path) -> ImageSet:
     labels = np.array([class_names.index(r.parts[0]) for r in rel] if labelled else [-1] * len(rel),
                       dtype=np.int64)
     image_set = ImageSet(source=str(root), names=[r.as_posix() for r in rel], labels=labels,
-                         class_names=class_names, spec=None, _load=lambda i: None)
+                         class_names=class_names, spec=None, _load=lambda i: None, files=list(files))
     count = conversions_counter(image_set.conversions)
 
     def load(i: int) -> np.ndarray:
@@ -259,14 +261,19 @@ def zoo_image_set(name: str, spec: InputSpec, seed: int = 0, split: str = "test"
     inputs = data.inputs
     return ImageSet(source=f"zoo:{name} ({split} split)", names=[f"{split}/{i:05d}" for i in range(len(inputs))],
                     labels=np.asarray(data.labels, dtype=np.int64), class_names=list(entry.class_names), spec=spec,
-                    _load=lambda i: inputs[i], masks=data.masks)
+                    _load=lambda i: inputs[i],
+                    masks=None if data.masks is None else Masks(f"zoo:{name}", arrays=np.asarray(data.masks, bool)))
 
 
 def load_image_set(images: Optional[str], spec: InputSpec, zoo_name: Optional[str], seed: int,
-                   max_images: Optional[int] = None, scanned: Optional[ImageSet] = None) -> ImageSet:
+                   max_images: Optional[int] = None, scanned: Optional[ImageSet] = None,
+                   masks: Optional[str] = None) -> ImageSet:
     """The image set that ``images`` names: a folder, ``zoo:NAME``, or (None) the zoo model's own test split.
 
-    ``scanned``: the `scan_folder` of ``images`` when the caller already listed it (it is not listed again)."""
+    ``scanned``: the `scan_folder` of ``images`` when the caller already listed it (it is not listed again).
+    ``masks``: a folder of object masks, one per image at its relative path (`folder_masks`); they replace the
+    zoo data set's own. Matched against every image before the ``max_images`` pick (a mask of an image left out
+    is not an orphan), checked for size on the images used."""
     if images is None:
         if zoo_name is None:
             raise DataError("this model has no default image set: give --images FOLDER (or zoo:NAME)")
@@ -277,10 +284,14 @@ def load_image_set(images: Optional[str], spec: InputSpec, zoo_name: Optional[st
         if spec.kind != "image":
             raise DataError("this model takes 2-D points, not images: leave --images out to use its own data")
         image_set = folder_image_set(scanned if scanned is not None else images, spec)
+    if masks is not None:
+        image_set.masks = folder_masks(masks, image_set.names, spec)
     if max_images is not None and max_images < len(image_set):
         pick = stratified_pick(image_set.labels, max_images, seed)
         image_set.notes.append(pick_note(image_set.labels, pick, seed))
         take(image_set, pick)
+    if masks is not None:
+        image_set.masks.check_sizes(image_set.files)
     return image_set
 
 
@@ -338,8 +349,10 @@ def take(image_set: ImageSet, pick: np.ndarray) -> None:
     load, pick = image_set._load, [int(j) for j in pick]
     image_set.names = [image_set.names[j] for j in pick]
     image_set.labels = image_set.labels[pick]
+    if image_set.files is not None:
+        image_set.files = [image_set.files[j] for j in pick]
     if image_set.masks is not None:
-        image_set.masks = image_set.masks[pick]
+        image_set.masks.take(pick)
     image_set._load = lambda i: load(pick[i])
 
 
@@ -355,6 +368,209 @@ def map_labels(image_set: ImageSet, model_classes: list[str]) -> None:
         image_set.notes.append(
             f"class folders not among the model's classes, so treated as unlabelled: {', '.join(unknown[:10])}")
     image_set.class_names = list(model_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Object masks
+
+
+MASKS_HELP = ("give one mask per image at the image's relative path (any image format, non-zero = object), e.g. "
+              "images/cat/001.jpg -> masks/cat/001.png")
+
+
+@dataclass
+class Masks:
+    """The object masks of an image set, image ``i``'s read on demand at the model's input size (`get`).
+
+    Either in memory (``arrays``: bool (N, H, W) at the input size, the zoo's shapes) or files (``paths``: image
+    ``i``'s mask file, None when it has none; read with `read_mask`, which resizes and crops it exactly as
+    `fit_image` does its image, nearest-neighbour). ``problems``: (image name, why) for the images used whose mask
+    is missing or cannot be read; those images get no mask score (the data page lists them, as it lists the
+    unreadable images)."""
+
+    source: str
+    arrays: Optional[np.ndarray] = None
+    paths: Optional[list[Optional[Path]]] = None
+    names: list[str] = field(default_factory=list)
+    size: Optional[tuple[int, int]] = None  # (H, W) of the masks `get` returns
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    _cache: dict[int, Optional[np.ndarray]] = field(default_factory=dict)
+    _checked: set[int] = field(default_factory=set)  # Dataset items whose mask size `check_item` has seen
+
+    def __post_init__(self) -> None:
+        if self.arrays is not None:
+            self.size = tuple(self.arrays.shape[1:3])
+
+    def get(self, i: int) -> Optional[np.ndarray]:
+        """Image ``i``'s mask: bool (H, W) at `size`, True on the object; None when it has none (a mask file that
+        cannot be decoded is recorded in ``problems`` the first time)."""
+        if self.arrays is not None:
+            return self.arrays[i]
+        if i not in self._cache:
+            path = self.paths[i]
+            try:
+                self._cache[i] = None if path is None else read_mask(path, self.size)
+            except BadImage as exc:
+                self.problems.append((self.names[i], f"mask '{path}' {exc}"))
+                self._cache[i] = None
+        return self._cache[i]
+
+    def take(self, pick: Any) -> None:
+        """Keep the masks of images ``pick`` only (as `take` does the images)."""
+        pick = [int(j) for j in pick]
+        if self.arrays is not None:
+            self.arrays = self.arrays[pick]
+        else:
+            self.paths = [self.paths[j] for j in pick]
+            self.names = [self.names[j] for j in pick]
+            self._cache.clear()
+            self._checked.clear()
+
+    def check_sizes(self, files: Optional[list[Path]]) -> None:
+        """Before the pass, for the images used: list the images without a mask in ``problems``, and refuse a
+        mask whose size is not its image's (`DataError`: one line naming it and what to do). ``files``: each
+        image's file (a folder), or None for images held at the input size (a zoo set). A mask whose header cannot
+        be read is a problem of its image; an unreadable image is left to the pass, which lists it."""
+        if self.paths is None:
+            return
+        self.list_missing()
+        wrong = []
+        for i, path in enumerate(self.paths):
+            if path is None:
+                continue
+            try:
+                got = oriented_size(path)
+            except BadImage as exc:
+                self.problems.append((self.names[i], f"mask '{path}' {exc}"))
+                self.paths[i] = None
+                continue
+            if files is None:
+                want = (self.size[1], self.size[0])
+            else:
+                try:
+                    want = oriented_size(files[i])
+                except BadImage:
+                    continue
+            if got != want:
+                wrong.append((path, got, want))
+        if wrong:
+            path, got, want = wrong[0]
+            more = f" (and {len(wrong) - 1} more masks)" if len(wrong) > 1 else ""
+            raise DataError(f"mask '{path}' is {got[0]}x{got[1]} px but its image is {want[0]}x{want[1]}{more}: "
+                            "give each mask the size of its image (width x height), so that it is resized and "
+                            "cropped with it")
+
+    def list_missing(self) -> None:
+        """Record every image used that has no mask file in ``problems``."""
+        for i, path in enumerate(self.paths or []):
+            if path is None:
+                self.problems.append((self.names[i], f"no mask in '{self.source}'"))
+
+    def check_item(self, i: int, size: tuple[int, int]) -> None:
+        """Image ``i`` of a Dataset was read and is ``size`` (width, height): refuse a mask of another size
+        (`DataError`), record a mask that cannot be read in ``problems``."""
+        path = self.paths[i] if self.paths is not None else None
+        if path is None or i in self._checked or i in self._cache:
+            return
+        self._checked.add(i)
+        try:
+            got = oriented_size(path)
+        except BadImage as exc:
+            self.problems.append((self.names[i], f"mask '{path}' {exc}"))
+            self._cache[i] = None
+            return
+        if got != tuple(size):
+            raise DataError(f"mask '{path}' is {got[0]}x{got[1]} px but its image (item '{self.names[i]}' of the "
+                            f"dataset) is {size[0]}x{size[1]}: give each mask the size of its image (width x "
+                            "height), so that it is resized and cropped with it")
+
+
+def mask_key(name: str) -> str:
+    """What an image name and a mask file have in common: the relative path without its extension."""
+    path = Path(name)
+    return (path.with_suffix("") if path.suffix.lower() in IMAGE_SUFFIXES else path).as_posix()
+
+
+def folder_masks(root: str | Path, names: list[str], spec: InputSpec) -> Masks:
+    """The masks below ``root`` matched to the images ``names`` (relative paths, or a zoo set's 'test/00012'):
+    the mask of 'cat/001.jpg' is 'cat/001.*' (any image suffix). Checked before anything is decoded (no torch):
+    ``root`` must be a folder holding masks, and every mask must name an image (a misnamed mask would otherwise
+    silently leave its image without one) and be the only mask of its image; each is a `DataError` with what to
+    do. Images without a mask are listed by `Masks.check_sizes` (on the images used)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"masks folder '{root}' does not exist or is not a folder: {MASKS_HELP}")
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise DataError(f"no masks found in '{root}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))}): "
+                        f"{MASKS_HELP}")
+    by_key: dict[str, Path] = {}
+    for f in files:
+        key = mask_key(f.relative_to(root).as_posix())
+        if key in by_key:
+            raise DataError(f"two masks for the image '{key}' in '{root}': '{by_key[key].name}' and '{f.name}': "
+                            "keep one mask per image")
+        by_key[key] = f
+    keys = [mask_key(n) for n in names]
+    known = set(keys)
+    orphans = [p for k, p in by_key.items() if k not in known]
+    if orphans:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise DataError(f"mask '{orphans[0]}'{more} matches no image (it would be the mask of an image "
+                        f"'{mask_key(orphans[0].relative_to(root).as_posix())}.*' beside the others): "
+                        f"{MASKS_HELP}; rename or remove it")
+    return Masks(str(root), paths=[by_key.get(k) for k in keys], names=list(names),
+                 size=tuple(spec.size) if spec is not None and spec.size else None)
+
+
+def oriented_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image file ``path`` as it is shown (EXIF orientation applied), from its header
+    alone; `BadImage` when it cannot be opened."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                w, h = img.size
+                turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+    except Image.UnidentifiedImageError:
+        raise BadImage("is not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"cannot be opened ({str(exc)[:120] or type(exc).__name__})") from None
+    return (h, w) if turned else (w, h)
+
+
+def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The mask file ``path`` as bool (H, W) = ``size``, True where any colour value is non-zero (alpha is not a
+    colour: a mask with an opaque alpha channel is not all object). Resized and centre-cropped like its image
+    (`fit_image`: the same `ImageOps.fit` box, so the mask stays on its object), with nearest-neighbour
+    resampling so that it stays binary. `BadImage` when it cannot be decoded."""
+    from PIL import Image, ImageOps
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                arr = np.asarray(img)
+                bands = img.getbands()
+    except Image.UnidentifiedImageError:
+        raise BadImage("is not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"cannot be decoded ({str(exc)[:120] or type(exc).__name__})") from None
+    if arr.ndim == 3:
+        colour = [k for k, b in enumerate(bands) if b != "A"] or [0]
+        arr = arr[..., colour].any(axis=-1) if len(colour) > 1 else arr[..., colour[0]]
+    on = Image.fromarray(np.where(arr != 0, 255, 0).astype(np.uint8), "L")
+    h, w = size
+    if on.size != (w, h):
+        on = ImageOps.fit(on, (w, h), method=Image.Resampling.NEAREST)
+    return np.asarray(on) > 127
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,19 +595,39 @@ class DatasetImages:
         """The dataset index of image ``i``."""
         return i if self.items is None else self.items[i]
 
-    def bind(self, spec: Any) -> Any:
+    def bind(self, spec: Any, masks: Optional[str] = None) -> Any:
         """The `ImageSet` that reads item ``i`` on demand and fits it to ``spec``; labels are
-        filled in as items are read (the build's one pass reads every item before any label is used)."""
+        filled in as items are read (the build's one pass reads every item before any label is used).
+
+        ``masks``: a folder of object masks matched to the items by their file paths below the dataset's root
+        (`folder_masks`; a dataset without ``samples`` and ``root`` has no paths to match); each mask's size is
+        checked against its item's image when the pass reads the item (`Masks.check_item`)."""
         n = len(self.names)
         image_set = ImageSet(source=self.source, names=list(self.names), labels=np.full(n, -1, dtype=np.int64),
                              class_names=None, spec=spec, _load=lambda i: None, notes=list(self.notes))
         count = conversions_counter(image_set.conversions)
         dataset, item = self.dataset, self.item
+        if masks is not None:
+            every = _item_names(dataset, list(range(len(dataset))))
+            if every and every[0].startswith("item "):
+                raise DataError(f"masks: the {type(dataset).__name__}'s items have no file paths (an ImageFolder's "
+                                "samples and root), so no mask can be matched to them: give the images as a "
+                                "folder (--images) or a dataset with samples and root")
+            image_set.masks = folder_masks(masks, every, spec)
+            if self.items is not None:
+                image_set.masks.take(self.items)
+            image_set.masks.list_missing()
 
         def load(i: int) -> np.ndarray:
             image, label = read_item(dataset, item(i))
             image_set.labels[i] = label
             mine: dict[str, int] = {}
+            if image_set.masks is not None:
+                picture = item_picture(image, item(i))
+                w, h = picture.size
+                turned = picture.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+                image_set.masks.check_item(i, (h, w) if turned else (w, h))
+                image = picture
             arr = fit_item(image, spec, mine, item(i))
             count(i, mine)
             return arr

@@ -59,8 +59,9 @@ def colour_limits(maps: np.ndarray, percentile: float = 99.0) -> tuple[float, np
     return shared, per_image
 
 
-def mask_scores(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """How well non-negative maps (N, H, W) find the objects of boolean ``masks`` (N, H, W).
+def mask_scores(maps: np.ndarray, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """How well non-negative maps (N, H, W) find the objects of boolean ``masks`` (N, H, W), or of a list of N
+    bool (H, W) masks where None marks an image without a mask (both its scores NaN).
 
     Returns ``(mass, hit)``, each (N,) float: ``mass`` = the share of the map's total inside the mask, in [0, 1]
     (a uniform map scores the mask's area fraction); ``hit`` = 1.0 when the map's maximum lies inside the mask,
@@ -69,6 +70,13 @@ def mask_scores(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.nda
     is zero everywhere gets NaN for both (it points nowhere).
     """
     m = np.clip(np.asarray(maps, dtype=np.float64), 0, None)
+    if isinstance(masks, (list, tuple)):
+        none = np.array([k is None for k in masks], dtype=bool)
+        blank = np.zeros(m.shape[1:], dtype=bool)
+        mass, hit = mask_scores(m, np.stack([blank if k is None else k for k in masks]) if masks else
+                                np.zeros(m.shape, dtype=bool))
+        mass[none], hit[none] = np.nan, np.nan
+        return mass, hit
     k = np.asarray(masks, dtype=bool)
     if m.shape != k.shape:
         raise ValueError(f"maps {m.shape} and masks {k.shape} must have the same shape")
@@ -386,19 +394,20 @@ class AttributionAnalysis(Analysis):
         over_image = heat.shape[1:] == displays.shape[1:3]
         scores = None
         masks = ctx.images.masks
-        if masks is not None and over_image and masks.shape[1:] == heat.shape[1:]:
-            mask_stack = np.stack([masks[t.image] for t in targets])
-            scores = mask_scores(heat, mask_stack)
-            pred = [k for k, t in enumerate(targets) if t.role == "predicted"]
-            # scored on the predicted-class maps: one per sample image, whatever the configured classes
+        got = [masks.get(t.image) for t in targets] if masks is not None and over_image and (
+            tuple(masks.size) == heat.shape[1:]) else []
+        if any(k is not None for k in got):
+            scores = mask_scores(heat, got)  # an image without a mask (--masks left it out) scores NaN
+            # scored on the predicted-class maps: one per sample image with a mask, whatever the configured classes
+            pred = [k for k, t in enumerate(targets) if t.role == "predicted" and got[k] is not None]
             result.metrics["object mass share"] = nan_mean(scores[0][pred])
             result.metrics["pointing game"] = nan_mean(scores[1][pred])
-            result.metrics["object area (chance)"] = float(mask_stack[pred].mean())
+            result.metrics["object area (chance)"] = nan_mean(np.array([got[k].mean() for k in pred]))
             # per sample image, for the findings: mass on object, pointing-game hit, the object's area share and
             # the key of the map's figure on this page
             first = "shared" if params.scale in ("shared", "both") else "per-image"
             result.shared["mask scores"] = {
-                int(targets[k].image): (float(scores[0][k]), float(scores[1][k]), float(mask_stack[k].mean()),
+                int(targets[k].image): (float(scores[0][k]), float(scores[1][k]), float(got[k].mean()),
                                         f"{first}-{targets[k].role}-{targets[k].image:05d}-{targets[k].cls}")
                 for k in pred}
 
