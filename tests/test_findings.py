@@ -224,12 +224,22 @@ def test_evidence_outside_the_object_is_called_context():
     assert unjudged.numbers["mass on object"] == pytest.approx(0.55) and "did not run" in unjudged.sentence
 
 
-def test_robustness_against_the_random_sphere():
+def test_robustness_against_the_random_sphere_at_the_same_norm():
     fragile = {"change %": [0.5, 0.7, 0.9, 40.0], "changed": [True, True, True, False], "steps": 100,
-               "sphere fraction": [0.0, 0.02, 0.01]}
+               "sphere fraction": [0.0, 0.02, 0.01], "sphere changed": [0, 2, 1], "sphere drawn": [100, 100, 100],
+               "sphere scale": 1.0}
     (f,) = fd.robustness_findings(fragile)
     assert f.severity == "alert" and f.numbers["median change %"] == pytest.approx(0.7)
-    assert f.numbers["random flip share at 2x"] == pytest.approx(0.01) and f.numbers["changed"] == 3
+    assert f.numbers["random flip share at the same norm"] == pytest.approx(0.01) and f.numbers["changed"] == 3
+    # the ratio of flip rates at equal norm: 100% for the adversarial change against a mean 1% for random ones
+    assert "random changes of the same norm" in f.sentence and "about 100 times as often" in f.sentence
+    assert "3 of 300 points in all" in f.sentence
+    (safe,) = fd.robustness_findings({**fragile, "sphere fraction": [0.0, 0.0, 0.0], "sphere changed": [0, 0, 0]})
+    assert "no random change flipped the label" in safe.sentence and "times as often" not in safe.sentence
+    # a sphere at another scale is named as such, and not compared as if it were like with like
+    (twice,) = fd.robustness_findings({**fragile, "sphere scale": 2.0})
+    assert twice.numbers["random flip share at 2x"] == pytest.approx(0.01)
+    assert "2 times as large" in twice.sentence and "not at the same norm" in twice.sentence
     (sturdy,) = fd.robustness_findings({"change %": [12.0, 20.0], "changed": [True, True], "steps": 100})
     assert sturdy.severity == "info" and "did not run" in sturdy.sentence
     (never,) = fd.robustness_findings({"change %": [3.0], "changed": [False], "steps": 100})

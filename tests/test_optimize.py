@@ -396,8 +396,11 @@ def test_random_sphere_counts_and_is_seeded(digits_mlp):
     assert torch.equal(a.changed, b.changed)
     assert torch.allclose(a.norm_min, radius, rtol=1e-5) and torch.allclose(a.norm_max, radius, rtol=1e-5)
     assert torch.allclose(a.fraction, a.changed / 300.0)
-    # Szegedy et al.: random directions of twice the adversarial norm flip far less often than every time
+    # Szegedy et al.: random directions of twice the adversarial norm flip far less often than every time, and so
+    # do those of the same norm (the report's control), which the adversarial direction flips every time
     assert (a.fraction < 0.5).all(), a.fraction
+    same = random_sphere(model, x[:3], radius / 2, m=100, batch_size=128, generator=gen(5))
+    assert bool(adv.success.all()) and (same.fraction < 0.5).all(), same.fraction
     huge = random_sphere(model, x[:1], 1e4, m=50, generator=gen())
     assert huge.changed.item() > 0  # far away the label is no longer the image's
     # the points come in blocks of 50 whatever the batch size: the same counts with batches of 7

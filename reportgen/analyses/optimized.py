@@ -569,8 +569,11 @@ class AdversarialParams:
         "Class name for the targeted variant; empty = each image's second most likely class."))
     targeted: bool = field(default=True, metadata=doc("Also run the targeted variant."))
     sphere_points: int = field(default=1000, metadata=doc(
-        "Random points per image on the sphere of radius 2 ||x - x~|| around it (the control), at most; 0 = skip.",
-        min=0, max=100000))
+        "Random points per image on the sphere of radius sphere_scale x ||x - x~|| around it (the control), at most; "
+        "0 = skip.", min=0, max=100000))
+    sphere_scale: float = field(default=1.0, metadata=doc(
+        "Radius of the control's sphere as a multiple of each image's adversarial change ||x - x~||: 1 = the same "
+        "norm (like with like: what the findings compare), 2 = random changes twice as large.", min=0.01, max=100.0))
     sphere_tolerance: float = field(default=0.02, metadata=doc(
         "Stop drawing sphere points for an image once the 95% Wilson interval of its flip fraction is within "
         "+/- this (checked every 50 points); 0 = always draw sphere_points.", min=0.0, max=0.5))
@@ -592,7 +595,8 @@ class Adversarial(Analysis):
     name = "adversarial"
     title = "Adversarial examples"
     section = "optimized"
-    summary = "the smallest gradient steps that change each sample's label, and random changes twice as large"
+    summary = ("the smallest gradient steps that change each sample's label, and random changes of the same norm "
+               "(the control)")
     paper = "Szegedy et al., Intriguing properties of neural networks, ICLR 2014"
     paper_url = "https://arxiv.org/abs/1312.6199"
     order = 40
@@ -685,7 +689,9 @@ class Adversarial(Analysis):
 
         if params.sphere_points and ok.any():
             sel = np.flatnonzero(ok)
-            radius = 2.0 * (res.adv - x.to(res.adv.dtype)).flatten(1).norm(dim=1)[torch.as_tensor(sel)]
+            scale = params.sphere_scale
+            # the control at the adversarial change's own norm (scale 1): a random change as large as the one found
+            radius = scale * (res.adv - x.to(res.adv.dtype)).flatten(1).norm(dim=1)[torch.as_tensor(sel)]
 
             def sphere(r: int) -> Any:  # one image's points, from a generator of its own (named by its index)
                 j = int(sel[r])
@@ -710,18 +716,23 @@ class Adversarial(Analysis):
                              float(100 * float(sph.radius[r]) / xnorm[j]), int(sph.drawn[r]),
                              int(sph.changed[r]), float(frac[r]),
                              f"{float(sph.low[r]):.3f} to {float(sph.high[r]):.3f}"])
+            size = "of the same norm" if scale == 1 else f"{scale:g} times as large"
             result.items.append(Table(
-                key="sphere", group="Summary", label="Control: random changes twice as large",
+                key="sphere", group="Summary", label=f"Control: random changes {size}",
                 columns=["image", "predicted", "adversarial change %", "sphere radius %", "points",
                          "label changes", "fraction", "95% interval"],
                 rows=rows,
-                caption=f"Points drawn uniformly on the sphere of radius 2 ||x - x~|| around each image whose label "
+                caption=f"Points drawn uniformly on the sphere of radius {'' if scale == 1 else f'{scale:g} '}"
+                        "||x - x~|| around each image whose label "
                         "the attack changed (radius as % of ||x||, normalized inputs, not clipped to the pixel "
                         "range), classified by the model; label changes = points classified differently from the "
                         f"image. {stop} The interval is the 95% Wilson score interval of the fraction."))
             result.metrics["sphere: mean fraction flipped"] = float(frac.mean())
             result.shared["robustness"].update({"sphere images": [int(idx[j]) for j in sel],
                                                 "sphere fraction": frac.astype(float).tolist(),
+                                                "sphere changed": [int(v) for v in sph.changed],
+                                                "sphere drawn": [int(v) for v in sph.drawn],
+                                                "sphere scale": float(scale),
                                                 "sphere radius %": [float(r[3]) for r in rows]})
         elif params.sphere_points:
             result.notes.append("No label changed, so the random-sphere control has no radius to test.")

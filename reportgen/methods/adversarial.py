@@ -221,13 +221,14 @@ def random_sphere(
     """How often random perturbations of a given size change the label: the control for `adversarial`.
 
     For each image of ``inputs`` ``(N, C, H, W)`` draws ``m`` points uniformly on the sphere of ``radius`` (a number,
-    or ``(N,)``, e.g. ``2 * ||adv - x||``) around it with `sphere_points`, ``block`` points per draw (so the points do
+    or ``(N,)``, e.g. ``||adv - x||``: random changes of the adversarial change's own norm) around it with `sphere_points`, ``block`` points per draw (so the points do
     not depend on ``batch_size``), classifies them ``batch_size`` at a time and counts label changes. With
     ``tolerance`` > 0 an image stops after the first block at which the 95% Wilson interval of its flip rate is
     within +/- ``tolerance`` (at most ``m`` points; 0 flips in 100 points gives [0, 0.037], so 0.02 stops there).
-    Checking after every block is a sequential test: the interval's coverage is then approximate. A sphere at a fixed
-    multiple of the adversarial distance is this project's control, not Szegedy et al.'s (they added Gaussian
-    noise). Fawzi et al. 2016 (https://arxiv.org/abs/1608.08967) show that for a linear classifier, and
+    Checking after every block is a sequential test: the interval's coverage is then approximate. A sphere at the
+    adversarial distance (or a fixed multiple of it) is this project's control, not Szegedy et al.'s (they added
+    Gaussian noise): at the same norm it says how much more often the found direction flips the label than a random
+    one. Fawzi et al. 2016 (https://arxiv.org/abs/1608.08967) show that for a linear classifier, and
     approximately for one with a slightly curved boundary, the distance to the boundary along a random direction is
     about sqrt(d) times the smallest one (d = ``C*H*W``), so few points should flip.
     Same generator seed, ``m``, ``block`` and ``tolerance``, same result. No clamping: points may leave the pixel
