@@ -331,3 +331,26 @@ def manifest_tables(out, name: str) -> list:
     (entry,) = [a for a in manifest["analyses"] if a["name"] == name]
     (table,) = [i for i in entry["items"] if i.get("key") == "trust"]
     return table["rows"]
+
+
+def test_the_cost_each_page_states_is_the_images_one_map_sends_through_the_model():
+    """`passes` (forward passes of one image per map, what the compute budget multiplies) against the images the
+    method function really sends through the model at the page's defaults, counted by a hook."""
+    import tiny_models
+    from reportgen.analyses import get
+
+    model = tiny_models.tiny_cnn().eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+    try:
+        for name, method in (("rise", P.rise), ("kernel-shap", P.kernel_shap), ("lime", P.lime)):
+            analysis = get(name)
+            params = analysis.Params()
+            seen.clear()
+            options = {"rise": {}, "kernel-shap": {"segments": squares(32, 8)}, "lime": {"segments": squares(32, 8)}}
+            method(model, x, 0, **options[name])
+            assert sum(seen) == analysis.passes(None, params) == {"rise": 1000, "kernel-shap": 200, "lime": 200}[name]
+            assert max(seen) == 64  # batches of 64 copies (the functions' default batch_size)
+    finally:
+        handle.remove()
