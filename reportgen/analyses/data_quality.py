@@ -28,8 +28,8 @@ class ThumbnailSample(Reducer):
     """A seeded uniform sample of at most ``max_images`` images (chosen as `FeatureSample` chooses: by a seeded hash
     of the image index, so the same images whatever the batches, their order or the number of ranks): each image's
     thumbnail (`reportgen.methods.data_quality.thumbnails`, pixel values in [0, 1]) and a 64-bit digest of its
-    full-size 8-bit pixels (equal digests: identical model inputs). Memory: max_images x (C x 16 x 16 float32 + 16
-    bytes), whatever the size of the image set."""
+    8-bit pixels at the model's input size (equal digests: identical model inputs). Memory: max_images x (C x 16 x
+    16 float32 + 16 bytes), whatever the size of the image set."""
 
     def __init__(self, max_images: int, mean: Any, std: Any, rng: np.random.Generator, side: int = THUMB) -> None:
         self.layers = []
