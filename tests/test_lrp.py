@@ -295,7 +295,7 @@ def test_the_analysis_says_not_applicable_with_the_reason():
     verdict, why = analysis.exactness(SimpleNamespace(python=True, _model=_Gelu().eval()))
     assert verdict == "not applicable" and "GELU" in why
     verdict, why = analysis.exactness(SimpleNamespace(python=True, _model=tiny_resnet()))
-    assert verdict == "exact" and "11 BatchNorm folded" in why and "4 additions" in why
+    assert verdict == "exact" and "11 BatchNorms folded" in why and "4 additions" in why
 
 
 def test_wrong_arguments_say_what_to_do():

@@ -22,14 +22,9 @@ from .influence import AttributionAnalysis, _percentile_field, _scale_field, fmt
 
 # kept in step with reportgen.methods.lrp.COMPOSITES (that module imports torch; listing the analyses must not)
 COMPOSITES = ("epsilon-gamma-box", "epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1")
-COMPOSITE_WORDS = {
-    "epsilon-gamma-box": "z^B box rule on the first convolution (pixels in their normalized [0, 1] range), "
-                         "gamma = {gamma} on the other convolutions, epsilon = {epsilon} on the dense layers",
-    "epsilon-plus": "z+ (alpha 1, beta 0) on every convolution, epsilon = {epsilon} on the dense layers",
-    "epsilon-plus-flat": "flat rule on the first layer, z+ (alpha 1, beta 0) on the other convolutions, "
-                         "epsilon = {epsilon} on the dense layers",
-    "epsilon-alpha2-beta1": "alpha 2, beta 1 on every convolution, epsilon = {epsilon} on the dense layers",
-}
+RULE_WORDS = {"box": "z^B (pixels in their [0, 1] range, in normalized units)", "gamma": "gamma = {gamma}",
+              "epsilon": "epsilon = {epsilon}", "zplus": "z+ (alpha 1, beta 0)", "alpha2-beta1": "alpha 2, beta 1",
+              "flat": "the flat rule"}
 
 
 @dataclass
@@ -40,7 +35,7 @@ class LRPParams:
         "epsilon-plus, epsilon-plus-flat or epsilon-alpha2-beta1.", choices=COMPOSITES))
     epsilon: float = field(default=1e-6, metadata=doc(
         "Stabilizer of the epsilon rule on dense layers (added to each denominator with its sign; larger values "
-        "absorb weak or contradictory relevance).", min=0.0))
+        "absorb weak or contradictory relevance; above 0, or a unit with output 0 divides by 0).", min=1e-12))
     gamma: float = field(default=0.25, metadata=doc(
         "Weight of the positive weights added by the gamma rule on convolutions (0 = LRP-0).", min=0.0))
     scale: str = _scale_field()
@@ -60,6 +55,10 @@ def signed_limits(maps: np.ndarray, percentile: float) -> tuple[float, np.ndarra
 
     shared = safe(float(np.percentile(a, percentile)) if a.size else 0.0, a)
     return shared, np.array([safe(float(np.percentile(row, percentile)), row) for row in a])
+
+
+def folded_words(n: int) -> str:
+    return f"{n} BatchNorm{'s' if n > 1 else ''} folded into the layer before {'each' if n > 1 else 'it'}"
 
 
 def _key_parts(key: str) -> tuple[str, str, int, int]:
@@ -98,7 +97,7 @@ class LRP(AttributionAnalysis):
         kinds = list(plan.actions.values())
         words = [f"{len(plan.layers)} convolution and dense layers with their rule"]
         if plan.folded:
-            words.append(f"{len(plan.folded)} BatchNorm folded into the layer before it")
+            words.append(folded_words(len(plan.folded)))
         if kinds.count("sum"):
             words.append(f"{kinds.count('sum')} additions split in proportion to their inputs")
         return "", "every operation on the image's path has its rule: " + ", ".join(words)
@@ -126,20 +125,37 @@ class LRP(AttributionAnalysis):
         mean, std = np.asarray(spec.mean, dtype=np.float64), np.asarray(spec.std, dtype=np.float64)
         # pixels p in [0, 1] are fed as (p - mean) / std: the z^B rule's bounds per channel
         return {"composite": params.composite, "epsilon": params.epsilon, "gamma": params.gamma,
-                "low": [float(v) for v in -mean / std], "high": [float(v) for v in (1 - mean) / std]}
+                "low": [float(v) for v in -mean / std], "high": [float(v) for v in (1 - mean) / std],
+                "plan": self._plan_words(ctx.model, params)}
+
+    def _plan_words(self, model: Any, params: Any) -> str:
+        """Which rule this model's layers get, and what else the plan does (for the page's words)."""
+        from ..methods.lrp import layer_rules, lrp_plan
+
+        plan = lrp_plan(model)
+        rules = list(layer_rules(plan, None, params.composite).values())
+        words = []
+        for rule in RULE_WORDS:
+            if rules.count(rule):
+                what = RULE_WORDS[rule].format(gamma=fmt(params.gamma), epsilon=fmt(params.epsilon))
+                words.append(f"{what} on {rules.count(rule)} layer{'s' if rules.count(rule) > 1 else ''}")
+        if plan.folded:
+            words.append(folded_words(len(plan.folded)))
+        sums = list(plan.actions.values()).count("sum")
+        if sums:
+            words.append(f"{sums} addition{'s' if sums > 1 else ''} split in proportion to the inputs")
+        return ", ".join(words)
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.lrp import lrp
 
         # the channels' relevances add up: their sum keeps conservation and the sign (for / against)
-        return lrp(model, inputs, target, **options).sum(dim=1)
+        settings = {k: v for k, v in options.items() if k != "plan"}  # "plan" is words for the page
+        return lrp(model, inputs, target, **settings).sum(dim=1)
 
     def words(self, options: dict) -> str:
-        rules = COMPOSITE_WORDS[options["composite"]].format(gamma=fmt(options["gamma"]),
-                                                             epsilon=fmt(options["epsilon"]))
         return (f"each pixel's relevance for the class logit summed over colour channels, LRP with the "
-                f"{options['composite']} composite ({rules}; BatchNorm folded into its convolution, each residual "
-                "addition split in proportion to its inputs)")
+                f"{options['composite']} composite ({options['plan']})")
 
     def short(self, options: dict) -> str:
         return f"LRP ({options['composite']})"
@@ -174,8 +190,8 @@ class LRP(AttributionAnalysis):
             item.caption = (f"{self.short(options)} for class '{names[cls]}' ({role}) of {ctx.images.names[image]}. "
                             f"Red: relevance for the class, blue: against it, white: 0; {where}, the colours "
                             f"saturate at +-{fmt(limit)} ({pct} of |relevance|). The map sums to {fmt(total)}; the "
-                            f"logit is {fmt(logit)} (the difference is what biases, the stabilizers and the rules' discarded "
-                            "parts took or gave).")
+                            f"logit is {fmt(logit)} (the difference is what biases, the stabilizers and the "
+                            "rules' discarded parts took or gave).")
             score = masked.get(image)
             if role == "predicted" and score is not None and not np.isnan(score[0]):
                 item.caption += (f" {score[0]:.0%} of the positive relevance lies on the object; its maximum is "
