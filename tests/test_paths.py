@@ -373,3 +373,25 @@ def test_pages_state_their_cost_and_the_gap(tmp_path, image_folder):
     metrics = {a["name"]: a["metrics"] for a in manifest["analyses"]}
     assert metrics["deeplift"]["largest |completeness gap| / |F(x) - F(x')|"] < 1e-4
     assert metrics["integrated-gradients"]["largest |completeness gap| / |F(x) - F(x')|"] < 0.05
+
+
+def test_deeplift_is_not_applicable_beyond_relus_and_max_pooling():
+    """The page's verdict, from the facts the build's plan learns (the non-linearity report and the layer table)."""
+    from types import SimpleNamespace
+
+    from reportgen.analyses.paths import DeepLift, deeplift_reason
+    from reportgen.methods.relu_rules import inspect_nonlinearities
+
+    def facts(model: nn.Module) -> SimpleNamespace:
+        layers = [SimpleNamespace(type=type(m).__name__, out_shape=(1,)) for m in model.modules()]
+        return SimpleNamespace(nonlinearities=inspect_nonlinearities(model, images(1)), layers=layers)
+
+    assert DeepLift().exactness(facts(ReluNet("reused").eval())) == (
+        "exact", "every ReLU call and 2-D max pooling rewritten (Rescale rule)")
+    gelu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    verdict, why = DeepLift().exactness(facts(gelu))
+    assert verdict == "not applicable" and "GELU" in why and "would not add up" in why
+    norm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    assert "GroupNorm" in deeplift_reason(facts(norm))
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(108, 2)).eval()
+    assert deeplift_reason(facts(linear)).startswith("the model has no ReLU")
