@@ -114,16 +114,19 @@ def colorbar_png(style: str, vmax: float) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(2.4, 0.55), dpi=100)
-    ax = fig.add_axes([0.06, 0.55, 0.88, 0.3])
+    fig = Figure(figsize=(1.6, 0.42), dpi=100)  # the size a page shows it at (160 px)
+    ax = fig.add_axes([0.05, 0.55, 0.9, 0.32], label="<colorbar>")  # matplotlib's name for a colour bar's axes
     lo = -vmax if style == "signed" else 0.0
     xs = np.linspace(lo, vmax, 256)[None, :]
     rgb = signed_colors(xs, vmax) if style == "signed" else heat_colors(xs, vmax)
     ax.imshow(rgb, aspect="auto", extent=(lo, vmax, 0, 1))
     ax.set_yticks([])
     ax.set_xticks([lo, 0, vmax] if style == "signed" else [0, vmax])
-    ax.set_xticklabels([f"{v:.3g}" for v in ([lo, 0, vmax] if style == "signed" else [0, vmax])], fontsize=7)
-    return figure_png(fig)
+    labels = ax.set_xticklabels([f"{v:.3g}" for v in ([lo, 0, vmax] if style == "signed" else [0, vmax])],
+                                fontsize=7)
+    labels[0].set_horizontalalignment("left")  # the end values start and stop with the bar: never cut off
+    labels[-1].set_horizontalalignment("right")
+    return figure_png(fig, layout=True)
 
 
 def figure_png(fig: Any, layout: bool = False) -> bytes:
@@ -182,9 +185,7 @@ def figure_layout(fig: Any) -> dict:
             out["legends"].append(box(ax.get_legend()))
     for legend in fig.legends:
         out["legends"].append(box(legend))
-    if fig._suptitle is not None:
-        text(fig._suptitle)
-    for t in fig.texts:
+    for t in fig.texts:  # the suptitle among them
         text(t)
     out["font_px"] = round(min(sizes), 2) if sizes else None
     return out
@@ -272,7 +273,7 @@ def render_plot(item: Plot, writer: ArtifactWriter, rel: str) -> dict:
     if item.kind not in PLOT_KINDS:
         raise KeyError(f"no plot kind '{item.kind}' (known: {', '.join(sorted(PLOT_KINDS))})")
     out = PLOT_KINDS[item.kind](item.data)
-    entry = _base_entry(item, "plot")
+    entry = {**_base_entry(item, "plot"), "kind": item.kind}
     if isinstance(out, list):  # frames -> animated GIF, plus the last frame as a still
         from PIL import Image
 

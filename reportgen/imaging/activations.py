@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import plot_kind
-from .charts import new_figure
+from .charts import DPI, LEGEND_MAX, WIDTH, legend_below, new_figure, wrap_label
 
 # the two classes of a point model and the hidden units' lines must stand out from the grey response surface
 POINT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -62,14 +62,16 @@ def perceptron_strip(data: dict):
 
     panels = data["panels"]
     n = len(panels)
-    fig = Figure(figsize=(2.3 * n + 0.2, 3.05), dpi=110, layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    cols = min(n, 3)  # rows of at most 3 panels: each about 1.6 inches wide in the chart's width
+    rows = -(-n // cols)
+    fig = Figure(figsize=(WIDTH, 1.85 * rows + 0.45), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for ax, panel in zip(axes, panels):
         _perceptron_panel(ax, panel, data, small=True)
+    for ax in axes[n:]:
+        ax.set_axis_off()
     handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, markerscale=2,
-                   frameon=False)
+    legend_below(fig, handles=handles, labels=labels)
     return fig
 
 
@@ -95,7 +97,7 @@ def histogram(data: dict):
     """data: edges (B+1,), counts (B,), xlabel, title, logy (default True), mean, std (drawn as lines when given)."""
     edges = np.asarray(data["edges"], dtype=np.float64)
     counts = np.asarray(data["counts"], dtype=np.float64)
-    fig, ax = new_figure(data.get("width", 4.2), data.get("height", 2.8))
+    fig, ax = new_figure(data.get("width", 4.2), data.get("height", 2.8) + 0.2 * (data.get("mean") is not None))
     ax.stairs(counts, edges, fill=True, color="#4a7bd0", alpha=0.85)
     if data.get("logy", True) and counts.max() > 0:
         ax.set_yscale("log")
@@ -106,7 +108,7 @@ def histogram(data: dict):
             for s in (-1, 1):
                 ax.axvline(data["mean"] + s * data["std"], color="#d0504a", linewidth=0.8, linestyle="--",
                            label=f"± std {data['std']:.3g}" if s == 1 else None)
-        ax.legend(fontsize=7)
+        legend_below(fig, ax)  # outside: a histogram's bars fill the axes
     used = np.flatnonzero(counts)
     if len(used):  # the streamed histogram's range doubles when it grows: do not show its empty margins
         lo, hi = edges[used[0]], edges[used[-1] + 1]
@@ -133,13 +135,26 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, colors: list, size: float) 
     ax.set_aspect("equal", adjustable="datalim")
 
 
-def _legend(fig, class_names: list, labels: np.ndarray, colors: list, **kw) -> None:
+def _legend(fig, class_names: list, labels: np.ndarray, colors: list) -> None:
+    """The classes present, under the panels; more than `LEGEND_MAX` cannot be told apart by colour, and are not
+    listed (the interactive view names each point)."""
     from matplotlib.lines import Line2D
 
     present = sorted(c for c in set(labels.tolist()) if 0 <= c < len(class_names))
+    if not present or len(present) > LEGEND_MAX:
+        return
     handles = [Line2D([], [], marker="o", linestyle="", color=colors[c], markersize=5) for c in present]
-    if handles:
-        fig.legend(handles, [class_names[c] for c in present], fontsize=7, frameon=False, **kw)
+    legend_below(fig, handles=handles, labels=[class_names[c] for c in present])
+
+
+def _legend_rows(fig, class_names: list, labels: np.ndarray) -> float:
+    """Inches the class legend under the panels takes (see `_legend`)."""
+    present = [c for c in set(labels.tolist()) if 0 <= c < len(class_names)]
+    if not present or len(present) > LEGEND_MAX:
+        return 0.0
+    longest = max(len(str(class_names[c])) for c in present)
+    per_row = max(1, int(fig.get_figwidth() * 0.95 // (0.35 + longest * 7 * 0.55 / 72)))
+    return 0.2 * -(-len(present) // per_row)
 
 
 @plot_kind("embedding")
@@ -152,14 +167,19 @@ def embedding(data: dict):
     names = list(data.get("class_names") or [])
     colors = class_colors(max(len(names), int(labels.max(initial=0)) + 1))
     panels = data["panels"]
-    fig = Figure(figsize=(3.3 * len(panels) + 1.3, 3.5), dpi=110, layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    cols = min(len(panels), 2)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(WIDTH, (WIDTH / cols) * rows + 0.3), dpi=DPI, layout="constrained")
+    fig.set_figheight(fig.get_figheight() + _legend_rows(fig, names, labels) + (0.25 if data.get("title") else 0))
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for ax, panel in zip(axes, panels):
         _scatter(ax, panel["xy"], labels, colors, 6)
-        ax.set_title(panel["title"], fontsize=9)
+        ax.set_title(wrap_label(panel["title"], int(WIDTH / cols * 72 / (9 * 0.62))), fontsize=9)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
     if data.get("title"):
         fig.suptitle(data["title"], fontsize=10)
-    _legend(fig, names, labels, colors, loc="outside right center", ncol=1)
+    _legend(fig, names, labels, colors)
     return fig
 
 
@@ -173,14 +193,15 @@ def embedding_strip(data: dict):
     names = list(data.get("class_names") or [])
     colors = class_colors(max(len(names), int(labels.max(initial=0)) + 1))
     panels = data["panels"]
-    cols = min(5, len(panels))
+    cols = min(3, len(panels))  # panels of about 1.6 inches in the chart's width; more layers, more rows
     rows = int(np.ceil(len(panels) / cols))
-    fig = Figure(figsize=(2.2 * cols + 1.2, 2.35 * rows + 0.2), dpi=110, layout="constrained")
+    fig = Figure(figsize=(WIDTH, (WIDTH / cols + 0.2) * rows), dpi=DPI, layout="constrained")
+    fig.set_figheight(fig.get_figheight() + _legend_rows(fig, names, labels))
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for ax, panel in zip(axes, panels):
         _scatter(ax, panel["xy"], labels, colors, 3)
-        ax.set_title(panel["title"], fontsize=8)
+        ax.set_title(wrap_label(panel["title"], int(WIDTH / cols * 72 / (8 * 0.62))), fontsize=8)
     for ax in axes[len(panels):]:
         ax.set_axis_off()
-    _legend(fig, names, labels, colors, loc="outside right center", ncol=1)
+    _legend(fig, names, labels, colors)
     return fig

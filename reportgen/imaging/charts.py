@@ -9,10 +9,16 @@ import numpy as np
 from . import plot_kind
 
 
-def new_figure(width: float = 5.0, height: float = 3.2):
+WIDTH = 5.0  # inches: a chart's width at DPI (550 px), about what a page shows (34rem); charts grow down, not wide
+DPI = 110
+TICK_PT = 7  # the size of crowded tick labels (layer and class names)
+LEGEND_MAX = 24  # a legend lists at most this many entries; more (a 1,000-class head) get a note instead
+
+
+def new_figure(width: float = WIDTH, height: float = 3.2):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    fig = Figure(figsize=(min(width, WIDTH), height), dpi=DPI, layout="constrained")
     return fig, fig.add_subplot(1, 1, 1)
 
 
@@ -29,26 +35,64 @@ def wrap_label(text: str, width: int = 24) -> str:
     return "\n".join(lines + [line.rstrip()]) if line.strip() else "\n".join(lines)
 
 
-def fit_tick_labels(fig, ax) -> None:
-    """Make ``fig`` larger by what its x tick labels take, measured as laid out: taller by their height beyond one
-    rotated short label, and wider until no two neighbouring labels overlap.
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    return canvas.get_renderer()
+
+
+def _overlapping(boxes, gap: float) -> bool:
+    return any(a.x1 + gap > b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
+def set_tick_labels(fig, ax, positions, labels, fontsize: float = TICK_PT) -> None:
+    """Put ``labels`` at x ``positions`` so that none overlaps another or leaves the figure.
+
+    Labels that fit the tick spacing in at most 3 lines stay level; else short labels that fit are rotated 45°.
+    Otherwise they stand upright (90°), each wrapped (`wrap_label`) to as few lines as the tick spacing holds side
+    by side, and the figure grows in height by what the labels take; only when one line per label is still too wide
+    for the spacing does it grow in width.
 
     Without it, long labels (a transformer's layer names) leave constrained layout no room for the axes: it gives
     up ("axes sizes collapsed to zero"), and the labels and the x axis title are cut off or overlap."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    labels = [t for t in ax.get_xticklabels() if t.get_text()]
-    if not labels:
-        return
-    one_line = 2.5 * 7 / 72  # inches: the room the chart's height already leaves a short rotated 7-pt label
-    tallest = max(t.get_window_extent(renderer).height for t in labels) / fig.dpi
-    fig.set_figheight(fig.get_figheight() + max(0.0, tallest - one_line))
+    renderer = _renderer(fig)
+    ax.set_xticks(positions)
     gap = 2.0  # pixels between neighbouring labels
+    texts = [str(t) for t in labels]
+    if not texts:
+        return
+    fig.draw_without_rendering()
+    xs = [ax.transData.transform((x, 0.0))[0] for x in positions]
+    spacing = min([b - a for a, b in zip(xs, xs[1:]) if b > a] or [ax.get_window_extent(renderer).width])
+    chars = int((spacing - 4 * gap) / (0.62 * fontsize * fig.dpi / 72.0))  # about, of DejaVu Sans
+    level = [wrap_label(t, chars) for t in texts] if chars >= 6 else []
+    if level and max(len(t.splitlines()) for t in level) <= 3:
+        ax.set_xticklabels(level, rotation=0, ha="center", va="top", fontsize=fontsize)
+        fig.draw_without_rendering()
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        if not _overlapping(boxes, gap) and all(b.x0 >= 0 and b.x1 <= fig.bbox.width for b in boxes):
+            return
+    if max(map(len, texts)) <= 24:
+        ax.set_xticklabels(texts, rotation=45, ha="right", va="top", rotation_mode="anchor", fontsize=fontsize)
+        fig.draw_without_rendering()
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        if not _overlapping(boxes, gap):
+            return
+    line = 1.25 * fontsize * fig.dpi / 72.0
+    fits = max(1, int((spacing - gap) // line))  # lines of a label that fit side by side between two ticks
+    width = 24
+    while width < 200 and max(len(wrap_label(t, width).splitlines()) for t in texts) > fits:
+        width += 4
+    wrapped = [wrap_label(t, width) for t in texts]
+    one_line = 2.5 * fontsize / 72  # inches: the room the chart's height already leaves a short rotated label
+    ax.set_xticklabels(wrapped, rotation=90, ha="center", va="top", rotation_mode="default", fontsize=fontsize)
+    tallest = max(t.get_window_extent(renderer).height for t in ax.get_xticklabels()) / fig.dpi
+    fig.set_figheight(fig.get_figheight() + max(0.0, tallest - one_line))
     for _ in range(3):  # the layout's margins move a little as the figure grows: measure again
         fig.draw_without_rendering()
-        boxes = [t.get_window_extent(renderer) for t in labels]
-        xs = [ax.transData.transform((t.get_position()[0], 0.0))[0] for t in labels]
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        xs = [ax.transData.transform((x, 0.0))[0] for x in positions]
         # the spacing of two ticks must grow by their labels' overlap
         factor = max([1.0 + (a.x1 + gap - b.x0) / (x1 - x0) for a, b, x0, x1 in zip(boxes, boxes[1:], xs, xs[1:])
                       if x1 > x0 and a.x1 + gap > b.x0] or [1.0])
@@ -58,83 +102,110 @@ def fit_tick_labels(fig, ax) -> None:
         fig.set_figwidth(fig.get_figwidth() + grow + 0.05)
 
 
+def legend_below(fig, ax=None, handles=None, labels=None, fontsize: float = 7) -> None:
+    """The legend of ``ax`` (or ``handles``, ``labels``) under the chart, outside the data, in as many columns as
+    fit the width."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    longest = max(len(str(t)) for t in labels)
+    per_col = 0.35 + longest * fontsize * 0.55 / 72  # inches: the marker and the text of one entry
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() * 0.95 // per_col)))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize, frameon=False)
+
+
 @plot_kind("lines")
 def lines(data: dict):
-    """data: x (list), series {name: list of y}, xlabel, ylabel, logx (bool), logy (bool), title, marker (bool)."""
-    fig, ax = new_figure(data.get("width", 5.0), data.get("height", 3.2))
+    """data: x (list), series {name: list of y}, xlabel, ylabel, logx (bool), logy (bool), title, marker (bool),
+    xticklabels (one per x), ylim, width, height (inches). The legend goes under the chart."""
+    series = data["series"]
+    fig, ax = new_figure(data.get("width", WIDTH), data.get("height", 3.2) + 0.15 * (len(series) > 1))
     x = data["x"]
-    for name, ys in data["series"].items():
+    for name, ys in series.items():
         ax.plot(x[: len(ys)], ys, marker="o" if data.get("marker") else None, markersize=3, label=name)
     if data.get("logx"):
         ax.set_xscale("log")
     if data.get("logy"):
         ax.set_yscale("log")
-    if data.get("xticklabels"):
-        ax.set_xticks(x)
-        labels = [wrap_label(t) for t in data["xticklabels"]]
-        if any("\n" in t for t in labels):  # lines of a label stacked sideways: each takes one line's width
-            ax.set_xticklabels(labels, rotation=90, ha="center", va="top", fontsize=7)
-        else:
-            ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
     ax.set_xlabel(data.get("xlabel", ""))
     ax.set_ylabel(data.get("ylabel", ""))
     if data.get("ylim"):
         ax.set_ylim(*data["ylim"])
     if data.get("title"):
         ax.set_title(data["title"], fontsize=10)
-    if len(data["series"]) > 1:
-        ax.legend(fontsize=7)
+    if 1 < len(series) <= LEGEND_MAX:  # more lines than that cannot be told apart by colour anyway
+        legend_below(fig, ax)
     ax.grid(alpha=0.3)
     if data.get("xticklabels"):
-        fit_tick_labels(fig, ax)  # last: measured with the title and the axis labels in place
+        set_tick_labels(fig, ax, x, data["xticklabels"])  # last: measured with the title, axis labels, legend
     return fig
 
 
 @plot_kind("bars")
 def bars(data: dict):
-    """data: names (list), values (list), xlabel, ylabel, title, highlight (index or None), vlim (tuple)."""
-    names = data["names"]
-    fig, ax = new_figure(max(4.0, min(12.0, 0.45 * len(names) + 2)), data.get("height", 3.0))
+    """data: names (list), values (list), xlabel, ylabel, title, highlight (index or None), vlim (tuple). Up to 8
+    bars stand upright; more lie down, one row per name (a name of a 1,000-class head reads across, whatever its
+    length), and the chart grows in height by their count."""
+    names = [str(t) for t in data["names"]]
+    values = data["values"]
     colors = ["#4a7bd0"] * len(names)
     if data.get("highlight") is not None:
         colors[data["highlight"]] = "#d0504a"
-    ax.bar(range(len(names)), data["values"], color=colors)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center",
-                       fontsize=8)
-    ax.set_ylabel(data.get("ylabel", ""))
+    if len(names) <= 8:
+        fig, ax = new_figure(WIDTH, data.get("height", 3.0))
+        ax.bar(range(len(names)), values, color=colors)
+        ax.set_ylabel(data.get("ylabel", ""))
+        if data.get("vlim"):
+            ax.set_ylim(*data["vlim"])
+        ax.grid(axis="y", alpha=0.3)
+        if data.get("title"):
+            ax.set_title(data["title"], fontsize=10)
+        set_tick_labels(fig, ax, list(range(len(names))), names, fontsize=8)
+        return fig
+    fig, ax = new_figure(WIDTH, 1.0 + 0.2 * len(names))
+    ax.barh(range(len(names)), values, color=colors)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([wrap_label(t, 40) for t in names], fontsize=TICK_PT)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # the first name at the top
+    ax.set_xlabel(data.get("ylabel", ""))
     if data.get("vlim"):
-        ax.set_ylim(*data["vlim"])
+        ax.set_xlim(*data["vlim"])
+    ax.grid(axis="x", alpha=0.3)
     if data.get("title"):
         ax.set_title(data["title"], fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
     return fig
 
 
 @plot_kind("confusion")
 def confusion(data: dict):
     """data: matrix (K, K') counts, rows = true class, columns = predicted; class_names (the rows, and the columns
-    unless col_names gives them: a last "other" column)."""
+    unless col_names gives them: a last "other" column). The cells get their counts while they are large enough to
+    hold them (up to 20 columns); the chart is as wide as a page shows, and its height follows the row count."""
     m = np.asarray(data["matrix"], dtype=np.float64)
-    names = data["class_names"]
-    cols = data.get("col_names", names)
+    names = [str(t) for t in data["class_names"]]
+    cols = [str(t) for t in data.get("col_names", names)]
     k = len(names)
-    side = min(9.0, 2.0 + 0.45 * max(k, len(cols)))
-    fig, ax = new_figure(side + 0.8, side)
+    size = TICK_PT if max(k, len(cols)) <= 20 else TICK_PT - 1  # 30 names side by side in a page's width
+    rows_text = [wrap_label(t, 22) for t in names]
+    lines = max((len(t.splitlines()) for t in rows_text), default=1)
+    # inches per row: a cell, or the lines of the longest name
+    row = max(min(0.42, 3.6 / max(k, len(cols), 1)), lines * size * 1.3 / 72)
+    fig, ax = new_figure(WIDTH, 1.9 + row * k)
     rows = m.sum(axis=1, keepdims=True)
     frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     if max(k, len(cols)) <= 20:
         for i in range(k):
             for j in range(len(cols)):
                 if m[i, j]:
-                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6 if len(cols) > 12 else 7,
                             color="white" if frac[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(cols)))
     ax.set_yticks(range(k))
-    ax.set_xticklabels(cols, rotation=45, ha="right", fontsize=7)
-    ax.set_yticklabels(names, fontsize=7)
-    ax.set_xlabel("predicted class")
+    ax.set_yticklabels(rows_text, fontsize=size)
     ax.set_ylabel("true class")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
+    ax.set_xlabel("predicted class")
+    # above the matrix, so that the columns keep the whole width
+    fig.colorbar(im, ax=ax, location="top", shrink=0.6, aspect=30, label="fraction of the true class")
+    set_tick_labels(fig, ax, list(range(len(cols))), cols, fontsize=size)
     return fig

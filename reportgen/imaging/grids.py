@@ -135,11 +135,14 @@ def draw_grid(colored: np.ndarray, cols: int, row_labels: Optional[Sequence[str]
 
     row_lines = [lines_of(t, ROW_LABEL_SHARE * DISPLAY_WIDTH / scale) for t in row_labels] if row_labels else None
     left = int(np.ceil(max(_width(font, ln) for ls in row_lines for ln in ls))) + gap if row_lines else 0
-    col_lines = [lines_of(t, tw) for t in col_labels] if col_labels else None
+    room = max(tw - gap, tw / 2)  # a label's width over its tile: a gap to its neighbour's
+    col_lines = [lines_of(t, room) for t in col_labels] if col_labels else None
     top = max(len(ls) for ls in col_lines) * line_h + gap // 2 if col_lines else 0
-    tile_lines = [lines_of(t, tw) for t in tile_labels] if tile_labels else None
+    tile_lines = [lines_of(t, room) for t in tile_labels] if tile_labels else None
     band = max(len(ls) for ls in tile_lines) * line_h if tile_lines else 0
-    pitch_y, pitch_x = band + th + pad + (gap // 2 if band else 0), tw + pad
+    # a row is as tall as its tiles or its label's lines, whichever is taller (short tiles, long layer names)
+    below = max(0, max(len(ls) for ls in row_lines) * line_h - (band + th)) if row_lines else 0
+    pitch_y, pitch_x = band + th + below + pad + (gap // 2 if band else 0), tw + pad
     width = left + cols * pitch_x - pad
     height = top + rows * pitch_y - pad
 
@@ -173,7 +176,7 @@ def draw_grid(colored: np.ndarray, cols: int, row_labels: Optional[Sequence[str]
             put(left + c * pitch_x + tw / 2, top - gap // 2 - len(ls) * line_h, ls, "c")
     if row_lines:
         for r, ls in enumerate(row_lines):
-            y = top + r * pitch_y + band + th / 2 - len(ls) * line_h / 2
+            y = top + r * pitch_y + (band + th + below) / 2 - len(ls) * line_h / 2
             put(0, y, ls)
     if tile_lines:
         for i, ls in enumerate(tile_lines):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import plot_kind
-from .charts import new_figure
+from .charts import legend_below, new_figure
 
 
 @plot_kind("reliability")
@@ -34,6 +34,6 @@ def reliability(data: dict):
     ax.set_xlabel("top-1 confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(data.get("title") or f"ECE {data['ece']:.3f}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # below: bars fill the axes
+    legend_below(fig, ax)  # outside: the bars fill the axes
     ax.grid(alpha=0.3)
     return fig
