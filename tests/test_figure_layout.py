@@ -5,17 +5,68 @@ over the progress bars: the randomization test's similarity curves label each st
 names of the modules it re-initializes, and those labels took all the figure's height. Here the same chart is drawn
 with the labels a transformer's cascade gets, warnings as errors, and checked as drawn: every label inside the
 figure, no two labels overlapping, the axes of a useful size.
+
+Issue 29: every chart and grid is laid out from its content (panel count, class count, label length) within the
+width a page shows it at, and records where it drew what (`reportgen.imaging.figure_layout`, the grids'
+`GridLayout`); `layout_problems` judges such a record (also used by the Chromium test on real-size models,
+tests/test_layout_real.py).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 import torch
 
 from reportgen import imaging
-from reportgen.imaging.charts import wrap_label
+from reportgen.imaging.charts import WIDTH, wrap_label
+from reportgen.imaging.grids import DISPLAY_WIDTH, LABEL_PX, draw_grid, fit_lines, label_font
+
+MIN_AXES = (120, 90)  # px as shown: the least width and height of a chart's plot area
+MIN_TILE = 20  # px as shown: the least side of a grid's tile
+MIN_TEXT = {"plot": 7.0, "grid": 9.0}  # px as shown: the least size of a chart's text and of a grid's labels
+CHART_SHOWN = 475  # px: about the width a page gives a chart beside another (1280-px window)
+
+
+def overlap(a: list, b: list, tol: float = 1.0) -> bool:
+    """Boxes [x0, y0, x1, y1] share more than ``tol`` pixels both ways."""
+    return min(a[2], b[2]) - max(a[0], b[0]) > tol and min(a[3], b[3]) - max(a[1], b[1]) > tol
+
+
+def layout_problems(kind: str, layout: dict, width: float, height: float, scale: float) -> list[str]:
+    """What is wrong with a figure ("plot" or "grid") drawn as ``layout`` says (boxes in the pixels of its
+    ``width`` x ``height`` file), shown at ``scale``: a label or legend cut off or over the data, labels over each
+    other, a plot area or tile or text under its least size as shown."""
+    out = []
+    texts = layout.get("text", [])
+    legends = layout.get("legends", [])
+    areas = layout.get("axes", []) + layout.get("tiles", [])
+    for t in texts + legends + layout.get("notes", []):
+        if t[0] < -1 or t[1] < -1 or t[2] > width + 1 or t[3] > height + 1:
+            out.append(f"cut: {t} outside {width}x{height}")
+    for i, a in enumerate(texts):
+        out += [f"labels overlap: {a} {b}" for b in texts[i + 1:] if overlap(a, b)]
+    for a in areas:
+        shown = ((a[2] - a[0]) * scale, (a[3] - a[1]) * scale)
+        if kind == "plot" and (shown[0] < MIN_AXES[0] or shown[1] < MIN_AXES[1]):
+            out.append(f"plot area {shown[0]:.0f}x{shown[1]:.0f} px as shown")
+        if kind == "grid" and min(shown) < MIN_TILE:
+            out.append(f"tile {shown[0]:.0f}x{shown[1]:.0f} px as shown")
+        out += [f"over the data: {t} on {a}" for t in texts + legends if overlap(a, t)]
+    for g in legends:
+        out += [f"legend over a label: {g} {t}" for t in texts if overlap(g, t)]
+    if layout.get("font_px") is not None and layout["font_px"] * scale < MIN_TEXT[kind] - 0.05:
+        out.append(f"text {layout['font_px'] * scale:.1f} px as shown")
+    return out
+
+
+def chart_problems(fig) -> list[str]:
+    """`layout_problems` of a drawn chart, shown `CHART_SHOWN` px wide (or its own width when narrower)."""
+    layout = imaging.figure_layout(fig)
+    width, height = fig.bbox.width, fig.bbox.height
+    return layout_problems("plot", layout, width, height, min(1.0, CHART_SHOWN / width))
 
 
 def cascade_labels(folder) -> list[str]:
@@ -77,7 +128,10 @@ def test_similarity_chart_of_a_transformer_lays_out_without_warning(tmp_path):
     check_tick_labels(fig, renderer)
     shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ["".join(t.split()) for t in shown] == ["".join(t.split()) for t in steps]  # wrapped, never shortened
-    assert max(len(line) for t in shown for line in t.splitlines()) <= 24
+    # the labels stand upright and make the chart taller, not wider: it keeps the width a page shows
+    assert abs(fig.get_figwidth() - WIDTH) < 1e-9 and fig.get_figheight() > 4.0
+    assert all(t.get_rotation() == 90 for t in fig.axes[0].get_xticklabels())
+    assert not chart_problems(fig), chart_problems(fig)  # the legend under the chart, clear of the curves
 
 
 def test_short_labels_keep_their_layout():
@@ -85,6 +139,8 @@ def test_short_labels_keep_their_layout():
                                    "series": {"mean": [0, 1, 2, 3], "std": [1, 1, 1, 1]}})
     check_tick_labels(fig, renderer)
     assert abs(fig.get_figwidth() - 5.0) < 1e-9 and fig.get_figheight() < 3.4
+    assert all(t.get_rotation() == 0 for t in fig.axes[0].get_xticklabels())  # room enough: level
+    assert not chart_problems(fig), chart_problems(fig)
 
 
 def test_wrap_label():
@@ -92,3 +148,121 @@ def test_wrap_label():
     assert wrap_label("+ vit.layers.1.mlp.fc1 … vit.layers.1.layernorm_after (3 modules)", 24) == \
         "+ vit.layers.1.mlp.fc1 …\nvit.layers.1.\nlayernorm_after (3\nmodules)"
     assert wrap_label("a" * 30 + ".b", 24) == "a" * 30 + ".\nb"  # a part longer than a line keeps its own
+
+
+def test_fit_lines_breaks_after_dots_and_only_where_needed():
+    font = label_font(LABEL_PX)
+    width = font.getlength("vit.encoder.")  # the first part and its dot fill a line exactly
+    assert fit_lines("vit.encoder.layer.11", font, width) == ["vit.encoder.", "layer.11"]
+    assert fit_lines("head 3", font, width) == ["head 3"]
+    long = "a" * 40  # no place to break: cut where the line is full
+    lines = fit_lines(long, font, width)
+    assert "".join(lines) == long and all(font.getlength(ln) <= width for ln in lines) and len(lines) > 1
+
+
+def tile_colours(n: int) -> np.ndarray:
+    """``n`` tiles of 7 x 7 px, each one flat colour of its own: (n, 7, 7, 3)."""
+    rng = np.random.default_rng(0)
+    return np.repeat(np.repeat(rng.uniform(0.1, 0.9, (n, 1, 1, 3)), 7, axis=1), 7, axis=2)
+
+
+def test_grid_tiles_and_labels_as_drawn():
+    """Each tile lands whole in its box, enlarged by a whole factor towards 48 px, with its label over it; the
+    origin and pitch the entry gives point at the same boxes."""
+    tiles = tile_colours(16)
+    g = draw_grid(tiles, 8, tile_labels=[f"ch {i}" for i in range(16)])
+    h, w = g.image.shape[:2]
+    assert g.tile == (49, 49) and g.scale == 1.0 and w <= DISPLAY_WIDTH
+    for i, (x0, y0, x1, y1) in enumerate(g.boxes["tiles"]):
+        r, c = divmod(i, 8)
+        assert (x0, y0) == (g.origin[0] + c * g.pitch[1], g.origin[1] + r * g.pitch[0])
+        expected = np.round(tiles[i, 0, 0] * 255)
+        assert np.abs(g.image[y0:y1, x0:x1].reshape(-1, 3) - expected).max() <= 0.5  # the whole tile, no label on it
+    assert len(g.boxes["text"]) == 16
+    for (tx0, ty0, tx1, ty1), (x0, y0, x1, y1) in zip(g.boxes["text"], g.boxes["tiles"]):
+        assert x0 <= (tx0 + tx1) / 2 <= x1 and ty1 <= y0  # centred over its tile, above it
+        assert (g.image[ty0:ty1, tx0:tx1] < 128).any()  # and drawn
+    assert not layout_problems("grid", {**g.boxes, "font_px": g.font_px}, w, h, 1.0)
+
+
+def test_a_wide_grid_keeps_legible_labels_in_its_thumbnail():
+    """12 layers x (mean + 12 heads) of 56-px maps, rows named by a Hugging Face ViT's long module names: the grid
+    is wider than a page, so its labels are drawn large enough to be LABEL_PX px in the thumbnail a page shows."""
+    names = [f"vit.encoder.layer.{i}.attention.attention" for i in range(12)]
+    tiles = np.repeat(np.repeat(tile_colours(12 * 13), 8, axis=1), 8, axis=2)  # 56 x 56
+    g = draw_grid(tiles, 13, row_labels=names, col_labels=["mean", *[f"head {h}" for h in range(12)]])
+    h, w = g.image.shape[:2]
+    assert w > DISPLAY_WIDTH and abs(g.scale - DISPLAY_WIDTH / w) < 1e-9
+    assert abs(g.font_px * g.scale - LABEL_PX) < 1.0
+    assert not layout_problems("grid", {**g.boxes, "font_px": g.font_px}, w, h, g.scale)
+    first_tile_x = g.boxes["tiles"][0][0]
+    row_label_boxes = [b for b in g.boxes["text"] if b[2] <= first_tile_x]
+    assert len(row_label_boxes) >= 12  # every row named (a long name on two lines)
+    assert min(b[2] - b[0] for b in g.boxes["tiles"]) * g.scale >= 36  # 13 columns in what the names leave
+
+
+def test_render_grid_writes_a_page_wide_thumbnail_and_its_layout(tmp_path):
+    from PIL import Image
+
+    from reportgen.artifacts import ArtifactWriter, Grid
+
+    writer = ArtifactWriter(tmp_path)
+    item = Grid(key="heads", tiles=np.random.default_rng(0).random((2 * 13, 56, 56)), style="heat", cols=13,
+                per_tile_scale=True, row_labels=["blocks.0.attn", "blocks.1.attn"],
+                col_labels=["mean", *[f"head {h}" for h in range(12)]])
+    entry = imaging.render_item(item, writer, "img")
+    with Image.open(tmp_path / entry["file"]) as full, Image.open(tmp_path / entry["thumb"]) as thumb:
+        assert full.size == (entry["width"], entry["height"]) and full.size[0] > DISPLAY_WIDTH
+        assert thumb.size[0] == DISPLAY_WIDTH
+        layout = json.loads(full.text[imaging.LAYOUT_KEY])
+    at = entry["tiles"]
+    assert layout["tiles"][14][:2] == [at["origin"][0] + at["pitch"][1], at["origin"][1] + at["pitch"][0]]
+    assert len(layout["text"]) >= 2 + 13
+
+
+def draw_checked(kind: str, data: dict):
+    imaging._load_plot_kinds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = imaging.PLOT_KINDS[kind](data)
+        imaging.figure_png(fig, layout=True)
+    assert fig.get_figwidth() <= WIDTH + 1e-9, (kind, fig.get_figwidth())
+    assert not chart_problems(fig), (kind, chart_problems(fig))
+    return fig
+
+
+def test_charts_of_a_thousand_class_head():
+    """A 1,000-class head's names as long as ImageNet's: the bars lie down (one row per name), the confusion matrix
+    keeps its width, the scatters list no 1,000-entry legend; none wider than a page, nothing cut or overlapping."""
+    rng = np.random.default_rng(0)
+    names = [f"{i:03d} American Staffordshire terrier" for i in range(1000)]
+    fig = draw_checked("bars", {"names": names[:30], "values": list(range(30)), "ylabel": "images"})
+    assert len(fig.axes[0].patches) == 30 and fig.get_figheight() > 6
+    draw_checked("bars", {"names": ["cat", "dog", "bird"], "values": [1, 2, 3], "ylabel": "images"})
+    draw_checked("confusion", {"matrix": rng.integers(0, 3, (30, 31)).tolist(), "class_names": names[:30],
+                               "col_names": [*names[:30], "other"]})
+    labels = rng.integers(0, 1000, 300)
+    panels = [{"title": t, "xy": rng.normal(size=(300, 2))} for t in ("t-SNE", "PCA (first 2 components)")]
+    fig = draw_checked("embedding", {"panels": panels, "labels": labels, "class_names": names})
+    assert not fig.legends
+    fig = draw_checked("embedding", {"panels": panels, "labels": labels % 3, "class_names": names})
+    assert len(fig.legends) == 1
+    strip = [{"title": f"vit.encoder.layer.{i}.output", "xy": rng.normal(size=(30, 2))} for i in range(11)]
+    draw_checked("embedding-strip", {"panels": strip, "labels": labels[:30] % 3, "class_names": names})
+
+
+def test_other_chart_kinds_lay_out():
+    rng = np.random.default_rng(0)
+    draw_checked("histogram", {"edges": np.linspace(-3, 3, 41), "counts": rng.integers(0, 1000, 40), "mean": 0.1,
+                               "std": 1.0, "xlabel": "layer1.0.conv1 output", "title": "layer1.0.conv1"})
+    draw_checked("reliability", {"lower": np.linspace(0, 0.9, 10), "upper": np.linspace(0.1, 1, 10),
+                                 "accuracy": [*rng.random(9).tolist(), None], "confidence": [*np.linspace(
+                                     0.05, 0.85, 9).tolist(), None], "count": [3] * 9 + [0], "ece": 0.1})
+    panel = {"grid": rng.normal(size=(20, 20)), "lines": [((-1, -1), (1, 1)), None], "title": "epoch 3"}
+    fig = draw_checked("perceptron-strip", {"extent": (-2, 2, -2, 2), "points": rng.normal(size=(40, 2)),
+                                            "labels": rng.integers(0, 2, 40), "class_names": ["a", "b"],
+                                            "panels": [panel] * 7})
+    assert len([ax for ax in fig.axes if ax.axison]) == 7
+    series = {f"class {c}": rng.random(20).tolist() for c in range(6)}
+    draw_checked("lines", {"x": list(range(1, 21)), "series": series, "xlabel": "step", "ylabel": "objective",
+                           "width": 6.0, "height": 3.6})

@@ -472,6 +472,7 @@ class RandomizationTest(Analysis):
             result.items.append(Grid(
                 key=f"cascade-{name}", tiles=tiles.reshape(-1, *tiles.shape[2:]), style="heat",
                 per_tile_scale=True, cols=len(steps), label=f"{title}: the cascade", group=title,
+                row_labels=[ctx.images.names[i] for i in images], col_labels=["trained", *labels],
                 caption=f"{title}: |map| of each sample image (one row each) for the trained model (first column), "
                         "then after re-initializing the layers cumulatively from the logits down: "
                         + ", ".join(labels) + ". Each map on its own scale (0 black to its maximum yellow)."))

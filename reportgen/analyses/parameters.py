@@ -182,6 +182,7 @@ class Filters(Analysis):
         if in_ch == 3:
             result.items.append(Grid(
                 key="first-rgb", tiles=enlarge_tiles(tiles["rgb"], 40), style="rgb", cols=cols, layer=first_name, group=group,
+                tile_labels=[str(f) for f in range(out_ch)],
                 label=f"{first_name}: {of} as colour pictures",
                 caption=f"{kh}x{kw} filters of {first_name}, the three input channels as red, green and blue in the "
                         f"model's input order; grey (0.5) = zero weight, {how}."))
@@ -189,12 +190,13 @@ class Filters(Analysis):
                 result.items.append(Grid(
                     key=f"first-channel-{c}", tiles=enlarge_tiles(tiles["channels"][:, c], 40), style="signed", cols=cols, vmax=1.0,
                     layer=first_name, group=group, label=f"{first_name}: weights on the {colour} input channel",
+                    tile_labels=[str(f) for f in range(out_ch)],
                     caption=f"Input channel {c} ({colour}) of every filter; red = positive, blue = negative, white = "
                             f"0, {how}."))
         elif in_ch == 1:
             result.items.append(Grid(
                 key="first-grey", tiles=enlarge_tiles(tiles["grey"], 40), style="signed", cols=cols, vmax=1.0, layer=first_name,
-                group=group, label=f"{first_name}: {of}",
+                group=group, label=f"{first_name}: {of}", tile_labels=[str(f) for f in range(out_ch)],
                 caption=f"{kh}x{kw} filters of {first_name} on the greyscale input; red = positive weight (responds "
                         f"to bright pixels), blue = negative, white = 0, {how}."))
         else:
@@ -202,6 +204,7 @@ class Filters(Analysis):
                 result.items.append(Grid(
                     key=f"first-channel-{c}", tiles=enlarge_tiles(tiles["channels"][:, c], 40), style="signed", cols=cols, vmax=1.0,
                     layer=first_name, group=group, label=f"{first_name}: weights on input channel {c}",
+                    tile_labels=[str(f) for f in range(out_ch)],
                     caption=f"Input channel {c} of every filter; red = positive, blue = negative, white = 0, {how}."))
         result.metrics[f"mean |w| {first_name}"] = float(first.weight.detach().abs().mean())
 
@@ -214,6 +217,7 @@ class Filters(Analysis):
             result.items.append(Grid(
                 key=f"layer-{name}", tiles=enlarge_tiles(grid.reshape(n_out * n_in, kh, kw), 20), style="signed", cols=n_in, vmax=limit,
                 layer=name, group="Later layers", label=f"{name}: {n_out} filters x {n_in} input channels",
+                row_labels=[f"filter {f}" for f in range(n_out)], col_labels=[f"in {j}" for j in range(n_in)],
                 caption=f"Raw {kh}x{kw} weights of {name}: row i = filter i, column j = its weights on input channel "
                         f"j (the first {n_out} of {module.weight.shape[0]} filters and {n_in} of "
                         f"{module.weight.shape[1]} channels). One shared scale: red +{limit:.3g}, white 0, "
