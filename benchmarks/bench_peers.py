@@ -222,7 +222,8 @@ def tsne_row(repeat: int) -> None:
         f"({time.perf_counter() - t0:.0f} s in all)")
 
 
-ROWS = {"smoothgrad": smoothgrad_row, "gbp": gbp_row, "ig": ig_row, "kernelshap": kernelshap_row, "gradcam": gradcam_row, "tsne": tsne_row}
+ROWS = {"smoothgrad": smoothgrad_row, "gbp": gbp_row, "ig": ig_row, "kernelshap": kernelshap_row,
+        "gradcam": gradcam_row, "tsne": tsne_row}
 
 
 def main() -> None:
