@@ -25,7 +25,8 @@ SCORE_WORDS = {"logit": "logit", "prob": "softmax probability"}
 @dataclass
 class RiseParams:
     masks: int = field(default=1000, metadata=doc(
-        "Random masks per map (the paper uses 4000 to 8000 on ImageNet models).", min=1, max=100000))
+        "Random masks per map (the paper's ImageNet experiments use thousands).", min=1,
+        max=100000))
     cells: int = field(default=7, metadata=doc(
         "Cells per side of each mask's random grid before upsampling (the paper: 7 on 224-pixel images).", min=1))
     p: float = field(default=0.5, metadata=doc("Probability that a cell of a mask keeps the image.", min=0.01,
