@@ -107,19 +107,27 @@
         ". Point at a dot to see its image; the larger dots open the image's page.";
     }
 
+    // point k's thumbnail from the sprite sheet, drawn about `side` pixels tall
+    function thumb(k, side) {
+      var s = data.sprite, zoom = Math.max(1, Math.floor(side / Math.max(s.tile[0], s.tile[1])));
+      var col = k % s.cols, row = Math.floor(k / s.cols);
+      var img = el("div", {"class": "thumb", role: "img", "aria-label": pts.name[k]});
+      img.style.width = s.tile[1] * zoom + "px";
+      img.style.height = s.tile[0] * zoom + "px";
+      img.style.backgroundImage = "url(\"" + root + s.file + "\")";
+      img.style.backgroundSize = (s.cols * s.tile[1] * zoom) + "px auto";
+      img.style.backgroundPosition = (-col * s.tile[1] * zoom) + "px " + (-row * s.tile[0] * zoom) + "px";
+      return img;
+    }
+
+    function words(k) {
+      var label = pts.label[k] >= 0 ? data.classes[pts.label[k]] : "unknown";
+      return [pts.name[k], "class " + label, "predicted " + data.classes[pts.pred[k]]];
+    }
+
     function show(k, ev) {
       tip.replaceChildren();
-      if (data.sprite) {
-        var s = data.sprite, zoom = Math.max(1, Math.floor(96 / Math.max(s.tile[0], s.tile[1])));
-        var col = k % s.cols, row = Math.floor(k / s.cols);
-        var img = el("div", {"class": "thumb"});
-        img.style.width = s.tile[1] * zoom + "px";
-        img.style.height = s.tile[0] * zoom + "px";
-        img.style.backgroundImage = "url(\"" + root + s.file + "\")";
-        img.style.backgroundSize = (s.cols * s.tile[1] * zoom) + "px auto";
-        img.style.backgroundPosition = (-col * s.tile[1] * zoom) + "px " + (-row * s.tile[0] * zoom) + "px";
-        tip.appendChild(img);
-      }
+      if (data.sprite) tip.appendChild(thumb(k, 96));
       var label = pts.label[k] >= 0 ? data.classes[pts.label[k]] : "unknown";
       var pred = data.classes[pts.pred[k]];
       tip.appendChild(el("strong", {"class": "name"}, pts.name[k]));
@@ -127,7 +135,8 @@
       var p = el("span", {"class": "pred"}, "predicted " + pred);
       if (pts.label[k] >= 0) p.classList.add(pts.label[k] === pts.pred[k] ? "right" : "wrong");
       tip.appendChild(p);
-      if (pages[String(pts.index[k])]) tip.appendChild(el("span", {"class": "small"}, "click to open its page"));
+      tip.appendChild(el("span", {"class": "small"}, pages[String(pts.index[k])] ? "click to open its page" :
+        data.sprite ? "click to enlarge" : ""));
       var r = box.getBoundingClientRect();
       var x = ev.clientX - r.left, y = ev.clientY - r.top;
       tip.style.left = Math.min(x + 14, r.width - 150) + "px";
@@ -142,8 +151,19 @@
     svg.addEventListener("mouseleave", function () { tip.hidden = true; });
     svg.addEventListener("click", function (ev) {
       var c = ev.target.closest && ev.target.closest("circle");
-      var page = c && pages[c.getAttribute("data-index")];
-      if (page) window.location.href = page;
+      if (!c) return;
+      var page = pages[c.getAttribute("data-index")], k = +c.getAttribute("data-k");
+      var dialog = document.getElementById("zoom");
+      if (page) {
+        window.location.href = page;
+      } else if (data.sprite && dialog && typeof dialog.showModal === "function") {
+        // only the sample images have pages; the others are in the site as their thumbnail alone
+        dialog.querySelector(".zoombox").replaceChildren(thumb(k, 320));
+        dialog.querySelector("p").textContent = words(k).join(", ") + " (its " + data.sprite.tile[1] + "x" +
+          data.sprite.tile[0] + " thumbnail: only the sample images have a page and their full size in the report)";
+        tip.hidden = true;
+        dialog.showModal();
+      }
     });
     draw();
   }
