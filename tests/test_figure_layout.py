@@ -266,3 +266,21 @@ def test_other_chart_kinds_lay_out():
     series = {f"class {c}": rng.random(20).tolist() for c in range(6)}
     draw_checked("lines", {"x": list(range(1, 21)), "series": series, "xlabel": "step", "ylabel": "objective",
                            "width": 6.0, "height": 3.6})
+
+
+def test_layout_problems_sees_what_issue_29_saw():
+    """The checker itself: a legend over the curves, a label past the figure's edge and a plot area squeezed to
+    30 px (the resnet18 randomization chart of issue 29) are each reported."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 1.2), dpi=110)  # no layout engine: matplotlib's fixed margins
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], label="Spearman of |maps|")
+    ax.plot([0, 1], [1, 0], label="SSIM")
+    ax.legend(loc="center")
+    ax.set_xlabel("layers re-initialized (cumulative, from the logits down)")
+    ax.set_ylabel("similarity to the trained maps")  # taller than the figure: cut at both ends
+    problems = chart_problems(fig)
+    assert any(p.startswith("over the data") for p in problems), problems
+    assert any(p.startswith("cut") for p in problems), problems
+    assert any(p.startswith("plot area") for p in problems), problems
