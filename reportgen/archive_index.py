@@ -437,20 +437,22 @@ SEVERITY_ORDER = {name: k for k, name in enumerate(SEVERITIES)}
 
 
 def _findings(snapshots: list[dict]) -> list[dict]:
-    """Each finding id that any snapshot has: its title and, per checkpoint, its severity and numbers (None where
-    that snapshot does not have it)."""
+    """Each finding id that some snapshot checked: its title and, per checkpoint, its severity, numbers and
+    sentence (None where that snapshot does not have it); most severe first."""
     rows: dict[str, dict] = {}
     for k, snap in enumerate(snapshots):
         for f in getattr(snap["manifest"], "findings", []) or []:
             row = rows.setdefault(f.id, {"id": f.id, "title": f.title, "cells": [None] * len(snapshots)})
             row["cells"][k] = {"severity": f.severity, "numbers": dict(f.numbers), "sentence": f.sentence}
-    return sorted(rows.values(), key=lambda r: min(SEVERITY_ORDER.get(c["severity"], 9) for c in r["cells"] if c))
+    # a finding no snapshot could check (its analyses were not chosen) says nothing about training
+    kept = [r for r in rows.values() if any(c and c["severity"] != "not checked" for c in r["cells"])]
+    return sorted(kept, key=lambda r: min(SEVERITY_ORDER.get(c["severity"], 9) for c in r["cells"] if c))
 
 
 @plot_kind("checkpoint-heatmap")
 def checkpoint_heatmap(data: dict):
     """data: matrix (rows, checkpoints) with None where there is no value; rows and cols (labels); vmin, vmax;
-    cmap; colorbar (its label); values written in the cells when the matrix is small."""
+    cmap; colorbar (its label); values written in the cells when the matrix is small (at most 12 checkpoints)."""
     from .imaging.charts import new_figure
 
     m = np.array([[np.nan if v is None else v for v in row] for row in data["matrix"]], dtype=np.float64)
@@ -458,12 +460,14 @@ def checkpoint_heatmap(data: dict):
     fig, ax = new_figure(min(12.0, 2.6 + 0.42 * len(cols)), min(10.0, 1.4 + 0.32 * len(rows)))
     im = ax.imshow(np.ma.masked_invalid(m), cmap=data.get("cmap", "viridis"), vmin=data.get("vmin"),
                    vmax=data.get("vmax"), aspect="auto")
-    if m.size <= 400:
+    if m.shape[1] <= 12 and m.size <= 240:  # more cells: the numbers would overlap (manifest.json has them)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if np.isfinite(m[i, j]):
+                    # dark text on light cells, light on dark, by the cell colour's luminance
+                    r, g, b, _ = im.cmap(im.norm(m[i, j]))
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if m[i, j] < 0.6 * (data.get("vmax") or 1) else "black")
+                            color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)))
