@@ -94,16 +94,24 @@ def test_rank_correlation_against_ranks_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_archive(tmp_path_factory):
-    """3 checkpoints of tiny_cnn (epochs 1, 2, 3 with different weights), 18 images, an archive of predictions."""
+    """4 checkpoints of tiny_cnn: epochs 1, 2, 3 with different weights, epoch 4 with epoch 3's weights (another
+    file: other metadata); 18 images; an archive of predictions."""
+    from safetensors.torch import load_file, save_file
+
     from conftest import run, write_image_folder
     from test_archive import TINY, save_checkpoints
 
     root = tmp_path_factory.mktemp("dynamics")
     images = write_image_folder(root / "images")
     paths = save_checkpoints(root / "ckpts", [(1, "a.safetensors"), (2, "b.safetensors"), (3, "c.safetensors")])
+    save_file(load_file(str(paths[-1])), str(root / "ckpts" / "d.safetensors"), metadata={"epoch": "4"})
+    paths.append(root / "ckpts" / "d.safetensors")
     result = run("archive", root / "ckpts", *TINY, "--images", images, "--out", root / "archive",
                  "--only", "predictions", "--batch-size", "4")
     assert result.exit_code == 0, result.output
+    # "k of N" before each snapshot, and from the second on an estimate of the time left
+    assert "[1 of 4] step-00001: building from a.safetensors\n" in result.output
+    assert "[4 of 4] step-00004: building from d.safetensors; about " in result.output
     return root, images, paths
 
 
@@ -158,12 +166,13 @@ def test_archive_cka_and_forgetting_equal_a_direct_computation(tiny_archive):
     assert min(v for row in dyn["cka"]["final"] for v in row) < 0.99  # the checkpoints differ
     # forgetting events and first-learned checkpoints counted by a plain loop over the direct predictions
     correct = [pred == labels for pred, _ in runs]
-    events = [sum(1 for t in range(1, 3) if correct[t - 1][n] and not correct[t][n]) for n in range(len(labels))]
+    T = len(runs)
+    events = [sum(1 for t in range(1, T) if correct[t - 1][n] and not correct[t][n]) for n in range(len(labels))]
     p = dyn["predictions"]
-    assert p["events"] == [0] + [int(sum(correct[t - 1] & ~correct[t])) for t in range(1, 3)]
-    assert p["forgotten"] == sum(e > 0 for e in events)
-    firsts = [next((t for t in range(3) if correct[t][n]), -1) for n in range(len(labels))]
-    assert p["first learned"] == [firsts.count(t) for t in range(3)]
+    assert p["events"] == [0] + [int(sum(correct[t - 1] & ~correct[t])) for t in range(1, T)]
+    assert p["forgotten"] == sum(e > 0 for e in events) > 0
+    firsts = [next((t for t in range(T) if correct[t][n]), -1) for n in range(len(labels))]
+    assert p["first learned"] == [firsts.count(t) for t in range(T)]
     assert p["never learned"] == firsts.count(-1)
     for f in p["most forgotten"]:
         assert f["events"] == events[f["index"]]
@@ -171,6 +180,9 @@ def test_archive_cka_and_forgetting_equal_a_direct_computation(tiny_archive):
     html = (root / "archive" / "index.html").read_text()
     for anchor in ('id="cka"', 'id="forgetting"', 'id="weights"', ">epoch 2</a>"):
         assert anchor in html
+    # epoch 4 has epoch 3's weights, in another file: marked, and the only one marked
+    assert html.count("identical to ") == 1 and ">epoch 4</a>" in html.split("identical to epoch 3")[0].split(
+        "<tr>")[-1]
 
 
 def test_archive_weights_against_numpy(tiny_archive):
