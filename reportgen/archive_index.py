@@ -152,7 +152,8 @@ def render_archive(root: Path, snapshots: list[dict], seed: int, distances: Opti
 
     html = env.get_template("archive.html").render(rows=rows, charts=charts, strips=strips, manifest=manifest,
                                                    metric_names=metric_names, sections=sections,
-                                                   findings=dynamics.get("findings", []), names=names, url=url)
+                                                   findings=finding_rows(dynamics.get("findings", [])), names=names,
+                                                   url=url)
     writer.write_text("index.html", html)
     copy_static(writer)
     # every file of the archive, the snapshots' included, so a rebuild can tell them from files a user dropped in
@@ -162,6 +163,16 @@ def render_archive(root: Path, snapshots: list[dict], seed: int, distances: Opti
             files[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest["files"] = dict(sorted(files.items()))
     writer.write_text(MANIFEST, json.dumps(manifest, indent=1))
+
+
+def finding_rows(findings: list[dict]) -> list[dict]:
+    """The findings table's rows: each cell's numbers that are single numbers or words (lists of pairs, say, stay
+    in the manifest and the snapshot's own page)."""
+    def plain(v: Any) -> bool:
+        return isinstance(v, (int, float, str)) and not isinstance(v, bool)
+
+    return [{**f, "cells": [None if c is None else {**c, "numbers": {k: v for k, v in c["numbers"].items() if plain(v)}}
+                            for c in f["cells"]]} for f in findings]
 
 
 def _unit_axis(rows: list[dict]) -> str:
