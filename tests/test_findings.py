@@ -235,7 +235,11 @@ def test_robustness_against_the_random_sphere_at_the_same_norm():
     assert "random changes of the same norm" in f.sentence and "about 100 times as often" in f.sentence
     assert "3 of 300 points in all" in f.sentence
     (safe,) = fd.robustness_findings({**fragile, "sphere fraction": [0.0, 0.0, 0.0], "sphere changed": [0, 0, 0]})
-    assert "no random change flipped the label" in safe.sentence and "times as often" not in safe.sentence
+    # 0 flips in 300 points: the 95% Wilson upper bound is z^2 / (n + z^2) = 1.3%, so at least 79 times as often
+    bound = 1.959964 ** 2 / (300 + 1.959964 ** 2)
+    assert safe.numbers["random flip share 95% upper bound"] == pytest.approx(bound)
+    assert "no random change flipped the label" in safe.sentence and "95% upper bound 1.3%" in safe.sentence
+    assert f"at least {1 / bound:,.0f} times as often" in safe.sentence
     # a sphere at another scale is named as such, and not compared as if it were like with like
     (twice,) = fd.robustness_findings({**fragile, "sphere scale": 2.0})
     assert twice.numbers["random flip share at 2x"] == pytest.approx(0.01)
