@@ -247,6 +247,9 @@ def test_charts_of_a_thousand_class_head():
     assert not fig.legends
     fig = draw_checked("embedding", {"panels": panels, "labels": labels % 3, "class_names": names})
     assert len(fig.legends) == 1
+    digits = [str(d) for d in range(10)]  # the zoo's digits: a legend of 10 in rows that fit the width
+    fig = draw_checked("embedding", {"panels": panels, "labels": labels % 10, "class_names": digits})
+    assert len(fig.legends) == 1 and fig.legends[0]._ncols < 10
     strip = [{"title": f"vit.encoder.layer.{i}.output", "xy": rng.normal(size=(30, 2))} for i in range(11)]
     draw_checked("embedding-strip", {"panels": strip, "labels": labels[:30] % 3, "class_names": names})
 

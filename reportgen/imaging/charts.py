@@ -110,9 +110,20 @@ def legend_below(fig, ax=None, handles=None, labels=None, fontsize: float = 7) -
     if not handles:
         return
     longest = max(len(str(t)) for t in labels)
-    per_col = 0.35 + longest * fontsize * 0.55 / 72  # inches: the marker and the text of one entry
+    per_col = 0.35 + longest * fontsize * 0.55 / 72  # inches: the marker and the text of one entry, about
     ncol = max(1, min(len(labels), int(fig.get_figwidth() * 0.95 // per_col)))
-    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize, frameon=False)
+    renderer = _renderer(fig)
+    while True:  # fewer columns while the legend, measured, is wider than the figure
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize,
+                            frameon=False)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            break
+        legend.remove()
+        ncol -= 1
+    balanced = -(-len(labels) // -(-len(labels) // ncol))  # rows as full as can be: 10 entries in 2 x 5, not 9 + 1
+    if balanced < ncol:
+        legend.remove()
+        fig.legend(handles, labels, loc="outside lower center", ncol=balanced, fontsize=fontsize, frameon=False)
 
 
 @plot_kind("lines")
