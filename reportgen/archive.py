@@ -333,20 +333,24 @@ def record_dynamics(cfg: BuildConfig, chosen: Any, folder: Path, given: Any = No
                     fired = (act > 0).transpose(0, 1).reshape(act.shape[1], -1).any(dim=1).cpu().numpy()
                     ever[name] = fired | ever[name] if name in ever else fired
                 indices.append(idx)
-                logits.append(out.detach().float().cpu().numpy())
+                # (a model whose output is not one score per class gives its logits as the build reads them: none)
+                logits.append(out.detach().float().cpu().numpy().reshape(len(idx), -1))
                 labels.append(batch.labels.numpy())
         ctx.predictions = Predictions(np.concatenate(indices), np.concatenate(logits), np.concatenate(labels))
         ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
-        maps = sample_maps(ctx, chosen, plan, folder, settle)
+        # classes to predict and to explain only where the model's outputs are class scores (the plan says why not)
+        scores = not ctx.facts.output_reason and ctx.predictions.logits.shape[1] == len(ctx.class_names)
+        maps = sample_maps(ctx, chosen, plan, folder, settle) if scores else {"methods": np.asarray([], dtype=str)}
         state = ctx.model.state_dict()
     arrays: dict[str, Any] = {"version": np.asarray(RECORD_VERSION), "subset": np.asarray(read, dtype=np.int64)}
     names = [name for name in layers if kept[name]]
     arrays["layers"] = np.asarray(names, dtype=str)
     for k, name in enumerate(names):
         arrays[f"gram-{k}"] = centered_gram(np.concatenate(kept[name]))
-    arrays["indices"] = ctx.predictions.indices.astype(np.int64)
-    arrays["predicted"] = ctx.predictions.logits.argmax(axis=1).astype(np.int64)
-    arrays["labels"] = ctx.predictions.labels.astype(np.int64)
+    keep = slice(None) if scores else slice(0, 0)
+    arrays["indices"] = ctx.predictions.indices[keep].astype(np.int64)
+    arrays["predicted"] = ctx.predictions.logits[keep].argmax(axis=1).astype(np.int64)
+    arrays["labels"] = ctx.predictions.labels[keep].astype(np.int64)
     arrays["names"] = np.asarray([ctx.images.names[int(i)] for i in arrays["indices"]], dtype=str)
     arrays["classes"] = np.asarray(list(ctx.class_names), dtype=str)
     matrices = [(k, v) for k, v in state.items() if k.endswith("weight") and v.ndim >= 2 and v.is_floating_point()]
