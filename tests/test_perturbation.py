@@ -351,7 +351,7 @@ def test_the_cost_each_page_states_is_the_images_one_map_sends_through_the_model
             seen.clear()
             options = {"rise": {}, "kernel-shap": {"segments": squares(32, 8)}, "lime": {"segments": squares(32, 8)}}
             method(model, x, 0, **options[name])
-            assert sum(seen) == analysis.passes(None, params) == {"rise": 1000, "kernel-shap": 200, "lime": 200}[name]
+            assert sum(seen) == analysis.passes(None, params) == {"rise": 500, "kernel-shap": 200, "lime": 200}[name]
             assert max(seen) == 64  # batches of 64 copies (the functions' default batch_size)
     finally:
         handle.remove()

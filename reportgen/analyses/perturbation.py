@@ -24,7 +24,7 @@ SCORE_WORDS = {"logit": "logit", "prob": "softmax probability"}
 
 @dataclass
 class RiseParams:
-    masks: int = field(default=1000, metadata=doc(
+    masks: int = field(default=500, metadata=doc(
         "Random masks per map (the paper's ImageNet experiments use thousands).", min=1,
         max=100000))
     cells: int = field(default=7, metadata=doc(
@@ -110,7 +110,7 @@ class Rise(PerturbationAnalysis):
     order = 13
     Params = RiseParams
     count_key = "masks"
-    shrink = (("masks", 250),)
+    shrink = (("masks", 200),)
     blank_means = ("every masked copy scored 0 for that class (with the logit score, the weighted scores cancel "
                    "out)")
 

@@ -108,7 +108,7 @@ def rise_masks(n: int, size: tuple[int, int], *, cells: int | tuple[int, int] = 
     return rise_expand(grids, shifts, size)
 
 
-def rise(model: nn.Module, inputs: torch.Tensor, target: Target, *, n_masks: int = 1000,
+def rise(model: nn.Module, inputs: torch.Tensor, target: Target, *, n_masks: int = 500,
          cells: int | tuple[int, int] = 7, p: float = 0.5, score: Score = "prob", batch_size: int = 64,
          generator: torch.Generator | None = None) -> torch.Tensor:
     """RISE saliency, (N, H, W) (Petsiuk, Das & Saenko, BMVC 2018, https://arxiv.org/abs/1806.07421).
