@@ -119,7 +119,9 @@ def report_options(fn: Callable) -> Callable:
     for decorator in reversed([
         click.option("--images", help="Image folder (class sub-folders give labels) or zoo:NAME. Default: the zoo "
                                       "model's test split."),
-        click.option("--out", help="Output folder (default: site)."),
+        click.option("--masks", help="Folder of object masks, one per image at its relative path (any image "
+                                     "format, non-zero = object); the maps are scored against them."),
+        click.option("-o", "--out", help="Output folder (default: site)."),
         click.option("--config", "config_path", type=click.Path(dir_okay=False),
                      help="TOML config with any build option."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to compute (default: auto)."),
@@ -171,7 +173,7 @@ def check_early(cfg: Any) -> None:
         return
     out = check_out_path(Path(cfg.out))
     model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
-    check_replaceable(out, [model_file, cfg.weights, cfg.images])
+    check_replaceable(out, [model_file, cfg.weights, cfg.images, cfg.masks])
     choose_analyses(cfg)
     check_paths(cfg)
 
@@ -293,7 +295,7 @@ def zoo_list(output: Output):
 
 @zoo.command("train")
 @click.argument("name")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the per-epoch checkpoints (default: checkpoints/NAME).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Override the recipe's number of epochs.")
