@@ -98,7 +98,8 @@ def draw_grid(colored: np.ndarray, cols: int, row_labels: Optional[Sequence[str]
 
     ``row_labels``: one per row, left of it (e.g. the layer); ``col_labels``: one per column, above it (e.g. the
     head); ``tile_labels``: one per tile, above it (e.g. the channel). Labels wrap to the room they have (row labels
-    at most `ROW_LABEL_SHARE` of the shown width); none is cut or shrunk below `LABEL_PX` as shown."""
+    at most `ROW_LABEL_SHARE` of the shown width; a part too long for its room breaks between characters); none
+    is clipped or drawn smaller than `LABEL_PX` as shown."""
     from PIL import Image, ImageDraw
 
     tiles = np.asarray(colored, dtype=np.float64)
