@@ -136,7 +136,7 @@ def build(cfg: BuildConfig, output: Optional[Output] = None, given: Optional[Giv
         return report
     out = check_out_path(Path(cfg.out))
     model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
-    check_replaceable(out, [model_file, cfg.weights, cfg.images])
+    check_replaceable(out, [model_file, cfg.weights, cfg.images, cfg.masks])
     chosen = choose_analyses(cfg)
     with staged_site(out, []) as tmp:
         report = build_site(cfg, chosen, tmp, output, given=given, group=group)
@@ -166,6 +166,12 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
                 given: Optional[Given], group: Any = None) -> BuildReport:
     t0 = time.perf_counter()
     ctx = load(cfg, output, given)
+    problems = ctx.images.masks.problems if ctx.images.masks is not None else []
+    if group is None or group.rank == 0:  # every rank found the same: rank 0 says it once
+        for name, why in problems[:5]:
+            output.warn(f"no mask for image '{name}': {why}")
+        if len(problems) > 5:
+            output.warn(f"... and {len(problems) - 5} more images without a mask (the data page lists them)")
     timings = {"load model and images": time.perf_counter() - t0}
     t_plan = time.perf_counter()
     plan = make_plan(ctx, chosen)
@@ -267,10 +273,10 @@ def load(cfg: BuildConfig, output: Output, given: Optional[Given] = None) -> Any
         device = resolve_device(cfg.device)
         loaded.model.to(device)
     if dataset is not None:
-        images = dataset.bind(loaded.input)
+        images = dataset.bind(loaded.input, cfg.masks)
     else:
         images = load_image_set(cfg.images, loaded.input, loaded.zoo_name, cfg.seed, cfg.max_images,
-                                scanned=scanned)
+                                scanned=scanned, masks=cfg.masks)
     return Context(config=cfg, loaded=loaded, images=images, device=device, facts=None, output=output,
                    class_folders=class_folders)
 
@@ -522,6 +528,7 @@ def kept_findings(outcomes: Iterator[Outcome], findings: list) -> Iterator[Outco
 def write(outcomes: Iterator[Outcome], writer: ArtifactWriter) -> list[AnalysisEntry]:
     """Write each outcome's items as files (`reportgen.imaging`) and return one manifest entry per analysis."""
     from . import imaging
+    from .interactive import write_data
 
     entries = []
     for o in outcomes:
@@ -530,6 +537,8 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter) -> list[AnalysisE
                               params=to_jsonable(dataclasses.asdict(o.params)))
         if o.result is not None:
             entry.items = to_jsonable([imaging.render_item(item, writer, f"img/{a.name}") for item in o.result.items])
+            if o.result.shared.get("interactive"):  # what the page's interactive view reads, once per site
+                write_data(writer, a.name, o.result.shared["interactive"], entry.items)
             entry.metrics = to_jsonable(o.result.metrics)
             entry.notes = list(o.result.notes)
         entries.append(entry)
@@ -540,6 +549,9 @@ def render(manifest: Manifest, folder: Path, writer: ArtifactWriter) -> None:
     """The pages, from the manifest alone, and manifest.json (`reportgen.site`)."""
     from .site import render_site
 
+    # the files written so far (the figures, data/*.js): a page loads a data file only where it was written, as a
+    # re-render reads them from manifest.json
+    manifest.files = dict(sorted(writer.hashes.items()))
     render_site(manifest, folder, writer)
 
 
@@ -635,6 +647,9 @@ def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timi
             "class_counts": (np.bincount(images.labels[images.labels >= 0], minlength=len(ctx.class_names)).tolist()
                              if images.has_labels else None),
             "skipped": [{"name": n, "reason": r} for n, r in images.skipped],
+            "masks": None if images.masks is None else {
+                "source": images.masks.source, "problems": [{"name": n, "reason": r}
+                                                            for n, r in images.masks.problems]},
             "conversions": images.conversions, "notes": images.notes, "samples": display_samples}),
         config=to_jsonable(config_dict(cfg)),
         seed=cfg.seed,

@@ -82,7 +82,6 @@ def build(tmp: Path, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def resnet_site(tmp_path_factory) -> Path:
-    pytest.importorskip("torchvision")
     tmp = tmp_path_factory.mktemp("resnet18")
     images = write_image_folder(tmp / "images", classes=(CLASS_NAMES[3], CLASS_NAMES[14], CLASS_NAMES[500]),
                                 per_class=2, size=(224, 224))

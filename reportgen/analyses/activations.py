@@ -17,6 +17,7 @@ from ..artifacts import Grid, NotApplicable, Picture, Plot, Result, Table
 from ..capture import capture
 from ..config import doc
 from ..errors import ConfigError
+from ..interactive import add_grid, point_thumbs, tile_browser
 from ..methods.degenerate import degenerate_reason
 from ..methods.embed import embed_layers, embed_pca, knn_accuracy, nearest_neighbours
 from . import Analysis, NOTHING, Reducer, register
@@ -97,6 +98,7 @@ class ActivationMaps(Analysis):
                else "a seeded random pick")
         display = ctx.sample_display()[: len(indices)] if indices else None
         result = Result()
+        browse = tile_browser(["image", "layer", "channel"])
         for pos, i in enumerate(indices):
             name_i = ctx.images.names[i]
             group = f"Image {name_i}"
@@ -109,6 +111,7 @@ class ActivationMaps(Analysis):
             result.items.append(Grid(
                 key=f"img{i}-normalized", tiles=enlarge_tiles(x, 96), style="signed", cols=min(len(x), 8), vmax=lim,
                 image=i, group=group, label="normalized input channels",
+                tile_labels=[f"channel {c}" for c in range(len(x))],
                 caption=f"The {len(x)} input channel(s) after normalization ((x - mean) / std), one shared scale: "
                         f"red +{_short(lim)}, white 0, blue -{_short(lim)}."))
             for name in shown:
@@ -122,14 +125,20 @@ class ActivationMaps(Analysis):
                     what = f"{len(chosen)} of {a.shape[0]} units (one square each)"
                 lim = signed_range(tiles)
                 listed = ", ".join(map(str, chosen[:24])) + (", ..." if len(chosen) > 24 else "")
+                cols = min(len(tiles), 8)
+                add_grid(browse, f"img{i}-{name}", len(tiles), cols,
+                         [(name_i, name, f"channel {c}" if a.ndim == 3 else f"unit {c}") for c in chosen])
                 result.items.append(Grid(
-                    key=f"img{i}-{name}", tiles=enlarge_tiles(tiles, 48), style="signed", cols=min(len(tiles), 8),
+                    key=f"img{i}-{name}", tiles=enlarge_tiles(tiles, 48), style="signed", cols=cols,
                     vmax=lim, image=i, layer=name, group=group, label=name,
+                    tile_labels=[f"ch {c}" if a.ndim == 3 else f"unit {c}" for c in chosen],
                     caption=f"{name} on image {name_i}: the output of this {kinds.get(name, 'module')} itself; {what}, "
                             f"{how}: {listed} (reading order). One shared "
                             f"symmetric scale: red +{_short(lim)}, white 0, blue -{_short(lim)}."))
         if skipped:
             result.notes.append(f"Layers without a (N, C, H, W) or (N, F) output are not shown: {', '.join(skipped)}.")
+        if browse["tiles"]:
+            result.shared["interactive"] = browse
         return result
 
 
@@ -483,8 +492,9 @@ class Embeddings(Analysis):
         t_tsne = time.perf_counter() - t0
         per_layer = []
         knn = {}
+        pcas = {}
         for key, f in feats.items():
-            pca = embed_pca(f, 2)
+            pca = pcas[key] = embed_pca(f, 2)
             if labelled.sum() >= 2 * params.k and len(set(labels[labelled].tolist())) > 1:
                 knn[key] = knn_accuracy(f[labelled], labels[labelled], k=params.k, seed=seed % (2**31))
             dims = f.shape[1]
@@ -525,6 +535,13 @@ class Embeddings(Analysis):
         else:
             result.notes.append("The images have too few labels for a k-NN accuracy.")
         result.items.extend(per_layer)
+        # every point of every layer, for the page's explorer (pointed at: its image, class and prediction)
+        result.shared["interactive"] = {
+            "kind": "embedding", "classes": list(ctx.class_names),
+            "points": {"index": indices, "name": [ctx.images.names[int(i)] for i in indices], "label": labels,
+                       "pred": preds},
+            "layers": [{"key": k, "views": {"t-SNE": tsne[k], "PCA": pcas[k]}, "knn": knn.get(k)} for k in keys],
+            "thumbs": point_thumbs(ctx, indices)}
         result.metrics["embedded images"] = int(len(indices))
         result.metrics["t-SNE seconds per layer"] = t_tsne / len(keys)
         if reducer.seen > reducer.max_points:
@@ -791,6 +808,7 @@ class TopImages(Analysis):
             return cache[i]
 
         result = Result()
+        browse = tile_browser(["layer", "channel"])
         for name in reducer.layers:
             top = reducer.top[name].result()
             means = reducer.sums[name] / reducer.count
@@ -802,6 +820,7 @@ class TopImages(Analysis):
                 for v, i, (y, x) in zip(top["values"][c], top["indices"][c], top["positions"][c]):
                     tiles.append(crop_padded(image(int(i)), rf, int(y), int(x)))
             n = top["values"].shape[1]
+            add_grid(browse, f"top-{name}", len(tiles), n, [(name, f"channel {c}") for c in chosen.tolist()], span=n)
             patch = rf.method == "patch"
             in_h, in_w = ctx.facts.input_shape[-2:]
             whole = rf.covers_input or rf.size[0] >= in_h or rf.size[1] >= in_w  # as `crop_padded` decides
@@ -812,9 +831,11 @@ class TopImages(Analysis):
                      "image)")
             result.items.append(Grid(
                 key=f"top-{name}", tiles=enlarge_tiles(np.stack(tiles), 56), style="rgb", cols=n, layer=name,
-                label=name,
+                label=name, row_labels=[f"ch {c}" for c in chosen.tolist()],
                 caption=f"Row by row, channels {', '.join(map(str, chosen.tolist()))} of {name} (the {len(chosen)} "
                         f"with the largest mean activation over {reducer.count} images); in each row the {n} images "
                         f"whose map reaches the highest maximum, highest first, {where}."))
             result.metrics[f"receptive field {name}"] = int(rf.size[0])
+        if browse["tiles"]:
+            result.shared["interactive"] = browse
         return result

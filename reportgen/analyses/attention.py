@@ -15,6 +15,7 @@ from typing import Any
 from ..artifacts import Grid, NotApplicable, Picture, Result
 from ..config import doc
 from . import Analysis, NOTHING, register
+from ..interactive import add_grid, tile_browser
 from .activations import enlarge_tiles
 from .influence import AttributionAnalysis
 
@@ -75,6 +76,7 @@ class AttentionMaps(Analysis):
         result = Result()
         heads = sorted({int(m.shape[1]) for m in maps.values()})
         shown = min(max(heads), params.heads)
+        browse = tile_browser(["image", "layer", "head"])
         if windowed:
             result.notes.append(
                 f"{len(windowed)} of the {len(names)} attention layers attend within shifted windows (Swin): there "
@@ -97,9 +99,14 @@ class AttentionMaps(Analysis):
                                   torch.full((shown - min(shown, m.shape[0]), *m.shape[1:]), float("nan"))])
                 tiles.append(F.interpolate(rows[:, None], size=(side, side), mode="nearest")[:, 0])
             image_name = ctx.images.names[i]
+            # the page's layer and head browser: every tile but the grey ones of layers with fewer heads
+            add_grid(browse, f"heads-{i:05d}", len(names) * (1 + shown), 1 + shown, [
+                (image_name, n, "mean over heads" if h < 0 else f"head {h}") if h < maps[n].shape[1] else None
+                for n in names for h in range(-1, shown)])
             result.items.append(Grid(
                 key=f"heads-{i:05d}", tiles=enlarge_tiles(torch.cat(tiles).numpy(), 56), style="heat",
                 cols=1 + shown, per_tile_scale=True, image=i, group="Per layer and head",
+                row_labels=names, col_labels=["mean", *[f"head {h}" for h in range(shown)]],
                 label=f"{image_name}: every layer and head",
                 caption=f"{image_name}: one row per attention layer ({names[0]} at the top, {names[-1]} at the "
                         f"bottom); first column the mean over the heads, then heads 0 to {shown - 1} (grey: a layer "
@@ -112,6 +119,7 @@ class AttentionMaps(Analysis):
                 group="Last layer over the image", label=f"{image_name}: last layer, mean over heads",
                 caption=f"{image_name}: the last attention layer ({names[-1]}), mean over the heads, one value "
                         "per patch, over a dimmed grey copy of the image."))
+        result.shared["interactive"] = browse
         result.metrics["attention layers"] = len(names)
         result.metrics["heads"] = max(heads)
         return result

@@ -38,9 +38,14 @@ IMBALANCE = (3.0, 10.0)  # largest / smallest labelled class count: warning, ale
 OBJECT_MASS = 0.5  # "most of the mass": less than this share of the trusted maps' mass on the object
 DEAD_SHARE = 0.5  # warning when a ReLU has at least this share of units that never fire
 ROBUST_LEVELS = (5.0, 1.0)  # median adversarial change, % of ||x||, below: warning, alert
+# share of the labelled images that confident learning flags: warning (the mean share of human-confirmed label
+# errors in 10 benchmark test sets, Northcutt, Athalye & Mueller 2021), alert
+LABEL_ERROR_LEVELS = (0.033, 0.10)
+DUPLICATE_LEVELS = (0.01, 0.10)  # extra copies (near-duplicates beyond the first of each group) / images checked
 
 # the analyses whose results a finding reads, beyond the attribution methods (mask scores)
-PRODUCERS = ("predictions", "distributions", "deletion-insertion", "randomization-test", "adversarial")
+PRODUCERS = ("predictions", "data-quality", "distributions", "deletion-insertion", "randomization-test",
+             "adversarial")
 
 
 def finding(id: str, title: str, severity: str, sentence: str, threshold: str = "", source: str = "",
@@ -265,6 +270,84 @@ def imbalance_findings(labels: np.ndarray, names: list[str], evidence: Optional[
         links=evidence)]
 
 
+def label_error_findings(issues: Optional[dict], why: str = "", evidence: Optional[list] = None) -> list[Finding]:
+    """Likely label errors: the share of the labelled images whose given label confident learning (Northcutt et al.,
+    JAIR 2021) finds confidently contradicted by the model's predicted probabilities. ``issues``: the data-quality
+    analysis's ``shared["label issues"]`` ({"checked", "flagged", "share", "accuracy", "top": [{"image", "given",
+    "suspected", "self-confidence"}]}, or {"why"} when it could not check); ``why``: why that analysis has no
+    result."""
+    title = "Likely label errors"
+    if why or not issues:
+        return [not_checked("label-errors", title, why or "the data-quality analysis has no result")]
+    if issues.get("why"):
+        return [not_checked("label-errors", title, issues["why"])]
+    m, f, share = int(issues["checked"]), int(issues["flagged"]), float(issues["share"])
+    numbers = {"flagged": f, "checked": m, "share": share, "accuracy": float(issues["accuracy"])}
+    if not f:
+        return [finding("label-errors", title, "info",
+                        f"Confident learning flags none of the {m} labelled images: no given label is confidently "
+                        "contradicted by the model's predicted probabilities.",
+                        threshold=f"warning at {pct(LABEL_ERROR_LEVELS[0])} of the labelled images flagged, alert at "
+                                  f"{pct(LABEL_ERROR_LEVELS[1])}",
+                        source="confident learning, Northcutt, Jiang & Chuang, JAIR 2021", numbers=numbers,
+                        links=evidence)]
+    severity = "alert" if share >= LABEL_ERROR_LEVELS[1] else "warning" if share >= LABEL_ERROR_LEVELS[0] else "info"
+    listed = "; ".join(f"{t['image']}: given '{t['given']}', suspected '{t['suspected']}' (p(given) "
+                       f"{t['self-confidence']:.2f})" for t in issues["top"][:3])
+    return [finding(
+        "label-errors", title, severity,
+        f"Confident learning flags {f} of the {m} labelled images ({pct(share)}) as likely label errors, their given "
+        f"label confidently contradicted by the model (e.g. {listed}); each is either a wrong label or a confident "
+        f"mistake of the model (accuracy {pct(issues['accuracy'])}): look at the pictures.",
+        threshold=f"warning at {pct(LABEL_ERROR_LEVELS[0])} of the labelled images flagged, alert at "
+                  f"{pct(LABEL_ERROR_LEVELS[1])}",
+        source="confident learning, Northcutt, Jiang & Chuang, JAIR 2021; the warning level is the mean share of "
+               "human-confirmed label errors in the test sets of 10 common benchmarks (Northcutt, Athalye & Mueller, "
+               f"NeurIPS 2021 Datasets and Benchmarks: 3.3%); the alert level is a {CONVENTION}",
+        numbers=numbers, links=evidence)]
+
+
+def duplicate_findings(dups: Optional[dict], why: str = "", evidence: Optional[list] = None) -> list[Finding]:
+    """Near-duplicate images (16x16 thumbnails whose PSNR reaches the data-quality analysis's ``min_psnr``), within
+    and across classes. ``dups``: that analysis's ``shared["duplicates"]`` ({"checked", "seen", "pairs",
+    "identical", "different labels", "groups", "images", "extra copies", "min psnr", "examples"}, or {"why"});
+    ``why``: why that analysis has no result. The share that decides is of the extra copies (members of a group of
+    near-duplicates beyond its first) among the images checked: how much the set counts the same picture again."""
+    title = "Near-duplicates"
+    if why or not dups:
+        return [not_checked("duplicates", title, why or "the data-quality analysis has no result")]
+    if dups.get("why"):
+        return [not_checked("duplicates", title, dups["why"])]
+    n, pairs, extra = int(dups["checked"]), int(dups["pairs"]), int(dups["extra copies"])
+    differ = int(dups["different labels"])
+    share = extra / n
+    which = f"the {n} images checked" if dups["seen"] <= n else f"a seeded sample of {n} of the {dups['seen']} images"
+    threshold = (f"warning when a near-duplicate pair carries two different labels or when extra copies are at least "
+                 f"{pct(DUPLICATE_LEVELS[0])} of the images checked, alert at {pct(DUPLICATE_LEVELS[1])}")
+    source = (f"near-duplicate: {dups['min psnr']:g} dB PSNR of 16x16 thumbnails, the low end of the usual PSNR "
+              f"range of lossy 8-bit image compression (30 to 50 dB); the levels are a {CONVENTION}")
+    numbers = {"pairs": pairs, "identical pairs": int(dups["identical"]), "pairs with different labels": differ,
+               "groups": int(dups["groups"]), "images in groups": int(dups["images"]), "extra copies": extra,
+               "extra share": share, "checked": n}
+    if not pairs:
+        return [finding("duplicates", title, "info", f"No two of {which} are near-duplicates.", threshold=threshold,
+                        source=source, numbers=numbers, links=evidence)]
+    severity = ("alert" if share >= DUPLICATE_LEVELS[1] else
+                "warning" if differ or share >= DUPLICATE_LEVELS[0] else "info")
+    sentence = (f"{pairs} near-duplicate pairs ({dups['identical']} identical) among {which}: {dups['images']} images "
+                f"in {dups['groups']} groups, {extra} of them extra copies ({pct(share)} of the images checked)")
+    if differ:
+        ex = next((e for e in dups["examples"] if e["label a"] is not None and e["label b"] is not None
+                   and e["label a"] != e["label b"]), None)
+        sentence += (f"; {differ} {'pair carries' if differ == 1 else 'pairs carry'} two different labels, so one of "
+                     "the two is wrong for what is the same picture"
+                     + (f" (e.g. {ex['a']} '{ex['label a']}' and {ex['b']} '{ex['label b']}')" if ex else ""))
+    else:
+        sentence += "; every pair has one label (or none)"
+    return [finding("duplicates", title, severity, sentence + ".", threshold=threshold, source=source,
+                    numbers=numbers, links=evidence)]
+
+
 # --- the trust checks and the maps ----------------------------------------------------------------------------------
 
 
@@ -362,7 +445,8 @@ def evidence_findings(scores: dict[str, dict], trusted: Optional[list[str]], why
     area = float(np.mean([v["area"] for v in per.values()]))
     pointing = float(np.mean([v["pointing"] for v in per.values()]))
     if mass <= area:
-        severity, what = "alert", "no more than a uniform map would"
+        severity, what = "alert", ("relies on context / background: no more of the maps' mass lies on the object "
+                                   "than a uniform map would put there")
     elif mass < OBJECT_MASS:
         severity, what = "warning", "relies on context / background: most of the maps' mass lies outside the object"
     else:
@@ -389,8 +473,10 @@ def evidence_findings(scores: dict[str, dict], trusted: Optional[list[str]], why
 
 def robustness_findings(robust: Optional[dict], why: str = "", evidence: Optional[list] = None) -> list[Finding]:
     """The median adversarial change that flips the prediction (% of the image norm, normalized inputs) against the
-    random-sphere control (random changes twice as large: the share of them that flip the label). ``robust``: the
-    adversarial analysis's ``shared["robustness"]``."""
+    random-sphere control at the same norm: around each flipped image, random changes as large as its own
+    adversarial change, and the share of them that flip the label (the adversarial change flips every one of these
+    images by construction). ``robust``: the adversarial analysis's ``shared["robustness"]`` ("sphere scale": the
+    sphere's radius as a multiple of the adversarial change; the comparison is like with like only at 1)."""
     title = "Robustness"
     if why or not robust:
         return [not_checked("robustness", title, why or "the adversarial analysis has no result")]
@@ -407,15 +493,40 @@ def robustness_findings(robust: Optional[dict], why: str = "", evidence: Optiona
     numbers = {"median change %": median, "images": len(ok), "changed": int(ok.sum())}
     if robust.get("sphere fraction"):
         frac = float(np.mean(robust["sphere fraction"]))
-        sentence += (f"; random changes twice as large flip it for {pct(frac)} of the points drawn (the "
-                     "random-sphere control)")
-        numbers["random flip share at 2x"] = frac
+        scale = float(robust.get("sphere scale", 1.0))
+        flipped, drawn = int(sum(robust.get("sphere changed", []))), int(sum(robust.get("sphere drawn", [])))
+        if drawn:
+            from ..methods.adversarial import wilson_interval
+
+            upper = wilson_interval(flipped, drawn)[1]  # of the pooled points (95%, Wilson 1927)
+            numbers.update({"random points drawn": drawn, "random points flipped": flipped,
+                            "random flip share 95% upper bound": upper})
+        if scale == 1:
+            numbers["random flip share at the same norm"] = frac
+            pooled = f"; {flipped} of {drawn} points in all, 95% upper bound {pct(upper)}" if drawn else ""
+            sentence += (f"; random changes of the same norm (around each of these images, as large as its own "
+                         f"adversarial change) flip it for {pct(frac)} of the points drawn (the random-sphere "
+                         f"control, mean over the images{pooled}), against 100% for the adversarial direction: ")
+            if frac > 0:
+                sentence += (f"at equal norm the adversarial change flips the label about {1 / frac:,.0f} times as "
+                             "often as random noise")
+            elif drawn:
+                sentence += ("at equal norm no random change flipped the label, so the adversarial change flips it "
+                             f"at least {1 / upper:,.0f} times as often as random noise (against the upper bound)")
+            else:
+                sentence += "at equal norm no random change flipped the label; the adversarial one always did"
+        else:
+            numbers[f"random flip share at {scale:g}x"] = frac
+            sentence += (f"; random changes {scale:g} times as large flip it for {pct(frac)} of the points drawn (the "
+                         "random-sphere control, not at the same norm: set analysis.adversarial.sphere_scale = 1 to "
+                         "compare like with like)")
     else:
         sentence += "; the random-sphere control did not run"
     return [finding(
         "robustness", title, severity, sentence + ".",
         threshold=f"warning below {ROBUST_LEVELS[0]:g}% of the image norm, alert below {ROBUST_LEVELS[1]:g}%",
-        source="adversarial examples, Szegedy et al., ICLR 2014; the thresholds are a " + CONVENTION,
+        source="adversarial examples, Szegedy et al., ICLR 2014; random noise against adversarial changes of the "
+               "same norm, Fawzi et al., NeurIPS 2016; the thresholds are a " + CONVENTION,
         numbers=numbers, links=evidence)]
 
 
@@ -520,6 +631,14 @@ class Findings(Analysis):
         findings += confusion_findings(pred.logits, pred.labels, names, shown("predictions", "confusion",
                                                                               "confusion matrix", table=False))
         findings += imbalance_findings(pred.labels, names, [link("data.html", None, "the image set")])
+        quality = upstream.results.get("data-quality")
+        page = [analysis_link("data-quality", None, "label errors and near-duplicates")] if quality else []
+        findings += label_error_findings(
+            quality.shared.get("label issues") if quality else None, why_not("data-quality"),
+            shown("data-quality", "label-errors", "likely label errors") or page)
+        findings += duplicate_findings(
+            quality.shared.get("duplicates") if quality else None, why_not("data-quality"),
+            shown("data-quality", "duplicate-pairs", "near-duplicate pairs") or page)
         if rel is not None:
             result.items.append(Plot(
                 key="reliability", kind="reliability", label="Reliability diagram",
@@ -552,8 +671,12 @@ class Findings(Analysis):
         elif not any(n in upstream.results for n in methods):
             why = "no attribution method ran: " + "; ".join(why_not(n) for n in methods if why_not(n))
         elif not scores:
-            why = ("the image set has no object masks (the zoo's shapes set has them)" if ctx.images.masks is None
-                   else "no attribution map has the image's size, so none is scored against the masks")
+            masks = ctx.images.masks
+            why = ("the image set has no object masks (give a folder of them with --masks; the zoo's shapes have "
+                   "them)" if masks is None else
+                   "none of the sample images has a mask (the data page lists the images without one)"
+                   if all(masks.get(i) is None for i in ctx.samples) else
+                   "no attribution map has the image's size, so none is scored against the masks")
         else:
             why = ""
         map_links = {n: [analysis_link(n, v[3], f"{n}: {ctx.images.names[i]}") for i, v in list(s.items())[:2]]
