@@ -82,6 +82,12 @@ def test_zero_head_builds_and_says_the_logits_are_constant(tmp_path, image_folde
     assert a["predictions"]["status"] == "ok"  # constant logits are still predictions (all class 0)
     # no pixel moves a logit of a zero head: the gradient maps are black, and the page says why
     assert any("maps are zero at every pixel" in n for n in a["gradient"]["notes"])
+    # and the findings say so, with the count of the gradient page's maps
+    findings = {f["id"]: f for f in json.loads((tmp_path / "site" / "manifest.json").read_text())["findings"]}
+    blank = findings["degenerate-maps"]
+    maps = a["gradient"]["metrics"]["maps"]
+    assert blank["severity"] == "warning" and f"gradient {maps} of {maps}" in blank["sentence"]
+    assert blank["numbers"]["degenerate maps"]["gradient"] == maps
 
 
 def test_constant_layer_builds_with_a_note_on_each_affected_figure(tmp_path, image_folder):

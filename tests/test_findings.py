@@ -259,6 +259,15 @@ def test_dead_and_constant_units():
     assert fine.severity == "info" and "no ReLU has a dead unit" in fine.sentence
 
 
+def test_degenerate_maps():
+    (bad,) = fd.degenerate_map_findings({"gradient": (3, 8), "cam": (0, 8)})
+    assert bad.severity == "warning" and "gradient 3 of 8" in bad.sentence and "cam" not in bad.sentence
+    assert bad.links == [{"page": "analyses/gradient.html", "anchor": "", "label": "gradient"}]
+    (fine,) = fd.degenerate_map_findings({"gradient": (0, 8), "cam": (0, 8)})
+    assert fine.severity == "info" and "None of the 16 maps of the 2 attribution methods" in fine.sentence
+    assert fd.degenerate_map_findings({}, "no attribution method ran")[0].severity == "not checked"
+
+
 def test_what_the_budget_left_out():
     (f,) = fd.budget_findings({"adversarial": "over the budget"})
     assert f.severity == "warning" and f.numbers["analyses"] == ["adversarial"]

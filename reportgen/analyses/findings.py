@@ -560,6 +560,29 @@ def unit_findings(units: Optional[dict], why: str = "", evidence: Optional[list]
         links=evidence)]
 
 
+def degenerate_map_findings(counts: dict[str, tuple[int, int]], why: str = "") -> list[Finding]:
+    """Attribution maps that show nothing: zero at every pixel, or with NaN / infinite values. ``counts``: method ->
+    (degenerate maps, maps) of each attribution page that ran (its ``shared["degenerate maps"]``)."""
+    title = "Degenerate maps"
+    if why or not counts:
+        return [not_checked("degenerate-maps", title, why or "no attribution method ran")]
+    bad = {n: (d, m) for n, (d, m) in counts.items() if d}
+    total = sum(m for _, m in counts.values())
+    if not bad:
+        sentence = (f"None of the {total} maps of the {len(counts)} attribution methods is zero at every pixel or "
+                    "has non-finite values.")
+    else:
+        sentence = ("Some maps show nothing (zero at every pixel, or NaN / infinite values drawn as 0): "
+                    + ", ".join(f"{n} {d} of {m}" for n, (d, m) in bad.items())
+                    + ". Their pages say what such a map means for each method.")
+    return [finding(
+        "degenerate-maps", title, "warning" if bad else "info", sentence,
+        threshold="warning when any map of a method is zero at every pixel or not finite", source=CONVENTION,
+        numbers={"degenerate maps": {n: d for n, (d, _) in counts.items()},
+                 "maps": {n: m for n, (_, m) in counts.items()}},
+        links=[analysis_link(n, None, n) for n in bad])]
+
+
 def budget_findings(missing: dict[str, str]) -> list[Finding]:
     """What the compute budget (or a failure) left out of the analyses the findings read: ``missing`` name -> why."""
     title = "Left out"
@@ -682,6 +705,11 @@ class Findings(Analysis):
         map_links = {n: [analysis_link(n, v[3], f"{n}: {ctx.images.names[i]}") for i, v in list(s.items())[:2]]
                      for n, s in scores.items()}
         findings += evidence_findings(scores, trusted, why, map_links)
+        ran = [n for n in methods if n in upstream.results]
+        findings += degenerate_map_findings(
+            {n: c for n in ran if (c := shared(n, "degenerate maps")) is not None},
+            "" if ran else "no attribution method ran" if methods else
+            "no attribution method was chosen or applies to this model")
 
         findings += robustness_findings(shared("adversarial", "robustness"), why_not("adversarial"),
                                         shown("adversarial", "summary", "untargeted attack")

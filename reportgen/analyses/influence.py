@@ -384,6 +384,8 @@ class AttributionAnalysis(Analysis):
         result.notes.extend(self.notes(ctx, params, options, raw))
         raw, blank, degenerate = degenerate_maps(raw, self.blank_means)
         result.notes.extend(degenerate)
+        # for the findings: how many of this page's maps are zero at every pixel or had non-finite values
+        result.shared["degenerate maps"] = (sum(bool(b) for b in blank), len(blank))
         heat = np.clip(raw, 0, None)  # heat colours start at 0; only occlusion has negative values
         shared, per_image = colour_limits(heat, params.percentile)
         result.metrics["maps"] = len(targets)
