@@ -16,7 +16,9 @@ from reportgen.methods import attention as ATT
 from reportgen.methods import attribution as A
 from reportgen.methods import cams as C
 from reportgen.methods import deeplift as DL
+from reportgen.methods import lrp as LRP
 from reportgen.methods import paths as PATHS
+from reportgen.methods import perturbation as P
 from reportgen.methods.relu_rules import inspect_nonlinearities, relu_rule
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,12 +230,19 @@ SHOWN = {python_name(a.name): a for a in all_analyses() if isinstance(a, Attribu
 def test_every_shown_method_is_a_function_named_like_its_analysis():
     for name in SHOWN:
         assert callable(getattr(A, name, None) or getattr(C, name, None) or getattr(ATT, name, None)
-                        or getattr(PATHS, name, None) or getattr(DL, name, None)), name
+                        or getattr(PATHS, name, None) or getattr(DL, name, None) or getattr(P, name, None)
+                        or getattr(LRP, name, None)), name
 
 
 def method_params(name: str) -> dict:
     return {"smoothgrad": {"n": 4, "sigma": 0.2, "generator": torch.Generator().manual_seed(3), "batch_size": 5},
-            "occlusion": {"window": (3, 3), "stride": (2, 2), "batch_size": 10, "per_pixel": True}}.get(name, {})
+            "occlusion": {"window": (3, 3), "stride": (2, 2), "batch_size": 10, "per_pixel": True},
+            # the perturbation methods draw from a generator of their own; a batch gets each image's draws alone
+            "rise": {"n_masks": 40, "cells": 3, "batch_size": 16, "generator": torch.Generator().manual_seed(3)},
+            "kernel_shap": {"n_samples": 20, "batch_size": 16, "generator": torch.Generator().manual_seed(3)},
+            "lime": {"n_samples": 20, "batch_size": 16, "generator": torch.Generator().manual_seed(3)},
+            # z^B on the first layer needs the input's bounds (the build takes them from the normalization)
+            "lrp": {"low": -4.0, "high": 4.0}}.get(name, {})
 
 
 def display_map(name: str, model: nn.Module, x: torch.Tensor, target, **params) -> torch.Tensor:
@@ -451,7 +460,7 @@ def test_every_method_leaves_the_model_unchanged(name, case):
         assert display_map(name, model, x, target, **params).shape == (2, 8, 8)
     elif case == "fail_second_call" and name in ("gradient", "deconvnet", "guided_backprop", "cam", "grad_cam",
                                                   "grad_cam_plus_plus", "xgrad_cam", "layer_cam", *ATTENTION,
-                                                  "input_x_gradient", "deeplift"):
+                                                  "input_x_gradient", "deeplift", "lrp"):
         display_map(name, model, x, target, **params)  # one forward pass: nothing to fail
     else:
         with pytest.raises((RuntimeError, ValueError), match="injected|out of range"):

@@ -281,16 +281,23 @@ def weighted_ridge(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, alph
 
 def _superpixel_scores(model: nn.Module, inputs: torch.Tensor, target: Target, segments: torch.Tensor | None,
                        coalitions: Callable[[int], torch.Tensor], fill: float, batch_size: int,
-                       score: Score) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+                       score: Score, generator: torch.Generator | None
+                       ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Segments (N, H, W), each image's coalitions (n, M_i) and their scores (n,) (copies: the superpixels out of
-    the coalition set to ``fill``)."""
+    the coalition set to ``fill``). ``coalitions(M)`` draws from ``generator``, which is set back to its state at
+    the call before each image's draws."""
     _check_inputs(inputs)
     _check_batch(batch_size, "superpixel attribution")
     num = inputs.shape[0]
     targets = as_targets(target, num, inputs.device)
     x = inputs.detach()
     seg = _segments(x, segments)
-    zs = [coalitions(int(seg[i].max()) + 1).to(x.device) for i in range(num)]
+    zs = []
+    start = generator.get_state() if generator is not None else None
+    for i in range(num):
+        if start is not None:  # every image draws from the call's starting state: alone or in a batch, the same
+            generator.set_state(start)
+        zs.append(coalitions(int(seg[i].max()) + 1).to(x.device))
     n = zs[0].shape[0]
     fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
 
@@ -318,10 +325,12 @@ def kernel_shap(model: nn.Module, inputs: torch.Tensor, target: Target, *,
     estimated from ``n_samples`` coalitions per image (`shap_coalitions`, the full and the empty one included) by
     `shapley_regression`; each pixel gets its superpixel's value. The values sum to f(image) - f(all filled).
     ``segments``: labels (N, H, W) or (H, W) from 0; None = `input_superpixels`. ``coefficients=True`` returns the
-    per-image values (M_i,) instead of the maps. Coalitions are drawn image after image from ``generator``.
+    per-image values (M_i,) instead of the maps. Each image draws its coalitions from ``generator`` as it stood at
+    the call, so an image gets the same map alone as in a batch.
     """
     seg, zs, ys = _superpixel_scores(model, inputs, target, segments,
-                                     lambda m: shap_coalitions(m, n_samples, generator), fill, batch_size, score)
+                                     lambda m: shap_coalitions(m, n_samples, generator), fill, batch_size, score,
+                                     generator)
     values = [shapley_regression(z, y) for z, y in zip(zs, ys)]
     return values if coefficients else _paint(seg, values, inputs.dtype)
 
@@ -342,6 +351,7 @@ def lime(model: nn.Module, inputs: torch.Tensor, target: Target, *,
     if kernel_width <= 0 or alpha < 0:
         raise ValueError(f"lime needs kernel_width > 0 and alpha >= 0, got {kernel_width}, {alpha}")
     seg, zs, ys = _superpixel_scores(model, inputs, target, segments,
-                                     lambda m: lime_coalitions(m, n_samples, generator), fill, batch_size, score)
+                                     lambda m: lime_coalitions(m, n_samples, generator), fill, batch_size, score,
+                                     generator)
     values = [weighted_ridge(z, y, lime_weights(z, kernel_width), alpha) for z, y in zip(zs, ys)]
     return values if coefficients else _paint(seg, values, inputs.dtype)
