@@ -61,6 +61,9 @@ def site(lenet_site) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
+    """One headless Chromium per test module (test_interactive and test_layout_real import this fixture)."""
+    if CHROMIUM is None:
+        pytest.skip(NO_BROWSER)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

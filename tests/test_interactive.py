@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import write_image_folder
-from test_browser import CHROMIUM, LAUNCH_ARGS, NO_BROWSER, Watch
+from test_browser import Watch, browser  # noqa: F401 (browser: the shared fixture)
 
 pytestmark = [pytest.mark.browser]
 
@@ -88,20 +88,6 @@ def test_data_written_once_and_agrees_with_the_image_set(site):
             assert (h, w) == (g["height"], g["width"])
             assert g["origin"][1] + (g["rows"] - 1) * g["pitch"][0] + g["tile"][0] <= h
             assert g["origin"][0] + (g["cols"] - 1) * g["pitch"][1] + g["tile"][1] <= w
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip(NO_BROWSER)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -25,12 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from conftest import run, write_image_folder
-from find_browser import DEBIAN_CHROMIUM, find_browser
+from test_browser import CHROMIUM, NO_BROWSER, browser  # noqa: F401 (browser: the shared fixture)
 from test_figure_layout import layout_problems  # the least sizes and what may not overlap, shared
 
-CHROMIUM = find_browser()
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-NO_BROWSER = f"needs Debian's chromium on PATH or at {DEBIAN_CHROMIUM} (apt-get install chromium)"
 LAYOUT_KEY = "reportgen-layout"
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_layout_real")]
@@ -104,18 +101,6 @@ def vit_site(tmp_path_factory) -> Path:
     transformers.ViTForImageClassification(cfg).eval().save_pretrained(str(tmp / "vit"))
     images = write_image_folder(tmp / "images", per_class=2, size=(224, 224))
     return build(tmp, str(tmp / "vit"), "--images", str(images), "--only", ",".join(VIT_ANALYSES))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 # each figure's picture and colour bar as shown: folded sections opened, lazy images loaded
