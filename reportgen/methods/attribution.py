@@ -1,23 +1,29 @@
-"""Attribution: how much each input pixel matters to one class score, as plain functions on tensors.
+"""Attribution: how much each input pixel matters to one score (a class's, or a target's), as plain functions on
+tensors.
 
 Shared arguments, the same in every function here and in `reportgen.methods.cams`:
 
-- ``model``: an image classifier returning logits (N, K). It is used in whatever mode the caller put it in (the
+- ``model``: an image classifier returning logits (N, K), or with a callable ``target`` any model whose output
+  the callable reads (a segmenter, a detector, an embedder). It is used in whatever mode the caller put it in (the
   report uses eval mode, which also makes every image's map independent of the others in the batch). It comes
   back unchanged: no hook, no swapped module, the same parameters, ``requires_grad`` flags and train/eval mode,
   and no parameter ``.grad`` is ever written (gradients are taken with `torch.autograd.grad` w.r.t. the input).
 - ``inputs``: float tensor (N, C, H, W), already normalized the way the model expects. It is not modified.
-- ``target``: the class whose score is explained: an int (the same for all images), a sequence of N ints or a
-  LongTensor (N,). A class outside ``[0, K)`` raises `ValueError`.
+- ``target``: the score that is explained. Class indices: an int (the same for all images), a sequence of N ints
+  or a LongTensor (N,); the score is then the class's logit (pre-softmax), as in the papers (softmax would mix
+  in the other classes), and a class outside ``[0, K)`` raises `ValueError`. Or a callable ``target(output) ->
+  (B,)`` that receives the model's raw output (a tensor, a dict such as ``{'out': ...}``, a list of detection
+  dicts) and returns one differentiable score per row, for a model of any task (`reportgen.methods.targets`:
+  a class or label, a region of a segmentation, a detection, the similarity of an embedding). Methods call it
+  on the output of every forward pass, whose rows may be copies of the images; a callable with per-image data
+  has ``select(index)``, see `reportgen.methods.targets`.
 
-The score is the target's logit (pre-softmax), as in the papers: softmax would mix in the other classes.
 Returned maps are raw (signed or not as documented, never normalized): normalization is a display matter.
 """
 
 from __future__ import annotations
 
-import numbers
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +32,8 @@ from torch import nn
 from ..capture import require_python_module
 from .incremental import IncrementalOcclusion, IncrementalPlan
 from .relu_rules import relu_rule
-
-Target = Union[int, Sequence[int], torch.Tensor]
+from .targets import Target, as_targets, resolve_target, select_target, target_scores  # noqa: F401 (re-exported)
 GradientMethod = Callable[[nn.Module, torch.Tensor, Target], torch.Tensor]
-
-
-def as_targets(target: Target, n: int, device: torch.device | None = None) -> torch.Tensor:
-    """``target`` as a LongTensor (N,); a single int is repeated for every image."""
-    if isinstance(target, torch.Tensor):
-        t = target.reshape(-1).to(dtype=torch.long)
-        if t.numel() == 1:
-            t = t.expand(n)
-    elif isinstance(target, numbers.Integral):
-        t = torch.full((n,), int(target), dtype=torch.long)
-    else:
-        t = torch.as_tensor(list(target), dtype=torch.long)
-    if t.shape != (n,):
-        raise ValueError(f"target has {t.numel()} entries for {n} images: give one int or one class per image")
-    return t.to(device) if device is not None else t
 
 
 def _check_inputs(inputs: torch.Tensor) -> None:
@@ -52,28 +42,13 @@ def _check_inputs(inputs: torch.Tensor) -> None:
         raise ValueError(f"inputs must be a float tensor (N, C, H, W), got {got}")
 
 
-def target_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = "logit") -> torch.Tensor:
-    """The (N,) scores ``logits[i, targets[i]]`` (or their softmax probabilities), checking the class range."""
-    if logits.dim() != 2:
-        raise ValueError(f"the model must return logits (N, classes), got shape {tuple(logits.shape)}")
-    k = logits.shape[1]
-    bad = (targets < 0) | (targets >= k)
-    if bool(bad.any()):
-        raise ValueError(f"target class {int(targets[bad][0])} is out of range for a model with {k} classes")
-    if score == "prob":
-        logits = logits.softmax(dim=1)
-    elif score != "logit":
-        raise ValueError(f"unknown score {score!r}: use 'logit' or 'prob'")
-    return logits.gather(1, targets.to(logits.device)[:, None]).squeeze(1)
-
-
 def gradient(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
     """d score_target / d input, signed, (N, C, H, W) (Simonyan et al. 2013, https://arxiv.org/abs/1312.6034)."""
     _check_inputs(inputs)
-    return _input_gradient(model, inputs.detach().clone(), as_targets(target, inputs.shape[0], inputs.device))
+    return _input_gradient(model, inputs.detach().clone(), resolve_target(target, inputs.shape[0], inputs.device))
 
 
-def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _input_gradient(model: nn.Module, x: torch.Tensor, targets: object) -> torch.Tensor:
     """`gradient` of a tensor the caller made for this call and gives up (it becomes a leaf that requires grad):
     SmoothGrad's noisy copies, which need no defensive clone."""
     x.requires_grad_(True)
@@ -152,7 +127,7 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target, *, method
     if sigma < 0:
         raise ValueError(f"smoothgrad needs sigma >= 0, got {sigma}")
     num = inputs.shape[0]
-    targets = as_targets(target, num, inputs.device)
+    targets = resolve_target(target, num, inputs.device)
     x = inputs.detach()
     flat = x.reshape(num, -1)
     std = sigma * (flat.amax(dim=1) - flat.amin(dim=1))  # (N,)
@@ -173,7 +148,8 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target, *, method
             torch.mul(noise[a:b], std[i], out=block)
             block.add_(x[i])  # x + std * noise, rounded as before
             at += b - a
-        chunk_targets = torch.cat([targets[i:i + 1].expand(b - a) for i, a, b in runs])
+        owners = torch.cat([torch.full((b - a,), i, dtype=torch.long) for i, a, b in runs])
+        chunk_targets = select_target(targets, owners)
         if method is gradient:  # the batch is ours: no defensive clone
             attr = _input_gradient(model, noisy, chunk_targets)
         else:
@@ -238,7 +214,7 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target, *,
         raise ValueError(f"occlusion stride must be >= 1, got {(sh, sw)}")
     if batch_size < 1:
         raise ValueError(f"occlusion batch_size must be >= 1, got {batch_size}")
-    targets = as_targets(target, num, inputs.device)
+    targets = resolve_target(target, num, inputs.device)
     rows, cols = _positions(height, wh, sh), _positions(width, ww, sw)
     x = inputs.detach()
     fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
@@ -261,7 +237,7 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target, *,
     return out
 
 
-def _plain_drops(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, window: tuple[int, int],
+def _plain_drops(model: nn.Module, x: torch.Tensor, targets: object, window: tuple[int, int],
                  stride: tuple[int, int], fill: torch.Tensor, batch_size: int, score: str) -> torch.Tensor:
     """Occlusion drops (N, rows, cols): every occluded copy through the whole model, ``batch_size`` per pass."""
     num, _, height, width = x.shape
@@ -281,25 +257,26 @@ def _plain_drops(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, windo
             # Masks are built per chunk: all of them at once would be P x H x W (2.5 G for 1x1 windows at 224).
             mask = in_rows[pos // cols][:, None, :, None] & in_cols[pos % cols][:, None, None, :]
             occluded = torch.where(mask, fill, x[img])
-            drops[chunk] = base[img] - target_scores(model(occluded), targets[img], score)
+            drops[chunk] = base[img] - target_scores(model(occluded), select_target(targets, img), score)
     return drops.view(num, rows, cols)
 
 
-def _incremental_drops(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, window: tuple[int, int],
+def _incremental_drops(model: nn.Module, x: torch.Tensor, targets: object, window: tuple[int, int],
                        stride: tuple[int, int], fill: torch.Tensor, batch_size: int, score: str,
                        plans: list | None) -> torch.Tensor | None:
     """Occlusion drops (N, rows, cols) by incremental inference, or None where it does not apply (the plan, appended
     to ``plans``, says why). Any failure of the engine falls back to the plain path, which then raises the model's
     own error if it has one."""
-    def scores(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return target_scores(logits, t, score)
+    def scores(output: object, owners: torch.Tensor) -> torch.Tensor:
+        # the engine is given the image's index as its "target" and hands it back for every row of a batch
+        return target_scores(output, select_target(targets, owners), score)
 
     try:
         engine = IncrementalOcclusion.prepare(model, x[:1], window, stride)
         drops = None
         if engine.plan.used:
             with torch.inference_mode():
-                drops = torch.stack([engine.drops(x[i:i + 1], fill, int(targets[i]), scores, batch_size, window)
+                drops = torch.stack([engine.drops(x[i:i + 1], fill, i, scores, batch_size, window)
                                      for i in range(x.shape[0])])
             drops = drops.clone()  # an ordinary tensor, usable outside inference mode
         plan = engine.plan

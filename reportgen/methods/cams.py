@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import capture, layer_names, resolve_layer
-from .attribution import Target, _check_inputs, as_targets, guided_backprop, target_scores
+from .attribution import Target, _check_inputs, guided_backprop
+from .targets import resolve_target, select_target, target_scores
 from .tokens import probe_views
 
-Weighting = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+# (acts, grads, targets) -> weights; targets as `reportgen.methods.targets.resolve_target` gives them
+Weighting = Callable[[torch.Tensor, "torch.Tensor | None", object], torch.Tensor]
 
 
 def grad_cam_weights(acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
@@ -39,6 +41,7 @@ def fc_weights(model: nn.Module, fc: str, rectified: bool = False) -> Weighting:
     itself (SqueezeNet's final 1x1 conv), the weights are the identity and class c's map is channel c."""
     if not fc:
         def identity(acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+            _class_indices(targets)
             w = F.one_hot(targets.to(acts.device), acts.shape[1]).to(acts)
             return w[:, :, None, None] * (acts > 0).to(acts) if rectified else w
 
@@ -53,11 +56,18 @@ def fc_weights(model: nn.Module, fc: str, rectified: bool = False) -> Weighting:
         if acts.shape[1] != weight.shape[1]:
             raise ValueError(f"CAM: the layer has {acts.shape[1]} channels but '{fc}' takes {weight.shape[1]} "
                              "inputs; pick the layer that feeds the global average pooling")
-        w = weight[targets.to(weight.device)].to(acts)
+        w = weight[_class_indices(targets).to(weight.device)].to(acts)
         return w[:, :, None, None] * (acts > 0).to(acts) if rectified else w
 
     weighting.needs_grads = False  # type: ignore[attr-defined]
     return weighting
+
+
+def _class_indices(targets: object) -> torch.Tensor:
+    if not isinstance(targets, torch.Tensor):
+        raise ValueError("CAM is not applicable to a callable target: its weights are the target class's row of "
+                         "the linear head, which a callable score has not; use Grad-CAM for it")
+    return targets
 
 
 def grad_cam_plus_plus_weights(acts: torch.Tensor, grads: torch.Tensor | None,
@@ -130,9 +140,9 @@ def score_cam_weights(model: nn.Module, inputs: torch.Tensor, *, batch_size: int
                 low = up.amin(dim=(2, 3), keepdim=True)
                 high = up.amax(dim=(2, 3), keepdim=True)
                 masks = (up - low) / (high - low + 1e-8)
-                owner = torch.arange(start, stop, device=targets.device) // k
-                logits = model(images[owner.to(images.device)] * masks.to(images))
-                scores.append(target_scores(logits, targets[owner]))
+                owner = torch.arange(start, stop) // k
+                output = model(images[owner.to(images.device)] * masks.to(images))
+                scores.append(target_scores(output, select_target(targets, owner)))
         return torch.cat(scores).view(n, k).to(acts).softmax(dim=1)
 
     weighting.needs_grads = False  # type: ignore[attr-defined]
@@ -153,7 +163,7 @@ def class_activation_map(model: nn.Module, inputs: torch.Tensor, target: Target,
     pytorch-grad-cam's ``reshape_transform`` does for vision transformers.
     """
     _check_inputs(inputs)
-    targets = as_targets(target, inputs.shape[0], inputs.device)
+    targets = resolve_target(target, inputs.shape[0], inputs.device)
     needs_grads = getattr(weighting, "needs_grads", True)
     x = inputs.detach().clone().requires_grad_(needs_grads)
     with capture(model, [layer], grads=needs_grads, as_maps=True) as rec, torch.set_grad_enabled(needs_grads):
@@ -196,7 +206,8 @@ def cam(model: nn.Module, inputs: torch.Tensor, target: Target, layer: str, fc: 
         rectified: bool = False) -> torch.Tensor:
     """CAM (N, H, W) >= 0 for a model ending in global average pooling of ``layer`` (of ``ReLU(layer)`` when
     ``rectified``) + the linear layer ``fc`` (Zhou et al. 2016, https://arxiv.org/abs/1512.04150). No backward
-    pass. Before the final ReLU and upsampling, the low-resolution map M^c satisfies ``s_c = mean(M^c) + b_c``."""
+    pass. Before the final ReLU and upsampling, the low-resolution map M^c satisfies ``s_c = mean(M^c) + b_c``.
+    Class indices only: a callable target has no row of ``fc`` and raises `ValueError` (Grad-CAM takes it)."""
     return class_activation_map(model, inputs, target, layer, fc_weights(model, fc, rectified))
 
 

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import require_python_module
-from .attribution import Target, _check_inputs, as_targets, target_scores
+from .attribution import Target, _check_inputs
+from .targets import resolve_target, select_target, target_scores
 from .relu_rules import _OTHER_FUNCS, _ImagePathMode, _relu_call
 
 EPS = 1e-10  # |z - z'| below this: the secant is taken as the derivative (Captum's eps)
@@ -186,10 +187,10 @@ def deeplift(model: nn.Module, inputs: torch.Tensor, target: Target, *, baseline
     except RuntimeError:
         raise ValueError(f"baseline of shape {tuple(base.shape)} does not broadcast to the inputs "
                          f"{tuple(x.shape)}") from None
-    targets = as_targets(target, num, x.device)
+    targets = resolve_target(target, num, x.device)
     both = torch.cat([x, base]).requires_grad_(True)
     with torch.enable_grad(), _rescale_rules(both):
-        scores = target_scores(model(both), targets.repeat(2))
+        scores = target_scores(model(both), select_target(targets, torch.arange(num).repeat(2)))
         # only the image's score: the baseline rows' multipliers are not needed (each rule uses the image rows')
         (grad,) = torch.autograd.grad(scores[:num].sum(), both)
     attributions = (x - base) * grad[:num]

@@ -14,8 +14,10 @@ Two checks, each batched, each independent of how the maps were made (a map is j
   decision are destroyed do not explain the decision.
 
 Shared arguments, as in `reportgen.methods.attribution`: ``model`` returns logits (N, K) and comes back unchanged;
-``inputs`` (N, C, H, W) normalized; ``target`` an int, N ints or a LongTensor (N,); ``maps`` (N, h, w) float, the
-attribution of each image (any sign; larger = more important; resized to (H, W) when coarser).
+``inputs`` (N, C, H, W) normalized; ``target`` an int, N ints or a LongTensor (N,), or a callable (the curves then
+record its ``probability`` where it has one, else its score as it returns; `reportgen.methods.targets`); ``maps``
+(N, h, w) float, the attribution of each image (any sign; larger = more important; resized to (H, W) when
+coarser).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribution import Target, _check_inputs, as_targets, target_scores
+from .attribution import Target, _check_inputs
+from .targets import resolve_target, select_target, target_scores
 
 Attribute = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -87,10 +90,10 @@ def perturbation_curves(model: nn.Module, start: torch.Tensor, end: torch.Tensor
     if maps.dim() != 3 or maps.shape[0] != start.shape[0]:
         raise ValueError(f"maps {tuple(maps.shape)} for {start.shape[0]} images: give one (h, w) map per image")
     ranks = pixel_order(maps, tuple(start.shape[-2:]), generator)
-    return _curves(model, start, end, as_targets(target, start.shape[0], start.device), ranks, steps, batch_size)
+    return _curves(model, start, end, resolve_target(target, start.shape[0], start.device), ranks, steps, batch_size)
 
 
-def _curves(model: nn.Module, start: torch.Tensor, end: torch.Tensor, targets: torch.Tensor, ranks: torch.Tensor,
+def _curves(model: nn.Module, start: torch.Tensor, end: torch.Tensor, targets: object, ranks: torch.Tensor,
             steps: int, batch_size: int) -> torch.Tensor:
     n, _, h, w = start.shape
     ranks = ranks.to(start.device).view(n, 1, h, w)
@@ -103,7 +106,7 @@ def _curves(model: nn.Module, start: torch.Tensor, end: torch.Tensor, targets: t
             img, step = chunk[:, 0], chunk[:, 1]
             moved = ranks[img] < counts[step].view(-1, 1, 1, 1)
             copies = torch.where(moved, end[img], start[img])
-            scores = target_scores(model(copies), targets[img], score="prob")
+            scores = target_scores(model(copies), select_target(targets, img), score="prob")
             probs[img.cpu(), step.cpu()] = scores.float().cpu()
     return probs
 
@@ -139,9 +142,10 @@ def deletion_insertion(model: nn.Module, inputs: torch.Tensor, target: Target, m
         raise ValueError(f"maps {tuple(maps.shape)} for {inputs.shape[0]} images: give one (h, w) map per image")
     n = inputs.shape[0]
     ranks = pixel_order(maps, tuple(inputs.shape[-2:]), generator)
-    targets = as_targets(target, n, inputs.device)
+    targets = resolve_target(target, n, inputs.device)
     curves = _curves(model, torch.cat([inputs, gaussian_blur(inputs, blur_sigma)]),
-                     torch.cat([torch.full_like(inputs, fill), inputs]), torch.cat([targets, targets]),
+                     torch.cat([torch.full_like(inputs, fill), inputs]),
+                     select_target(targets, torch.arange(n).repeat(2)),
                      torch.cat([ranks, ranks]), steps, batch_size)
     return curves[:n], curves[n:]
 
@@ -344,7 +348,7 @@ def randomization_test(model: nn.Module, inputs: torch.Tensor, target: Target, a
     (a report passes the maps its method pages show), else computed here. Returns a `Randomization`.
     """
     _check_inputs(inputs)
-    targets = as_targets(target, inputs.shape[0], inputs.device)
+    targets = resolve_target(target, inputs.shape[0], inputs.device)
     original = (attribute(model, inputs, targets) if original is None else original).detach().float().cpu()
     twin = copy.deepcopy(model)
     cascade = [(s,) if isinstance(s, str) else tuple(s) for s in layers] if layers is not None else \
@@ -401,6 +405,7 @@ def edge_map(inputs: torch.Tensor) -> torch.Tensor:
 
 
 def target_probabilities(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
-    """The target's softmax probability (N,) of ``inputs``, without gradients."""
+    """The target's softmax probability (N,) of ``inputs`` (a callable target's ``probability``, or its score),
+    without gradients."""
     with torch.no_grad():
-        return target_scores(model(inputs), as_targets(target, inputs.shape[0], inputs.device), score="prob")
+        return target_scores(model(inputs), resolve_target(target, inputs.shape[0], inputs.device), score="prob")

@@ -8,7 +8,8 @@ Towards Best Practice in Explaining Neural Network Predictions with LRP, IJCNN 2
 (https://arxiv.org/abs/1910.09840).
 
 The relevance of the output is the target's logit (R = f_c(x) at class c, 0 elsewhere), as in Bach et al. and
-Captum. Each layer hands the relevance R_k of its outputs to its inputs j by a rule; with z_jk = x_j w_jk, s(.)
+Captum; for a callable target (`reportgen.methods.targets`) it is R = y * ds/dy over the outputs y, the same for a
+class logit, allowed only where it sums to the score s (`initial_relevance`). Each layer hands the relevance R_k of its outputs to its inputs j by a rule; with z_jk = x_j w_jk, s(.)
 adding ``epsilon`` (``stabilizer`` for the other rules) with the sign of its argument (+ for 0), x+ = max(x, 0),
 x- = min(x, 0), w+ = max(w, 0), w- = min(w, 0):
 
@@ -63,7 +64,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import require_python_module
-from .attribution import Target, _check_inputs, as_targets, target_scores
+from .attribution import Target, _check_inputs
+from .targets import resolve_target, target_scores
 
 RULES = ("epsilon", "gamma", "alpha-beta")
 COMPOSITES = ("epsilon-gamma-box", "epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1")
@@ -441,7 +443,7 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target: Target, *, rule: Optiona
     if rule is None and composite == "epsilon-gamma-box" and (low is None or high is None):
         raise ValueError("the epsilon-gamma-box composite needs low and high, the input's smallest and largest "
                          "possible values (its first layer's z^B rule)")
-    targets = as_targets(target, inputs.shape[0], inputs.device)
+    targets = resolve_target(target, inputs.shape[0], inputs.device)
     plan = lrp_plan(model)
     rules = layer_rules(plan, rule, composite)
     x = inputs.detach().clone()
@@ -467,11 +469,46 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target: Target, *, rule: Optiona
     runner = _Propagator(plan, specs, stabilizer)
     x.requires_grad_(True)
     with torch.enable_grad():
-        logits = runner.run(x)
-        scores = target_scores(logits, targets)
-        seed = torch.zeros_like(logits).scatter_(1, targets[:, None], scores.detach()[:, None])
-        (relevance,) = torch.autograd.grad(logits, x, seed)
+        output = runner.run(x)
+        outs, seeds = initial_relevance(output, targets)
+        (relevance,) = torch.autograd.grad(outs, x, seeds)
     return relevance
+
+
+def initial_relevance(output: Any, targets: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The output tensors and the relevance each starts with (same shapes).
+
+    Class indices: the target's logit at its class, 0 elsewhere (Bach et al.). A callable target: ``R = y *
+    ds/dy`` for every output tensor ``y``, which is the same for a class logit and sums to the score ``s`` exactly
+    when ``s`` is linear in the outputs (Euler: ``sum y ds/dy = s`` for a function homogeneous of degree 1), such as
+    a label's logit or a mean logit over a region. Checked per image; another score (a cosine similarity, a box
+    score with its IoU) has no such split and raises `ValueError`.
+    """
+    if isinstance(targets, torch.Tensor):
+        scores = target_scores(output, targets)
+        return [output], [torch.zeros_like(output).scatter_(1, targets[:, None], scores.detach()[:, None])]
+    scores = target_scores(output, targets)
+    outs = [t for t in _tensors(output) if t.is_floating_point() and t.requires_grad]
+    grads = torch.autograd.grad(scores.sum(), outs, retain_graph=True, allow_unused=True)
+    seeds = [torch.zeros_like(t) if g is None else t.detach() * g for t, g in zip(outs, grads)]
+    total = sum(s.flatten(1).sum(1) for s in seeds) if seeds else torch.zeros_like(scores)
+    s = scores.detach()
+    if not torch.allclose(total, s, rtol=1e-4, atol=1e-5 * max(float(s.abs().max()), 1.0)):
+        raise ValueError("LRP explains class logits: its relevance starts from a score that is linear in the model's "
+                         "outputs, and this target's is not (output x gradient does not sum to the score); use a "
+                         "gradient method for it")
+    return outs, seeds
+
+
+def _tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model output: itself, or those in its dicts, lists and tuples."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors(item)]
+    return []
 
 
 class _Propagator(torch.fx.Interpreter):

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import Target, _check_inputs, _input_gradient, as_targets, gradient, target_scores
+from .attribution import Target, _check_inputs, _input_gradient, gradient
+from .targets import resolve_target, select_target, target_scores
 
 # Captum's names of the quadrature rules (captum.attr._utils.approximation_methods), so that settings carry over
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -117,9 +118,9 @@ def completeness_gap(model: nn.Module, inputs: torch.Tensor, target: Target, att
     finite number of steps leaves the quadrature's error. One forward pass of 2N images, without gradients."""
     x = inputs.detach()
     base = _as_baseline(baseline, x)
-    targets = as_targets(target, x.shape[0], x.device)
+    targets = resolve_target(target, x.shape[0], x.device)
     with torch.no_grad():
-        scores = target_scores(model(torch.cat([x, base])), targets.repeat(2))
+        scores = target_scores(model(torch.cat([x, base])), select_target(targets, torch.arange(len(x)).repeat(2)))
     delta = scores[: len(x)] - scores[len(x):]
     return attributions.detach().flatten(1).sum(1) - delta, delta
 
@@ -141,7 +142,7 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target,
     num = inputs.shape[0]
     x = inputs.detach()
     base = _as_baseline(baseline, x)
-    targets = as_targets(target, num, x.device)
+    targets = resolve_target(target, num, x.device)
     diff = x - base
     size = num * steps if batch_size is None else batch_size
     if size < 1:
@@ -158,7 +159,8 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target,
         for s0 in range(0, steps, per):
             s1 = min(steps, s0 + per)
             points = torch.addcmul(base[None, i0:i1], a[s0:s1].view(-1, 1, 1, 1, 1), diff[None, i0:i1])
-            grad = _input_gradient(model, points.view(-1, *x.shape[1:]), targets[i0:i1].repeat(s1 - s0))
+            grad = _input_gradient(model, points.view(-1, *x.shape[1:]),
+                                  select_target(targets, torch.arange(i0, i1).repeat(s1 - s0)))
             total[i0:i1] += (w[s0:s1] @ grad.view(s1 - s0, -1)).view(i1 - i0, *x.shape[1:])
     attributions = total * diff
     if gaps is not None:
@@ -186,7 +188,7 @@ def gradient_shap(model: nn.Module, inputs: torch.Tensor, target: Target, *,
         raise ValueError(f"gradient_shap needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     num = inputs.shape[0]
     x = inputs.detach()
-    targets = as_targets(target, num, x.device)
+    targets = resolve_target(target, num, x.device)
     pool = torch.zeros_like(x[:1]) if baselines is None else baselines.detach().to(x.device, x.dtype)
     if pool.dim() != 4 or pool.shape[1:] != x.shape[1:] or len(pool) == 0:
         raise ValueError(f"baselines must be (B, {', '.join(map(str, x.shape[1:]))}) with B >= 1, got "
@@ -203,6 +205,6 @@ def gradient_shap(model: nn.Module, inputs: torch.Tensor, target: Target, *,
         b = chosen[draw]
         delta = x[img] - b
         points = torch.addcmul(b, alphas[draw].view(-1, 1, 1, 1), delta)
-        grad = _input_gradient(model, points, targets[img])
+        grad = _input_gradient(model, points, select_target(targets, img))
         total.index_add_(0, img, grad * delta)
     return total / n

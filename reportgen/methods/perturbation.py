@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import Target, _check_inputs, as_targets, target_scores
+from .attribution import Target, _check_inputs
+from .targets import resolve_target, select_target, target_scores
 
 Score = Literal["logit", "prob"]
 # builds the copies [a, b) of image i: a tensor (b - a, C, H, W)
@@ -41,14 +42,15 @@ def _batches(num: int, n: int, batch_size: int):
                for i in range(start // n, (stop - 1) // n + 1)]
 
 
-def _run_batch(model: nn.Module, runs: list, make: CopyMaker, targets: torch.Tensor, score: Score) -> torch.Tensor:
-    """The class scores of one batch's copies (`_batches`), in layout order."""
+def _run_batch(model: nn.Module, runs: list, make: CopyMaker, targets: object, score: Score) -> torch.Tensor:
+    """The target scores of one batch's copies (`_batches`), in layout order (``targets`` resolved,
+    `reportgen.methods.targets.resolve_target`: a callable is called on this batch's output)."""
     batch = torch.cat([make(i, a, b) for i, a, b in runs]) if len(runs) > 1 else make(*runs[0])
-    chunk_targets = torch.cat([targets[i:i + 1].expand(b - a) for i, a, b in runs])
-    return target_scores(model(batch), chunk_targets, score)
+    owners = torch.cat([torch.full((b - a,), i, dtype=torch.long) for i, a, b in runs])
+    return target_scores(model(batch), select_target(targets, owners), score)
 
 
-def _scores_of_copies(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, n: int, make: CopyMaker,
+def _scores_of_copies(model: nn.Module, x: torch.Tensor, targets: object, n: int, make: CopyMaker,
                       batch_size: int, score: Score) -> torch.Tensor:
     """The class scores (N, n) of ``n`` copies of each image of ``x`` (N, C, H, W): copies [a, b) of image i are
     ``make(i, a, b)``, evaluated ``batch_size`` per forward pass (`_batches`)."""
@@ -132,7 +134,7 @@ def rise(model: nn.Module, inputs: torch.Tensor, target: Target, *, n_masks: int
     if not 0 < p <= 1:
         raise ValueError(f"rise needs 0 < p <= 1, got {p}")
     _check_batch(batch_size, "rise")
-    targets = as_targets(target, num, inputs.device)
+    targets = resolve_target(target, num, inputs.device)
     x = inputs.detach()
     grids, shifts = rise_draws(n_masks, (ch, cw), p, (height, width), generator)
     grids = grids.to(device=x.device, dtype=x.dtype)
@@ -289,7 +291,7 @@ def _superpixel_scores(model: nn.Module, inputs: torch.Tensor, target: Target, s
     _check_inputs(inputs)
     _check_batch(batch_size, "superpixel attribution")
     num = inputs.shape[0]
-    targets = as_targets(target, num, inputs.device)
+    targets = resolve_target(target, num, inputs.device)
     x = inputs.detach()
     seg = _segments(x, segments)
     zs = []

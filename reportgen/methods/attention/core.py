@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...capture import preserved, resolve_layer
-from ..attribution import Target, _check_inputs, as_targets, target_scores
+from ..attribution import Target, _check_inputs
+from ..targets import resolve_target, target_scores
 from ..tokens import token_grid
 from .base import AttentionFamily, Recovered, Unsupported, Windows
 from .registry import family_of
@@ -244,7 +245,7 @@ def attention_maps(model: nn.Module, inputs: torch.Tensor, target: Target,
     `reportgen.methods.tokens.infer_view`.
     """
     _check_inputs(inputs)
-    targets = as_targets(target, inputs.shape[0], inputs.device)
+    targets = resolve_target(target, inputs.shape[0], inputs.device)
     x = inputs.detach().clone().requires_grad_(True)
     with preserved(model), recording_attention(model, names, grads=True) as rec, torch.enable_grad():
         scores = target_scores(model(x), targets)
@@ -324,7 +325,7 @@ def attention_rollout(model: nn.Module, inputs: torch.Tensor, target: Target = N
     with preserved(model), recording_attention(model, names) as rec, torch.no_grad():
         logits = model(inputs.detach())
         if target is not None:
-            target_scores(logits, as_targets(target, inputs.shape[0], inputs.device))
+            target_scores(logits, resolve_target(target, inputs.shape[0], inputs.device))
     order = _global_layers(rec, names or attention_modules(model))
     prefix, grid = _token_layout(rec.weights[order[0]].shape[-1], rec.input_size)
     maps = rollout_of_weights([rec.weights[n] for n in order], prefix, grid, residual)
