@@ -28,6 +28,8 @@ def _log(message: str) -> None:
 def train_one(name: str, out: Path | None, seed: int, epochs: int | None) -> None:
     report = get(name).train(out, seed=seed, epochs=epochs, log=_log)
     _log(f"{name}: test accuracy {report.test_accuracy:.4f} in {report.seconds:.1f} s, {len(report.checkpoints)} checkpoints")
+    if report.metrics:
+        _log(_numbers(report.metrics))
 
 
 def train_all(seed: int, names: list[str]) -> None:
@@ -48,7 +50,10 @@ def train_all(seed: int, names: list[str]) -> None:
             meta = {"zoo": name, "iterations": ",".join(str(it) for it, _ in report.history)}
             save_file(flat, str(entry.history_path()), metadata=meta)
         params = sum(p.numel() for p in report.model.parameters())
-        row = f"| {name} | {params:,} | {report.test_accuracy:.4f} | {report.seconds:.1f} | {cpu:.1f} | `OMP_NUM_THREADS=1 python -m models_zoo train-all {name}` |"
+        command = f"`OMP_NUM_THREADS=1 python -m models_zoo train-all {name}`"
+        row = f"| {name} | {params:,} | {report.test_accuracy:.4f} | {report.seconds:.1f} | {cpu:.1f} | {command} |"
+        if entry.task != "classify":
+            row = f"| {name} | {entry.task} | {params:,} | {_numbers(report.metrics)} | {report.seconds:.1f} | {cpu:.1f} | {command} |"
         _log(f"{name}: test accuracy {report.test_accuracy:.4f} in {report.seconds:.1f} s wall, {cpu:.1f} s CPU")
         rows = _read_results()  # read late: another train-all may have finished a row meanwhile
         rows[name] = row
@@ -69,6 +74,27 @@ or loading the data and evaluating the test split after every epoch.
 """
 
 
+_TASK_HEADER = """
+## Models of other tasks (issue 30)
+
+Trained and measured the same way; the numbers are those of the last epoch on the seed-0 test split (1,000
+images), computed by `models_zoo.task_training.evaluate`: multi-label F1 at sigmoid 0.5 and average precision
+(scikit-learn); per-output MAE and R^2 = 1 - SS_res / SS_tot of the counts; binary accuracy at logit 0 and ROC AUC
+(scikit-learn); per-class IoU from the pixel confusion matrix, background included in the mIoU; per-class AP at IoU
+0.5 with VOC's all-point interpolation, each detection matched greedily by falling score to the unmatched true box
+it overlaps most; retrieval recall@k, the share of test images with a same-class image among their k nearest
+other test images by cosine similarity.
+
+| name | task | params | numbers (test split) | wall seconds | CPU seconds | command |
+|---|---|---:|---|---:|---:|---|
+"""
+
+
+def _numbers(metrics: dict[str, float]) -> str:
+    """The metrics as one table cell: "mIoU 0.81, IoU background 0.99, ..." in evaluation order."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+
+
 def _read_results() -> dict[str, str]:
     rows: dict[str, str] = {}
     if RESULTS.is_file():
@@ -80,8 +106,9 @@ def _read_results() -> dict[str, str]:
 
 
 def _write_results(rows: dict[str, str]) -> None:
-    body = "\n".join(rows[name] for name in ZOO if name in rows)
-    RESULTS.write_text(_HEADER + body + "\n")
+    body = "\n".join(rows[name] for name, e in ZOO.items() if name in rows and e.task == "classify")
+    tasks = "\n".join(rows[name] for name, e in ZOO.items() if name in rows and e.task != "classify")
+    RESULTS.write_text(_HEADER + body + "\n" + (_TASK_HEADER + tasks + "\n" if tasks else ""))
 
 
 def stats(name: str) -> None:

@@ -5,15 +5,20 @@ Every loader takes ``(split, seed, n)`` and is deterministic; train and test nev
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-from . import shapes
+from . import scenes, shapes
 
 SPLITS = ("train", "test")
 
 DISK_RADIUS = 1.2  # pi r^2 / 3^2 ~ 0.50: the two classes are balanced in the [-1.5, 1.5]^2 square
 POINTS_SIZES = {"train": 2000, "test": 1000}
 SHAPES_SIZES = {"train": 6000, "test": 1000}
+SCENES_SIZES = {"train": 6000, "test": 1000}
+BINARY_CLASS = shapes.CLASS_NAMES.index("triangle")  # the binary question: does the scene hold a triangle?
+BINARY_NAMES = ("no triangle", "triangle")
 
 
 def _check_split(split: str) -> None:
@@ -66,3 +71,36 @@ def shapes_data(split: str = "test", seed: int = 0, n: int | None = None):
     n = SHAPES_SIZES[split] if n is None else n
     seq = _split_seed(split, seed)
     return shapes.generate(n, int(seq.generate_state(1)[0]))
+
+
+def scenes_data(task: str, split: str = "test", seed: int = 0, n: int | None = None):
+    """Generated scenes (`scenes.generate`) with the truths of ``task``: (inputs uint8 (n, 64, 64, 3), labels int64
+    (n,), masks bool (n, 64, 64) True on any shape, truth dict or None), as `models_zoo.ZooData` documents them.
+
+    labels: 0/1 "holds a triangle" for binary, else the class of the shape with the most visible pixels. The
+    scenes of a (split, seed) are the same for every task; they are not the single-shape images of that seed.
+    """
+    _check_split(split)
+    n = SCENES_SIZES[split] if n is None else n
+    s = _scenes(split, seed, n)
+    labels, truth = s.labels.copy(), None
+    if task == "multilabel":
+        truth = {"labels": s.multilabel.copy()}
+    elif task == "regress":
+        truth = {"values": s.counts.copy()}
+    elif task == "segment":
+        truth = {"class_masks": s.class_maps.copy()}
+    elif task == "detect":
+        truth = {"boxes": [b.copy() for b in s.boxes], "box_labels": [b.copy() for b in s.box_labels]}
+    elif task == "binary":
+        labels = s.multilabel[:, BINARY_CLASS].astype(np.int64)
+    else:
+        raise ValueError(f"no scenes truth for task '{task}'")
+    return s.images.copy(), labels, s.masks.copy(), truth
+
+
+@lru_cache(maxsize=2)
+def _scenes(split: str, seed: int, n: int) -> scenes.Scenes:
+    """The scenes of (split, seed, n), kept for the next task that asks (the tasks share them; callers copy)."""
+    # A stream of its own (third word 1), so that a seed's scenes share no draws with its single shapes.
+    return scenes.generate(n, np.random.SeedSequence([seed, SPLITS.index(split), 1]))
