@@ -136,7 +136,7 @@ def build(cfg: BuildConfig, output: Optional[Output] = None, given: Optional[Giv
         return report
     out = check_out_path(Path(cfg.out))
     model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
-    check_replaceable(out, [model_file, cfg.weights, cfg.images, cfg.masks])
+    check_replaceable(out, [model_file, cfg.weights, cfg.images, cfg.masks, cfg.labels])
     chosen = choose_analyses(cfg)
     with staged_site(out, []) as tmp:
         report = build_site(cfg, chosen, tmp, output, given=given, group=group)
@@ -311,10 +311,12 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
 
 
 def not_applicable(ctx: Any, analysis: Any, params: Any) -> str:
-    """Why ``analysis`` does not apply to this model and data, or "" when it does (its `check`, and the model kinds
-    it needs)."""
+    """Why ``analysis`` does not apply to this model and data, or "" when it does (its `check`, the model kinds
+    it needs, and the tasks it is written for: `Analysis.tasks`)."""
     if analysis.needs_images and not ctx.is_image_model:
         return "applies to image models only"
+    if ctx.task not in analysis.tasks:
+        return analysis.not_for_task(ctx.task)
     if analysis.needs_logits and ctx.facts.output_reason:
         return f"{ctx.facts.output_reason}: there is no class score to work with"
     try:
@@ -396,7 +398,16 @@ def forward_pass(ctx: Any, reducers: dict[str, dict], group: Any = None) -> Any:
     from .analyses import Reducer
     from .capture import capture
     from .context import Predictions
+    from .tasks import TaskPass, task_labels
 
+    task = ctx.task
+    if group is not None and task != "classify":
+        raise ConfigError(f"a build on several processes (torchrun) handles classifiers only, and this model's task "
+                          f"is {task}: run it as one process")
+    # what the pass keeps of each batch's output for the task; a classifier's logits are kept as they come
+    kept = TaskPass(task, len(ctx.class_names) if task in ("segment", "detect") else 0,
+                    size=tuple(ctx.loaded.input.size or ()), offset=ctx.loaded.label_offset,
+                    truth=ctx.images.truth, spec=ctx.loaded.spec)
     batch_size = ctx.batch_size(grad=False)
     flat = [r for mine in reducers.values() for r in mine.values()]
     layers = sorted({layer for r in flat for layer in r.layers})
@@ -429,10 +440,14 @@ def forward_pass(ctx: Any, reducers: dict[str, dict], group: Any = None) -> Any:
                                  f"{tuple(batch.inputs.shape)}") from None
             if agree:
                 group.cover(flat, [r.span({name: rec.acts[name] for name in r.layers}) for r in flat])
+            if task == "classify":
+                scores = out
+                logits.append(out.detach().float().cpu().numpy())
+            else:  # the reducers see the task's per-image scores (B, K), as Predictions.logits holds them
+                scores = kept.batch_scores(out, batch.indices.numpy())
             for reducer in flat:
-                reducer.update(batch, {name: rec.acts[name] for name in reducer.layers}, out)
+                reducer.update(batch, {name: rec.acts[name] for name in reducer.layers}, scores)
             indices.append(batch.indices.numpy())
-            logits.append(out.detach().float().cpu().numpy())
             labels.append(batch.labels.numpy())
     if group is not None:
         shared = group.gather(reducers, indices, logits, labels, ctx.images.skipped, ctx.images.names)
@@ -446,11 +461,15 @@ def forward_pass(ctx: Any, reducers: dict[str, dict], group: Any = None) -> Any:
 
         raise DataError(f"none of the {n} images in '{ctx.images.source}' could be read: see the warnings above")
     top = max(int(np.concatenate(labels).max()), -1)
-    if top >= len(ctx.class_names):  # only a Python Dataset can give labels the model does not have
+    if task in ("classify", "binary") and top >= len(ctx.class_names):  # only a Dataset can give labels beyond them
         from .errors import DataError
 
         raise DataError(f"the image set has label {top} but the model has {len(ctx.class_names)} outputs: labels "
                         f"must be indices of the model's outputs (0 to {len(ctx.class_names) - 1}, -1 = unknown)")
+    if task != "classify":
+        idx, scores = np.concatenate(indices), np.concatenate(kept.scores)
+        return Predictions(idx, scores, task_labels(task, idx, np.concatenate(labels), scores.shape[1],
+                                                    ctx.images.truth), **kept.fields(idx))
     return Predictions(np.concatenate(indices), np.concatenate(logits), np.concatenate(labels))
 
 
@@ -623,11 +642,17 @@ def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timi
     display_samples = []
     for i in ctx.samples:
         row = predictions.row(i)
-        pred = int(predictions.preds[row])
         label = int(images.labels[i])
+        if predictions.task == "classify":
+            pred = int(predictions.preds[row])
+            said, prob = ctx.class_names[pred], float(predictions.probs[row, pred])
+        else:
+            from .tasks import sample_prediction
+
+            said, prob = sample_prediction(predictions, row, ctx.class_names)
         display_samples.append({"index": int(i), "name": images.names[i],
-                                "label": ctx.class_names[label] if label >= 0 else None,
-                                "pred": ctx.class_names[pred], "prob": float(predictions.probs[row, pred])})
+                                "label": ctx.class_names[label] if 0 <= label < len(ctx.class_names) else None,
+                                "pred": said, "prob": prob})
     return Manifest(
         version=__version__,
         created_with={"reportgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -640,6 +665,7 @@ def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timi
                                   else state_dict_sha256(ctx.model)),
             "parameters": int(sum(p.numel() for p in ctx.model.parameters())),
             "input": dataclasses.asdict(ctx.loaded.input), "classes": ctx.class_names, "notes": ctx.loaded.notes,
+            "task": ctx.task, "task_source": ctx.loaded.task_source,
             "layers": [dataclasses.asdict(r) for r in ctx.facts.layers], "selected_layers": ctx.layers}),
         images=to_jsonable({
             "source": images.source, "count": len(images), "used": int(len(predictions.indices)),

@@ -113,6 +113,10 @@ def parse_floats(value: Optional[str], name: str) -> Optional[list[float]]:
         raise ReportgenError(f"{name} '{value}' is not a comma-separated list of numbers: write e.g. 0.5,0.5,0.5")
 
 
+# `reportgen.tasks.TASKS`, named here so that --help does not import the build's modules
+TASK_NAMES = ("classify", "binary", "multilabel", "regress", "segment", "detect", "embed")
+
+
 def report_options(fn: Callable) -> Callable:
     """The options of a report build, shared by build and archive: what to analyse, where, and the input facts of
     models that do not describe their input. Collected by `report_config`."""
@@ -138,6 +142,10 @@ def report_options(fn: Callable) -> Callable:
                                                   "spend; over it, its defaults shrink and its page says so "
                                                   "(default: 2000; 0 = no limit)."),
         click.option("--samples", type=int, help="Number of sample images for per-image analyses (default: 8)."),
+        click.option("--task", type=click.Choice(TASK_NAMES), help="What the model is for (default: what the "
+                     "model says, else its output's form; embed and regress are never guessed): see docs/tasks.md."),
+        click.option("--labels", help="Labels beyond class folders: a CSV (multilabel, regress), a folder of class "
+                                      "masks (segment) or a COCO JSON of boxes (detect); see docs/tasks.md."),
     ]):
         fn = decorator(fn)
     return input_options(fn)
@@ -173,7 +181,7 @@ def check_early(cfg: Any) -> None:
         return
     out = check_out_path(Path(cfg.out))
     model_file = cfg.model if cfg.model and Path(cfg.model).expanduser().exists() else None
-    check_replaceable(out, [model_file, cfg.weights, cfg.images, cfg.masks])
+    check_replaceable(out, [model_file, cfg.weights, cfg.images, cfg.masks, cfg.labels])
     choose_analyses(cfg)
     check_paths(cfg)
 

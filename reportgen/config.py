@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional
 
 from .errors import ConfigError, DataError, ModelError
 from .models import SPEC_HELP
+from .tasks import TASKS
 
 
 def doc(text: str, **limits: Any) -> dict:
@@ -68,6 +69,15 @@ class BuildConfig:
     mean: Optional[list[float]] = field(default=None, metadata=doc("Per-channel normalization mean (0..1 scale)."))
     std: Optional[list[float]] = field(default=None, metadata=doc("Per-channel normalization std (0..1 scale)."))
     class_names: Optional[list[str]] = field(default=None, metadata=doc("Class names, in output order."))
+    task: Optional[str] = field(default=None, metadata=doc(
+        "What the model is for: classify, binary, multilabel, regress, segment, detect or embed (docs/tasks.md). "
+        "Empty = what the model says (torchvision segmentation and detection models, a Hugging Face config, a zoo "
+        "entry) or its output's form; embed and regress are never guessed.",
+        choices=TASKS))
+    labels: Optional[str] = field(default=None, metadata=doc(
+        "Labels of the image set for a task beyond class folders (docs/tasks.md): a CSV (multilabel, regress: "
+        "image,<name>,...), a folder of class masks (segment: pixel = class index, 255 = ignore) or a COCO JSON "
+        "of boxes (detect)."))
     analysis: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=doc(
         "Per-analysis parameters: [analysis.NAME] tables; `reportgen analyses` lists names and keys."))
 

@@ -18,24 +18,58 @@ from .plan import ModelFacts
 
 @dataclass
 class Predictions:
-    """What the one pass of the image set through the model always yields, for every readable image.
+    """What the one pass of the image set through the model always yields, for every readable image (M of them),
+    per task (`reportgen.tasks`; docs/tasks.md).
 
-    ``indices`` (M,) positions in the image set, ``logits`` (M, K) float32, ``labels`` (M,) int64 (-1 unknown).
+    ``indices`` (M,) int64 positions in the image set. ``logits`` (M, K) float32, the task's per-image scores:
+    classify / multilabel the logits; binary the one logit (M, 1); regress the outputs (M, D); embed the embeddings
+    (M, D); segment each class's mean logit over the image's pixels (M, K); detect each class's highest detection
+    score in the image, 0 where none (M, K). ``labels``: classify, binary, segment, detect, embed (M,) int64, the
+    image's class (class folders or the zoo), -1 unknown; multilabel (M, K) int8, 1 / 0 / -1 unknown; regress
+    (M, D) float32, NaN unknown. ``task``: the model's task. ``detections`` (detect, else None): M dicts {'boxes'
+    float32 (j, 4) xyxy in input pixels, 'labels' int64 (j,) class indices into the class names, 'scores' float32
+    (j,)}, at most 100 per image, highest scores first. ``truth_boxes`` (detect with given boxes, else None): M
+    entries, each {'boxes' float32 (j, 4) xyxy in input pixels, 'labels' int64 (j,)} or None for an image without
+    labels (left unscored). ``seg_confusion`` (segment with label masks, else None): int64 (K, K) pixel counts, rows
+    = true class, columns = predicted class (the argmax), label 255 left out, summed during the pass.
+    ``seg_pixels`` (segment, else None): int64 (M, K) pixels predicted as each class per image.
     """
 
     indices: np.ndarray
     logits: np.ndarray
     labels: np.ndarray
+    task: str = "classify"
+    detections: Optional[list] = None
+    truth_boxes: Optional[list] = None
+    seg_confusion: Optional[np.ndarray] = None
+    seg_pixels: Optional[np.ndarray] = None
 
     @property
     def probs(self) -> np.ndarray:
-        z = self.logits - self.logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        """classify: softmax (M, K); binary: (M, 2) [1 - p, p] with p the sigmoid of the logit; multilabel: the
+        sigmoids (M, K). Other tasks have no class probabilities (ValueError)."""
+        if self.task == "classify":
+            z = self.logits - self.logits.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        if self.task == "binary":
+            p = _sigmoid(self.logits[:, :1])
+            return np.concatenate([1.0 - p, p], axis=1)
+        if self.task == "multilabel":
+            return _sigmoid(self.logits)
+        raise ValueError(f"no class probabilities for task {self.task}")
 
     @property
     def preds(self) -> np.ndarray:
-        return self.logits.argmax(axis=1)
+        """classify: the top class (M,); binary: (M,) 1 where the logit is > 0 (p > 0.5), else 0; multilabel:
+        (M, K) int64 1 where a label's logit is > 0 (p > 0.5). Other tasks: ValueError."""
+        if self.task == "classify":
+            return self.logits.argmax(axis=1)
+        if self.task == "binary":
+            return (self.logits[:, 0] > 0).astype(np.int64)
+        if self.task == "multilabel":
+            return (self.logits > 0).astype(np.int64)
+        raise ValueError(f"no class probabilities for task {self.task}")
 
     def row(self, image_index: int) -> int:
         """The row of image ``image_index`` in these arrays."""
@@ -43,6 +77,13 @@ class Predictions:
         if pos >= len(self.indices) or self.indices[pos] != image_index:
             raise KeyError(image_index)
         return pos
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # the two branches keep exp's argument <= 0: no overflow for large logits of either sign
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
 
 
 @dataclass
@@ -101,6 +142,11 @@ class Context:
     @property
     def class_names(self) -> list[str]:
         return self.loaded.class_names
+
+    @property
+    def task(self) -> str:
+        """The model's task (`reportgen.tasks.TASKS`), decided by the plan's probe (`reportgen.models.check_output`)."""
+        return self.loaded.task or "classify"
 
     @property
     def is_image_model(self) -> bool:

@@ -59,6 +59,7 @@ class ImageSet:
     files: Optional[list[Path]] = None  # the file of each image (a scanned folder), for the masks' size check
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     notes: list[str] = field(default_factory=list)
+    truth: Any = None  # labels beyond class folders (`reportgen.tasks.Truth`: --labels, a zoo task entry's truths)
     conversions: dict[str, int] = field(default_factory=dict)  # what was converted, how often
 
     def __len__(self) -> int:
@@ -353,6 +354,8 @@ def take(image_set: ImageSet, pick: np.ndarray) -> None:
         image_set.files = [image_set.files[j] for j in pick]
     if image_set.masks is not None:
         image_set.masks.take(pick)
+    if image_set.truth is not None:
+        image_set.truth.take(pick)
     image_set._load = lambda i: load(pick[i])
 
 

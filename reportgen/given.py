@@ -11,7 +11,7 @@ import hashlib
 from typing import Any, Optional
 
 from .errors import ConfigError, ModelError
-from .models import LoadedModel, _input_spec
+from .models import LoadedModel, _input_spec, given_task
 
 # torch is imported inside the functions: `reportgen.build` imports this module, and the build checks its config
 # and paths before torch is loaded.
@@ -64,7 +64,9 @@ def loaded_from_object(model: Any, cfg: Any, sha256: Optional[str] = None) -> Lo
     spec = object_spec(model)
     inp = _input_spec(cfg, {}, None, spec)
     model.eval()
-    return LoadedModel(model=model, spec=spec, form="object", input=inp, class_names=list(cfg.class_names or []),
-                       weights_path=None, weights_sha256=sha256 or state_dict_sha256(model),
-                       notes=["Given as a Python object: the weights' sha256 is that of its state dict (tensors "
-                              "in name order, the raw bytes of contiguous CPU copies), not of a file."])
+    loaded = LoadedModel(model=model, spec=spec, form="object", input=inp, class_names=list(cfg.class_names or []),
+                         weights_path=None, weights_sha256=sha256 or state_dict_sha256(model),
+                         notes=["Given as a Python object: the weights' sha256 is that of its state dict (tensors "
+                                "in name order, the raw bytes of contiguous CPU copies), not of a file."])
+    given_task(loaded, cfg, {})
+    return loaded

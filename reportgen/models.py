@@ -58,6 +58,12 @@ class LoadedModel:
     history: list = field(default_factory=list)  # [(iteration, state_dict)] for perceptron training snapshots
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # lines for the console, each also among ``notes``
+    # the model's task (`reportgen.tasks.TASKS`), decided by `check_output` from ``task_claims`` and the output
+    # (None before); ``task_source``: how it was found, for the page
+    task: Optional[str] = None
+    task_source: str = ""
+    task_claims: list = field(default_factory=list)  # [(task, how, given)]: the user's, the model's (`given_task`)
+    label_offset: int = 0  # detect: a detection's label id minus its class index (1 for torchvision: 0 = background)
 
     @property
     def num_classes(self) -> int:
@@ -173,6 +179,7 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
     notes: list[str] = []
     warnings_for_console: list[str] = []
     zoo_name = None
+    declared: tuple = (None, "")  # (task, how) the model says of itself
     if spec in models_zoo.ZOO:
         entry = models_zoo.ZOO[spec]
         zoo_name = spec
@@ -189,6 +196,8 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
         else:
             inp = InputSpec("image", tuple(entry.input_size), entry.channels, tuple(entry.mean), tuple(entry.std))
         class_names = list(cfg.class_names or entry.class_names)
+        # ZooEntry.task arrives with the zoo's task models; every earlier entry is a classifier
+        declared = (getattr(entry, "task", "classify"), f"the zoo entry '{spec}'")
     elif (loader := loader_for(spec)) is not None:  # torchvision:, timm:, a Hugging Face folder, a .pt2 program
         source = loader.load(spec, cfg, side)
         model, notes, form = source.model, source.notes, loader.form
@@ -197,6 +206,7 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
         inp = _input_spec(cfg, side, source.defaults, spec)
         _check_fixed_size(source.fixed_size, inp, spec)
         class_names = list(cfg.class_names or side.get("class_names") or source.class_names)
+        declared = (source.task, source.task_source)
     elif re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec) and not Path(spec).exists():
         model = _load_factory(spec)
         if not isinstance(model, nn.Module):
@@ -244,6 +254,7 @@ def load_model(cfg: Any, image_class_names: Optional[list[str]] = None, check: b
         weights_sha256=sha256_file(weights) if weights else None, zoo_name=zoo_name, history=history, notes=notes,
         warnings=warnings_for_console,
     )
+    given_task(loaded, cfg, side, declared)
     if check:
         check_output(loaded, image_class_names)
     return loaded
@@ -271,33 +282,81 @@ def run_probe(loaded: LoadedModel, probe: Any) -> Any:
                          "check --input-size and --channels") from None
 
 
+def given_task(loaded: LoadedModel, cfg: Any, side: dict, declared: tuple = (None, "")) -> None:
+    """Record in ``loaded.task_claims`` the task the user gave (``cfg.task``: --task, the config or ``task=``;
+    else a model.json's ``task``) and the one the model declares (``declared`` (task, how) from its loader or zoo
+    entry; else a torchvision segmentation or detection class), in that order of precedence; `check_output`
+    decides with the output. Also the detection label offset of torchvision's detectors (label 0 = background)."""
+    from .tasks import check_task_name, declared_task, torchvision_detector
+
+    claims = []
+    if getattr(cfg, "task", None):
+        claims.append((check_task_name(cfg.task, "--task"), "given with --task", True))
+    elif (side or {}).get("task"):
+        claims.append((check_task_name(side["task"], "model.json"), "given in model.json", True))
+    task, how = declared
+    if task is None and (found := declared_task(loaded.model)) is not None:
+        task, how = found, f"{type(loaded.model).__name__} is a torchvision {found} model"
+    if task is not None:
+        claims.append((task, how, False))
+    loaded.task_claims = claims
+    loaded.label_offset = 1 if torchvision_detector(loaded.model) else 0
+
+
+def detector_classes(model: Any) -> Optional[int]:
+    """The number of object classes (background excluded) of a torchvision detector, from its head; else None."""
+    for path, attr in (("roi_heads.box_predictor.cls_score", "out_features"),
+                       ("head.classification_head", "num_classes"), ("head.classification_head", "num_columns")):
+        try:
+            value = getattr(model.get_submodule(path), attr)
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(value, int):
+            return value - 1  # label 0 is the background
+    return None
+
+
 def check_output(loaded: LoadedModel, image_class_names: Optional[list[str]] = None, probe: Any = None,
                  out: Any = None) -> None:
-    """Check the model's output on a probe of two inputs (zeros unless ``probe`` and its output ``out`` are given):
-    it must be (2, classes). Fills missing class names.
+    """Check the model's output on a probe of two inputs (zeros unless ``probe`` and its output ``out`` are given)
+    against its task, decide the task (`reportgen.tasks.decide_task`: what was given, else what the model
+    declares, else the output's form) into ``loaded.task`` and ``loaded.task_source``, and fill missing class
+    names (`reportgen.tasks.output_names`): one row (or one detection dict) per input, and the task's form:
+    (2, K) for classify, multilabel, regress and embed, (2, 1) for binary, (2, K, H, W) or {'out': ...} for
+    segment, a list of 2 detection dicts for detect. Each mistake is one `ModelError` line.
 
     Without names from the zoo, the config or a model.json, an image set's class folders name the classes when
     there are as many folders as outputs; else the classes are called "class 0", "class 1", ...
     """
     import torch
 
+    from .tasks import decide_task, output_names, output_rows
+
     if probe is None:
         # two inputs, so that a model that mixes or drops the batch dimension is caught here, not mid-build
         probe = torch.zeros((2, *loaded.input.shape))
         out = run_probe(loaded, probe)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"model '{loaded.spec}' returns {shape}, not (N, classes) logits: "
-                         "wrap it so forward returns class scores")
-    if out.shape[0] != probe.shape[0]:
-        raise ModelError(f"model '{loaded.spec}' returns {tuple(out.shape)} for a batch of {probe.shape[0]}: "
+    given = next(((t, h) for t, h, mine in loaded.task_claims if mine), (None, ""))
+    declared = next(((t, h) for t, h, mine in loaded.task_claims if not mine), (None, ""))
+    task, how = decide_task(out, loaded.spec, *given, *declared)
+    rows = output_rows(out)
+    if rows != probe.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else f"{rows} results"
+        raise ModelError(f"model '{loaded.spec}' returns {shape} for a batch of {probe.shape[0]}: "
                          "its output must have one row per input image")
-    k = int(out.shape[1])
-    if not loaded.class_names:
-        if image_class_names and len(image_class_names) == k:
-            loaded.class_names = list(image_class_names)
-        else:
-            loaded.class_names = [f"class {i}" for i in range(k)]
-    elif len(loaded.class_names) != k:
-        raise ModelError(f"model '{loaded.spec}' has {k} outputs but {len(loaded.class_names)} class names were "
-                         "given: fix --class-names (or the image set's class folders)")
+    if task == "detect":
+        k = detector_classes(loaded.model)
+        if k is None:
+            if not loaded.class_names:
+                raise ModelError(f"model '{loaded.spec}' is a detector whose number of classes reportgen cannot "
+                                 "read: give --class-names (its label ids are class indices 0, 1, ...)")
+            k = len(loaded.class_names)
+    elif task == "segment":
+        k = int((out["out"] if isinstance(out, dict) else out).shape[1])
+    else:
+        k = int(out.shape[1])
+    names = output_names(task, k, loaded.class_names or None, image_class_names, loaded.spec)
+    if task == "detect" and loaded.label_offset and not loaded.class_names:
+        names = [f"class {i + loaded.label_offset}" for i in range(k)]  # the name shows torchvision's label id
+    loaded.class_names = names
+    loaded.task, loaded.task_source = task, how

@@ -16,6 +16,7 @@ from .capture import capture, layer_names, preserved, resolve_layer
 from .errors import LayerError
 from .layers import LayerRow, default_layers, penultimate_layer, rows_from_probe
 from .models import check_output, run_probe
+from .tasks import finite_rows
 
 if TYPE_CHECKING:
     from .methods.receptive_field import RF
@@ -154,8 +155,9 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
     check_output(loaded, image_class_names, x, logits)
     attention_tokens, no_layout = probe_layouts(attention)
     output_reason = ""
-    if not torch.isfinite(logits).all():
-        output_reason = (f"the model's logits are NaN or infinite on {int((~torch.isfinite(logits)).any(1).sum())} "
+    broken = int((~finite_rows(logits)).sum())
+    if broken:
+        output_reason = (f"the model's logits are NaN or infinite on {broken} "
                          f"of the {len(x)} probe images (a diverged or broken checkpoint)")
     # a layer whose output folds positions into the batch (MobileViT) has no per-image reading: left out of views
     acts = {name: a for name, a in rec.acts.items() if a.dim() and a.shape[0] == len(x)}

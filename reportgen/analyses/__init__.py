@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
 from ..manifest import SECTIONS
+from ..tasks import OUTPUT_OF, TASKS
+
+# the ``tasks`` of an analysis that never reads the model's output (activations, parameters): it applies to all
+EVERY_TASK: tuple[str, ...] = TASKS
 
 REGISTRY: dict[str, "Analysis"] = {}
 
@@ -87,6 +91,10 @@ class Analysis:
     Params: ClassVar[type] = NoParams
     # (config key, floor) pairs the compute budget may lower, in order (`reportgen.budget.fit`)
     shrink: ClassVar[tuple[tuple[str, int], ...]] = ()
+    # the model tasks (`reportgen.tasks.TASKS`) it is written for; on another it is "not applicable" and says why:
+    # ``task_reason``, one true sentence on what it reads of the output (`not_for_task`)
+    tasks: ClassVar[tuple[str, ...]] = ("classify",)
+    task_reason: ClassVar[str] = "it reads the model's output as the class scores of one label per image (softmax)"
 
     # why it does not apply when none of the analyses it reads (`reads`) applies or runs
     nothing_to_read: ClassVar[str] = "none of the analyses it reads applies to this model"
@@ -114,6 +122,10 @@ class Analysis:
 
     def check(self, ctx: Any, params: Any) -> None:
         """Raise `NotApplicable` (with the reason) or `ConfigError` before any work when this cannot run."""
+
+    def not_for_task(self, task: str) -> str:
+        """Why this analysis does not apply to a model of ``task`` (not among `tasks`), in one line."""
+        return f"{self.task_reason}; this model's task is {task}: {OUTPUT_OF[task]}"
 
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "section": self.section, "summary": self.summary,

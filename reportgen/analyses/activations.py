@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..interactive import add_grid, point_thumbs, tile_browser
 from ..methods.degenerate import degenerate_reason
 from ..methods.embed import embed_layers, embed_pca, knn_accuracy, nearest_neighbours
-from . import Analysis, NOTHING, Reducer, register
+from . import EVERY_TASK, Analysis, NOTHING, Reducer, register
 
 # torch, and the methods modules that import it at their top (methods.activations, methods.receptive_field), are
 # imported inside functions: `reportgen analyses` and the config checks load every analysis module without torch.
@@ -70,6 +70,7 @@ class ActivationMapParams:
 @register
 class ActivationMaps(Analysis):
     name = "activation-maps"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "Activation maps"
     section = "activations"
     summary = "what every selected layer computes on a few sample images, channel by channel"
@@ -222,6 +223,7 @@ class DistributionParams:
 @register
 class Distributions(Analysis):
     name = "distributions"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "Activation distributions"
     section = "activations"
     summary = ("histogram, mean and spread of every selected layer, and dead units of every ReLU, over the whole "
@@ -454,6 +456,7 @@ class EmbeddingParams:
 @register
 class Embeddings(Analysis):
     name = "embeddings"
+    task_reason = "it colours its points and scores its neighbours by one predicted class per image"
     title = "Embeddings of the layers"
     section = "activations"
     summary = "t-SNE and PCA of every selected layer's features, from the pixels to the logits, with k-NN accuracy"
@@ -628,6 +631,7 @@ class NeighbourParams:
 @register
 class Neighbours(Analysis):
     name = "neighbours"
+    task_reason = "it compares each image's predicted class (one per image) with its neighbours'"
     title = "Nearest neighbours"
     section = "activations"
     summary = "the images closest to a reference in the network's feature space, beside the closest in pixels"
@@ -781,6 +785,7 @@ def crop_padded(img: np.ndarray, rf, y: int, x: int) -> np.ndarray:
 @register
 class TopImages(Analysis):
     name = "top-images"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "Top images per channel"
     section = "activations"
     summary = "the image crops that excite a channel most, over the whole image set"

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..artifacts import Grid, NotApplicable, Picture, Result
 from ..config import doc
-from . import Analysis, NOTHING, register
+from . import EVERY_TASK, Analysis, NOTHING, register
 from ..interactive import add_grid, tile_browser
 from .activations import enlarge_tiles
 from .influence import AttributionAnalysis
@@ -41,6 +41,7 @@ class AttentionParams:
 @register
 class AttentionMaps(Analysis):
     name = "attention"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "Attention maps"
     section = "activations"
     summary = "each layer's attention from the class token to the image patches, per head and averaged"

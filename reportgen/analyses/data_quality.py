@@ -125,6 +125,7 @@ def side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @register
 class DataQuality(Analysis):
     name = "data-quality"
+    task_reason = "its label-error check compares each image's one class label with the softmax of its class scores"
     title = "Label errors and near-duplicates"
     section = "data"
     summary = ("likely label errors (confident learning on the predicted probabilities) and near-duplicate images "

@@ -225,6 +225,7 @@ def best_at(values: dict[str, dict[str, float]]) -> dict[str, str]:
 @register
 class DeletionInsertion(Analysis):
     name = "deletion-insertion"
+    task_reason = "it scores attribution maps by how one class probability per image changes"
     title = "Deletion and insertion"
     section = "trust"
     summary = ("how fast the class probability falls when each method's most important pixels are deleted, and "
@@ -382,6 +383,7 @@ class DeletionInsertion(Analysis):
 @register
 class RandomizationTest(Analysis):
     name = "randomization-test"
+    task_reason = "it compares the attribution maps of one class logit per image"
     title = "Model-parameter randomization"
     section = "trust"
     summary = ("each method's maps recomputed while the model's layers are re-initialized from the logits down: "

@@ -23,7 +23,7 @@ import numpy as np
 from ..artifacts import NotApplicable, Picture, Result, Table
 from ..config import doc
 from ..errors import ConfigError
-from . import Analysis, NOTHING, Upstream, python_name, register
+from . import EVERY_TASK, Analysis, NOTHING, Upstream, python_name, register
 
 SCALES = ("shared", "per-image", "both")
 NO_GAP_LINEAR = "the model does not end in global average pooling + one linear layer"
@@ -258,6 +258,7 @@ class AttributionAnalysis(Analysis):
     section = "influence"
     needs_logits = True
     Params = HeatmapParams
+    task_reason = "its maps explain one class logit of each image, and it takes no target for other outputs"
     chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
     splits: ClassVar[bool] = True  # a distributed build deals its chunks of targets to the ranks (`compute`)
     map_words: ClassVar[str] = ""  # what a map's value is (a note on the page)
@@ -838,6 +839,7 @@ class GuidedGradCam(GradCam):
 @register
 class Nonlinearities(Analysis):
     name = "nonlinearities"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "Non-linearities check"
     section = "influence"
     summary = "which ReLUs the modified backward rules see, and so which attribution maps are exact on this model"

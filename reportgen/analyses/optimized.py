@@ -18,7 +18,7 @@ from ..artifacts import NotApplicable, Picture, Plot, Result, Table
 from ..capture import capture, resolve_layer
 from ..config import doc
 from ..errors import ConfigError, ReportgenError, first_line
-from . import Analysis, NOTHING, Reducer, register
+from . import EVERY_TASK, Analysis, NOTHING, Reducer, register
 
 # torch and the methods modules that import it at their top (methods.optimize, methods.adversarial) are imported
 # inside functions: `reportgen analyses` and the config checks load every analysis module without torch.
@@ -234,6 +234,7 @@ class ClassMaxParams(RealismParams):
 class ClassMax(Analysis):
     needs_logits = True
     name = "class-max"
+    task_reason = "it optimizes an input for one class logit of an (N, K) output"
     title = "Class images"
     section = "optimized"
     summary = "one input per class optimized to maximize that class's score, with realism priors"
@@ -360,6 +361,7 @@ class UnitMaxParams(RealismParams):
 @register
 class UnitMax(Analysis):
     name = "unit-max"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "Channel images"
     section = "optimized"
     summary = "for channels of each selected conv layer, an input optimized to maximize the channel's mean activation"
@@ -450,6 +452,7 @@ class DeepDreamParams:
 @register
 class DeepDream(Analysis):
     name = "deepdream"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "DeepDream"
     section = "optimized"
     summary = "sample images changed, coarse to fine, to amplify whatever one layer already sees in them"
@@ -593,6 +596,7 @@ def _step_rows(labels, probs, names, stop: int, limit: int = 20) -> list[list]:
 class Adversarial(Analysis):
     needs_logits = True
     name = "adversarial"
+    task_reason = "its flip is a change of the predicted class (one per image)"
     title = "Adversarial examples"
     section = "optimized"
     summary = ("the smallest gradient steps that change each sample's label, and random changes of the same norm "

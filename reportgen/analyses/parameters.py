@@ -9,7 +9,7 @@ import numpy as np
 
 from ..artifacts import Grid, NotApplicable, Plot, Result
 from ..config import doc
-from . import Analysis, NOTHING, register
+from . import EVERY_TASK, Analysis, NOTHING, register
 from .activations import enlarge_tiles
 
 
@@ -150,6 +150,7 @@ def conv_layers(model) -> list[tuple[str, object]]:
 @register
 class Filters(Analysis):
     name = "filters"
+    tasks = EVERY_TASK  # reads activations or weights only, never the output
     title = "Convolution filters"
     section = "parameters"
     summary = "the first conv layer's filters as small pictures, and the weights of later conv layers as grids"

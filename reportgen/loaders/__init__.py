@@ -38,6 +38,8 @@ class Source:
     fixed_size: tuple[int, int] | None = None
     weights: str | None = None  # the file the weights came from when it is not --weights (a folder's, a .pt2)
     side: dict | None = None  # input facts from a model.json the loader found itself (else those beside --weights)
+    task: str | None = None  # the task the model states itself (`reportgen.tasks`), None: the output decides
+    task_source: str = ""  # how it states it, for the page (e.g. "its config's problem_type")
 
 
 class Loader:
