@@ -152,6 +152,20 @@ def test_streamed_histogram_and_moments_equal_one_pass(chunk):
     assert (result["min"], result["max"]) == (everything.min().item(), everything.max().item())
 
 
+def test_float32_values_on_and_beside_every_edge_fall_in_numpys_bins():
+    # the bins are tested on the float32 values against edges rounded up to float32: values exactly on a float64
+    # edge that a float32 holds, and the float32 neighbours of every edge, must land where np.histogram puts them
+    stats = RunningStats(bins=8)
+    stats.update(torch.tensor([[0.0], [0.7]]))  # edges 0, 0.0875, ..., 0.7: most are not float32 numbers
+    edges = torch.from_numpy(stats.hist_edges).float()
+    near = torch.cat([edges, torch.nextafter(edges, torch.tensor(-1.0)), torch.nextafter(edges, torch.tensor(1.0))])
+    near = near[(near >= 0) & (near <= 0.7)]
+    stats.update(near[:, None])
+    result = stats.result()
+    everything = torch.cat([torch.tensor([0.0, 0.7]), near]).double().numpy()
+    np.testing.assert_array_equal(result["hist_counts"], np.histogram(everything, bins=result["hist_edges"])[0])
+
+
 def test_running_stats_rejects_nan_and_takes_bfloat16():
     stats = RunningStats()
     stats.update(torch.tensor([[1.0, -2.0]], dtype=torch.bfloat16))
