@@ -53,7 +53,7 @@ def test_one_step_is_the_exact_kl_gradient():
     """One iteration from y0 moves by -lr * 0.8 * grad (gains start at 1 and drop to 0.8 on a zero update): the
     gradient must equal autograd's gradient of KL(P || Q) with Student-t Q over all pairs."""
     x, _ = clusters(n_per=10, dim=5)
-    p, _ = embed._tsne_inputs(x, 5.0)
+    p = embed._tsne_inputs(x, 5.0)[0]
     y0 = torch.from_numpy(np.random.default_rng(1).normal(size=(30, 2)).astype(np.float32))
     lr = 10.0
     with torch.no_grad():
@@ -144,3 +144,19 @@ def test_tiny_and_degenerate_inputs():
     assert np.isfinite(embed_tsne(x)).all()
     with pytest.raises(DegenerateError):
         embed_layers({"flat": np.ones((20, 4), np.float32)}, n_jobs=2)
+
+
+def test_embed_layers_pca_equals_embed_pca_and_leaves_tsne_unchanged():
+    # the PCA panel now comes from the eigendecomposition the t-SNE starts from: a second way to get embed_pca's
+    # numbers (scipy's partial eigensolve of the smaller scatter / Gram matrix), for D < N and D > N
+    from reportgen.methods.embed import embed_pca
+
+    rng = np.random.default_rng(4)
+    layers = {f"d{d}": (rng.normal(size=(60, d)) + rng.integers(0, 3, 60)[:, None]).astype(np.float32)
+              for d in (5, 90)}
+    both = embed_layers(layers, perplexity=8, n_jobs=2, pca=True)
+    plain = embed_layers(layers, perplexity=8, n_jobs=2)
+    for key, x in layers.items():
+        tsne, pca = both[key]
+        np.testing.assert_array_equal(tsne, plain[key])
+        np.testing.assert_allclose(pca, embed_pca(x, 2), rtol=1e-5, atol=1e-5 * np.abs(pca).max())

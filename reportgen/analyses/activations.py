@@ -486,8 +486,10 @@ class Embeddings(Analysis):
         if not feats:
             raise NotApplicable("no layer has features that vary over the images: " + " ".join(result.notes))
         t0 = time.perf_counter()
-        if ctx.group is None:
-            tsne = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs)
+        pcas = {}
+        if ctx.group is None:  # each layer's PCA comes with its t-SNE, from the eigendecomposition both start from
+            both = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs, pca=True)
+            tsne, pcas = {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
         else:  # one layer per chunk, dealt to the ranks; each layer is embedded as `embed_layers` embeds it alone
             tsne = dict(zip(feats, ctx.map_chunks(
                 lambda key: embed_layers({key: feats[key]}, params.perplexity, seed, n_jobs=1)[key], list(feats),
@@ -495,9 +497,8 @@ class Embeddings(Analysis):
         t_tsne = time.perf_counter() - t0
         per_layer = []
         knn = {}
-        pcas = {}
         for key, f in feats.items():
-            pca = pcas[key] = embed_pca(f, 2)
+            pca = pcas[key] = pcas[key] if key in pcas else embed_pca(f, 2)
             if labelled.sum() >= 2 * params.k and len(set(labels[labelled].tolist())) > 1:
                 knn[key] = knn_accuracy(f[labelled], labels[labelled], k=params.k, seed=seed % (2**31))
             dims = f.shape[1]

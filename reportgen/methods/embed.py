@@ -201,12 +201,21 @@ def tsne_dense(x: np.ndarray, perplexity: float = 30.0, iters: int = TSNE_ITERS,
     """
     import torch
 
+    return _tsne_dense_and_pca(x, perplexity, iters, early_iters)[0]
+
+
+def _tsne_dense_and_pca(x: np.ndarray, perplexity: float = 30.0, iters: int = TSNE_ITERS,
+                        early_iters: int = TSNE_EARLY_ITERS) -> tuple[np.ndarray, np.ndarray]:
+    """`tsne_dense` (N, 2) and the (N, 2) float32 projection on the first two principal components that its PCA
+    start comes from: `embed_pca`'s numbers (the same components and signs, from the one eigendecomposition)."""
+    import torch
+
     n_points = x.shape[0]
     perplexity = float(min(perplexity, (n_points - 1) / 3))
-    p, init = _tsne_inputs(x, perplexity)
+    p, init, pca = _tsne_inputs(x, perplexity)
     lr = max(n_points / EARLY_EXAGGERATION / 4, 50.0)  # scikit-learn's learning_rate="auto"
     with torch.no_grad():
-        return _tsne_optimize(p, init, lr, iters, early_iters).numpy()
+        return _tsne_optimize(p, init, lr, iters, early_iters).numpy(), pca
 
 
 def _pca_scores(x: np.ndarray, dim: int) -> tuple[Any, Any]:
@@ -266,8 +275,9 @@ def perplexity_conditionals(d2: Any, perplexity: float, steps: int = 100, tol: f
     return p / p.sum(dim=1, keepdim=True)
 
 
-def _tsne_inputs(x: np.ndarray, perplexity: float) -> tuple[Any, Any]:
-    """The symmetric input affinities P, dense (N, N) float32 summing to 1, and the (N, 2) float32 PCA start."""
+def _tsne_inputs(x: np.ndarray, perplexity: float) -> tuple[Any, Any, np.ndarray]:
+    """The symmetric input affinities P, dense (N, N) float32 summing to 1, the (N, 2) float32 PCA start, and the
+    unscaled projection on the first two components (N, 2) float32 numpy (`embed_pca`'s result)."""
     import torch
 
     n_points = x.shape[0]
@@ -279,6 +289,7 @@ def _tsne_inputs(x: np.ndarray, perplexity: float) -> tuple[Any, Any]:
     init = scores[:, :2] * torch.where(signs == 0, 1.0, signs)
     if init.shape[1] < 2:
         init = torch.nn.functional.pad(init, (0, 2 - init.shape[1]))
+    pca = init.float().numpy()
     spread = float(init[:, 0].std(correction=0))
     init = init / (spread if spread > 0 else 1.0) * 1e-4
     z = scores
@@ -292,7 +303,7 @@ def _tsne_inputs(x: np.ndarray, perplexity: float) -> tuple[Any, Any]:
     p.scatter_(1, near, cond)
     p = p + p.T
     p /= p.sum()
-    return p.float(), init.float()
+    return p.float(), init.float(), pca
 
 
 def _tsne_optimize(p: Any, y: Any, lr: float, iters: int, early_iters: int) -> Any:
@@ -461,7 +472,8 @@ def embed_layers(
     n_jobs: int = 2,
     *,
     parallel: bool | None = None,
-) -> dict[str, np.ndarray]:
+    pca: bool = False,
+) -> dict[str, Any]:
     """`embed_tsne` of several layers' features, up to ``n_jobs`` at once.
 
     Each layer is embedded exactly as `embed_tsne` would do it alone (same seed, single-threaded), so the result is
@@ -477,10 +489,15 @@ def embed_layers(
             and an idle core (1-minute load average below the cores). True sends every layer to worker processes
             (when n_jobs > 1 and there are two layers), False runs everything in this thread.
 
+        pca: also give each layer's `embed_pca` (N, 2): a dense layer's comes from the eigendecomposition that
+            its t-SNE starts from (no second one), computed in the same worker thread.
+
     Returns:
-        {layer: (N, 2) float32}, in the order of ``features_by_layer``.
+        {layer: (N, 2) float32}, in the order of ``features_by_layer``; with ``pca``, {layer: (t-SNE, PCA)}.
     """
     names = list(features_by_layer)
+    if pca:
+        return _embed_layers_and_pca(features_by_layer, perplexity, seed, n_jobs, parallel)
     jobs = [(_features(features_by_layer[name]), perplexity, seed) for name in names]
     if parallel:
         workers = min(n_jobs, len(jobs))
@@ -507,6 +524,39 @@ def embed_layers(
             found = _in_processes([jobs[i] for i in large], workers)
         out.update(zip(large, found if found is not None else [_tsne_job(jobs[i]) for i in large]))
     return {name: out[i] for i, name in enumerate(names)}
+
+
+def _embed_layers_and_pca(features_by_layer: Mapping[str, Any], perplexity: float, seed: int, n_jobs: int,
+                          parallel: bool | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    names = list(features_by_layer)
+    feats = {name: _features(features_by_layer[name]) for name in names}
+    dense = [name for name in names if 3 <= feats[name].shape[0] <= DENSE_MAX_POINTS and parallel is not True]
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    jobs = [(feats[name], perplexity, seed) for name in dense]
+    threads = min(n_jobs, len(dense), _cores()) if parallel is None else 1
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _one_thread(), ThreadPoolExecutor(max_workers=threads) as pool:
+            out.update(zip(dense, pool.map(_dense_pca_thread_job, jobs)))
+    else:
+        with _one_thread():
+            out.update(zip(dense, map(_dense_pca_thread_job, jobs)))
+    rest = [name for name in names if name not in out]
+    if rest:
+        tsne = embed_layers({name: feats[name] for name in rest}, perplexity, seed, n_jobs, parallel=parallel)
+        out.update((name, (tsne[name], embed_pca(feats[name], 2))) for name in rest)
+    return {name: out[name] for name in names}
+
+
+def _dense_pca_thread_job(args: tuple[np.ndarray, float, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`_tsne_dense_and_pca` of one layer in a worker thread, inside the caller's `_one_thread`."""
+    import torch
+
+    features, perplexity, _ = args
+    torch.set_num_threads(1)
+    require_usable(features)
+    return _tsne_dense_and_pca(features, perplexity)
 
 
 def _in_processes(jobs: list[tuple[np.ndarray, float, int]], workers: int) -> list[np.ndarray] | None:
