@@ -9,9 +9,10 @@ Towards Best Practice in Explaining Neural Network Predictions with LRP, IJCNN 2
 
 The relevance of the output is the target's logit (R = f_c(x) at class c, 0 elsewhere), as in Bach et al. and
 Captum; for a callable target (`reportgen.methods.targets`) it is R = y * ds/dy over the outputs y, the same for a
-class logit, allowed only where it sums to the score s (`initial_relevance`). Each layer hands the relevance R_k of its outputs to its inputs j by a rule; with z_jk = x_j w_jk, s(.)
-adding ``epsilon`` (``stabilizer`` for the other rules) with the sign of its argument (+ for 0), x+ = max(x, 0),
-x- = min(x, 0), w+ = max(w, 0), w- = min(w, 0):
+class logit, allowed only where it sums to the score s (`initial_relevance`). Each layer hands the relevance R_k
+of its outputs to its inputs j by a rule; with z_jk = x_j w_jk, s(.) adding ``epsilon`` (``stabilizer`` for the
+other rules) with the sign of its argument (+ for 0), x+ = max(x, 0), x- = min(x, 0), w+ = max(w, 0),
+w- = min(w, 0):
 
 - epsilon (LRP-eps): R_j = sum_k x_j w_jk / s(z_k) R_k, with z_k = sum_j x_j w_jk + b_k (epsilon -> 0: LRP-0);
 - gamma (LRP-gamma, in the generalized form that also takes negative inputs): w -> w + gamma w+ for the positive
@@ -431,7 +432,8 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target: Target, *, rule: Optiona
     Positive relevance speaks for the class, negative against; the map sums to the logit up to what biases and
     stabilizers absorb (conservation). The model is used as is (eval mode: BatchNorm is folded with its running
     statistics) and comes back unchanged: it is traced on a deep copy and nothing is written to any module.
-    Raises `LRPNotApplicable` for an operation without a rule (see `lrp_plan`).
+    Raises `LRPNotApplicable` for an operation without a rule (see `lrp_plan`), and `ValueError` for a callable
+    target whose score is not linear in the outputs (`initial_relevance`).
     """
     _check_inputs(inputs)
     if rule is not None and rule not in RULES:
