@@ -16,6 +16,7 @@ from reportgen.methods import attention as ATT
 from reportgen.methods import attribution as A
 from reportgen.methods import cams as C
 from reportgen.methods import deeplift as DL
+from reportgen.methods import legrad as LG
 from reportgen.methods import lrp as LRP
 from reportgen.methods import paths as PATHS
 from reportgen.methods import perturbation as P
@@ -97,7 +98,7 @@ class VitNet(nn.Module):
         return self.vit(self.features(x))
 
 
-ATTENTION = ("attention_rollout", "grad_rollout")
+ATTENTION = ("attention_rollout", "grad_rollout", "legrad")
 
 
 def net_for(name: str, seed: int = 0) -> nn.Module:
@@ -231,7 +232,7 @@ def test_every_shown_method_is_a_function_named_like_its_analysis():
     for name in SHOWN:
         assert callable(getattr(A, name, None) or getattr(C, name, None) or getattr(ATT, name, None)
                         or getattr(PATHS, name, None) or getattr(DL, name, None) or getattr(P, name, None)
-                        or getattr(LRP, name, None)), name
+                        or getattr(LRP, name, None) or getattr(LG, name, None)), name
 
 
 def method_params(name: str) -> dict:

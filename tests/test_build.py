@@ -237,6 +237,7 @@ def test_the_model_runs_once_before_the_image_set(tmp_path, image_folder):
     not_ok = {s["name"]: s["reason"] for s in manifest["analyses"] if s["status"] != "ok"}
     # a 2-D point model's analysis and the transformer ones: the only ones that do not apply to a CNN; and LRP,
     # because this CNN's forward records its batch size (a side effect torch.fx cannot trace)
-    assert sorted(not_ok) == ["attention", "attention-rollout", "grad-rollout", "lrp", "perceptron"], not_ok
+    assert sorted(not_ok) == ["attention", "attention-rollout", "grad-rollout", "legrad", "lrp",
+                              "perceptron"], not_ok
     assert "LRP needs its graph" in not_ok["lrp"]
     assert all("no attention module" in not_ok[name] for name in ("attention", "attention-rollout", "grad-rollout"))
