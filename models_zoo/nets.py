@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
 
 class MLP2d(nn.Module):
@@ -84,6 +83,9 @@ class ShapesResNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 8, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 1) -> None:
+        # imported here: torchvision's import pulls in torch._dynamo (about 2 s), which the other zoo nets never need
+        from torchvision.models.resnet import BasicBlock
+
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False)  # 64 -> 32
         self.bn1 = nn.BatchNorm2d(widths[0])
