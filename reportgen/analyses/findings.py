@@ -22,7 +22,7 @@ from ..artifacts import Plot, Result
 from ..manifest import SEVERITIES, Finding, figure_anchor
 from ..methods.calibration import BINS, reliability, softmax
 from ..site import analysis_page
-from . import Analysis, NOTHING, Upstream, all_analyses, get, register
+from . import EVERY_TASK, Analysis, NOTHING, Upstream, all_analyses, get, register
 from .influence import AttributionAnalysis
 
 CONVENTION = "convention of this report"
@@ -235,6 +235,26 @@ def confusion_findings(logits: np.ndarray, labels: np.ndarray, names: list[str],
         numbers={"pairs": [[names[t], names[p], int(off[t, p]), s] for (t, p), s in zip(pairs, shares)],
                  "top share": shares[0], "top count": int(off[t0, p0])},
         links=evidence)]
+
+
+# what the predictions page scores for each task beyond classify and binary, and the source of its definition
+TASK_SCORES = {"multilabel": ("Multi-label AP and F1", "scikit-learn's average_precision_score and f1_score"),
+               "regress": ("Regression R²", "the coefficient of determination (sklearn.metrics.r2_score)"),
+               "segment": ("Segmentation IoU", "PASCAL VOC's intersection over union (Everingham et al., IJCV 2010)"),
+               "detect": ("Detection AP", "COCO's AP at IoU 0.5 (Lin et al., ECCV 2014; pycocotools)"),
+               "embed": ("Same-class retrieval", "recall@k and mean average precision (Musgrave et al., ECCV 2020)")}
+
+
+def task_score_findings(task: str, headline: Optional[dict], why: str = "") -> list[Finding]:
+    """The predictions page's headline score of a ``task`` other than classify and binary (``headline``: its
+    ``shared["headline"]``, {"sentence", "numbers", "key", "label"}; None when it could not score: ``why``), as
+    information: the report sets no threshold on these scores."""
+    title, source = TASK_SCORES[task]
+    if headline is None:
+        return [not_checked("task-score", title, why or "the predictions page did not run")]
+    return [finding("task-score", title, "info", headline["sentence"], threshold="reported, not judged",
+                    source=source, numbers=headline["numbers"],
+                    links=[analysis_link("predictions", headline["key"], headline["label"])])]
 
 
 def imbalance_findings(labels: np.ndarray, names: list[str], evidence: Optional[list] = None) -> list[Finding]:
@@ -607,6 +627,7 @@ def chosen(name: str, config: Any) -> bool:
 @register
 class Findings(Analysis):
     name = "findings"
+    tasks = EVERY_TASK  # another task gets the predictions page's own score only (`task_score_findings`)
     title = "Findings"
     section = "findings"
     summary = ("the report's conclusions first: each a sentence with its numbers, the threshold that decided it and "
@@ -644,6 +665,20 @@ class Findings(Analysis):
                 return []
             return [analysis_link(name, key, label)]
 
+        task = getattr(pred, "task", "classify")
+        if task not in ("classify", "binary"):
+            # the page's own score of the task; the classifier's findings (accuracy, calibration...) do not apply
+            r = upstream.results.get("predictions")
+            findings = task_score_findings(task, r.shared.get("headline") if r is not None else None,
+                                           why_not("predictions") or (r.shared.get("no score", "") if r else ""))
+            result.shared["findings"] = findings
+            for s in SEVERITIES:
+                result.metrics[f"findings: {s}"] = sum(f.severity == s for f in findings)
+            return result
+        if task == "binary":  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]: every finding below holds as stated
+            from .predictions import two_classes
+
+            pred = two_classes(pred)
         evidence = shown("predictions", "per-class", "per-class accuracy") + shown(
             "predictions", "confusion", "confusion matrix", table=False)
         diagram = [analysis_link(self.name, "reliability", "reliability diagram")]
