@@ -153,8 +153,8 @@ def predicted_vs_true(data: dict):
 
 @plot_kind("output-histograms")
 def output_histograms(data: dict):
-    """Histograms of values, one panel per series, two per row: data: series [{"name", "values" (n,)}], xlabel,
-    ylabel."""
+    """Histograms of values, one panel per series, two per row: data: series [{"name", "values" (n,), "counts"
+    (bool: whole numbers, one bar per value)}], xlabel, ylabel."""
     series = data["series"]
     cols = 1 if len(series) == 1 else 2
     rows = -(-len(series) // cols)
@@ -165,7 +165,11 @@ def output_histograms(data: dict):
     for ax, s in zip(axes.ravel(), series):
         v = np.asarray(s["values"], dtype=np.float64)
         v = v[np.isfinite(v)]
-        ax.hist(v, bins=min(40, max(5, int(np.sqrt(max(len(v), 1))))), color=PRED_COLOR)
+        if s.get("counts") and len(v):
+            ax.hist(v, bins=np.arange(v.min() - 0.5, v.max() + 1.5), color=PRED_COLOR, rwidth=0.85)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        else:
+            ax.hist(v, bins=min(40, max(5, int(np.sqrt(max(len(v), 1))))), color=PRED_COLOR)
         ax.set_title(str(s["name"]), fontsize=8)
         ax.set_xlabel(data.get("xlabel", ""), fontsize=8)
         ax.set_ylabel(data.get("ylabel", "images"), fontsize=8)
@@ -258,8 +262,10 @@ def detections(data: dict):
     for b, c, s in zip(np.asarray(data["boxes"]).reshape(-1, 4), data["labels"], data["scores"]):
         color = class_color(c)
         ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, linewidth=1.6, edgecolor=color))
-        ax.text(b[0], max(b[1], 0), f"{names[int(c)]} {s:.2f}", fontsize=6.5, color="white", va="bottom",
-                ha="left", clip_on=True, bbox={"facecolor": color, "edgecolor": "none", "pad": 1.0, "alpha": 0.85})
+        top = b[1] < 0.08 * h  # no room above the box: the tab goes inside it, under its top edge
+        ax.text(b[0], max(b[1], 0), f"{names[int(c)]} {s:.2f}", fontsize=6.5, color="white",
+                va="top" if top else "bottom", ha="left", clip_on=True,
+                bbox={"facecolor": color, "edgecolor": "none", "pad": 1.0, "alpha": 0.85})
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     if data.get("title"):
