@@ -166,6 +166,20 @@ def test_float32_values_on_and_beside_every_edge_fall_in_numpys_bins():
     np.testing.assert_array_equal(result["hist_counts"], np.histogram(everything, bins=result["hist_edges"])[0])
 
 
+def test_histogram_far_from_zero_equals_numpy_on_every_edge():
+    # a large offset makes the position arithmetic round: values on the float64 edges themselves and beside them
+    stats = RunningStats(bins=16)
+    first = torch.tensor([[1e6], [1e6 + 3.0]], dtype=torch.float64)
+    stats.update(first)
+    edges = torch.from_numpy(stats.hist_edges)
+    later = torch.cat([edges, torch.nextafter(edges, torch.tensor(0.0, dtype=torch.float64)),
+                       torch.nextafter(edges, torch.tensor(2e6, dtype=torch.float64)), edges + 2.5])[:, None]
+    stats.update(later)  # the last group widens the range: edges regrown, then every value binned
+    result = stats.result()
+    everything = torch.cat([first, later]).reshape(-1).numpy()
+    np.testing.assert_array_equal(result["hist_counts"], np.histogram(everything, bins=result["hist_edges"])[0])
+
+
 def test_running_stats_rejects_nan_and_takes_bfloat16():
     stats = RunningStats()
     stats.update(torch.tensor([[1.0, -2.0]], dtype=torch.bfloat16))

@@ -147,11 +147,39 @@ def pick_channels(
     raise ValueError(f"mode must be 'active' or 'seed', got {mode!r}")
 
 
-def _round_up_float32(edges: torch.Tensor) -> torch.Tensor:
-    """float64 (E,) -> float32 (E,): each edge as the smallest float32 >= it."""
-    e32 = edges.to(torch.float32)
-    below = e32.to(torch.float64) < edges
-    return torch.where(below, torch.nextafter(e32, torch.full_like(e32, float("inf"))), e32)
+class _UniformBins:
+    """np.histogram's bin of each float64 value for nearly uniform edges (E,) (`RunningStats` keeps them so: a
+    linspace, grown by halving and appending linspaces): bin i is [e_i, e_i+1), the last bin also holds its top edge.
+
+    The bin is read from the position ``q = (v - e_0) / width * bins`` and only values whose ``q`` lies within the
+    edges' own rounding (their distance to the exact uniform grid, plus the rounding of ``q``, in bins) of a whole
+    number are tested against the edges (`torch.bucketize`): the same bins as comparing every value with the
+    edges, about 3x faster than doing that."""
+
+    def __init__(self, edges: np.ndarray) -> None:
+        self.edges = torch.from_numpy(edges)
+        self.bins = len(edges) - 1
+        self.start = float(edges[0])
+        width = float(edges[-1]) - self.start
+        self.scale = self.bins / width
+        grid = self.start + np.arange(len(edges)) / self.scale
+        off_grid = float(np.abs(edges - grid).max()) * self.scale
+        # q's own rounding: a few ulps of the largest magnitude, in bins
+        rounding = 8 * np.finfo(np.float64).eps * float(np.abs(edges).max()) * self.scale
+        self.tol = off_grid + rounding + 1e-9
+        self.exact = self.tol > 1e-3  # far from uniform (never in practice): every value is tested
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self.exact:
+            return (torch.bucketize(v, self.edges, right=True) - 1).clamp_(max=self.bins - 1)
+        q = (v - self.start).mul_(self.scale)
+        whole = q.floor()
+        idx = whole.to(torch.long).clamp_(0, self.bins - 1)
+        frac = q.sub_(whole)
+        near = (frac < self.tol) | (frac > 1.0 - self.tol)
+        if bool(near.any()):
+            idx[near] = (torch.bucketize(v[near], self.edges, right=True) - 1).clamp_(max=self.bins - 1)
+        return idx
 
 
 class RunningStats:
@@ -207,18 +235,11 @@ class RunningStats:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.cover(lo, hi)
 
-        edges = torch.from_numpy(self.hist_edges)
-        flat = x.reshape(-1).to("cpu")
-        if flat.dtype in (torch.float16, torch.bfloat16):
-            flat = flat.float()  # exactly: every half value is a float32
-        if flat.dtype == torch.float32:
-            # Bin tests on the float32 values themselves, against each float64 edge rounded up to the next float32:
-            # for a float32 v, v >= e exactly when v >= that rounded edge, so the bins are np.histogram's on the
-            # float64 values, at half the memory traffic of a float64 copy.
-            edges = _round_up_float32(edges)
+        binner = _UniformBins(self.hist_edges)
+        top = float(self.hist_edges[-1])
         # float64 in slices: exact sums and bin tests, without a float64 copy of a whole large batch
-        for part in flat.split(self.chunk):
-            v = part.to(torch.float64)
+        for part in x.reshape(-1).split(self.chunk):
+            v = part.to("cpu", torch.float64)
             n_b, mean_b = v.numel(), float(v.mean())
             m2_b = float(((v - mean_b) ** 2).sum())
             n = self.count + n_b
@@ -227,13 +248,8 @@ class RunningStats:
             self._mean += delta * n_b / n
             self.count = n
             self.total += float(v.sum())
-            # np.histogram's rule: bin i is [e_i, e_i+1), the last bin also holds its upper edge
-            bins = (torch.bucketize(part if edges.dtype == part.dtype else v, edges, right=True) - 1).clamp_(
-                max=self.bins - 1)
-            self.hist_counts += torch.bincount(bins, minlength=self.bins).numpy()
-            # a value equal to the float64 top edge: only when that edge is itself a float32 (rounding kept it)
-            if edges.dtype == torch.float64 or float(edges[-1]) == float(self.hist_edges[-1]):
-                self._at_top += int((v == float(self.hist_edges[-1])).sum())
+            self.hist_counts += torch.bincount(binner(v), minlength=self.bins).numpy()
+            self._at_top += int((v == top).sum())
 
     @staticmethod
     def span(acts: torch.Tensor) -> tuple[float, float]:
