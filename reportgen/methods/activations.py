@@ -254,7 +254,8 @@ class RunningStats:
     @staticmethod
     def span(acts: torch.Tensor) -> tuple[float, float]:
         """(min, max) of a batch of activations: what `cover` needs to know of it."""
-        return float(acts.min()), float(acts.max())
+        lo, hi = torch.aminmax(acts)  # one pass over the batch for both
+        return float(lo), float(hi)
 
     def cover(self, lo: float, hi: float) -> None:
         """Fix (first call) or widen the histogram's range so that it holds [lo, hi], counting nothing: the first step
