@@ -68,7 +68,7 @@ class Predictions(Analysis):
     def cost(self, ctx, params, upstream=NOTHING):
         # a segmentation model runs again on the few sample images whose masks are drawn
         if getattr(ctx, "task", "classify") == "segment":
-            return float(min(len(ctx.samples), SAMPLE_FIGURES) * ctx.facts.macs)
+            return float(min(len(ctx.samples), SAMPLE_FIGURES) * (ctx.facts.macs or 0))
         return 0.0
 
     def run(self, ctx, params, reduced, upstream=NOTHING):
