@@ -146,6 +146,9 @@ def report_options(fn: Callable) -> Callable:
                      "model says, else its output's form; embed and regress are never guessed): see docs/tasks.md."),
         click.option("--labels", help="Labels beyond class folders: a CSV (multilabel, regress), a folder of class "
                                       "masks (segment) or a COCO JSON of boxes (detect); see docs/tasks.md."),
+        click.option("--target", help="What the attribution maps explain: a class, label or output name or index; "
+                                      "class=NAME[,region=mask] (segment); box=x0,y0,x1,y1[:class] (detect); "
+                                      "image=PATH (embed). Default: each task's own; see docs/targets.md."),
     ]):
         fn = decorator(fn)
     return input_options(fn)
@@ -184,6 +187,9 @@ def check_early(cfg: Any) -> None:
     check_replaceable(out, [model_file, cfg.weights, cfg.images, cfg.masks, cfg.labels])
     choose_analyses(cfg)
     check_paths(cfg)
+    from .task_targets import check_syntax
+
+    check_syntax(cfg.target)  # its form and a reference image's path; what fits the model is checked after loading
 
 
 def input_options(fn: Callable) -> Callable:

@@ -29,7 +29,7 @@ import numpy as np
 from ..artifacts import Grid, NotApplicable, Plot, Result, Table
 from ..config import doc
 from ..errors import ConfigError
-from . import Analysis, NOTHING, Upstream, register
+from . import EVERY_TASK, Analysis, NOTHING, Upstream, register
 
 RANDOM_ROW = "random order"
 EDGE_ROW = "edge detector (control)"
@@ -125,14 +125,17 @@ def unseen_passes(ctx: Any, upstream: Any, params: Any) -> float:
 
 
 def method_maps(analysis: Any, ctx: Any, model: Any, inputs: Any, images: list[int], targets: Any,
-                options: dict) -> Any:
+                options: dict, target: Any = None) -> Any:
     """One method's maps (N, h, w) float32 on the CPU of ``inputs`` (N, C, H, W), the images ``images`` (indices),
     for ``targets`` (N,), through its analysis's `attribute` on ``model``, chunked as the report's own maps
     (`AttributionAnalysis.chunk_size`) and each chunk with its own options (`chunk_options`: SmoothGrad's noise
     generator named by the chunk's first map). A chunk that starts with the same map as one of the page's draws
-    the same noise: at the defaults SmoothGrad's chunks hold one map each, so its maps equal the page's."""
+    the same noise: at the defaults SmoothGrad's chunks hold one map each, so its maps equal the page's.
+    ``target``: another task's target callable, row j for image j (`explained`), explained in place of the class
+    logits ``targets`` (which then only name the maps)."""
     import torch
 
+    from ..methods.targets import select_target
     from .influence import MapTarget
 
     size = analysis.chunk_size(ctx, options)
@@ -140,12 +143,14 @@ def method_maps(analysis: Any, ctx: Any, model: Any, inputs: Any, images: list[i
     for k in range(0, len(inputs), size):
         first = MapTarget(images[k], int(targets[k]), "predicted")
         opts = analysis.chunk_options(ctx, options, first)
-        maps.append(analysis.attribute(model, inputs[k:k + size], targets[k:k + size], **opts).detach().float().cpu())
+        chunk = targets[k:k + size] if target is None else select_target(target, torch.arange(k, min(k + size,
+                                                                                                    len(inputs))))
+        maps.append(analysis.attribute(model, inputs[k:k + size], chunk, **opts).detach().float().cpu())
     return torch.cat(maps)
 
 
 def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targets: Any,
-                upstream: Any) -> tuple[Any, int]:
+                upstream: Any, target: Any = None) -> tuple[Any, int]:
     """One method's maps (N, h, w) float32 on the CPU of ``images`` (image indices) for ``targets`` (N,): the very
     maps its own page drew in this build (its result's ``shared["maps"]``, `Upstream.results`), and those it did not
     draw (the method has no page, or another class) computed now with `method_maps`; and how many were computed."""
@@ -158,8 +163,11 @@ def report_maps(ctx: Any, analysis: Any, options: dict, images: list[int], targe
     fresh = {}
     if missing:
         inputs = ctx.images.load_inputs([images[p] for p in missing], ctx.device)
+        from ..methods.targets import select_target
+
         computed = method_maps(analysis, ctx, ctx.model, inputs, [images[p] for p in missing],
-                               targets[torch.tensor(missing, device=targets.device)], options)
+                               targets[torch.tensor(missing, device=targets.device)], options,
+                               None if target is None else select_target(target, torch.tensor(missing)))
         fresh = dict(zip(missing, computed))
     return torch.stack([fresh[p] if p in fresh else stored[k] for p, k in enumerate(keys)]), len(missing)
 
@@ -172,8 +180,36 @@ def predicted(ctx: Any, images: list[int]) -> Any:
     return torch.tensor([int(preds[ctx.predictions.row(i)]) for i in images], device=ctx.device)
 
 
+def explained(ctx: Any, images: list[int], inputs: Any) -> tuple[Any, Any, Any]:
+    """What the checks explain on ``images`` (their ``inputs``): (classes (N,) LongTensor naming each image's map
+    as the attribution pages do, the target the methods and the curves take, its `TargetSet` or None). A
+    classifier: its predicted classes, or the --target class, both times; another task: the page's target of each
+    image (`reportgen.task_targets`)."""
+    import torch
+
+    from ..task_targets import build_targets, choices
+
+    picked = choices(ctx, images)
+    if picked is None:
+        classes = predicted(ctx, images)
+        return classes, classes, None
+    classes = torch.tensor([c.cls for c in picked], device=ctx.device)
+    if ctx.task == "classify":
+        return classes, classes, None
+    tset = build_targets(ctx, picked, inputs)
+    return classes, tset.target, tset
+
+
+def target_words(ctx: Any, tset: Any) -> tuple[str, str, bool]:
+    """(what each image's maps explain, what the curves record, whether it is a probability in [0, 1])."""
+    if tset is None:
+        given = getattr(ctx.config, "target", None) is not None
+        return ("the --target class" if given else "their predicted class"), "the class's softmax probability", True
+    return "their target: see an attribution page's 'What the maps explain'", tset.measure, tset.bounded
+
+
 def too_costly(analysis: Any, ctx: Any, twin: Any, inputs: Any, images: list[int], targets: Any, options: dict,
-               max_passes: int) -> bool:
+               max_passes: int, target: Any = None) -> bool:
     """Whether one map of one image (``inputs`` (1, C, H, W), image index ``images[0]``) sends more than
     ``max_passes`` images through ``twin`` (a copy of the model: the counting hook goes on it). The probe stops
     before the pass that would go over, so it costs at most ``max_passes`` forward passes of one image."""
@@ -181,7 +217,7 @@ def too_costly(analysis: Any, ctx: Any, twin: Any, inputs: Any, images: list[int
 
     try:
         with counting_images(twin, limit=max_passes):
-            method_maps(analysis, ctx, twin, inputs, images, targets, options)
+            method_maps(analysis, ctx, twin, inputs, images, targets, options, target)
     except TooManyPasses:
         return True
     return False
@@ -225,6 +261,7 @@ def best_at(values: dict[str, dict[str, float]]) -> dict[str, str]:
 @register
 class DeletionInsertion(Analysis):
     name = "deletion-insertion"
+    tasks = EVERY_TASK  # the curves record the task's target (`reportgen.task_targets`)
     task_reason = "it scores attribution maps by how one class probability per image changes"
     title = "Deletion and insertion"
     section = "trust"
@@ -259,7 +296,9 @@ class DeletionInsertion(Analysis):
         result.notes.extend(missing_note(upstream, params))
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
-        targets = predicted(ctx, images)
+        targets, target, tset = explained(ctx, images, inputs)
+        whose, measure, bounded = target_words(ctx, tset)
+        word = "probability" if bounded else "score"
         n = len(images)
         h, w = inputs.shape[-2:]
         masks = ctx.images.masks
@@ -270,8 +309,9 @@ class DeletionInsertion(Analysis):
         computed: dict[str, int] = {}
         methods = attribution_methods(ctx, upstream, params)
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
-            maps, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream)
-            dele, ins = deletion_insertion(ctx.model, inputs, targets, maps,
+            maps, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream,
+                                                 None if tset is None else target)
+            dele, ins = deletion_insertion(ctx.model, inputs, target, maps,
                                            generator=ctx.generator(f"{self.name}:{a.name}"), **options)
             row = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
             if masks is not None and tuple(maps.shape[-2:]) == (h, w) == tuple(masks.size):
@@ -279,7 +319,7 @@ class DeletionInsertion(Analysis):
                 row.update(mass=mass, hit=hit)
             rows[a.name], curves[a.name] = row, (a, dele.numpy(), ins.numpy())
         # all-equal maps + random tie-breaking = a random pixel order per image: the baseline every map must beat
-        dele, ins = deletion_insertion(ctx.model, inputs, targets, torch.zeros(n, h, w),
+        dele, ins = deletion_insertion(ctx.model, inputs, target, torch.zeros(n, h, w),
                                        generator=ctx.generator(f"{self.name}:random"), **options)
         random = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
         random_curves = (dele.numpy().mean(axis=0), ins.numpy().mean(axis=0))
@@ -304,10 +344,10 @@ class DeletionInsertion(Analysis):
         table.append(base + ([float("nan"), float("nan")] if has_masks else []) + ["baseline"])
         result.items.append(Table(
             key="trust", label="Which maps to trust: deletion and insertion",
-            caption=f"Mean over the {n} sample images (their predicted class) of the area under each curve, and its "
+            caption=f"Mean over the {n} sample images ({whose}) of the area under each curve, and its "
                     "standard deviation (sd); ↓ = lower is better, ↑ = higher is better. Deletion: the most "
                     "important pixels first are set to the fill value; "
-                    "insertion: they are put into a blurred copy; the curve is the class's softmax probability. "
+                    f"insertion: they are put into a blurred copy; the curve is {measure}. "
                     "'random order' deletes and inserts the pixels in a random order: a map that does not beat it "
                     "says nothing about this model's decision."
                     + (" Mask scores (of the same maps): the share of the map on the object, and how often its "
@@ -318,7 +358,7 @@ class DeletionInsertion(Analysis):
         for name, (a, dele, ins) in curves.items():
             result.items.append(Plot(
                 key=f"curves-{name}", kind="lines", label=a.title, group="Mean curves of each method",
-                caption=f"{a.title}: the predicted class's probability (mean over the {n} sample images) as the "
+                caption=f"{a.title}: {measure} (mean over the {n} sample images, {whose}) as the "
                         f"pixels are deleted (AUC {means[name]['deletion']:.3f}) or inserted (AUC "
                         f"{means[name]['insertion']:.3f}) in the order of the maps, and in a random order "
                         f"(AUC {base[1]:.3f} and {base[3]:.3f}).",
@@ -326,8 +366,9 @@ class DeletionInsertion(Analysis):
                                          "insertion": ins.mean(axis=0).tolist(),
                                          "deletion, random order": random_curves[0].tolist(),
                                          "insertion, random order": random_curves[1].tolist()},
-                      "xlabel": "fraction of pixels deleted or inserted", "ylabel": "probability of the class",
-                      "ylim": [0, 1.02], "title": a.title}))
+                      "xlabel": "fraction of pixels deleted or inserted",
+                      "ylabel": "probability of the class" if tset is None else measure,
+                      **({"ylim": [0, 1.02]} if bounded else {}), "title": a.title}))
 
         for p, i in enumerate(images):
             per = []
@@ -344,7 +385,7 @@ class DeletionInsertion(Analysis):
             result.items.append(Table(
                 key=f"image-{i:05d}", image=i, detail=True, group=ctx.images.names[i], label="Deletion and insertion",
                 caption="Area under the deletion curve (lower is better) and the insertion curve (higher is "
-                        "better) of each method's map for the predicted class"
+                        f"better) of each method's map ({whose})"
                         + (", with the share of the map on the object and whether its maximum is on it." if has_masks
                            else "."),
                 columns=["method", "deletion AUC ↓", "insertion AUC ↑"]
@@ -360,14 +401,14 @@ class DeletionInsertion(Analysis):
             "best deletion AUC": min((v["deletion"] for v in means.values()), default=float("nan")),
             "best insertion AUC": max((v["insertion"] for v in means.values()), default=float("nan")),
             "random-order deletion AUC": base[1], "random-order insertion AUC": base[3],
-            "probability of the blurred image": float(random_curves[1][0]),
-            "probability with every pixel deleted": float(random_curves[0][-1]),
-            "probability of the image": float(full)})
+            f"{word} of the blurred image": float(random_curves[1][0]),
+            f"{word} with every pixel deleted": float(random_curves[0][-1]),
+            f"{word} of the image": float(full)})
         result.notes.append(
             f"Each curve has {params.steps + 1} points: after step j, the j/{params.steps} most important pixels "
             "(all channels of a pixel together, ties in a seeded random order) are deleted or inserted, and every "
-            "copy goes through the model in batches. The curves record the softmax probability of the sample's "
-            "predicted class, as Petsiuk et al. do; deleted pixels take the value "
+            f"copy goes through the model in batches. The curves record {measure} ({whose}), as Petsiuk et al. "
+            "record the class probability; deleted pixels take the value "
             f"{params.fill:g} in normalized units"
             + (" (the mean colour)" if params.fill == 0 else "")
             + f"; insertion starts from a Gaussian blur with sigma {params.blur:g} of the shorter side (Petsiuk "
@@ -383,6 +424,7 @@ class DeletionInsertion(Analysis):
 @register
 class RandomizationTest(Analysis):
     name = "randomization-test"
+    tasks = EVERY_TASK  # the maps explain the task's target (`reportgen.task_targets`), fixed on the trained model
     task_reason = "it compares the attribution maps of one class logit per image"
     title = "Model-parameter randomization"
     section = "trust"
@@ -411,13 +453,18 @@ class RandomizationTest(Analysis):
         return checked_names(params.methods, config, f"analysis.{self.name}.methods")
 
     def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
+        import torch
+
         from ..methods.faithfulness import cascade_layers, edge_map, randomization_test
+        from ..methods.targets import select_target
 
         result = Result()
         result.notes.extend(missing_note(upstream, params))
         images = ctx.samples[: params.images]
         inputs = ctx.images.load_inputs(images, ctx.device)
-        targets = predicted(ctx, images)
+        targets, target, tset = explained(ctx, images, inputs)
+        whose = target_words(ctx, tset)[0]
+        call = None if tset is None else target  # another task's callable, row j for image j
         # learned on a deep copy: the user's model is not run or changed
         layers = cascade_layers(ctx.model, inputs, params.steps)
         labels = [" + ".join(step) if len(step) <= 2 else f"{step[0]} … {step[-1]} ({len(step)} modules)"
@@ -427,16 +474,18 @@ class RandomizationTest(Analysis):
         twin = copy.deepcopy(ctx.model)  # the cost probe's counting hook goes on a copy, never on the user's model
         runs, left_out, computed = {}, [], {}
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
+            first = None if call is None else select_target(call, torch.tensor([0]))
             if a.name not in params.methods and too_costly(a, ctx, twin, inputs[:1], images[:1], targets[:1], opts,
-                                                            params.max_passes):
+                                                            params.max_passes, first):
                 left_out.append(a.name)
                 continue
 
             def attribute(model: Any, x: Any, t: Any, _a: Any = a, _o: dict = opts) -> Any:
-                return method_maps(_a, ctx, model, x, images, t, _o)  # x, t: the images, in order
+                # x, t: the images, in order (t: their classes, or the task's target callable)
+                return method_maps(_a, ctx, model, x, images, targets if call is not None else t, _o, call)
 
-            original, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream)
-            runs[a.name] = (a, randomization_test(ctx.model, inputs, targets, attribute, layers=layers, seed=seed,
+            original, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream, call)
+            runs[a.name] = (a, randomization_test(ctx.model, inputs, target, attribute, layers=layers, seed=seed,
                                                   original=original))
         del twin
         control = randomization_test(ctx.model, inputs, targets, lambda m, x, t: edge_map(x), layers=layers,
@@ -454,7 +503,7 @@ class RandomizationTest(Analysis):
         top = labels[0]
         result.items.append(Table(
             key="trust", label="Which maps to trust: the randomization check",
-            caption=f"Similarity of each method's maps of the {len(images)} sample images (predicted class) to the "
+            caption=f"Similarity of each method's maps of the {len(images)} sample images ({whose}) to the "
                     "trained model's maps, after re-initializing the top layer only "
                     f"('{top}') and after all {len(layers)} steps of the cascade (every parameter re-initialized): "
                     "Spearman rank correlation of "
@@ -514,8 +563,9 @@ class RandomizationTest(Analysis):
             "initializes it (seeded; a parameter of a module without reset_parameters, such as a class token, "
             "from a normal distribution with its own mean and standard deviation; a batch norm becomes the "
             "identity in eval mode, a layer or group norm still normalizes, with weight 1 and bias 0). Each "
-            "method's maps are recomputed after each step for the same target classes "
-            "(the trained model's predictions).")
+            "method's maps are recomputed after each step for the same targets ("
+            + ("the trained model's predictions)." if tset is None and getattr(ctx.config, "target", None) is None
+               else f"{whose}, fixed on the trained model: its regions, boxes and reference embeddings)."))
         result.notes.append(maps_note(computed, len(images)))
         if left_out:
             result.notes.append(

@@ -24,13 +24,14 @@ from ..artifacts import NotApplicable, Picture, Result, Table
 from ..config import doc
 from ..errors import ConfigError
 from . import EVERY_TASK, Analysis, NOTHING, Upstream, python_name, register
+from ..task_targets import GIVEN
 
 SCALES = ("shared", "per-image", "both")
 NO_GAP_LINEAR = "the model does not end in global average pooling + one linear layer"
 # roles of a map's class target, in the order their groups appear
-ROLES = ("predicted", "true", "requested")
+ROLES = ("predicted", "true", "requested", GIVEN)
 ROLE_TITLES = {"predicted": "Predicted class", "true": "True class (where the prediction is wrong)",
-               "requested": "Requested classes"}
+               "requested": "Requested classes", GIVEN: "The given target (--target)"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,11 +121,15 @@ def degenerate_maps(maps: np.ndarray, blank_means: str = BLANK_MEANS) -> tuple[n
 
 @dataclass
 class MapTarget:
-    """One map to draw: sample image ``image`` (index into the image set), class ``cls``, why it was chosen."""
+    """One map to draw: sample image ``image`` (index into the image set), class ``cls``, why it was chosen.
+    ``choice``: for a model of another task than classify, or a --target, what the map explains
+    (`reportgen.task_targets.Choice`: its words for the page and the data of its target callable); None for a
+    classifier's class logit."""
 
     image: int
     cls: int
     role: str
+    choice: Any = None
 
 
 def class_targets(samples: list[int], preds: list[int], labels: list[int], requested: list[int]) -> list[MapTarget]:
@@ -251,6 +256,49 @@ def nan_mean(values: np.ndarray) -> float:
 # The attribution pipeline
 
 
+def role_title(task: str, role: str) -> str:
+    """The group title of an attribution page's maps of ``role`` for a model of ``task``."""
+    from ..task_targets import title
+
+    return title(task, role) or ROLE_TITLES[role]
+
+
+def chunk_target(tset: Any, chunk: list[MapTarget], row: dict, device: Any) -> Any:
+    """The target of a chunk of maps: their classes as a LongTensor (a classifier, ``tset`` None), else the rows
+    of ``tset.target`` for the chunk (``row``: id of each map target -> its row)."""
+    import torch
+
+    if tset is None:
+        return torch.tensor([t.cls for t in chunk], device=device)
+    from ..methods.targets import select_target
+
+    return select_target(tset.target, torch.tensor([row[id(t)] for t in chunk], dtype=torch.long))
+
+
+def target_name(ctx: Any, t: MapTarget) -> str:
+    """The class, label or output a map explains, in a few words (a classifier's class name)."""
+    names = ctx.class_names
+    if t.choice is not None and ctx.task == "embed":
+        return "similarity"
+    if t.choice is not None and ctx.task == "detect" and t.choice.label is None:
+        return "no detection"
+    return names[t.cls] if 0 <= t.cls < len(names) else f"output {t.cls}"
+
+
+def explains_table(ctx: Any, targets: list[MapTarget], tset: Any) -> Table:
+    """The table above an attribution page's maps that says what each map explains (another task, or a given
+    --target): the target's words and its score on the image."""
+    p = ctx.predictions
+    scores = tset.scores if tset is not None else [float(p.logits[p.row(t.image), t.cls]) for t in targets]
+    return Table(key="explains", label="What the maps explain", group="What the maps explain",
+                 caption="Each sample image's target (--target, or the task's default: docs/targets.md) and its "
+                         "score on the image (a classifier's: the class logit).",
+                 columns=["image", "target", "explains", "score"],
+                 rows=[[ctx.images.names[t.image], target_name(ctx, t),
+                        t.choice.words.removeprefix("explains: ") if t.choice is not None else "", float(v)]
+                       for t, v in zip(targets, scores)])
+
+
 class AttributionAnalysis(Analysis):
     """Base of the attribution analyses: subclasses implement `attribute` (one call of their method function) and
     the caption words, and override `options` when the method needs keyword arguments (a layer, a window)."""
@@ -258,6 +306,8 @@ class AttributionAnalysis(Analysis):
     section = "influence"
     needs_logits = True
     Params = HeatmapParams
+    # every task: the maps explain the task's target (`reportgen.task_targets`: --target, or each task's default)
+    tasks = EVERY_TASK
     task_reason = "its maps explain one class logit of each image, and it takes no target for other outputs"
     chunked: ClassVar[bool] = True  # False: the method batches its own copies itself (occlusion, SmoothGrad)
     splits: ClassVar[bool] = True  # a distributed build deals its chunks of targets to the ranks (`compute`)
@@ -273,8 +323,14 @@ class AttributionAnalysis(Analysis):
         return self.map_passes
 
     def map_targets(self, ctx: Any) -> list[MapTarget]:
-        """The (image, class) pairs this build draws maps of: each sample's predicted and true class, then the
-        requested ones (`class_targets`)."""
+        """The (image, class) pairs this build draws maps of: a classifier's each sample's predicted and true class,
+        then the requested ones (`class_targets`); another task's, or a given --target's, one target per sample
+        (`reportgen.task_targets.choices`)."""
+        from ..task_targets import choices
+
+        picked = choices(ctx, ctx.samples)
+        if picked is not None:
+            return [MapTarget(c.image, c.cls, c.role, c) for c in picked]
         predictions = ctx.predictions
         preds = [int(predictions.preds[predictions.row(i)]) for i in ctx.samples]
         labels = [int(ctx.images.labels[i]) for i in ctx.samples]
@@ -284,7 +340,10 @@ class AttributionAnalysis(Analysis):
         return len(self.map_targets(ctx)) * self.passes(ctx, params) * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
+        from ..task_targets import parse_context
+
         requested_classes(ctx)
+        parse_context(ctx)  # a --target that does not fit the model: one line, before any work
         if self.relu_rules or self.hooks:
             ctx.facts.require_python(self.title)
         report = ctx.facts.nonlinearities
@@ -345,10 +404,25 @@ class AttributionAnalysis(Analysis):
         own here, so that a chunk's maps do not depend on which chunks ran before it, or on which process)."""
         return options
 
-    def compute(self, ctx: Any, params: Any, targets: list[MapTarget]) -> tuple[Any, dict]:
+    def target_set(self, ctx: Any, targets: list[MapTarget], inputs: Any = None) -> Any:
+        """The `reportgen.task_targets.TargetSet` of ``targets`` (row j = map j's target callable, and its score on
+        the clean image), or None for a classifier, whose maps take class indices (``MapTarget.cls``) as always.
+        ``inputs``: the sample images (`Context.sample_inputs`), loaded when not given."""
+        if not targets or ctx.task == "classify":
+            return None
+        import torch
+
+        from ..task_targets import build_targets
+
+        inputs = ctx.sample_inputs() if inputs is None else inputs
+        position = {i: p for p, i in enumerate(ctx.samples)}
+        picks = torch.tensor([position[t.image] for t in targets], device=inputs.device)
+        return build_targets(ctx, [t.choice for t in targets], inputs[picks])
+
+    def compute(self, ctx: Any, params: Any, targets: list[MapTarget], tset: Any = None) -> tuple[Any, dict]:
         """Maps (T, h, w), a float32 tensor on the CPU, for ``targets`` in their order, and the options used; in
         chunks of `chunk_size` targets, which a distributed build deals to its ranks
-        (`reportgen.context.Context.map_chunks`)."""
+        (`reportgen.context.Context.map_chunks`). ``tset``: their `target_set` (built when None)."""
         import torch
 
         inputs = ctx.sample_inputs()
@@ -356,11 +430,13 @@ class AttributionAnalysis(Analysis):
         options = self.options(ctx, params)
         size = self.chunk_size(ctx, options)
         chunks = [targets[k:k + size] for k in range(0, len(targets), size)]
+        tset = self.target_set(ctx, targets, inputs) if tset is None else tset
+        row = {id(t): k for k, t in enumerate(targets)}
 
         def one(chunk: list[MapTarget]) -> tuple[Any, list]:
             opts = self.chunk_options(ctx, options, chunk[0])
             picks = torch.tensor([position[t.image] for t in chunk], device=inputs.device)
-            classes = torch.tensor([t.cls for t in chunk], device=inputs.device)
+            classes = chunk_target(tset, chunk, row, inputs.device)
             maps = self.attribute(ctx.model, inputs[picks], classes, **opts).detach().float().cpu()
             # occlusion's engine plans, appended to the chunk's own list by its call: they travel with its maps
             return maps, opts.get("plans", [])
@@ -378,7 +454,11 @@ class AttributionAnalysis(Analysis):
         if not targets:
             result.notes.append("There is no sample image to explain.")
             return result
-        maps, options = self.compute(ctx, params, targets)
+        tset = self.target_set(ctx, targets)
+        maps, options = self.compute(ctx, params, targets, tset)
+        given = targets[0].choice is not None  # another task, or a --target: the page says what the maps explain
+        if given:
+            result.items.append(explains_table(ctx, targets, tset))
         # the very maps this page draws, for the analyses that read them (the trust checks, `Upstream`)
         result.shared["maps"] = {(t.image, t.cls): m for t, m in zip(targets, maps)}
         raw = maps.numpy().astype(np.float64)
@@ -402,7 +482,7 @@ class AttributionAnalysis(Analysis):
         if any(k is not None for k in got):
             scores = mask_scores(heat, got)  # an image without a mask (--masks left it out) scores NaN
             # scored on the predicted-class maps: one per sample image with a mask, whatever the configured classes
-            pred = [k for k, t in enumerate(targets) if t.role == "predicted" and got[k] is not None]
+            pred = [k for k, t in enumerate(targets) if t.role in ("predicted", GIVEN) and got[k] is not None]
             result.metrics["object mass share"] = nan_mean(scores[0][pred])
             result.metrics["pointing game"] = nan_mean(scores[1][pred])
             result.metrics["object area (chance)"] = nan_mean(np.array([got[k].mean() for k in pred]))
@@ -414,13 +494,18 @@ class AttributionAnalysis(Analysis):
                                         f"{first}-{targets[k].role}-{targets[k].image:05d}-{targets[k].cls}")
                 for k in pred}
 
+        if tset is not None:
+            result.notes.append(f"This model's task is {ctx.task}: each map explains the target its caption names "
+                                "(the table 'What the maps explain'), and where these notes say the class logit, "
+                                f"read that target's score; where they say its probability, {tset.measure}.")
         result.notes.append(f"Each map shows {self.words(options)}; "
                             + ("it is drawn over a dimmed grey copy of the image." if over_image else
                                f"one cell per position ({heat.shape[1]}x{heat.shape[2]})."))
         what = self.short(options)
         where = "over a dimmed grey copy of the image" if over_image else "one cell per position"
         pct = "the maximum" if params.percentile >= 100 else f"the {params.percentile:g}th percentile"
-        probs, names = predictions.probs, ctx.class_names
+        names = ctx.class_names
+        probs = predictions.probs if ctx.task == "classify" else None
         computed = self.caption_note(options)
         computed = f" {computed}" if computed else ""
         for scale in (["shared", "per-image"] if params.scale == "both" else [params.scale]):
@@ -435,16 +520,21 @@ class AttributionAnalysis(Analysis):
                 if scores is not None and not math.isnan(scores[0][k]):
                     found = (f" {scores[0][k]:.0%} of the map lies on the object; its maximum is "
                              f"{'on' if scores[1][k] else 'off'} it.")
-                image_name, cls_name = ctx.images.names[t.image], names[t.cls]
+                image_name, cls_name = ctx.images.names[t.image], target_name(ctx, t)
                 if blank[k]:
                     found += f" {blank[k]}"
+                if t.choice is None or ctx.task == "classify":
+                    p = f"p={probs[predictions.row(t.image), t.cls]:.2f}"
+                else:
+                    p = f"score {fmt(float(tset.scores[k]))}"
+                explained = (f"for class '{cls_name}' ({t.role}) of {image_name}" if t.choice is None else
+                             f"of {image_name}, which {t.choice.words}")
                 result.items.append(Picture(
                     key=f"{scale}-{t.role}-{t.image:05d}-{t.cls}", array=heat[k], style="heat", vmax=limit,
                     base=display[t.image] if over_image else None, colorbar=True, image=t.image,
-                    group=ROLE_TITLES[t.role],
-                    label=f"{image_name}: {cls_name} (p={probs[predictions.row(t.image), t.cls]:.2f}), {scale} scale",
-                    caption=(f"{what} for class '{cls_name}' ({t.role}) of {image_name}, {where}. "
-                             f"{how}{found}{computed}")))
+                    group=role_title(ctx.task, t.role),
+                    label=f"{image_name}: {cls_name} ({p}), {scale} scale",
+                    caption=(f"{what} {explained}, {where}. {how}{found}{computed}")))
         return result
 
 
@@ -650,6 +740,10 @@ class Cam(AttributionAnalysis):
     order = 60
     hooks = True
     map_passes = 1.0  # one forward pass: the weights are the classifier's
+    tasks = ("classify", "binary", "multilabel", "regress")
+    task_reason = ("its map weights the channels by one output's row of the final linear layer over pooled "
+                   "features, and a segmentation's region, a detection's box score or an embedding's similarity is "
+                   "not one such output")
     blank_means = ("the class's map (the channels weighted by the class's classifier weights) is at most 0 at every "
                    "position and the ReLU drawn here removes it: the layer holds only evidence against the class, "
                    "which still counts in that score (a zero-initialized classifier head gives blank maps too)")
@@ -658,6 +752,12 @@ class Cam(AttributionAnalysis):
         super().check(ctx, params)
         if ctx.facts.cam is None:
             raise NotApplicable(NO_GAP_LINEAR)
+        from ..task_targets import parse_context
+
+        spec = parse_context(ctx)
+        if ctx.task == "binary" and spec is not None and spec.index == 0:
+            raise NotApplicable("the target is the negated logit (class 0 of a one-logit model), which is no row of "
+                                "the final linear layer")
 
     def exactness(self, facts: Any) -> tuple[str, str]:
         if facts.cam is None:
@@ -672,7 +772,10 @@ class Cam(AttributionAnalysis):
 
     def attribute(self, model: Any, inputs: Any, target: Any, **options: Any) -> Any:
         from ..methods.cams import cam
+        from ..methods.targets import ClassTarget
 
+        if isinstance(target, ClassTarget):  # a label's, an output's or the one logit's row of the linear layer
+            target = target.index.expand(len(inputs)) if target.index.numel() == 1 else target.index
         return cam(model, inputs, target, options["layer"], options["fc"], rectified=options.get("rectified", False))
 
     def words(self, options: dict) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from ..artifacts import NotApplicable, Picture, Result
 from ..config import doc
 from . import NOTHING, Upstream, register
-from .influence import AttributionAnalysis, _percentile_field, _scale_field, fmt
+from .influence import AttributionAnalysis, _percentile_field, _scale_field, fmt, target_name
 
 # kept in step with reportgen.methods.lrp.COMPOSITES (that module imports torch; listing the analyses must not)
 COMPOSITES = ("epsilon-gamma-box", "epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1")
@@ -77,6 +77,11 @@ class LRP(AttributionAnalysis):
     paper_url = "https://doi.org/10.1371/journal.pone.0130140"
     order = 57
     Params = LRPParams
+    # its relevance starts from a score linear in the outputs (`reportgen.methods.lrp.initial_relevance`)
+    tasks = ("classify", "binary", "multilabel", "regress", "segment")
+    task_reason = ("its relevance starts from a score linear in the model's outputs (a class logit, a label's or an "
+                   "output's value, a mean logit over a region), and a detection's box score (IoU + score) or an "
+                   "embedding's cosine similarity is not")
     # one forward pass (the traced graph), then a backward pass whose rules run their layer's modified forward
     # and its transpose (gamma on ReLU inputs: 2 convolutions and 2 transposed per convolution), plus tracing the
     # model: measured 8.8 forward passes of the batch (resnet18, 112 px, 4 images, one thread, CPU time)
@@ -173,6 +178,10 @@ class LRP(AttributionAnalysis):
         pct = "the maximum" if params.percentile >= 100 else f"the {params.percentile:g}th percentile"
         predictions, names = ctx.predictions, ctx.class_names
         options = self.options(ctx, params)
+        targets = self.map_targets(ctx)
+        tset = self.target_set(ctx, targets)  # another task's target scores (None: a classifier's logits)
+        score_of = {(t.image, t.cls): float(v) for t, v in zip(targets, tset.scores)} if tset is not None else {}
+        what = {(t.image, t.cls): target_name(ctx, t) for t in targets}
         negative = float(np.clip(-raw, 0, None).sum()) / max(float(np.abs(raw).sum()), 1e-300)
         masked = result.shared.get("mask scores") or {}
         # the pipeline drew the positive part over the image: the same figures, redrawn signed
@@ -182,18 +191,21 @@ class LRP(AttributionAnalysis):
             scale, role, image, cls = _key_parts(item.key)
             p = index[(image, cls)]
             limit = shared if scale == "shared" else float(per_image[p])
-            logit = float(predictions.logits[predictions.row(image), cls])
+            logit = score_of.get((image, cls), None)
+            if logit is None:
+                logit = float(predictions.logits[predictions.row(image), cls])
             total = float(raw[p].sum())
             where = (f"one scale shared by all {len(keys)} maps of this method" if scale == "shared"
                      else "this map's own scale")
             item.array, item.style, item.vmax, item.base = raw[p], "signed", limit, None
-            item.caption = (f"{self.short(options)} for class '{names[cls]}' ({role}) of {ctx.images.names[image]}. "
-                            f"Red: relevance for the class, blue: against it, white: 0; {where}, the colours "
-                            f"saturate at +-{fmt(limit)} ({pct} of |relevance|). The map sums to {fmt(total)}; the "
-                            f"logit is {fmt(logit)} (the difference is what biases, the stabilizers and the "
-                            "rules' discarded parts took or gave).")
+            score = "logit" if tset is None else "target's score"
+            item.caption = (f"{self.short(options)} for class '{what[(image, cls)]}' ({role}) of "
+                            f"{ctx.images.names[image]}. Red: relevance for the class, blue: against it, white: 0; "
+                            f"{where}, the colours saturate at +-{fmt(limit)} ({pct} of |relevance|). The map sums to "
+                            f"{fmt(total)}; the {score} is {fmt(logit)} (the difference is what biases, the "
+                            "stabilizers and the rules' discarded parts took or gave).")
             score = masked.get(image)
-            if role == "predicted" and score is not None and not np.isnan(score[0]):
+            if role in ("predicted", "target") and score is not None and not np.isnan(score[0]):
                 item.caption += (f" {score[0]:.0%} of the positive relevance lies on the object; its maximum is "
                                  f"{'on' if score[1] else 'off'} it.")
         result.metrics["shared colour limit"] = shared

@@ -18,7 +18,7 @@ import numpy as np
 from ..artifacts import NotApplicable, Result, Table
 from ..config import doc
 from . import NOTHING, Upstream, register
-from .influence import AttributionAnalysis, MapTarget, _percentile_field, _scale_field
+from .influence import AttributionAnalysis, MapTarget, _percentile_field, _scale_field, chunk_target, target_name
 
 BASELINE_WORDS = {"black": "a black image", "mean": "the normalization's mean colour (0 in normalized units)",
                   "blur": "a blurred copy of the image", "uniform": "uniform noise (seeded)"}
@@ -95,7 +95,7 @@ class CompletenessPage(AttributionAnalysis):
         # the chunk's own list of gaps, and (uniform baseline) a noise generator named by its first map
         return {**options, "gaps": [], "generator": ctx.generator(f"{self.name}/{first.image}-{first.cls}")}
 
-    def compute(self, ctx: Any, params: Any, targets: list[MapTarget]) -> tuple[Any, dict]:
+    def compute(self, ctx: Any, params: Any, targets: list[MapTarget], tset: Any = None) -> tuple[Any, dict]:
         """As `AttributionAnalysis.compute`, with the gaps: ``options["gaps"]`` is then (T, 2) float64, the gap and
         F(x) - F(x') of each target in order."""
         import torch
@@ -105,11 +105,13 @@ class CompletenessPage(AttributionAnalysis):
         options = self.options(ctx, params)
         size = self.chunk_size(ctx, options)
         chunks = [targets[k:k + size] for k in range(0, len(targets), size)]
+        tset = self.target_set(ctx, targets, inputs) if tset is None else tset
+        row = {id(t): k for k, t in enumerate(targets)}
 
         def one(chunk: list[MapTarget]) -> tuple[Any, Any]:
             opts = self.chunk_options(ctx, options, chunk[0])
             picks = torch.tensor([position[t.image] for t in chunk], device=inputs.device)
-            classes = torch.tensor([t.cls for t in chunk], device=inputs.device)
+            classes = chunk_target(tset, chunk, row, inputs.device)
             maps = self.attribute(ctx.model, inputs[picks], classes, **opts).detach().float().cpu()
             gap, delta = opts["gaps"][0]
             return maps, torch.stack([gap, delta], dim=1).double().cpu()
@@ -129,14 +131,14 @@ class CompletenessPage(AttributionAnalysis):
         result = AttributionAnalysis.run(drawing, ctx, params, reduced, upstream)
         gaps = options["gaps"]
         rel = np.abs(gaps[:, 0]) / np.maximum(np.abs(gaps[:, 1]), 1e-12)
-        names = ctx.class_names
+        score = "class logit" if ctx.task == "classify" else "target's score (the table 'What the maps explain')"
         result.items.append(Table(
             key="completeness", label="Completeness gap per map",
-            caption=f"For each map: F(x) - F(x'), the change of the class logit from the baseline to the image; the "
+            caption=f"For each map: F(x) - F(x'), the change of the {score} from the baseline to the image; the "
                     f"sum of the signed attributions over all pixels and channels; their difference (the gap) and "
                     f"|gap| / |F(x) - F(x')|. {self.gap_words}",
             columns=["image", "class", "role", "F(x) - F(x')", "sum of attributions", "gap", "|gap| / |change|"],
-            rows=[[ctx.images.names[t.image], names[t.cls], t.role, float(d), float(g + d), float(g), float(r)]
+            rows=[[ctx.images.names[t.image], target_name(ctx, t), t.role, float(d), float(g + d), float(g), float(r)]
                   for t, (g, d), r in zip(targets, gaps, rel)]))
         result.metrics["largest |completeness gap| / |F(x) - F(x')|"] = float(rel.max())
         result.metrics["mean |completeness gap|"] = float(np.abs(gaps[:, 0]).mean())
