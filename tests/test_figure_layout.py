@@ -287,3 +287,40 @@ def test_layout_problems_sees_what_issue_29_saw():
     assert any(p.startswith("over the data") for p in problems), problems
     assert any(p.startswith("cut") for p in problems), problems
     assert any(p.startswith("plot area") for p in problems), problems
+
+
+def test_one_draw_gives_savefigs_picture_and_the_layout_of_a_draw_of_its_own():
+    """`figure_png` draws a figure once and reads the layout boxes from that draw: its pixels are those of
+    matplotlib's own savefig (which lays out in a draw of its own first), and its layout chunk equals
+    `figure_layout` taken from a separate layout-only draw of the same chart built again."""
+    import io
+
+    from PIL import Image
+
+    imaging._load_plot_kinds()
+    data = {"x": [0, 1, 2, 3], "xticklabels": ["conv1", "conv2", "fc1", "logits"], "title": "t", "xlabel": "layer",
+            "ylabel": "value", "series": {"mean": [0, 1, 2, 3], "std": [1, 1, 1, 2]}}
+    fig = imaging.PLOT_KINDS["lines"](data)
+    with Image.open(io.BytesIO(imaging.figure_png(fig, layout=True))) as im:
+        ours, layout = np.asarray(im.convert("RGBA")), json.loads(im.text[imaging.LAYOUT_KEY])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    with Image.open(buf) as im:
+        assert np.array_equal(ours, np.asarray(im.convert("RGBA")))
+    again = imaging.figure_layout(imaging.PLOT_KINDS["lines"](data))
+    assert layout.keys() == again.keys() and layout["font_px"] == again["font_px"]
+    for key in ("axes", "legends", "text"):
+        assert len(layout[key]) == len(again[key]) > 0, key
+        assert np.abs(np.array(layout[key]) - np.array(again[key])).max() <= 0.5, key
+
+
+def test_colour_bars_drawn_in_one_figure_are_those_drawn_alone():
+    """The colour bars share one figure per style (`imaging._colorbar_figure`): a bar drawn after others of both
+    styles is byte for byte the bar drawn first in a fresh figure."""
+    imaging.colorbar_png.cache_clear()
+    imaging._colorbar_figure.cache_clear()
+    alone = imaging.colorbar_png("signed", 0.0123)
+    imaging.colorbar_png("heat", 7.5)
+    imaging.colorbar_png("signed", 250.0)
+    imaging.colorbar_png.cache_clear()
+    assert imaging.colorbar_png("signed", 0.0123) == alone
