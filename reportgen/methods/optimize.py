@@ -54,13 +54,18 @@ __all__ = [
     "Objective",
     "Param",
     "Transform",
+    "CENTRE",
+    "binary_logit",
+    "binary_prob",
     "blur",
     "bounded",
+    "centre_mask",
     "channel",
     "clamp_to",
     "class_logit",
     "class_prob",
     "compose",
+    "cosine_to",
     "deepdream",
     "device_dtype",
     "edge_energy",
@@ -73,6 +78,7 @@ __all__ = [
     "grey_param",
     "l2",
     "l2_penalty",
+    "label_prob",
     "layer_energy",
     "mapped_param",
     "maximize",
@@ -83,6 +89,7 @@ __all__ = [
     "random_affine",
     "random_roll",
     "random_zoom_rotate",
+    "region_logit",
     "soft_window",
     "standard_edits",
     "standard_param",
@@ -167,13 +174,89 @@ def _live(rec: Recorder | None, layer: str) -> torch.Tensor:
 
 
 def class_logit(target: Index) -> Objective:
-    """The pre-softmax score of class ``target`` (an int, or one class per image)."""
+    """The pre-softmax score of class ``target`` (an int, or one class per image); of any (N, D) output, its value
+    ``target`` (a multi-label model's label logit, a regressor's output)."""
     return Objective(lambda lg, r, x: _pick(lg.flatten(1), target), (), f"class_logit({target})")
 
 
 def class_prob(target: Index) -> Objective:
     """The softmax probability of class ``target``, in [0, 1]; it can rise by pushing other classes down."""
     return Objective(lambda lg, r, x: _pick(lg.flatten(1).softmax(1), target), (), f"class_prob({target})")
+
+
+def binary_logit(target: Index) -> Objective:
+    """The log-odds of class ``target`` (0 or 1; an int, or one per image) of a one-logit binary classifier whose
+    output z (N, 1) is the positive class's logit: ``z`` for class 1, ``-z`` for class 0 (softmax of [0, z])."""
+
+    def fn(lg, r, x):
+        z = lg.flatten(1)[:, 0]
+        c = torch.as_tensor(target, device=z.device, dtype=z.dtype).reshape(-1)
+        return (2 * c - 1) * z
+
+    return Objective(fn, (), f"binary_logit({target})")
+
+
+def binary_prob(target: Index) -> Objective:
+    """The probability of class ``target`` (0 or 1) of a one-logit binary classifier: ``sigmoid(+-z)``, in [0, 1]."""
+    logit = binary_logit(target)
+    return Objective(lambda lg, r, x: torch.sigmoid(logit(lg, r, x)), (), f"binary_prob({target})")
+
+
+def label_prob(target: Index) -> Objective:
+    """The sigmoid probability of label ``target`` of a multi-label model (independent sigmoids over logits (N, K)),
+    in [0, 1]; unlike `class_prob`, the other labels do not enter it."""
+    return Objective(lambda lg, r, x: torch.sigmoid(_pick(lg.flatten(1), target)), (), f"label_prob({target})")
+
+
+def _seg_logits(output) -> torch.Tensor:
+    if isinstance(output, dict):
+        output = output.get("out", output.get("logits"))
+    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        raise ValueError("a segmentation objective reads (N, K, H, W) logits, or a dict holding them under 'out'")
+    return output
+
+
+CENTRE = 0.5
+"""Diameter of `centre_mask`'s disk as a fraction of the output map's shorter side."""
+
+
+def centre_mask(h: int, w: int, diameter: float = CENTRE, device=None) -> torch.Tensor:
+    """(H, W) bool: the pixels of an H x W map whose centres lie within the centred disk of ``diameter`` times the
+    shorter side (at least the one or four central pixels)."""
+    yy = (torch.arange(h, device=device, dtype=torch.float64) + 0.5 - h / 2).view(-1, 1)
+    xx = (torch.arange(w, device=device, dtype=torch.float64) + 0.5 - w / 2).view(1, -1)
+    r = torch.sqrt(yy**2 + xx**2)
+    return r <= max(diameter * min(h, w) / 2, float(r.min()))
+
+
+def region_logit(target: Index, diameter: float = CENTRE, prob: bool = False) -> Objective:
+    """A segmentation's class ``target`` (an int, or one per image) over the centre of its output map: the mean
+    over `centre_mask`'s pixels (a centred disk of ``diameter`` times the map's shorter side, on the map's own
+    grid) of the class's logit, or of its softmax probability over the classes with ``prob``. Reads (N, K, H, W)
+    or torchvision's dict's 'out'."""
+
+    def fn(lg, r, x):
+        y = _seg_logits(lg)
+        if prob:
+            y = y.softmax(1)
+        m = centre_mask(*y.shape[-2:], diameter, y.device).to(y.dtype)
+        means = (y * m).sum((2, 3)) / m.sum()  # (N, K)
+        return _pick(means, target)
+
+    return Objective(fn, (), f"region_{'prob' if prob else 'logit'}({target})")
+
+
+def cosine_to(references: torch.Tensor) -> Objective:
+    """The cosine similarity, in [-1, 1], of an embedding output (N, D) to ``references``: (D,) for every image or
+    (N, D) one per image (e.g. a class's mean embedding, its prototype)."""
+    refs = torch.as_tensor(references).detach()
+
+    def fn(lg, r, x):
+        e = lg.flatten(1)
+        ref = refs.to(e.device, e.dtype)
+        return F.cosine_similarity(e, ref[None] if ref.dim() == 1 else ref, dim=1)
+
+    return Objective(fn, (), "cosine_to(references)")
 
 
 def unit(layer: str, index: int | tuple[int, int, int]) -> Objective:
