@@ -94,12 +94,16 @@ def measured_speed(model: Any, x: Any, macs: int) -> float:
     kernel selection. The gradient is taken with respect to ``x`` only, so no ``.grad`` of the model changes."""
     import torch
 
+    from .tasks import output_total
+
     times = []
     for _ in range(3):
         inputs = x.detach().clone().requires_grad_(True)
         t0 = time.perf_counter()
         with torch.enable_grad():
-            torch.autograd.grad(model(inputs).float().sum(), inputs)
+            total = output_total(model(inputs))  # any task's output (a tensor, a dict, detection dicts)
+            if total.requires_grad:  # a detector may find nothing: its output then does not depend on the input
+                torch.autograd.grad(total, inputs, allow_unused=True)
         times.append(time.perf_counter() - t0)
     return 3 * macs * len(x) / max(min(times[1:]), 1e-9)
 

@@ -180,7 +180,9 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
     ctx.predictions = forward_pass(ctx, plan.reducers, group)
     if group is not None:
         share_pass(ctx, chosen, plan, group)
-    ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
+    # spread over the images' classes: a multi-label or regression model's labels are rows, not one class each
+    classes = ctx.predictions.labels if ctx.predictions.labels.ndim == 1 else ctx.images.labels[ctx.predictions.indices]
+    ctx.samples = pick_samples(ctx.predictions.indices, classes, cfg.samples, ctx.rng("samples"))
     timings["forward pass"] = time.perf_counter() - t_pass
     settle(ctx, chosen, plan)  # from here on the context is read-only
     if group is not None and group.rank != 0:
@@ -293,6 +295,7 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
     cfg = ctx.config
     ctx.facts = learn_model(ctx.loaded, list(cfg.layers), ctx.generator("plan"), ctx.device, ctx.class_folders)
     map_labels(ctx.images, ctx.loaded.class_names)
+    read_task_labels(ctx)
     read = [get(n) for n in chosen.params if n not in {a.name for a in chosen.analyses}]
     plan = Plan(skipped={}, reducers={}, params=dict(chosen.params))
     # the analyses read first, and each chosen one after those it reads (a reader's own check may depend on them,
@@ -308,6 +311,28 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
             plan.reads[a.name] = reads
             plan.reducers[a.name] = a.reducers(ctx, chosen.params[a.name])
     return plan
+
+
+def read_task_labels(ctx: Any) -> None:
+    """The image set's labels beyond class folders (``--labels``, read once the model's task and class names are
+    known: `reportgen.tasks.read_labels`) into ``ctx.images.truth``, and one warning for the images left without
+    labels (a zoo task data set brings its own truths)."""
+    from .tasks import read_labels
+
+    cfg = ctx.config
+    if cfg.labels:
+        folder = cfg.images and not cfg.images.startswith("zoo:") and Path(cfg.images).is_dir()
+        every = None
+        if folder and cfg.max_images is not None:  # an entry for an image the pick left out is no mistake
+            from .data import scan_folder
+
+            every = scan_folder(cfg.images).names
+        ctx.images.truth = read_labels(cfg.labels, ctx.task, ctx.images, ctx.class_names, every)
+    truth = ctx.images.truth
+    if truth is not None and truth.unlabelled:
+        shown = ", ".join(f"'{n}'" for n in truth.unlabelled[:3]) + (", ..." if len(truth.unlabelled) > 3 else "")
+        ctx.output.warn(f"{len(truth.unlabelled)} of {len(ctx.images)} images have no labels in '{truth.source}' and "
+                        f"are left unscored: {shown}")
 
 
 def not_applicable(ctx: Any, analysis: Any, params: Any) -> str:

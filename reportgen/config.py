@@ -63,6 +63,10 @@ class BuildConfig:
         "Number of sample images for per-image analyses (a seeded pick).", min=1, max=200))
     classes: list[str] = field(default_factory=list, metadata=doc(
         "Extra target classes (names) for attribution maps, beside the predicted and the true class."))
+    target: Optional[str] = field(default=None, metadata=doc(
+        "What the attribution maps and the trust checks explain (docs/targets.md): a class, label or output name "
+        "or index; segment class=NAME[,region=mask]; detect box=x0,y0,x1,y1[:class]; embed image=PATH. Empty = "
+        "each task's default (a classifier: each image's predicted class)."))
     input_size: Optional[list[int]] = field(default=None, metadata=doc(
         "Model input size [height, width] (non-zoo models)."))
     channels: Optional[int] = field(default=None, metadata=doc("Model input channels, 1 or 3.", choices=(1, 3)))
@@ -109,6 +113,9 @@ def check_paths(cfg: BuildConfig) -> None:
             folder_masks(cfg.masks, scan_folder(cfg.images).names, None)  # orphans and doubles, before the model
         elif not Path(cfg.masks).is_dir():
             folder_masks(cfg.masks, [], None)  # its error: no such folder
+    if cfg.labels and not Path(cfg.labels).exists():
+        raise DataError(f"labels '{cfg.labels}' do not exist: give a CSV, a folder of label masks or a COCO JSON "
+                        "(docs/tasks.md)")
     if cfg.weights and not Path(cfg.weights).is_file():
         raise ModelError(f"weights file '{cfg.weights}' does not exist: check the --weights path")
     # a spec without ':' is a zoo name or a path (`reportgen.models.load_model`): neither means it names nothing

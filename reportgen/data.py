@@ -263,7 +263,22 @@ def zoo_image_set(name: str, spec: InputSpec, seed: int = 0, split: str = "test"
     return ImageSet(source=f"zoo:{name} ({split} split)", names=[f"{split}/{i:05d}" for i in range(len(inputs))],
                     labels=np.asarray(data.labels, dtype=np.int64), class_names=list(entry.class_names), spec=spec,
                     _load=lambda i: inputs[i],
-                    masks=None if data.masks is None else Masks(f"zoo:{name}", arrays=np.asarray(data.masks, bool)))
+                    masks=None if data.masks is None else Masks(f"zoo:{name}", arrays=np.asarray(data.masks, bool)),
+                    truth=zoo_truth(getattr(data, "truth", None), f"zoo:{name} ({split} split)"))
+
+
+def zoo_truth(truth: Optional[dict], source: str) -> Any:
+    """A zoo data set's truths (`models_zoo.ZooData.truth`: "labels", "values", "class_masks" or "boxes" and
+    "box_labels") as a `reportgen.tasks.Truth`; None when it has none."""
+    if not truth:
+        return None
+    from .tasks import Truth
+
+    masks = truth.get("class_masks")
+    return Truth(source, labels=None if truth.get("labels") is None else np.asarray(truth["labels"], np.int8),
+                 values=None if truth.get("values") is None else np.asarray(truth["values"], np.float32),
+                 masks=None if masks is None else Masks(source, arrays=np.asarray(masks, np.uint8), classes=True),
+                 boxes=truth.get("boxes"), box_labels=truth.get("box_labels"))
 
 
 def load_image_set(images: Optional[str], spec: InputSpec, zoo_name: Optional[str], seed: int,
@@ -396,6 +411,7 @@ class Masks:
     paths: Optional[list[Optional[Path]]] = None
     names: list[str] = field(default_factory=list)
     size: Optional[tuple[int, int]] = None  # (H, W) of the masks `get` returns
+    classes: bool = False  # label masks of class indices (uint8, 255 = ignore; `read_mask`), not object masks
     problems: list[tuple[str, str]] = field(default_factory=list)
     _cache: dict[int, Optional[np.ndarray]] = field(default_factory=dict)
     _checked: set[int] = field(default_factory=set)  # Dataset items whose mask size `check_item` has seen
@@ -412,7 +428,7 @@ class Masks:
         if i not in self._cache:
             path = self.paths[i]
             try:
-                self._cache[i] = None if path is None else read_mask(path, self.size)
+                self._cache[i] = None if path is None else read_mask(path, self.size, self.classes)
             except BadImage as exc:
                 self.problems.append((self.names[i], f"mask '{path}' {exc}"))
                 self._cache[i] = None
@@ -546,11 +562,15 @@ def oriented_size(path: Path) -> tuple[int, int]:
     return (h, w) if turned else (w, h)
 
 
-def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+def read_mask(path: Path, size: tuple[int, int], classes: bool = False) -> np.ndarray:
     """The mask file ``path`` as bool (H, W) = ``size``, True where any colour value is non-zero (alpha is not a
     colour: a mask with an opaque alpha channel is not all object). Resized and centre-cropped like its image
     (`fit_image`: the same `ImageOps.fit` box, so the mask stays on its object), with nearest-neighbour
-    resampling so that it stays binary. `BadImage` when it cannot be decoded."""
+    resampling so that it stays binary. `BadImage` when it cannot be decoded.
+
+    ``classes``: a label mask instead (segmentation, `reportgen.tasks`): uint8 (H, W), each pixel's value (a
+    class index, 255 = ignore) kept as it is, from a greyscale or palette image (a palette PNG's indices, as in
+    PASCAL VOC), or a colour image whose colour channels are equal; resized and cropped the same way."""
     from PIL import Image, ImageOps
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -568,12 +588,19 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise BadImage(f"cannot be decoded ({str(exc)[:120] or type(exc).__name__})") from None
     if arr.ndim == 3:
         colour = [k for k, b in enumerate(bands) if b != "A"] or [0]
-        arr = arr[..., colour].any(axis=-1) if len(colour) > 1 else arr[..., colour[0]]
-    on = Image.fromarray(np.where(arr != 0, 255, 0).astype(np.uint8), "L")
+        if classes and len(colour) > 1 and (arr[..., colour] != arr[..., colour[:1]]).any():
+            raise BadImage("has colours: a label mask holds one class index per pixel (a greyscale or palette PNG)")
+        if classes or len(colour) == 1:
+            arr = arr[..., colour[0]]
+        else:
+            arr = arr[..., colour].any(axis=-1)
+    if classes and (arr.min(initial=0) < 0 or arr.max(initial=0) > 255):
+        raise BadImage(f"has value {int(arr.max())}: label mask values are class indices 0 to 254 (255 = ignore)")
+    on = Image.fromarray(arr.astype(np.uint8) if classes else np.where(arr != 0, 255, 0).astype(np.uint8), "L")
     h, w = size
     if on.size != (w, h):
         on = ImageOps.fit(on, (w, h), method=Image.Resampling.NEAREST)
-    return np.asarray(on) > 127
+    return np.asarray(on).copy() if classes else np.asarray(on) > 127
 
 
 # ---------------------------------------------------------------------------------------------------------------

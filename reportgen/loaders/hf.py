@@ -1,7 +1,9 @@
 """A local Hugging Face image-classification folder (``config.json`` + ``model.safetensors``), optional extra
 ``pip install 'reportgen-vision[hf]'``.
 
-Loaded with ``AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)``, eager attention
+Loaded with ``AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)`` (a config whose
+architecture ends in ``ForSemanticSegmentation``: ``AutoModelForSemanticSegmentation``, task segment; a
+``problem_type`` states multilabel or regress: `reportgen.tasks.hf_task`), eager attention
 (so that attention weights can be computed), strictly: a missing or mis-shaped weight is an error, not a silent
 random initialization. The loaded object gets a subclass of its own class whose ``forward(x)`` returns the logits
 of ``pixel_values=x``: the report calls ``model(inputs)`` and names layers by their dotted ``named_modules()``
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, first_line
+from ..tasks import hf_task
 from . import SPEC_HELP, Loader, Source, require
 from .weights import side_json
 
@@ -103,8 +106,12 @@ def load_hf_folder(folder: Path) -> Source:
     log.disable_progress_bar()
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        task = hf_task(config)
+        # a semantic segmentation head (SegFormer, DPT, BEiT...) returns (N, K, h, w) logits: its own auto class
+        auto = (transformers.AutoModelForSemanticSegmentation if task == "segment"
+                else transformers.AutoModelForImageClassification)
         try:
-            model, info = transformers.AutoModelForImageClassification.from_pretrained(
+            model, info = auto.from_pretrained(
                 str(folder), local_files_only=True, attn_implementation="eager", use_safetensors=True,
                 output_loading_info=True)
         except ValueError as exc:
@@ -142,7 +149,10 @@ def load_hf_folder(folder: Path) -> Source:
     notes = [] if (folder / "preprocessor_config.json").is_file() else [
         ("the folder has no preprocessor_config.json: the input size is the config's image_size and the "
          "normalization is what --mean/--std say (none by default)")]
-    return Source(model, input_defaults(folder, config), class_names=class_names(config), notes=notes)
+    how = (f"its config's problem_type '{config.problem_type}'" if getattr(config, "problem_type", None)
+           else f"its config's architecture {', '.join(config.architectures or [])}")
+    return Source(model, input_defaults(folder, config), class_names=class_names(config), notes=notes, task=task,
+                  task_source=how if task else "")
 
 
 class HuggingFaceLoader(Loader):

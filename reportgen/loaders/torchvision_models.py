@@ -26,6 +26,90 @@ _PROBE_CLASSES = 997
 _AUX_PREFIXES = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
+def task_names(module: str) -> list[str]:
+    """The architectures of ``torchvision.models.<module>`` ("segmentation" or "detection")."""
+    import torchvision
+
+    return torchvision.models.list_models(module=getattr(torchvision.models, module))
+
+
+# a detector's input size when its transform resizes to more (the model resizes its input to its own min_size
+# inside, so the input size sets the resolution of the report's pictures and of its boxes, not what it computes on)
+DETECTION_SIZE = 512
+
+
+def task_kwargs(arch: str, shapes: dict, task: str) -> dict:
+    """The builder arguments of the segmentation or detection model ``arch`` that fit a state dict with these
+    ``shapes`` ({key: shape}): ``num_classes`` (background included, as torchvision counts them), ``aux_loss``
+    (a segmentation model's auxiliary head when the weights have it), ``weights_backbone=None`` (nothing is
+    downloaded). A head dimension may be a multiple of the classes (RetinaNet's and SSD's anchors per position):
+    the architecture is built twice on the meta device with 997 and 998 classes, and each dimension that changes
+    between the two is ``a * classes + b``, solved for the weights' classes. A `ModelError` when none is found or
+    the heads disagree."""
+    kwargs: dict[str, Any] = {"weights_backbone": None}
+    if task == "segment":
+        kwargs["aux_loss"] = any(k.startswith("aux_classifier.") for k in shapes)
+    one = reference_state(arch, num_classes=_PROBE_CLASSES, **kwargs)
+    two = reference_state(arch, num_classes=_PROBE_CLASSES + 1, **kwargs)
+    found = {}
+    for key, value in one.items():
+        if key not in shapes or len(shapes[key]) != value.ndim:
+            continue
+        for dim, (d1, d2) in enumerate(zip(value.shape, two[key].shape)):
+            if d1 != d2:
+                a = d2 - d1
+                b = d1 - a * _PROBE_CLASSES
+                got = int(shapes[key][dim]) - b
+                if got % a == 0 and got // a >= 1:
+                    found[key] = got // a
+    if not found:
+        raise ModelError(f"the weights hold no class head of torchvision's '{arch}' (none of its head's keys): "
+                         "check that they are a state dict of this architecture")
+    if len(set(found.values())) > 1:
+        shown = ", ".join(f"{k} {v}" for k, v in list(found.items())[:4])
+        raise ModelError(f"the class heads of the '{arch}' weights disagree on the number of classes ({shown}): "
+                         "check the weights")
+    kwargs["num_classes"] = next(iter(found.values()))
+    return kwargs
+
+
+def load_task_model(arch: str, task: str, state: dict | None, weights: str | None, side: dict) -> Source:
+    """Build the torchvision segmentation or detection model ``arch`` (no pretrained backbone, nothing
+    downloaded), load ``state`` strictly, and say what it takes: a segmenter ImageNet-normalized inputs at its
+    default weights' resize size (520); a detector pixels in [0, 1] (mean 0, std 1: its own transform normalizes
+    and resizes inside) at its transform's size, at most `DETECTION_SIZE`."""
+    notes = []
+    if state is not None:
+        kwargs = task_kwargs(arch, {k: tuple(v.shape) for k, v in state.items()}, task)
+    else:
+        kwargs = {"weights_backbone": None, "num_classes": int(side.get("num_classes") or
+                                                                (21 if task == "segment" else 91))}
+        notes.append("no --weights given: the model has random weights, so its report shows an untrained net")
+    model = _build(arch, **kwargs)
+    if state is not None:
+        apply_weights(model, state, weights)
+    if task == "segment":
+        try:
+            import torchvision
+
+            size = int(torchvision.models.get_model_weights(arch).DEFAULT.transforms.keywords["resize_size"])
+        except (AttributeError, KeyError, ValueError):
+            size = 520
+        if kwargs.get("aux_loss"):
+            notes.append("the weights' auxiliary classifier head is loaded; the report reads the main head's "
+                         "output ('out')")
+        return Source(model, {"input_size": [size, size], "channels": 3, "mean": list(IMAGENET_MEAN),
+                              "std": list(IMAGENET_STD)}, notes=notes, task="segment",
+                      task_source=f"torchvision's {arch} is a segmentation model")
+    size = min(int(model.transform.min_size[0]), DETECTION_SIZE)
+    notes.append(f"{arch} normalizes and resizes its input itself (its {type(model.transform).__name__}): the "
+                 "report feeds it pixels in [0, 1] (mean 0, std 1), and its boxes are in the input's pixels; "
+                 f"its class index i is its label id i + 1 (label 0 is the background)")
+    return Source(model, {"input_size": [size, size], "channels": 3, "mean": [0.0, 0.0, 0.0],
+                          "std": [1.0, 1.0, 1.0]}, notes=notes, task="detect",
+                  task_source=f"torchvision's {arch} is a detection model")
+
+
 def classifier_names() -> list[str]:
     """Every classification architecture in ``torchvision.models`` (not detection, segmentation, video...)."""
     import torchvision
@@ -123,10 +207,13 @@ def load_torchvision(arch: str, state: dict | None, weights: str | None, side: d
     for messages). ``side`` is the model.json beside the weights (``num_classes`` when there are no weights)."""
     import difflib
 
+    for task, module in (("segment", "segmentation"), ("detect", "detection")):
+        if arch in task_names(module):
+            return load_task_model(arch, task, state, weights, side)
     names = classifier_names()
     if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=3)
-        raise ModelError(f"torchvision has no classification model '{arch}'"
+        close = difflib.get_close_matches(arch, names + task_names("segmentation") + task_names("detection"), n=3)
+        raise ModelError(f"torchvision has no classification, segmentation or detection model '{arch}'"
                          + (f" (closest: {', '.join(close)})" if close else "")
                          + ": see torchvision.models.list_models()")
     notes = []
