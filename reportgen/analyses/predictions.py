@@ -206,6 +206,12 @@ def top_classes(counts: np.ndarray, limit: int = SHOWN_CLASSES) -> np.ndarray:
     return np.sort(order[: min(limit, int((counts > 0).sum()))])
 
 
+def shown_samples(ctx: Any, predictions: Any) -> list:
+    """The first `SAMPLE_FIGURES` sample images that have a row in ``predictions`` (finite outputs)."""
+    rows = set(np.asarray(predictions.indices).tolist())
+    return [int(i) for i in ctx.samples if int(i) in rows][:SAMPLE_FIGURES]
+
+
 def _none(x: Any) -> Any:
     """A float for a table or a chart; None where it is NaN (no value)."""
     return None if x is None or not np.isfinite(x) else float(x)
@@ -378,7 +384,7 @@ def segment_page(ctx: Any, params: Any, rows: tuple) -> Result:
     conf = getattr(predictions, "seg_confusion", None)
     truth = getattr(ctx.images, "truth", None)
     masks = truth.masks if truth is not None else None
-    samples = [i for i in ctx.samples][:SAMPLE_FIGURES]
+    samples = shown_samples(ctx, predictions)
     figures = []
     if samples and ctx.is_image_model:
         pred = predicted_masks(ctx, samples)
@@ -476,7 +482,7 @@ def detect_page(ctx: Any, params: Any, rows: tuple) -> Result:
                     + (f"; the {len(shown)} most detected of the {k} classes" if len(shown) < k else "") + ".",
             data={"names": [names[c] for c in shown], "values": per_class[shown].tolist(), "ylabel": "detections"}))
     figures = []
-    for n, i in enumerate([i for i in ctx.samples][:SAMPLE_FIGURES] if ctx.is_image_model else []):
+    for n, i in enumerate(shown_samples(ctx, predictions) if ctx.is_image_model else []):
         row = predictions.row(int(i))
         d = dets[row]
         sel = np.flatnonzero(d["scores"] >= DRAWN_SCORE)[:MAX_DRAWN]
@@ -552,7 +558,7 @@ def embed_page(ctx: Any, params: Any, rows: tuple) -> Result:
         c = int(labels[r])
         return names[c] if 0 <= c < len(names) else ""
 
-    queries = [i for i in ctx.samples][:SAMPLE_FIGURES] if ctx.is_image_model else []
+    queries = shown_samples(ctx, predictions) if ctx.is_image_model else []
     if queries and s.neighbours.shape[1]:
         tiles, tile_labels = [], []
         for i in queries:
