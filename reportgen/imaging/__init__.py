@@ -26,6 +26,9 @@ from .colors import color_limit, colorize, heat_colors, signed_colors, to_rgb  #
 
 MIN_SIDE = 160  # small images (8x8 filters, 28x28 digits) are enlarged with nearest-neighbour to at least this
 THUMB_SIDE = 160
+# zlib's level for every PNG: 3 compresses the default report's pictures and grids in half the time of PIL's default
+# 6 (1.6 s of CPU instead of 3.2 s for its 579 files), at 6% more bytes (13.3 MB instead of 12.6 MB)
+PNG_LEVEL = 3
 LAYOUT_KEY = "reportgen-layout"  # PNG text chunk: JSON of the boxes (pixels of the file, origin top left) of what a
 # figure drew: "text" (labels), "tiles" (a grid's), "axes" and "legends" (a chart's), and "font_px" (least text size)
 PLOT_KINDS: dict[str, Callable[[dict], Any]] = {}
@@ -72,7 +75,7 @@ def png_bytes(img: np.ndarray, layout: Optional[dict] = None) -> bytes:
         info = PngInfo()
         info.add_text(LAYOUT_KEY, json.dumps(layout, separators=(",", ":")))
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", optimize=False, compress_level=6, pnginfo=info)
+    Image.fromarray(img).save(buf, format="PNG", optimize=False, compress_level=PNG_LEVEL, pnginfo=info)
     return buf.getvalue()
 
 
@@ -159,7 +162,7 @@ def figure_png(fig: Any, layout: bool = False) -> bytes:
         metadata[LAYOUT_KEY] = json.dumps(figure_layout(fig, canvas.get_renderer()), separators=(",", ":"))
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, canvas.buffer_rgba(), format="png", origin="upper", dpi=fig.dpi,
-                            metadata=metadata)
+                            metadata=metadata, pil_kwargs={"compress_level": PNG_LEVEL})
     return buf.getvalue()
 
 
