@@ -367,6 +367,14 @@ def test_binary_page_is_the_two_class_page_with_the_binary_cross_entropy():
     bce = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
     assert result.metrics["accuracy"] == 0.5 and result.metrics["loss"] == pytest.approx(bce, rel=1e-6)
     assert items["confusion"].data["matrix"] == [[1, 1], [1, 1]]
+    # the findings read the same two-class logits: accuracy against the majority baseline, as on the page
+    from reportgen.analyses.findings import accuracy_findings
+    from reportgen.analyses.predictions import two_classes
+    from reportgen.context import Predictions as PredictionArrays
+
+    right = np.array([1, 0, 1, 0])  # every sigmoid on its side of 0.5 (the one logit's arg-max would say 0.5)
+    two = two_classes(PredictionArrays(np.arange(4), z.astype(np.float32), right, task="binary"))
+    assert accuracy_findings(two.logits, two.labels, ["not cat", "cat"])[0].numbers["accuracy"] == 1.0
 
 
 def test_the_task_figures_lay_out_at_150_classes_and_80_labels():
