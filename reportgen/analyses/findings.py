@@ -496,20 +496,28 @@ def robustness_findings(robust: Optional[dict], why: str = "", evidence: Optiona
     random-sphere control at the same norm: around each flipped image, random changes as large as its own
     adversarial change, and the share of them that flip the label (the adversarial change flips every one of these
     images by construction). ``robust``: the adversarial analysis's ``shared["robustness"]`` ("sphere scale": the
-    sphere's radius as a multiple of the adversarial change; the comparison is like with like only at 1)."""
+    sphere's radius as a multiple of the adversarial change; the comparison is like with like only at 1; "flips":
+    what a flip does for a task other than classify, e.g. "loses the top detection", counted alike by the attack
+    and the sphere)."""
     title = "Robustness"
     if why or not robust:
         return [not_checked("robustness", title, why or "the adversarial analysis has no result")]
     change = np.asarray(robust["change %"], dtype=np.float64)
     ok = np.asarray(robust["changed"], dtype=bool)
+    flips = robust.get("flips")
+    if not len(ok):  # only a detector's images can all lack what the attack flips
+        return [not_checked("robustness", title, "no sample image has a top detection scoring above the attack's "
+                                                 "threshold to lose")]
     if not ok.any():
         return [finding("robustness", title, "info",
-                        f"No label of the {len(ok)} sample images changed within {robust['steps']} gradient steps.",
+                        f"No label of the {len(ok)} sample images changed within {robust['steps']} gradient steps."
+                        if not flips else f"No gradient attack of at most {robust['steps']} steps {flips} on any of "
+                                          f"the {len(ok)} sample images.",
                         numbers={"images": len(ok), "changed": 0}, links=evidence)]
     median = float(np.median(change[ok]))
     severity = "alert" if median < ROBUST_LEVELS[1] else "warning" if median < ROBUST_LEVELS[0] else "info"
-    sentence = (f"A median change of {median:.2f}% of the image's norm flips the prediction ({int(ok.sum())} of "
-                f"{len(ok)} sample images)")
+    sentence = (f"A median change of {median:.2f}% of the image's norm {flips or 'flips the prediction'} "
+                f"({int(ok.sum())} of {len(ok)} sample images)")
     numbers = {"median change %": median, "images": len(ok), "changed": int(ok.sum())}
     if robust.get("sphere fraction"):
         frac = float(np.mean(robust["sphere fraction"]))
@@ -525,21 +533,24 @@ def robustness_findings(robust: Optional[dict], why: str = "", evidence: Optiona
             numbers["random flip share at the same norm"] = frac
             pooled = f"; {flipped} of {drawn} points in all, 95% upper bound {pct(upper)}" if drawn else ""
             sentence += (f"; random changes of the same norm (around each of these images, as large as its own "
-                         f"adversarial change) flip it for {pct(frac)} of the points drawn (the random-sphere "
+                         f"adversarial change) {'do so' if flips else 'flip it'} for {pct(frac)} of the points drawn "
+                         "(the random-sphere "
                          f"control, mean over the images{pooled}), against 100% for the adversarial direction: ")
             if frac > 0:
-                sentence += (f"at equal norm the adversarial change flips the label about {1 / frac:,.0f} times as "
-                             "often as random noise")
+                sentence += (f"at equal norm the adversarial change {'does so' if flips else 'flips the label'} "
+                             f"about {1 / frac:,.0f} times as often as random noise")
             elif drawn:
-                sentence += ("at equal norm no random change flipped the label, so the adversarial change flips it "
-                             f"at least {1 / upper:,.0f} times as often as random noise (against the upper bound)")
+                sentence += (f"at equal norm no random change {'did so' if flips else 'flipped the label'}, so the "
+                             f"adversarial change {'does so' if flips else 'flips it'} at least {1 / upper:,.0f} "
+                             "times as often as random noise (against the upper bound)")
             else:
-                sentence += "at equal norm no random change flipped the label; the adversarial one always did"
+                sentence += (f"at equal norm no random change {'did so' if flips else 'flipped the label'}; the "
+                             "adversarial one always did")
         else:
             numbers[f"random flip share at {scale:g}x"] = frac
-            sentence += (f"; random changes {scale:g} times as large flip it for {pct(frac)} of the points drawn (the "
-                         "random-sphere control, not at the same norm: set analysis.adversarial.sphere_scale = 1 to "
-                         "compare like with like)")
+            sentence += (f"; random changes {scale:g} times as large {'do so' if flips else 'flip it'} for "
+                         f"{pct(frac)} of the points drawn (the random-sphere control, not at the same norm: set "
+                         "analysis.adversarial.sphere_scale = 1 to compare like with like)")
     else:
         sentence += "; the random-sphere control did not run"
     return [finding(
@@ -671,6 +682,11 @@ class Findings(Analysis):
             r = upstream.results.get("predictions")
             findings = task_score_findings(task, r.shared.get("headline") if r is not None else None,
                                            why_not("predictions") or (r.shared.get("no score", "") if r else ""))
+            # the adversarial page counts the task's own flip (its shared "flips" says which)
+            adv = upstream.results.get("adversarial")
+            findings += robustness_findings(adv.shared.get("robustness") if adv is not None else None,
+                                            why_not("adversarial"), shown("adversarial", "summary", "untargeted attack")
+                                            + shown("adversarial", "sphere", "random-sphere control"))
             result.shared["findings"] = findings
             for s in SEVERITIES:
                 result.metrics[f"findings: {s}"] = sum(f.severity == s for f in findings)

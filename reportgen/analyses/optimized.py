@@ -107,16 +107,19 @@ def _joined(parts: list) -> Any:
                          torch.cat([p.final_scores for p in parts]))
 
 
-def _adversarial(ctx, x, target, common: dict, label: str = "adversarial") -> Any:
+def _adversarial(ctx, x, target, common: dict, label: str = "adversarial", flip=None) -> Any:
     """`reportgen.methods.adversarial.adversarial` of the images ``x`` (N, C, H, W), in batches of
     `Context.batch_size` (each image's steps depend on that image alone, so batching does not change them), which
-    a distributed build deals to its ranks; the result on the CPU."""
+    a distributed build deals to its ranks; the result on the CPU. ``flip``: the task's `Flip` (None: a
+    classifier's label)."""
     import torch
 
     from ..methods.adversarial import AdvResult, adversarial
 
     def one(k: int) -> Any:
-        res = adversarial(ctx.model, x[k:k + size], target=None if target is None else target[k:k + size], **common)
+        res = adversarial(ctx.model, x[k:k + size], target=None if target is None else target[k:k + size],
+                          **common, **({} if flip is None else
+                                       {"flip": flip.select(torch.arange(k, min(k + size, len(x))))}))
         return AdvResult(**{f.name: _cpu(getattr(res, f.name)) for f in dataclasses.fields(AdvResult)})
 
     size = ctx.batch_size(grad=True)
@@ -192,6 +195,41 @@ def _probs(ctx, inputs) -> Any:
 # class-max
 
 
+# the share of class images the model gives to their class, per task (a metric of the class-max page)
+HIT_METRIC = {"binary": "classified as their class", "multilabel": "present as their label",
+              "regress": "above every image of the set", "segment": "centre mostly predicted as their class",
+              "embed": "nearest prototype is their class"}
+
+
+def class_counts(ctx) -> np.ndarray:
+    """(K,) the number of images of each class in the set (an embedding model's image classes)."""
+    labels = np.asarray(ctx.predictions.labels)
+    return np.bincount(labels[labels >= 0], minlength=len(ctx.class_names))
+
+
+def prototypes(ctx) -> np.ndarray:
+    """(K, D) float32: each class's prototype, the mean of its images' unit-normalized embeddings over the image
+    set (zeros for a class without images). Cosine similarity ignores an embedding's length, so each image counts
+    once whatever its norm."""
+    e = np.asarray(ctx.predictions.logits, dtype=np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(ctx.predictions.labels)
+    out = np.zeros((len(ctx.class_names), e.shape[1]))
+    for k in range(len(ctx.class_names)):
+        if (labels == k).any():
+            out[k] = e[labels == k].mean(0)
+    return out.astype(np.float32)
+
+
+def own_similarity(ctx, c: int) -> np.ndarray:
+    """The cosine similarity of each image of class ``c`` to the class's prototype."""
+    e = np.asarray(ctx.predictions.logits, dtype=np.float64)
+    e = e[np.asarray(ctx.predictions.labels) == c]
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    proto = prototypes(ctx)[c].astype(np.float64)
+    return e @ proto / max(float(np.linalg.norm(proto)), 1e-12)
+
+
 @dataclass
 class ClassMaxParams(RealismParams):
     # Defaults chosen by looking at the class images of shapes-cnn (a global-average-pooled CNN) and lenet-digits.
@@ -234,7 +272,11 @@ class ClassMaxParams(RealismParams):
 class ClassMax(Analysis):
     needs_logits = True
     name = "class-max"
-    task_reason = "it optimizes an input for one class logit of an (N, K) output"
+    # every task with a score per class, label or output to ascend (`objective`); a detector's has none
+    tasks = ("classify", "binary", "multilabel", "regress", "segment", "embed")
+    task_reason = ("a detector reports a class's score only for the boxes that pass its own score threshold and "
+                   "non-maximum suppression, so it is no smooth function of the input to ascend: it is absent (no "
+                   "gradient) wherever no box of the class passes, and which boxes pass changes from step to step")
     title = "Class images"
     section = "optimized"
     summary = "one input per class optimized to maximize that class's score, with realism priors"
@@ -249,6 +291,12 @@ class ClassMax(Analysis):
         if params.fourier and params.zero_small:
             raise ConfigError("analysis.class-max.zero_small: resetting small pixels needs fourier = false "
                               "(the Fourier parameterization has no pixels to reset)")
+        task = getattr(ctx, "task", "classify")
+        if params.target == "prob" and task in ("regress", "embed"):
+            raise ConfigError(f"analysis.class-max.target: 'prob' needs probabilities, and a {task} model's outputs "
+                              "have none: use target = \"logit\" (the output's value)")
+        if task == "embed" and ctx.predictions is not None:  # after the pass (`run_task` checks it again)
+            self.embed_classes(ctx)
         unknown = [c for c in params.classes if c not in ctx.class_names]
         if unknown:
             shown = ", ".join(ctx.class_names[:30]) + (", ..." if len(ctx.class_names) > 30 else "")
@@ -260,12 +308,29 @@ class ClassMax(Analysis):
         names = ctx.class_names
         if params.classes:
             return list(dict.fromkeys(names.index(c) for c in params.classes)), None
-        if len(names) <= params.max_classes:
+        task = getattr(ctx, "task", "classify")
+        if task == "embed":  # the classes with images in the set (a prototype needs at least one)
+            counts = np.bincount(np.maximum(ctx.predictions.labels, 0), weights=ctx.predictions.labels >= 0,
+                                 minlength=len(names))
+            names_with = [k for k in range(len(names)) if counts[k] > 0]
+            if len(names_with) <= params.max_classes:
+                return names_with, None
+        elif len(names) <= params.max_classes:
             return list(range(len(names))), None
-        counts = np.bincount(ctx.predictions.preds, minlength=len(names))
+        if task == "regress":
+            return list(range(params.max_classes)), (
+                f"The model has {len(names)} outputs: these are the first {params.max_classes}. Name others under "
+                "[analysis.class-max] classes.")
+        pred = ctx.predictions
+        counts, how = {
+            "multilabel": lambda: (np.asarray(pred.preds).sum(0), "most often predicted present"),
+            "segment": lambda: (np.asarray(pred.seg_pixels).sum(0), "with the most predicted pixels"),
+            "embed": lambda: (counts, "with the most images"),
+        }.get(task, lambda: (np.bincount(pred.preds, minlength=len(names)), "most often predicted"))()
         top = sorted(np.argsort(-counts, kind="stable")[:params.max_classes].tolist())
-        return top, (f"The model has {len(names)} classes: these are the {params.max_classes} most often predicted "
-                     f"over the image set. Name others under [analysis.class-max] classes.")
+        what = "labels" if task == "multilabel" else "classes"
+        return top, (f"The model has {len(names)} {what}: these are the {params.max_classes} {how} over the image "
+                     "set. Name others under [analysis.class-max] classes.")
 
     def cost(self, ctx, params, upstream=NOTHING):
         return len(self.pick_classes(ctx, params)[0]) * params.steps * 3 * ctx.facts.macs  # a forward + a backward
@@ -273,6 +338,8 @@ class ClassMax(Analysis):
     def run(self, ctx, params, reduced, upstream=NOTHING):
         from ..methods.optimize import class_logit, class_prob
 
+        if getattr(ctx, "task", "classify") != "classify":
+            return self.run_task(ctx, params)
         classes, note = self.pick_classes(ctx, params)
         names = ctx.class_names
         make = class_logit if params.target == "logit" else class_prob
@@ -305,6 +372,133 @@ class ClassMax(Analysis):
         if note:
             result.notes.append(note)
         return result
+
+    def objective(self, ctx, params) -> tuple[Any, str]:
+        """``make(batch) -> Objective`` of the model's task for a batch of class (label, output) indices, and what
+        it maximizes in words, with ``{name}`` for the class."""
+        import torch
+
+        from ..methods import optimize as opt
+
+        task, prob = ctx.task, params.target == "prob"
+        if task == "binary":
+            return ((opt.binary_prob if prob else opt.binary_logit),
+                    "the probability of '{name}' (the sigmoid of its log-odds)" if prob else
+                    "the log-odds of '{name}' (the logit z for the positive class, -z for the negative one)")
+        if task == "multilabel":
+            return ((opt.label_prob if prob else opt.class_logit),
+                    "the sigmoid probability of the label '{name}'" if prob else "the logit of the label '{name}'")
+        if task == "regress":
+            return opt.class_logit, "the output '{name}' (its value)"
+        if task == "segment":
+            where = (f"the centre of the output map (the centred disk of diameter {opt.CENTRE:g} times its shorter "
+                     "side)")
+            return ((lambda batch: opt.region_logit(batch, prob=prob)),
+                    (f"the mean softmax probability of '{{name}}' over {where}" if prob else
+                     f"the mean logit of '{{name}}' over {where}"))
+        if task == "embed":
+            protos = torch.as_tensor(prototypes(ctx))
+            return ((lambda batch: opt.cosine_to(protos[torch.as_tensor(batch)])),
+                    "the cosine similarity of the embedding to the prototype of '{name}' (the mean of the class's "
+                    "unit-normalized embeddings over the image set)")
+        raise ValueError(f"no class images for task {task!r}")
+
+    @staticmethod
+    def embed_classes(ctx) -> None:
+        """`NotApplicable` when an embedding model's image set gives no class per image (no prototype to draw)."""
+        labels = np.asarray(ctx.predictions.labels)
+        if not ctx.class_names or not (labels >= 0).any():
+            raise NotApplicable("its class images maximize the cosine similarity to each class's mean embedding, "
+                                "and the image set gives no class per image (class sub-folders)")
+
+    def run_task(self, ctx, params) -> Result:
+        import torch
+
+        task = ctx.task
+        if task == "embed":
+            self.embed_classes(ctx)
+        classes, note = self.pick_classes(ctx, params)
+        names = ctx.class_names
+        make, what = self.objective(ctx, params)
+        res = _joined(_maximize(ctx, make, _batches(ctx, classes), params, self.name))
+        pix = _pixels(ctx, res.images)
+        with torch.no_grad():
+            out = ctx.model(res.images.to(ctx.device))
+        result = Result()
+        hits, ps = [], []
+        for i, c in enumerate(classes):
+            verdict, hit, p = self.verdict(ctx, task, out, i, c)
+            hits.append(hit)
+            if p is not None:
+                ps.append(p)
+            result.items.append(Picture(
+                key=f"class-{c:04d}", array=pix[i], style="rgb", label=names[c], group="Class images",
+                caption=f"Maximizes {what.format(name=names[c])} (objective {res.final_scores[i]:.3g} at the end); "
+                        f"{verdict}."))
+        curve = res.curve.cpu().numpy()
+        result.items.append(Plot(
+            key="objective", kind="lines", label="Objective during optimization", group="Optimization",
+            caption=f"The objective ({what.format(name='the class')} minus the weighted penalties) of each image "
+                    "before each step, measured on the randomly transformed image the model saw; one line per "
+                    f"{'output' if task == 'regress' else 'label' if task == 'multilabel' else 'class'}.",
+            data={"x": list(range(1, curve.shape[0] + 1)),
+                  "series": {names[c]: curve[:, i].tolist() for i, c in enumerate(classes)},
+                  "xlabel": "step", "ylabel": "objective - penalties", "width": 6.0, "height": 3.6}))
+        result.metrics[HIT_METRIC[task]] = float(np.mean(hits))
+        if ps:
+            result.metrics["mean p(class)" if task == "binary" else "mean p(label)" if task == "multilabel"
+                           else "mean p(class) over the centre"] = float(np.mean(ps))
+        result.notes.append(_settings_note(params))
+        if note:
+            result.notes.append(note)
+        return result
+
+    @staticmethod
+    def verdict(ctx, task, out, i, c) -> tuple[str, bool, float | None]:
+        """What the model makes of class image ``i`` (drawn for class ``c``): a sentence, whether it counts as a
+        hit (`HIT_METRIC`) and its probability of the class (None where there is none)."""
+        import torch
+
+        names = ctx.class_names
+        if task == "binary":
+            p1 = float(torch.sigmoid(out.flatten(1)[i, 0]))
+            p = p1 if c == 1 else 1 - p1
+            hit = p > 0.5
+            return (f"p('{names[c]}') = {p:.2f}, " + ("classified as this class" if hit else
+                                                     f"classified as '{names[1 - c]}'"), hit, p)
+        if task == "multilabel":
+            probs = torch.sigmoid(out.flatten(1)[i]).cpu().numpy()
+            others = [names[k] for k in np.flatnonzero(probs > 0.5) if k != c]
+            hit = bool(probs[c] > 0.5)
+            return (f"p('{names[c]}') = {probs[c]:.2f} ({'present' if hit else 'absent'} at 0.5); other labels "
+                    f"present: {', '.join(others) if others else 'none'}", hit, float(probs[c]))
+        if task == "regress":
+            value = float(out.flatten(1)[i, c])
+            top = float(np.max(ctx.predictions.logits[:, c]))
+            hit = value > top
+            return (f"the output is {value:.3g}, " + ("above" if hit else "not above")
+                    + f" the largest over the image set ({top:.3g})", hit, None)
+        if task == "segment":
+            from ..methods.optimize import _seg_logits, centre_mask
+
+            y = _seg_logits(out)[i]
+            m = centre_mask(*y.shape[-2:], device=y.device)
+            pred = y.argmax(0)[m]
+            share = float((pred == c).float().mean())
+            p = float(y.softmax(0)[c][m].mean())
+            counts = torch.bincount(pred, minlength=y.shape[0])
+            top = int(counts.argmax())
+            return (f"{100 * share:.0f}% of the centre's pixels predicted as '{names[c]}' (mean p = {p:.2f}); the "
+                    f"centre's most predicted class: '{names[top]}'", share > 0.5, p)
+        protos = torch.as_tensor(prototypes(ctx))
+        e = torch.nn.functional.normalize(out.flatten(1)[i].float().cpu(), dim=0)
+        sims = torch.nn.functional.normalize(protos.float(), dim=1) @ e
+        valid = torch.as_tensor(class_counts(ctx) > 0)
+        sims = torch.where(valid, sims, torch.tensor(float("-inf")))
+        near = int(sims.argmax())
+        best = float(np.max(own_similarity(ctx, c)))
+        return (f"cosine {float(sims[c]):.3f} to its prototype (the set's images of the class: at most {best:.3f}); "
+                f"nearest prototype: '{names[near]}'", near == c, None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -580,6 +774,16 @@ class AdversarialParams:
     sphere_tolerance: float = field(default=0.02, metadata=doc(
         "Stop drawing sphere points for an image once the 95% Wilson interval of its flip fraction is within "
         "+/- this (checked every 50 points); 0 = always draw sphere_points.", min=0.0, max=0.5))
+    threshold: float = field(default=0.5, metadata=doc(
+        "Multi-label models: a label is predicted present when its sigmoid exceeds this; the flip is any label "
+        "crossing it.", min=0.01, max=0.99))
+    flip_share: float = field(default=0.5, metadata=doc(
+        "Segmentation models: the flip is more than this share of the pixels first predicted as the image's main "
+        "class (its most predicted class, not counting a class named background) changing class.",
+        min=0.0, max=0.99))
+    score_threshold: float = field(default=0.5, metadata=doc(
+        "Detection models: the top detection is attacked when it scores at least this, and lost when no detection "
+        "of its class with IoU >= 0.5 with its box scores at least this.", min=0.0, max=1.0))
 
 
 SPHERE_BLOCK = 50  # sphere points drawn per check of the stopping rule
@@ -592,11 +796,40 @@ def _step_rows(labels, probs, names, stop: int, limit: int = 20) -> list[list]:
     return [[s, names[int(labels[s])], float(probs[s])] for s in keep]
 
 
+EMBED_ONE = ("its flip is a change of an image's nearest neighbour among the other images of the set, and the set "
+             "has one image")
+DETECT_IOU = 0.5  # a detection finds the top one at IoU >= this (PASCAL VOC's and COCO AP50's match)
+
+# what an adversarial change does to the image, per task, for the findings (`robustness_findings`)
+FLIP_WORDS = {"binary": "flips the predicted class", "multilabel": "changes the predicted label set",
+              "segment": "changes the class of more than {share:g}% of the main class's pixels",
+              "detect": "loses the top detection", "embed": "changes the nearest neighbour"}
+
+
+def _background(names: list[str]) -> int | None:
+    """The index of a class named background ('background', '__background__', any case), else None."""
+    for k, n in enumerate(names):
+        if str(n).strip("_ ").lower() == "background":
+            return k
+    return None
+
+
+def _state_rows(codes, values, describe, stop: int, limit: int = 20) -> list[list]:
+    """Table rows (step, state, number) for one image and any flip: all if few, else those up to ``stop`` plus the
+    last (as `_step_rows`)."""
+    last = len(codes) - 1
+    keep = list(range(last + 1)) if last < limit else sorted(set(range(min(stop, last) + 1)) | {last})
+    return [[s, *describe(codes[s], values[s])] for s in keep]
+
+
 @register
 class Adversarial(Analysis):
     needs_logits = True
     name = "adversarial"
-    task_reason = "its flip is a change of the predicted class (one per image)"
+    # every task with a decision to flip (`ADV_FLIP`); regression has none
+    tasks = ("classify", "binary", "multilabel", "segment", "detect", "embed")
+    task_reason = ("its flip is a change of the model's decision, and real outputs have none: how large a change of "
+                   "a real output matters depends on what it measures, which the report does not know")
     title = "Adversarial examples"
     section = "optimized"
     summary = ("the smallest gradient steps that change each sample's label, and random changes of the same norm "
@@ -610,7 +843,7 @@ class Adversarial(Analysis):
 
     def cost(self, ctx, params, upstream=NOTHING):
         # at most: every step of the untargeted and targeted runs (forward + backward), and every sphere point
-        runs = 2 if params.targeted else 1
+        runs = 2 if params.targeted and getattr(ctx, "task", "classify") == "classify" else 1
         return len(ctx.samples) * (runs * params.steps * 3 + params.sphere_points) * ctx.facts.macs
 
     def check(self, ctx, params):
@@ -618,14 +851,15 @@ class Adversarial(Analysis):
             shown = ", ".join(ctx.class_names[:30]) + (", ..." if len(ctx.class_names) > 30 else "")
             raise ConfigError(f"analysis.adversarial.target_class: '{params.target_class}' is not a class of this "
                               f"model; classes: {shown}")
-        if len(ctx.class_names) < 2:
+        task = getattr(ctx, "task", "classify")
+        if task == "embed" and ctx.predictions is not None and len(ctx.predictions.indices) < 2:
+            raise NotApplicable(EMBED_ONE)
+        if task in ("classify", "binary") and len(ctx.class_names) < 2:
             raise NotApplicable("the model has a single output class")
 
     def run(self, ctx, params, reduced, upstream=NOTHING):
-        import torch
-
-        from ..methods.adversarial import random_sphere
-
+        if getattr(ctx, "task", "classify") != "classify":
+            return self.run_task(ctx, params)
         names = ctx.class_names
         idx = list(ctx.samples)
         x = ctx.images.load_inputs(idx, ctx.device)
@@ -691,6 +925,196 @@ class Adversarial(Analysis):
         if params.targeted:
             result.items.append(self.targeted(ctx, params, x, common, result))
 
+        self.sphere(ctx, params, x, res, idx, ok, rel, result, lambda code: names[int(code)])
+        result.items += per_image
+        how = (f"{params.norm} steps of {params.step_size:g} (normalized units)" if params.step_size
+               else "l2 steps of 0.5% of each image's norm" if params.norm == "l2"
+               else "linf (sign) steps of 0.4% of each image's value range")
+        result.notes.append(f"At most {params.steps} {how}, clipped to the valid pixel range"
+                            + (", each image stopping at its first success." if params.stop_at_change else "."))
+        return result
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # tasks other than classify: the attack and its control with the task's flip (`reportgen.methods.adversarial`)
+
+    def flip_of(self, ctx, params, idx: list[int]) -> tuple[Any, str, str]:
+        """The task's `Flip` for the sample images ``idx``, what it counts as a flip (for captions and the findings)
+        and the loss the attack ascends."""
+        import torch
+
+        from ..methods import adversarial as adv
+
+        task = ctx.task
+        if task == "binary":
+            return (adv.ClassFlip(binary=True), "a change of the predicted class: the logit crossing 0",
+                    "the binary cross-entropy of each image's predicted class")
+        if task == "multilabel":
+            return (adv.LabelSetFlip(params.threshold),
+                    f"a change of the predicted label set: any label's sigmoid crossing {params.threshold:g}",
+                    "the binary cross-entropy of each image's predicted label set, summed over the labels")
+        if task == "segment":
+            back = _background(ctx.class_names)
+            return (adv.RegionFlip(params.flip_share, background=back),
+                    f"more than {100 * params.flip_share:g}% of the pixels first predicted as the image's main class "
+                    "changing class",
+                    "the cross-entropy of the main class averaged over the pixels first predicted as it")
+        if task == "detect":
+            return (adv.DetectionFlip(params.score_threshold, DETECT_IOU),
+                    f"the top detection lost: no detection of its class with IoU >= {DETECT_IOU:g} with its box "
+                    f"scores at least {params.score_threshold:g}",
+                    "minus the summed scores of the detections that still find the top detection")
+        if task == "embed":
+            pred = ctx.predictions
+            rows = set(pred.indices.tolist())
+            own = [pred.row(i) if i in rows else -1 for i in idx]
+            return (adv.NeighbourFlip(torch.as_tensor(pred.logits), own),
+                    "a change of the image's nearest neighbour among the other images of the set, by cosine "
+                    "similarity",
+                    "the margin between the nearest other image's cosine similarity and the first neighbour's")
+        raise ValueError(f"no flip for task {task!r}")
+
+    def describer(self, ctx) -> Any:
+        """``describe(code, value) -> (state, number)`` of a flip's state for the tables, per task."""
+        names, task = ctx.class_names, ctx.task
+        if task == "binary":
+            return lambda code, value: (names[int(code)], float(value))
+        if task == "multilabel":
+            return lambda code, value: (", ".join(names[k] for k in np.flatnonzero(np.asarray(code))) or "none",
+                                        int(value))
+        if task == "segment":
+            return lambda code, value: (names[int(code)], float(value))
+        if task == "detect":
+            return lambda code, value: ("lost" if int(code) == 0 else f"found by {int(code)}", float(value))
+        pred = ctx.predictions
+        return lambda code, value: (ctx.images.names[int(pred.indices[int(code)])], float(value))
+
+    STATE_COLUMNS = {"binary": ("predicted class", "probability"),
+                     "multilabel": ("predicted labels", "labels changed"),
+                     "segment": ("main class over the region", "share of the region changed"),
+                     "detect": ("top detection", "best score finding it"),
+                     "embed": ("nearest neighbour", "cosine similarity")}
+
+    def run_task(self, ctx, params) -> Result:
+        import torch
+
+        task = ctx.task
+        if task == "embed" and len(ctx.predictions.indices) < 2:
+            raise NotApplicable(EMBED_ONE)
+        idx = list(ctx.samples)
+        x = ctx.images.load_inputs(idx, ctx.device)
+        flip, measure, loss = self.flip_of(ctx, params, idx)
+        common = dict(steps=params.steps, step_size=params.step_size or None, norm=params.norm,
+                      stop_at_change=params.stop_at_change, clamp=_clamp(ctx))
+        res = _adversarial(ctx, x, None, common, self.name, flip=flip)
+        describe = self.describer(ctx)
+        codes, values = res.labels.cpu().numpy(), res.probs.cpu().numpy()
+        rel, taken = res.rel_norm.cpu().numpy(), res.steps_taken.cpu().numpy()
+        ok = res.success.cpu().numpy()
+        orig_pix, adv_pix = _pixels(ctx, x), _pixels(ctx, res.adv)
+        with torch.no_grad():
+            bound = flip.start(ctx.model(x))
+            applies = (np.ones(len(idx), bool) if bound.applies is None else bound.applies.cpu().numpy())
+            # the adversarial image as this page keeps it (8-bit pixels): does the flip survive the rounding?
+            saved = np.clip(np.round(adv_pix * 255.0), 0, 255).astype(np.uint8)
+            kept = bound.flipped(ctx.model(ctx.images.normalize(saved).to(ctx.device))).cpu().numpy()
+        head, number = self.STATE_COLUMNS[task]
+        mono = ctx.loaded.input.channels == 1
+        result = Result()
+        rows, per_image = [], []
+        offset = getattr(ctx.loaded, "label_offset", 0)
+        for j, i in enumerate(idx):
+            name = ctx.images.names[i]
+            before, b_num = describe(codes[0, j], values[0, j])
+            after, a_num = describe(codes[-1, j], values[-1, j])
+            what = self.what_flipped(ctx, task, codes[:, j], values[:, j], bound, j, offset)
+            rows.append([name, before, after, what, int(taken[j]), float(rel[j]),
+                         "n/a" if not applies[j] else "yes" if ok[j] else "no",
+                         "n/a" if not applies[j] else "yes" if kept[j] else "no"])
+            group = f"Image {name}"
+            diff, vmax, diff_caption = self.difference(adv_pix[j], orig_pix[j], mono)
+            per_image += [
+                Picture(key=f"{j:03d}-original", array=orig_pix[j], style="rgb", image=i, group=group,
+                        label=f"original: {before}", caption=f"Sample image '{name}': {head} {before} "
+                                                            f"({number} {b_num:.3g}). Pixels in [0, 1]."),
+                Picture(key=f"{j:03d}-adversarial", array=adv_pix[j], style="rgb", image=i, group=group,
+                        label=f"adversarial: {after}",
+                        caption=f"After {taken[j]} step(s): {head} {after} ({number} {a_num:.3g}); "
+                                f"||x - x~|| / ||x|| = {rel[j]:.2f}% (normalized inputs). Pixels in [0, 1]."),
+                Picture(key=f"{j:03d}-difference", array=diff, style="signed", vmax=vmax, image=i, group=group,
+                        label="difference, magnified", colorbar=True, caption=diff_caption),
+                Table(key=f"{j:03d}-steps", image=i, group=group, label="Prediction at each step",
+                      columns=["step", head, number],
+                      rows=_state_rows(codes[:, j], values[:, j], describe, int(taken[j])),
+                      caption="Step 0 is the original image. "
+                              + ("Long runs show the steps up to the flip and the last one." if params.steps >= 20
+                                 else "")),
+            ]
+        result.items.append(Table(
+            key="summary", group="Summary", label="Untargeted: the decision pushed to flip",
+            columns=["image", "before", "after", "what changed", "steps", "change %", "flipped",
+                     "8-bit image flipped"],
+            rows=rows,
+            caption=f"Gradient ascent on {loss}; the flip is {measure}. before / after: {head}. change % = "
+                    "100 ||x - x~|| / ||x|| in the model's normalized input space. The last column runs the "
+                    "adversarial image as saved on this page (rounded to 8-bit pixels): 'yes' when it still flips."
+                    + (" n/a: an image whose top detection scores below the threshold has none to lose."
+                       if not applies.all() else "")))
+        on = applies.astype(bool)
+        result.metrics["8-bit images changed"] = float(kept[on].mean()) if on.any() else float("nan")
+        result.metrics["success rate"] = float(ok[on].mean()) if on.any() else float("nan")
+        result.metrics["mean change % (successes)"] = float(rel[ok].mean()) if ok.any() else float("nan")
+        # for the findings: each sample's change and whether it flipped, the images the measure applies to only
+        result.shared["robustness"] = {"images": [int(i) for i, a in zip(idx, on) if a],
+                                       "change %": rel[on].astype(float).tolist(),
+                                       "changed": ok[on].astype(bool).tolist(), "steps": params.steps,
+                                       "flips": FLIP_WORDS[task].format(share=100 * params.flip_share)}
+        if params.targeted:
+            result.notes.append(
+                "With one logit, the targeted attack toward the other class takes the untargeted attack's steps, so "
+                "it is not repeated." if task == "binary" else
+                "The targeted variant pushes toward a chosen class of a classifier; this model's flip is "
+                f"{measure}, so it does not run.")
+        self.sphere(ctx, params, x, res, idx, ok, rel, result, lambda code: describe(code, 0.0)[0], flip=flip,
+                    measure=measure)
+        result.items += per_image
+        how = (f"{params.norm} steps of {params.step_size:g} (normalized units)" if params.step_size
+               else "l2 steps of 0.5% of each image's norm" if params.norm == "l2"
+               else "linf (sign) steps of 0.4% of each image's value range")
+        result.notes.append(f"At most {params.steps} {how}, clipped to the valid pixel range"
+                            + (", each image stopping at its first flip." if params.stop_at_change else "."))
+        return result
+
+    @staticmethod
+    def what_flipped(ctx, task, codes, values, bound, j, offset) -> str:
+        """What changed between the first and last step of image ``j``, in words."""
+        names = ctx.class_names
+        if task == "multilabel":
+            first, last = np.asarray(codes[0]), np.asarray(codes[-1])
+            gone = [names[k] for k in np.flatnonzero((first == 1) & (last == 0))]
+            new = [names[k] for k in np.flatnonzero((first == 0) & (last == 1))]
+            return ", ".join([f"-{n}" for n in gone] + [f"+{n}" for n in new]) or "none"
+        if task == "segment":
+            cat = names[int(bound.category[j])]
+            return f"{100 * float(values[-1]):.0f}% of '{cat}' ({int(bound.region[j].sum())} px)"
+        if task == "detect":
+            if not bool(bound.applies[j]):
+                return "no detection to lose"
+            label = int(bound.label[j]) - offset
+            cls = names[label] if 0 <= label < len(names) else f"label {int(bound.label[j])}"
+            return f"top '{cls}' {'lost' if int(codes[-1]) == 0 else 'kept'}"
+        if task == "embed":
+            pred = ctx.predictions
+            a, b = (ctx.images.names[int(pred.indices[int(c)])] for c in (codes[0], codes[-1]))
+            return "none" if a == b else f"{a} -> {b}"
+        return "none" if int(codes[0]) == int(codes[-1]) else f"{names[int(codes[0])]} -> {names[int(codes[-1])]}"
+
+    def sphere(self, ctx, params, x, res, idx, ok, rel, result, describe, flip=None, measure: str = "") -> None:
+        """The random-sphere control around the images the attack flipped (``ok``), counted with the attack's own
+        ``flip`` (None: a classifier's label); ``describe(code)`` names an image's original state for the table."""
+        import torch
+
+        from ..methods.adversarial import random_sphere
+
         if params.sphere_points and ok.any():
             sel = np.flatnonzero(ok)
             scale = params.sphere_scale
@@ -701,7 +1125,8 @@ class Adversarial(Analysis):
                 j = int(sel[r])
                 one = random_sphere(ctx.model, x[j:j + 1], radius[r:r + 1], m=params.sphere_points,
                                     batch_size=ctx.batch_size(grad=False), tolerance=params.sphere_tolerance,
-                                    generator=ctx.generator(f"{self.name}/sphere/{idx[j]}"), block=SPHERE_BLOCK)
+                                    generator=ctx.generator(f"{self.name}/sphere/{idx[j]}"), block=SPHERE_BLOCK,
+                                    flip=None if flip is None else flip.select(torch.tensor([j])))
                 return dataclasses.replace(one, **{f.name: _cpu(getattr(one, f.name))
                                                    for f in dataclasses.fields(one)})
 
@@ -716,21 +1141,26 @@ class Adversarial(Analysis):
             xnorm = x.flatten(1).norm(dim=1).cpu().numpy()
             rows = []
             for r, j in enumerate(sel):
-                rows.append([ctx.images.names[idx[j]], names[int(sph.original[r])], float(rel[j]),
+                rows.append([ctx.images.names[idx[j]], describe(sph.original[r]), float(rel[j]),
                              float(100 * float(sph.radius[r]) / xnorm[j]), int(sph.drawn[r]),
                              int(sph.changed[r]), float(frac[r]),
                              f"{float(sph.low[r]):.3f} to {float(sph.high[r]):.3f}"])
             size = "of the same norm" if scale == 1 else f"{scale:g} times as large"
             result.items.append(Table(
                 key="sphere", group="Summary", label=f"Control: random changes {size}",
-                columns=["image", "predicted", "adversarial change %", "sphere radius %", "points",
-                         "label changes", "fraction", "95% interval"],
+                columns=["image", "predicted" if flip is None else "before", "adversarial change %",
+                         "sphere radius %", "points",
+                         "label changes" if flip is None else "flips", "fraction", "95% interval"],
                 rows=rows,
                 caption=f"Points drawn uniformly on the sphere of radius {'' if scale == 1 else f'{scale:g} '}"
-                        "||x - x~|| around each image whose label "
-                        "the attack changed (radius as % of ||x||, normalized inputs, not clipped to the pixel "
-                        "range), classified by the model; label changes = points classified differently from the "
-                        f"image. {stop} The interval is the 95% Wilson score interval of the fraction."))
+                        + ("||x - x~|| around each image whose label "
+                           "the attack changed (radius as % of ||x||, normalized inputs, not clipped to the pixel "
+                           "range), classified by the model; label changes = points classified differently from the "
+                           if flip is None else
+                           f"||x - x~|| around each image the attack flipped (radius as % of ||x||, normalized "
+                           f"inputs, not clipped to the pixel range), run through the model; flips = points that "
+                           f"flip as the attack counts it ({measure}) against the ")
+                        + f"image. {stop} The interval is the 95% Wilson score interval of the fraction."))
             result.metrics["sphere: mean fraction flipped"] = float(frac.mean())
             result.shared["robustness"].update({"sphere images": [int(idx[j]) for j in sel],
                                                 "sphere fraction": frac.astype(float).tolist(),
@@ -739,14 +1169,8 @@ class Adversarial(Analysis):
                                                 "sphere scale": float(scale),
                                                 "sphere radius %": [float(r[3]) for r in rows]})
         elif params.sphere_points:
-            result.notes.append("No label changed, so the random-sphere control has no radius to test.")
-        result.items += per_image
-        how = (f"{params.norm} steps of {params.step_size:g} (normalized units)" if params.step_size
-               else "l2 steps of 0.5% of each image's norm" if params.norm == "l2"
-               else "linf (sign) steps of 0.4% of each image's value range")
-        result.notes.append(f"At most {params.steps} {how}, clipped to the valid pixel range"
-                            + (", each image stopping at its first success." if params.stop_at_change else "."))
-        return result
+            result.notes.append("No label changed, so the random-sphere control has no radius to test." if flip is None
+                                else "No image flipped, so the random-sphere control has no radius to test.")
 
     @staticmethod
     def difference(adv: np.ndarray, orig: np.ndarray, mono: bool) -> tuple[np.ndarray, float, str]:
