@@ -565,7 +565,8 @@ class RandomizationTest(Analysis):
             "identity in eval mode, a layer or group norm still normalizes, with weight 1 and bias 0). Each "
             "method's maps are recomputed after each step for the same targets ("
             + ("the trained model's predictions)." if tset is None and getattr(ctx.config, "target", None) is None
-               else f"{whose}, fixed on the trained model: its regions, boxes and reference embeddings)."))
+               else "the --target class)." if tset is None else
+               f"{whose}, fixed on the trained model: its regions, boxes and reference embeddings)."))
         result.notes.append(maps_note(computed, len(images)))
         if left_out:
             result.notes.append(

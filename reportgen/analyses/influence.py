@@ -1009,12 +1009,16 @@ class Nonlinearities(Analysis):
 class TopPredictions(Analysis):
     name = "top-predictions"
     needs_logits = True
+    tasks = EVERY_TASK  # each task's own top predictions (`task_rows`); the image pages' map viewer shows over it
     title = "Top predictions"
     section = "influence"
-    summary = "each sample image with its five most probable classes"
+    summary = ("each sample image with what the model predicts for it: a classifier's five most probable classes, "
+               "another task's top labels, outputs, classes by pixels, detections or nearest images")
     order = 0
 
     def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
+        if ctx.task != "classify":
+            return self.run_task(ctx)
         result = Result()
         predictions = ctx.predictions
         names = ctx.class_names
@@ -1043,3 +1047,71 @@ class TopPredictions(Analysis):
                 rows=[[r + 1, names[c] + (" (true)" if c == label else ""), float(predictions.probs[row, c]),
                        float(predictions.logits[row, c])] for r, c in enumerate(top)]))
         return result
+
+    def run_task(self, ctx: Any) -> Result:
+        """Another task's page: each sample image as the model sees it and a table of its top predictions."""
+        from ..tasks import sample_prediction
+
+        result = Result()
+        predictions, names = ctx.predictions, ctx.class_names
+        displays = ctx.sample_display()
+        for p, i in enumerate(ctx.samples):
+            row = predictions.row(i)
+            image_name = ctx.images.names[i]
+            said, number = sample_prediction(predictions, row, names)
+            what = f"the model predicts {said}" if said is not None else "an embedding model (no class to predict)"
+            result.items.append(Picture(
+                key=f"image-{i:05d}", array=displays[p], style="rgb", image=i, group=image_name,
+                label=image_name, caption=f"The image as the model sees it ({what})."))
+            label, caption, columns, rows = task_rows(ctx, row)
+            result.items.append(Table(key=f"top-{i:05d}", image=i, group=image_name, label=label, caption=caption,
+                                      columns=columns, rows=rows))
+        return result
+
+
+def task_rows(ctx: Any, row: int, k: int = 5) -> tuple[str, str, list[str], list[list]]:
+    """(label, caption, columns, rows) of the top-predictions table of the image in ``row`` for a model whose task
+    is not classify: binary both classes' probabilities; multilabel the ``k`` most probable labels; regress the
+    outputs (up to 10) with the true values; segment the ``k`` classes with the most predicted pixels; detect the
+    ``k`` top-scoring detections; embed the ``k`` nearest other images by cosine similarity."""
+    p, names, task = ctx.predictions, ctx.class_names, ctx.task
+    if task == "binary":
+        probs = p.probs[row]
+        return ("Both classes", "The sigmoid probability of the one logit and its complement.",
+                ["class", "probability"], [[names[c], float(probs[c])] for c in (1, 0)])
+    if task == "multilabel":
+        probs = p.probs[row]
+        top = np.argsort(-probs, kind="stable")[:k]
+        truth = p.labels[row]
+        return (f"Top-{len(top)} labels", "The most probable labels (each its own sigmoid; a label is predicted at "
+                "probability > 0.5); (true) marks a label the image has.", ["rank", "label", "probability", "logit"],
+                [[r + 1, names[c] + (" (true)" if truth[c] == 1 else ""), float(probs[c]), float(p.logits[row, c])]
+                 for r, c in enumerate(top)])
+    if task == "regress":
+        truth = p.labels[row]
+        return ("Outputs", "Each output's predicted value and the true value (NaN: unknown).",
+                ["output", "predicted", "true"],
+                [[names[d], float(p.logits[row, d]), float(truth[d])] for d in range(min(10, p.logits.shape[1]))])
+    if task == "segment":
+        pixels = p.seg_pixels[row]
+        top = [c for c in np.argsort(-pixels, kind="stable")[:k] if pixels[c] > 0]
+        total = max(int(pixels.sum()), 1)
+        return ("Classes by predicted pixels", "The classes with the most pixels predicted as theirs (the argmax "
+                "over classes at each pixel), and each class's mean logit over the image.",
+                ["rank", "class", "pixel share", "mean logit"],
+                [[r + 1, names[c], float(pixels[c] / total), float(p.logits[row, c])] for r, c in enumerate(top)])
+    if task == "detect":
+        d = p.detections[row]
+        return ("Top detections", "The highest-scoring detections, boxes (x0, y0, x1, y1) in input pixels.",
+                ["rank", "class", "score", "box"],
+                [[r + 1, names[int(d["labels"][j])], float(d["scores"][j]), ", ".join(f"{v:.0f}" for v in d["boxes"][j])]
+                 for r, j in enumerate(range(min(k, len(d["scores"]))))])
+    e = p.logits.astype(np.float64)  # embed: as `reportgen.task_targets.nearest_other` ranks them
+    norm = np.linalg.norm(e, axis=1, keepdims=True)
+    u = e / np.where(norm > 0, norm, 1.0)
+    sims = u @ u[row]
+    sims[row] = -np.inf
+    top = np.argsort(-sims, kind="stable")[:min(k, len(sims) - 1)]
+    return ("Nearest images", "The other images whose embeddings are closest in cosine similarity.",
+            ["rank", "image", "cosine similarity"],
+            [[r + 1, ctx.images.names[int(p.indices[j])], float(sims[j])] for r, j in enumerate(top)])

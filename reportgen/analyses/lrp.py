@@ -199,7 +199,8 @@ class LRP(AttributionAnalysis):
                      else "this map's own scale")
             item.array, item.style, item.vmax, item.base = raw[p], "signed", limit, None
             score = "logit" if tset is None else "target's score"
-            item.caption = (f"{self.short(options)} for class '{what[(image, cls)]}' ({role}) of "
+            named = "class" if tset is None else "target"
+            item.caption = (f"{self.short(options)} for {named} '{what[(image, cls)]}' ({role}) of "
                             f"{ctx.images.names[image]}. Red: relevance for the class, blue: against it, white: 0; "
                             f"{where}, the colours saturate at +-{fmt(limit)} ({pct} of |relevance|). The map sums to "
                             f"{fmt(total)}; the {score} is {fmt(logit)} (the difference is what biases, the "
