@@ -266,3 +266,34 @@ def test_detect_gradient_page_is_the_gradient_of_the_top_detections_box_score(tm
         mine = gradient(model, x[p:p + 1], target).abs().amax(dim=1)[0]
         assert float(mine.abs().max()) > 0
         torch.testing.assert_close(result.shared["maps"][(i, label)], mine.float(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_classifier_given_a_target_explains_that_class_on_its_page_and_in_the_checks(tmp_path):
+    from conftest import TINY_ARGS
+
+    from reportgen.analyses import get
+    from reportgen.analyses.faithfulness import explained
+    from reportgen.build import choose_analyses, forward_pass, load, make_plan, pick_samples, settle
+    from reportgen.config import load_config
+    from reportgen.console import Output
+    from reportgen.methods.attribution import gradient
+
+    folder = write_image_folder(tmp_path / "im", classes=("cat", "dog", "bird"), per_class=1, size=(32, 32))
+    cfg = load_config(None, model=TINY_ARGS[0], input_size=[32, 32], channels=3, images=str(folder), samples=2,
+                      target="bird", only=["gradient"])
+    ctx = load(cfg, Output(silent=True))
+    chosen = choose_analyses(cfg)
+    plan = make_plan(ctx, chosen)
+    ctx.predictions = forward_pass(ctx, {})
+    ctx.samples = pick_samples(ctx.predictions.indices, ctx.predictions.labels, 2, ctx.rng("samples"))
+    settle(ctx, chosen, plan)
+    result = get("gradient").run(ctx, plan.params["gradient"], {})
+    x = ctx.sample_inputs()
+    bird = ctx.class_names.index("bird")
+    assert set(result.shared["maps"]) == {(i, bird) for i in ctx.samples}  # bird only: no predicted or true maps
+    for p, i in enumerate(ctx.samples):
+        torch.testing.assert_close(result.shared["maps"][(i, bird)],
+                                   gradient(ctx.model, x[p:p + 1], bird).abs().amax(1)[0])
+    assert [item.group for item in result.items if item.key.startswith("shared-")] == ["The given target (--target)"] * 2
+    classes, target, tset = explained(ctx, ctx.samples, x)
+    assert classes.tolist() == [bird, bird] and tset is None
