@@ -46,9 +46,6 @@ def busiest_classes(k: int, *class_arrays: np.ndarray, limit: int = SHOWN_CLASSE
 class PredictionParams:
     worst: int = field(default=12, metadata=doc("How many of the worst predictions (highest loss) to show.",
                                                min=0, max=100))
-    threshold: float = field(default=0.5, metadata=doc(
-        "Multi-label models: a label is predicted present when its sigmoid exceeds this (precision, recall, F1).",
-        min=0.0, max=1.0))
 
 
 @register
@@ -165,6 +162,8 @@ MAX_OUTPUTS = 6  # outputs of a regression drawn (the table lists all)
 DRAWN_SCORE = 0.5  # detections drawn on the sample images: those scoring at least this (at most MAX_DRAWN)
 MAX_DRAWN = 20
 NEIGHBOURS = 5  # nearest neighbours per query image
+# a multi-label prediction: sigmoid above this (Predictions.preds' 0.5; the contract of issue 30)
+THRESHOLD = 0.5
 NO_LABELS = "No labels given: give --labels {what} to score the predictions; what is shown is the outputs alone."
 
 
@@ -230,12 +229,12 @@ def multilabel_page(ctx: Any, params: Any, rows: tuple) -> Result:
     logits, labels = predictions.logits.astype(np.float64), np.asarray(predictions.labels)
     result = Result(notes=notes)
     result.metrics["images"] = int(len(logits))
-    on = sigmoid(logits) > params.threshold
+    on = sigmoid(logits) > THRESHOLD
     counts = on.sum(axis=0)
     shown = top_classes(counts) if len(names) > SHOWN_CLASSES else np.arange(len(names))
     frequency = Plot(
         key="predicted-labels", kind="bars", label="Predicted labels",
-        caption=f"How many images each label is predicted present in (sigmoid above {params.threshold:g}); "
+        caption=f"How many images each label is predicted present in (sigmoid above {THRESHOLD:g}); "
                 f"{float(on.sum(axis=1).mean()):.2f} labels per image on average"
                 + (f"; the {len(shown)} most predicted of the {len(names)} labels" if len(shown) < len(names) else "")
                 + ".",
@@ -246,19 +245,19 @@ def multilabel_page(ctx: Any, params: Any, rows: tuple) -> Result:
         result.notes.append(NO_LABELS.format(what="with a CSV of labels per image (header image,<label names>)"))
         result.shared["no score"] = "no labels were given (--labels)"
         return result
-    s = multilabel_scores(logits, labels, params.threshold)
+    s = multilabel_scores(logits, labels, THRESHOLD)
     scored = int(np.isfinite(s.ap).sum())
-    result.metrics.update({"mean average precision": s.macro_ap, f"micro F1 at {params.threshold:g}": s.micro_f1,
-                           f"macro F1 at {params.threshold:g}": s.macro_f1,
+    result.metrics.update({"mean average precision": s.macro_ap, f"micro F1 at {THRESHOLD:g}": s.micro_f1,
+                           f"macro F1 at {THRESHOLD:g}": s.macro_f1,
                            "labelled images": int(known.any(axis=1).sum())})
     result.items.append(Plot(
         key="label-scores", kind="label-scores", label="AP and F1 per label",
         caption=f"Average precision of each label's ranking of the images (threshold-free) and F1 of its "
-                f"predictions at sigmoid > {params.threshold:g}; the mean AP over the {scored} labels with a known "
+                f"predictions at sigmoid > {THRESHOLD:g}; the mean AP over the {scored} labels with a known "
                 f"positive is {s.macro_ap:.3f}" + (f" ({len(names) - scored} labels have no known positive: AP "
                                                     "undefined)" if scored < len(names) else "") + ".",
         data={"names": names, "series": {"AP": [_none(v) for v in s.ap],
-                                         f"F1 at {params.threshold:g}": [_none(v) for v in s.f1]},
+                                         f"F1 at {THRESHOLD:g}": [_none(v) for v in s.f1]},
               "sort_by": "AP", "xlabel": "score", "title": "per label, highest AP first"}))
     curves = []
     for j in range(len(names)):
@@ -275,14 +274,14 @@ def multilabel_page(ctx: Any, params: Any, rows: tuple) -> Result:
     result.items.append(Table(
         key="per-label", label="Per-label scores",
         caption=f"n = images whose label is known; positives among them; predicted = sigmoid above "
-                f"{params.threshold:g}; AP as scikit-learn's average_precision_score (empty: no known positive).",
+                f"{THRESHOLD:g}; AP as scikit-learn's average_precision_score (empty: no known positive).",
         columns=["label", "n", "positives", "predicted", "AP", "precision", "recall", "F1"],
         rows=[[names[j], int(s.known[j]), int(s.positives[j]), int(s.predicted[j]), _none(s.ap[j]),
                float(s.precision[j]), float(s.recall[j]), float(s.f1[j])] for j in range(len(names))]))
     result.items.append(frequency)
     result.shared["headline"] = {
         "sentence": f"Mean average precision {s.macro_ap:.3f} over {scored} labels; micro F1 {s.micro_f1:.3f} at "
-                    f"sigmoid > {params.threshold:g}.",
+                    f"sigmoid > {THRESHOLD:g}.",
         "numbers": {"mean average precision": s.macro_ap, "micro F1": s.micro_f1, "labels": scored},
         "key": "label-scores", "label": "AP and F1 per label"}
     return result
