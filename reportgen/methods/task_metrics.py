@@ -363,7 +363,8 @@ def detection_scores(detections: Sequence[dict], truths: Sequence[dict], k: int,
 
 # --- embedding retrieval --------------------------------------------------------------------------------------------
 
-BLOCK_ENTRIES = 1 << 24  # similarities held at once (64 MiB of float32): a block is at most 1024 rows of N
+# similarities held at once: 16 MiB of float32 and 32 MiB of their int64 ranking; a block is at most 1024 rows of N
+BLOCK_ENTRIES = 1 << 22
 
 
 @dataclass
