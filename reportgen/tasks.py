@@ -11,9 +11,10 @@ Tasks (issue 30; docs/tasks.md):
   (j,) int64, 'scores' (j,)};
 - ``embed``: embeddings (N, D).
 
-The task is found where the model says it: torchvision's segmentation and detection classes (`declared_task`),
-a Hugging Face config's ``problem_type`` or architecture (`hf_task`), a zoo entry's ``task``, and the two output
-forms that can mean nothing else (a dict with 'out' maps, a list of detection dicts); one output logit means
+`detect_task` says a model's task from its probe output (the build: `reportgen.models.check_output`, through
+`decide_task`). The task is found where the model says it: torchvision's segmentation and detection classes
+(`declared_task`), a Hugging Face config's ``problem_type`` or architecture (`hf_task`), a zoo entry's ``task``,
+and the two output forms that can mean nothing else (a dict with 'out' maps, a list of detection dicts); one output logit means
 ``binary``, (N, K) logits ``classify``. Otherwise ``--task`` (config ``task``, a model.json's ``task``, Python
 ``task=``) says it, and always wins over detection; a task the output does not fit is one `ModelError` line
 (`decide_task`). ``embed`` and ``regress`` are never guessed: an (N, D) tensor looks like class logits.
@@ -198,6 +199,18 @@ def decide_task(out: Any, spec: str, given: Optional[str] = None, given_how: str
     hint = " (a segmentation model: give --task segment)" if isinstance(out, torch.Tensor) and out.ndim == 4 else ""
     raise ModelError(f"model '{spec}' returns {shape}, not (N, classes) logits{hint}: wrap it so forward returns "
                      f"class scores, or give --task ({TASK_HELP}) for another kind of output")
+
+
+def detect_task(model: Any, out: Any, config: Any = None, zoo_entry: Any = None, given: Optional[str] = None,
+                spec: str = "model") -> str:
+    """The task of ``model`` whose output on a probe batch is ``out``, as the build decides it (`decide_task`):
+    ``given`` (a task name the user gave) first, then what the model declares (a torchvision segmentation or
+    detection class, a Hugging Face ``config``'s problem_type or architecture, a ``zoo_entry``'s ``task``), else
+    the output's unambiguous form. A contradiction is a `ModelError` line."""
+    declared = declared_task(model) or (hf_task(config) if config is not None else None)
+    if declared is None and zoo_entry is not None:
+        declared = getattr(zoo_entry, "task", "classify")
+    return decide_task(out, spec, check_task_name(given, "task"), "given", declared, "declared by the model")[0]
 
 
 def output_names(task: str, k: int, given: Optional[list[str]], image_classes: Optional[list[str]],

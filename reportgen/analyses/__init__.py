@@ -31,7 +31,9 @@ class NoParams:
 
 
 class Reducer:
-    """Sees every batch of the one pass. ``layers``: dotted names whose outputs it needs (captured once for all)."""
+    """Sees every batch of the one pass. ``layers``: dotted names whose outputs it needs (captured once for all).
+    ``update``'s ``logits`` are the batch's per-image scores of the model's task (B, K): a classifier's logits as
+    they come, another task's rows of `reportgen.context.Predictions.logits` (docs/tasks.md)."""
 
     layers: list[str] = []
 
