@@ -105,9 +105,9 @@ def build_report(model: Any = None, images: Any = None, *, out: Optional[Union[s
             object masks, one per image at its relative path (for a Dataset, its items' paths below its ``root``);
             see docs/masks.md. ``task="segment"``: what the model is for, when it does not say it itself (classify,
             binary, multilabel, regress, segment, detect, embed); ``labels="PATH"``: the image set's labels for
-            such a task (a CSV, a folder of label masks, a COCO JSON); see docs/tasks.md. ``target="..."``: what the attribution maps and the trust checks explain (a class,
-            label or output name or index, ``"class=NAME"``, ``"box=x0,y0,x1,y1:NAME"``, ``"image=PATH"``); see
-            docs/targets.md.
+            such a task (a CSV, a folder of label masks, a COCO JSON); see docs/tasks.md. ``target="..."``: what
+            the attribution maps and the trust checks explain (a class, label or output name or index,
+            ``"class=NAME"``, ``"box=x0,y0,x1,y1:NAME"``, ``"image=PATH"``); see docs/targets.md.
 
     Returns:
         a `Report`: ``out`` (the site folder), ``manifest``, ``seconds``, ``failed`` (analyses that failed).
