@@ -265,3 +265,18 @@ class ShapesEmbedNet(nn.Module):
         import torch.nn.functional as F
 
         return F.normalize(self.fc(self.flatten(self.avgpool(self.features(x)))), dim=1)
+
+
+
+class ShapesCounter(ShapesCNN):
+    """`ShapesCNN` whose linear layer is called ``count``: (N, 3, 64, 64) -> (N, 8) real outputs, the number of
+    shapes of each class. Its own name keeps shapes-cnn's classifier out of its initialization (`Recipe.init`
+    copies the features only): class logits are no starting point for counts."""
+
+    def __init__(self, num_outputs: int = 8) -> None:
+        super().__init__(num_classes=num_outputs)
+        self.count = self.fc
+        del self.fc
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.count(self.flatten(self.avgpool(self.features(x))))

@@ -231,6 +231,16 @@ def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def _init_from(model: nn.Module, path: Path) -> None:
+    """Copy the shipped weights at ``path`` into every parameter and buffer of ``model`` with the same name and
+    shape (a backbone shared with a classifier; heads of another size keep their random initialization)."""
+    from safetensors.torch import load_file
+
+    own = model.state_dict()
+    shared = {k: v for k, v in load_file(str(path)).items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False)
+
+
 def train_task(
     entry: "ZooEntry",
     out_dir: Path | None,
@@ -251,6 +261,8 @@ def train_task(
     train = entry.load_dataset("train", seed=0, n=max_train)
     test = entry.load_dataset("test", seed=0)
     model = entry.build_model()
+    if recipe.init:
+        _init_from(model, entry.weights_path().parent / f"{recipe.init}.safetensors")
     model.train()
     checkpoints: list[Path] = []
     metrics: dict[str, float] = {}
