@@ -774,16 +774,6 @@ class AdversarialParams:
     sphere_tolerance: float = field(default=0.02, metadata=doc(
         "Stop drawing sphere points for an image once the 95% Wilson interval of its flip fraction is within "
         "+/- this (checked every 50 points); 0 = always draw sphere_points.", min=0.0, max=0.5))
-    threshold: float = field(default=0.5, metadata=doc(
-        "Multi-label models: a label is predicted present when its sigmoid exceeds this; the flip is any label "
-        "crossing it.", min=0.01, max=0.99))
-    flip_share: float = field(default=0.5, metadata=doc(
-        "Segmentation models: the flip is more than this share of the pixels first predicted as the image's main "
-        "class (its most predicted class, not counting a class named background) changing class.",
-        min=0.0, max=0.99))
-    score_threshold: float = field(default=0.5, metadata=doc(
-        "Detection models: the top detection is attacked when it scores at least this, and lost when no detection "
-        "of its class with IoU >= 0.5 with its box scores at least this.", min=0.0, max=1.0))
 
 
 SPHERE_BLOCK = 50  # sphere points drawn per check of the stopping rule
@@ -798,6 +788,10 @@ def _step_rows(labels, probs, names, stop: int, limit: int = 20) -> list[list]:
 
 EMBED_ONE = ("its flip is a change of an image's nearest neighbour among the other images of the set, and the set "
              "has one image")
+# The flips' thresholds are fixed, not settings, so that a classifier's page and settings stay as they were:
+LABEL_THRESHOLD = 0.5  # multilabel: a label is present above this sigmoid (Predictions.preds, the predictions page)
+FLIP_SHARE = 0.5  # segment: the flip is more than this share of the main class's first predicted pixels changing
+SCORE_THRESHOLD = 0.5  # detect: the top detection counts, and is found, at this score (the predictions page's boxes)
 DETECT_IOU = 0.5  # a detection finds the top one at IoU >= this (PASCAL VOC's and COCO AP50's match)
 
 # what an adversarial change does to the image, per task, for the findings (`robustness_findings`)
@@ -949,19 +943,19 @@ class Adversarial(Analysis):
             return (adv.ClassFlip(binary=True), "a change of the predicted class: the logit crossing 0",
                     "the binary cross-entropy of each image's predicted class")
         if task == "multilabel":
-            return (adv.LabelSetFlip(params.threshold),
-                    f"a change of the predicted label set: any label's sigmoid crossing {params.threshold:g}",
+            return (adv.LabelSetFlip(LABEL_THRESHOLD),
+                    f"a change of the predicted label set: any label's sigmoid crossing {LABEL_THRESHOLD:g}",
                     "the binary cross-entropy of each image's predicted label set, summed over the labels")
         if task == "segment":
             back = _background(ctx.class_names)
-            return (adv.RegionFlip(params.flip_share, background=back),
-                    f"more than {100 * params.flip_share:g}% of the pixels first predicted as the image's main class "
+            return (adv.RegionFlip(FLIP_SHARE, background=back),
+                    f"more than {100 * FLIP_SHARE:g}% of the pixels first predicted as the image's main class "
                     "changing class",
                     "the cross-entropy of the main class averaged over the pixels first predicted as it")
         if task == "detect":
-            return (adv.DetectionFlip(params.score_threshold, DETECT_IOU),
+            return (adv.DetectionFlip(SCORE_THRESHOLD, DETECT_IOU),
                     f"the top detection lost: no detection of its class with IoU >= {DETECT_IOU:g} with its box "
-                    f"scores at least {params.score_threshold:g}",
+                    f"scores at least {SCORE_THRESHOLD:g}",
                     "minus the summed scores of the detections that still find the top detection")
         if task == "embed":
             pred = ctx.predictions
@@ -1067,7 +1061,7 @@ class Adversarial(Analysis):
         result.shared["robustness"] = {"images": [int(i) for i, a in zip(idx, on) if a],
                                        "change %": rel[on].astype(float).tolist(),
                                        "changed": ok[on].astype(bool).tolist(), "steps": params.steps,
-                                       "flips": FLIP_WORDS[task].format(share=100 * params.flip_share)}
+                                       "flips": FLIP_WORDS[task].format(share=100 * FLIP_SHARE)}
         if params.targeted:
             result.notes.append(
                 "With one logit, the targeted attack toward the other class takes the untargeted attack's steps, so "
