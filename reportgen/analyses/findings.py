@@ -506,8 +506,8 @@ def robustness_findings(robust: Optional[dict], why: str = "", evidence: Optiona
     ok = np.asarray(robust["changed"], dtype=bool)
     flips = robust.get("flips")
     if not len(ok):  # only a detector's images can all lack what the attack flips
-        return [not_checked("robustness", title, "no sample image has a top detection scoring above the attack's "
-                                                 "threshold to lose")]
+        return [not_checked("robustness", title, "no sample image has a top detection scoring at least the "
+                                                 "attack's threshold, so none has one to lose")]
     if not ok.any():
         return [finding("robustness", title, "info",
                         f"No label of the {len(ok)} sample images changed within {robust['steps']} gradient steps."
