@@ -601,7 +601,7 @@ def render(manifest: Manifest, folder: Path, writer: ArtifactWriter) -> None:
 
 def select_analyses(cfg: BuildConfig) -> list:
     from .analyses import all_analyses
-    from .config import did_you_mean
+    from .errors import did_you_mean
 
     analyses = all_analyses()
     names = [a.name for a in analyses]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError, ModelError, did_you_mean  # noqa: F401 (did_you_mean: re-exported)
 from .models import SPEC_HELP
 from .tasks import TASKS
 
@@ -84,13 +84,6 @@ class BuildConfig:
         "of boxes (detect)."))
     analysis: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=doc(
         "Per-analysis parameters: [analysis.NAME] tables; `reportgen analyses` lists names and keys."))
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'X'?)`` with the known name closest to a mistyped ``name`` (difflib's similarity ratio at
-    least 0.6), else ''. One wording for every unknown name the user types: config keys, analysis names."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_paths(cfg: BuildConfig) -> None:

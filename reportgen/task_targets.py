@@ -134,7 +134,7 @@ def _split(text: str) -> dict[str, str]:
             raise ConfigError(f"target '{text}': '{part.strip()}' is not key=value: write e.g. class=car,region=mask")
         key, value = (s.strip() for s in part.split("=", 1))
         if key.lower() not in KEYS:
-            from .config import did_you_mean
+            from .errors import did_you_mean
 
             raise ConfigError(f"target '{text}': unknown key '{key}'{did_you_mean(key.lower(), KEYS)}: use "
                               "class=, region=, box= or image=")
@@ -187,7 +187,7 @@ def _index(text: str, value: str, names: Sequence[str], what: str) -> int:
     try:
         k = int(value)
     except ValueError:
-        from .config import did_you_mean
+        from .errors import did_you_mean
 
         shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
         raise ConfigError(f"target '{text}': unknown {what} '{value}'{did_you_mean(value, names)}; the model's "

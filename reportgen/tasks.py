@@ -60,7 +60,7 @@ def check_task_name(task: Optional[str], where: str) -> Optional[str]:
     """``task`` when it is a known task name (or None); else a `ModelError` naming ``where`` it came from."""
     if task is None or task in TASKS:
         return task
-    from .config import did_you_mean
+    from .errors import did_you_mean
 
     raise ModelError(f"{where}: unknown task '{task}'{did_you_mean(str(task), TASKS)}: give {TASK_HELP}")
 
@@ -517,7 +517,7 @@ def _read_csv(path: Path, task: str, image_set: Any, names: list[str], every: Op
     lookup = {n: j for j, n in enumerate(names)}
     for h in header:
         if h not in lookup:
-            from .config import did_you_mean
+            from .errors import did_you_mean
 
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
             raise DataError(f"labels '{path}': column '{h}' is not one of the model's "
@@ -615,7 +615,7 @@ def _read_coco(path: Path, image_set: Any, names: list[str], every: Optional[lis
     for c in data["categories"]:
         name = str(c.get("name")) if isinstance(c, dict) else None
         if name not in lookup:
-            from .config import did_you_mean
+            from .errors import did_you_mean
 
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
             raise DataError(f"labels '{path}': category '{name}' is not one of the model's classes"
