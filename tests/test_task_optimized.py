@@ -272,6 +272,9 @@ def test_detection_flip_loses_the_top_box_at_the_score_margin():
     # lost when the score falls below 0.5, i.e. z below 0: after ceil(margin / step) steps
     assert int(res.steps_taken[0]) == math.ceil(z0[0] / np.linalg.norm(w) / step)
     assert torch.equal(res.adv[1], x[1])
+    # a page whose images all lack a top detection: the finding says why it is not checked
+    (f,) = robustness_findings({"change %": [], "changed": [], "steps": 200, "flips": "loses the top detection"})
+    assert f.severity == "not checked" and "no sample image has a top detection" in f.sentence
 
 
 def test_neighbour_flip_changes_the_nearest_row():
