@@ -77,8 +77,10 @@ or loading the data and evaluating the test split after every epoch.
 _TASK_HEADER = """
 ## Models of other tasks (issue 30)
 
-Trained and measured the same way; the numbers are those of the last epoch on the seed-0 test split (1,000
-images), computed by `models_zoo.task_training.evaluate`: multi-label F1 at sigmoid 0.5 and average precision
+Trained and measured the same way, under a load average of 10 to 28 (so the wall seconds are inflated 5 to 20
+times); shapes-multilabel, -count, -binary and -embed start from shapes-cnn's shipped weights (`Recipe.init`),
+whose own training is not in their seconds. The numbers are those of the last epoch on the seed-0 test split
+(1,000 images), computed by `models_zoo.task_training.evaluate`: multi-label F1 at sigmoid 0.5 and average precision
 (scikit-learn); per-output MAE and R^2 = 1 - SS_res / SS_tot of the counts; binary accuracy at logit 0 and ROC AUC
 (scikit-learn); per-class IoU from the pixel confusion matrix, background included in the mIoU; per-class AP at IoU
 0.5 with VOC's all-point interpolation, each detection matched greedily by falling score to the unmatched true box
