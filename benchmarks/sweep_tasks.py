@@ -126,6 +126,42 @@ def weights(model: str, task: str, path: Path) -> str:
     return f"torchvision:{model}"
 
 
+def probe(archs: list[str], images: Path, small: bool) -> None:
+    """Print what the sweep's seeded random segmenters and detectors output on two of its images, without a report:
+    a segmenter's logit range and each class's pixel share at 128x128, a detector's detections per image, score
+    range and detections per class at 320x320 (``small``: RetinaNet and FCOS built with ``min_size=max_size=320``
+    instead of 800, only to make the pass short on a busy CPU)."""
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+
+    paths = sorted(images.glob("*.jpg"))[:2]
+    segmenters = torchvision.models.list_models(module=torchvision.models.segmentation)
+    for arch in archs:
+        seg = arch in segmenters
+        side = 128 if seg else 320
+        extra = {"min_size": 320, "max_size": 320} if small and arch.endswith("resnet50_fpn") else {}
+        torch.manual_seed(0)
+        net = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=len(SEG_CLASSES),
+                                           **extra).eval()
+        x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((side, side))))
+                         .permute(2, 0, 1).float() / 255 for p in paths])
+        with torch.no_grad():
+            if seg:
+                mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+                std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+                out = net((x - mean) / std)["out"]
+                share = [round((out.argmax(1) == c).float().mean().item(), 3) for c in range(len(SEG_CLASSES))]
+                print(arch, f"logits min {out.min():.3g} max {out.max():.3g} std {out.std():.3g}; pixel share", share)
+                continue
+            for d in net(list(x)):
+                s = d["scores"]
+                span = f"scores {s.min():.4f}..{s.max():.4f}" if len(s) else "no scores"
+                print(arch, "detections", len(s), span, "per class",
+                      torch.bincount(d["labels"], minlength=len(SEG_CLASSES)).tolist())
+
+
 def build(model: str, work: Path, images: Path, names: list[str], config: Path, samples: int, src: str | None,
           extra: list[str]) -> dict:
     task, size, why = MODELS[model]
@@ -217,6 +253,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append each row as a JSON line to this file")
     parser.add_argument("--merge", type=Path, nargs="+", help="only write --out from these JSON-line files "
                         "(several sweeps run side by side)")
+    parser.add_argument("--probe", action="store_true", help="only print what the random torchvision models "
+                        "output on two images (no report); RetinaNet and FCOS at min_size 320")
     parser.add_argument("extra", nargs="*", help="more `reportgen build` options, after --")
     args = parser.parse_args()
     if args.merge:
@@ -229,6 +267,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     images = args.work / "images"
     names = photos(images)
+    if args.probe:
+        probe([m for m in args.model or list(MODELS) if not m.startswith("timm:")], images, small=True)
+        return
     config = args.work / "fast.toml"
     config.write_text(FAST)
     rows = []
