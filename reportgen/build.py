@@ -315,9 +315,9 @@ def make_plan(ctx: Any, chosen: Chosen) -> Plan:
 
 def read_task_labels(ctx: Any) -> None:
     """The image set's labels beyond class folders (``--labels``, read once the model's task and class names are
-    known: `reportgen.tasks.read_labels`) into ``ctx.images.truth``, and one warning for the images left without
+    known: `reportgen.labels.read_labels`) into ``ctx.images.truth``, and one warning for the images left without
     labels (a zoo task data set brings its own truths)."""
-    from .tasks import read_labels
+    from .labels import read_labels
 
     cfg = ctx.config
     if cfg.labels:

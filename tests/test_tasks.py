@@ -266,7 +266,7 @@ def write(path, text):
 
 
 def test_a_multilabel_and_a_regression_csv(tmp_path):
-    from reportgen.tasks import read_labels
+    from reportgen.labels import read_labels
 
     images = image_set(tmp_path, {"a.png": (16, 16), "b.png": (16, 16), "c/d.png": (16, 16)})
     csv_path = write(tmp_path / "l.csv", "image,dog,cat\nb.png,1,\nc/d.jpg,0,1\n")  # the extension may differ
@@ -285,7 +285,7 @@ def test_a_multilabel_and_a_regression_csv(tmp_path):
     ("regress", "image,cat\na.png,many\n", "line 2: value 'many' for 'cat' is not a finite number"),
 ])
 def test_every_csv_mistake_is_one_line(tmp_path, task, text, message):
-    from reportgen.tasks import read_labels
+    from reportgen.labels import read_labels
 
     images = image_set(tmp_path, {"a.png": (16, 16)})
     with pytest.raises(DataError, match=None) as exc:
@@ -294,7 +294,7 @@ def test_every_csv_mistake_is_one_line(tmp_path, task, text, message):
 
 
 def test_missing_labels_and_labels_for_a_classifier(tmp_path):
-    from reportgen.tasks import read_labels
+    from reportgen.labels import read_labels
 
     images = image_set(tmp_path, {"a.png": (16, 16)})
     with pytest.raises(DataError, match="labels '.*nope.csv' do not exist: give a CSV with header image"):
@@ -311,7 +311,7 @@ def test_coco_boxes_move_with_their_image_as_the_pixels_do(tmp_path):
     """A 40x20 image is centre-cropped to 20x20 (10 px off each side) and scaled by 0.8 to 16x16; its boxes follow
     (known answer), and a drawn rectangle's pixels after `fit_image` land in the moved box (independent check)."""
     from reportgen.data import fit_image
-    from reportgen.tasks import fit_box, read_labels
+    from reportgen.labels import fit_box, read_labels
 
     images = image_set(tmp_path, {"wide.png": (40, 20), "b.png": (16, 16)})
     text = coco([{"id": 1, "file_name": "wide.png", "width": 40, "height": 20}, {"id": 2, "file_name": "b.png",
@@ -345,7 +345,7 @@ def test_coco_boxes_move_with_their_image_as_the_pixels_do(tmp_path):
      [{"id": 4, "image_id": 1, "bbox": [1, 1, 2, 3], "category_id": 3}], None, "annotation 4 has category_id 3"),
 ])
 def test_every_coco_mistake_is_one_line(tmp_path, images, annotations, categories, message):
-    from reportgen.tasks import read_labels
+    from reportgen.labels import read_labels
 
     folder = image_set(tmp_path, {"a.png": (16, 16)})
     text = coco(images, annotations, *([categories] if categories else []))
@@ -357,7 +357,7 @@ def test_every_coco_mistake_is_one_line(tmp_path, images, annotations, categorie
 def test_label_masks_are_cropped_with_their_image_and_checked(tmp_path):
     from PIL import ImageOps
 
-    from reportgen.tasks import read_labels
+    from reportgen.labels import read_labels
 
     images = image_set(tmp_path, {"a.png": (24, 16), "b.png": (16, 16), "c.png": (16, 16)})
     labels = tmp_path / "labels"
