@@ -15,7 +15,7 @@ from conftest import TESTS
 ROOT = TESTS.parent
 # the distribution that installs each peer module the tests ask for with pytest.importorskip
 PEERS = {"pytorch_grad_cam": "grad-cam", "timm": "timm", "transformers": "transformers", "captum": "captum",
-         "zennit": "zennit"}
+         "zennit": "zennit", "torchcam": "torchcam", "pycocotools": "pycocotools"}
 IN_REPOSITORY = {"models_zoo"}  # packages of this checkout: importable from its root, nothing to install
 
 PROBE = '''
