@@ -248,7 +248,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=list(MODELS), help="models (default: all eight)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sweep-tasks"), help="weights, images, sites")
     parser.add_argument("--samples", type=int, default=2, help="sample images of the per-image analyses")
-    parser.add_argument("--src", help="a reportgen checkout to run instead of the installed one (PYTHONPATH)")
+    parser.add_argument("--src", help="a reportgen checkout to run instead of the installed one (PYTHONPATH): its reportgen/ and "
+                        "templates/ both (the pages are rendered from templates/ beside the package)")
     parser.add_argument("--out", type=Path, help="write the Markdown results here")
     parser.add_argument("--json", type=Path, help="append each row as a JSON line to this file")
     parser.add_argument("--merge", type=Path, nargs="+", help="only write --out from these JSON-line files "
