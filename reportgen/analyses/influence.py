@@ -286,7 +286,7 @@ def target_name(ctx: Any, t: MapTarget) -> str:
 
 
 def explains_table(ctx: Any, targets: list[MapTarget], tset: Any) -> Table:
-    """The table above an attribution page's maps that says what each map explains (another task, or a given
+    """The table after an attribution page's maps that says what each map explains (another task, or a given
     --target): the target's words and its score on the image."""
     p = ctx.predictions
     scores = tset.scores if tset is not None else [float(p.logits[p.row(t.image), t.cls]) for t in targets]
@@ -456,9 +456,9 @@ class AttributionAnalysis(Analysis):
             return result
         tset = self.target_set(ctx, targets)
         maps, options = self.compute(ctx, params, targets, tset)
-        given = targets[0].choice is not None  # another task, or a --target: the page says what the maps explain
-        if given:
-            result.items.append(explains_table(ctx, targets, tset))
+        # another task, or a --target: the page says what the maps explain, in a table after the maps (the page
+        # leads with its pictures; every caption names its target too)
+        given = targets[0].choice is not None
         # the very maps this page draws, for the analyses that read them (the trust checks, `Upstream`)
         result.shared["maps"] = {(t.image, t.cls): m for t, m in zip(targets, maps)}
         raw = maps.numpy().astype(np.float64)
@@ -535,6 +535,8 @@ class AttributionAnalysis(Analysis):
                     group=role_title(ctx.task, t.role),
                     label=f"{image_name}: {cls_name} ({p}), {scale} scale",
                     caption=(f"{what} {explained}, {where}. {how}{found}{computed}")))
+        if given:
+            result.items.append(explains_table(ctx, targets, tset))
         return result
 
 
