@@ -654,11 +654,31 @@ def pick_samples(indices: np.ndarray, labels: np.ndarray, n: int, rng: np.random
     return sorted(picks)
 
 
+def torchvision_version() -> str:
+    """torchvision's ``__version__`` (local tag included, e.g. '0.29.1+cu130'), read from its version.py when it is
+    not imported yet: importing torchvision costs about 2 s (it imports torch._dynamo), for one string."""
+    import importlib.util
+    import re
+    import sys
+
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"].__version__
+    spec = importlib.util.find_spec("torchvision")
+    found = None
+    if spec is not None and spec.submodule_search_locations:
+        text = Path(list(spec.submodule_search_locations)[0], "version.py").read_text(encoding="utf-8")
+        found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M)
+    if found is None:  # an unusual install: ask torchvision itself
+        import torchvision
+
+        return torchvision.__version__
+    return found.group(1)
+
+
 def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timings: dict, seconds: float,
                   snapshot: Optional[dict] = None) -> Manifest:
     """The manifest of one report: versions, model, image set, config, seed, timings, one entry per analysis."""
     import torch
-    import torchvision
 
     from .given import state_dict_sha256
 
@@ -680,7 +700,7 @@ def make_manifest(cfg: BuildConfig, ctx: Any, entries: list[AnalysisEntry], timi
                                 "pred": said, "prob": prob})
     return Manifest(
         version=__version__,
-        created_with={"reportgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        created_with={"reportgen": __version__, "torch": torch.__version__, "torchvision": torchvision_version(),
                       "python": platform.python_version(), "device": str(ctx.device)},
         model=to_jsonable({
             "spec": ctx.loaded.spec, "form": ctx.loaded.form, "weights": ctx.loaded.weights_path,

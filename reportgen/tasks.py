@@ -70,6 +70,8 @@ def check_task_name(task: Optional[str], where: str) -> Optional[str]:
 def declared_task(model: Any) -> Optional[str]:
     """The task a torchvision segmentation (FCN, DeepLabV3, LRASPP) or detection model (Faster/Mask/Keypoint
     R-CNN, RetinaNet, FCOS, SSD, SSDlite) is built for, from its class; None for any other model."""
+    if not any(c.__module__.startswith("torchvision.") for c in type(model).__mro__):
+        return None  # not torchvision's: its import (about 2 s, torch._dynamo with it) is not needed to say so
     import torchvision.models.detection as det
     import torchvision.models.segmentation as seg
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN

@@ -249,3 +249,24 @@ def test_lazy_imports_keep_start_up_light():
     loaded = json.loads(proc.stdout)
     assert loaded["cli"] == [], f"`reportgen --help` imports {loaded['cli']}"
     assert loaded["checks"] == [], f"the modules the early checks load import {loaded['checks']}"
+
+
+# The manifest names torchvision's version without importing torchvision (2 s: it imports torch._dynamo), and a
+# zoo CNN is loaded and told from torchvision's segmenters and detectors without it either.
+TORCHVISION_FREE = """
+import sys
+from models_zoo import get
+from reportgen.build import torchvision_version
+from reportgen.tasks import declared_task
+found, task = torchvision_version(), declared_task(get('shapes-cnn').build_model())
+assert 'torchvision' not in sys.modules, 'torchvision was imported'
+import torchvision
+print(found == torchvision.__version__, task)
+"""
+
+
+def test_version_and_task_without_importing_torchvision():
+    proc = subprocess.run([sys.executable, "-c", TORCHVISION_FREE], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "None"]
