@@ -325,7 +325,13 @@ def zoo_train(name, out_dir, seed, epochs, output: Output):
     target.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     report = entry.train(target, seed=seed, epochs=epochs, log=output.info)
-    click.echo(f"trained {name}: test accuracy {report.test_accuracy:.2%} in {duration(time.perf_counter() - t0)}; "
+    if entry.task == "classify":
+        score = f"test accuracy {report.test_accuracy:.2%}"
+    else:  # a task entry's headline number (models_zoo.task_training.HEADLINE)
+        from models_zoo.task_training import HEADLINE
+
+        score = f"test {HEADLINE[entry.task]} {report.test_accuracy:.4f}"
+    click.echo(f"trained {name}: {score} in {duration(time.perf_counter() - t0)}; "
                f"{len(report.checkpoints)} checkpoints in {target}")
 
 
@@ -336,7 +342,9 @@ def zoo_train(name, out_dir, seed, epochs, output: Output):
 @click.option("--limit", type=int, default=None, help="Write at most this many images.")
 @common
 def zoo_export(name, folder, split, limit, output: Output):
-    """Write zoo data set NAME as an image folder with one sub-folder per class."""
+    """Write zoo data set NAME as an image folder: one sub-folder per class, or for a multi-label, regression,
+    segmentation or detection entry the images in FOLDER/images with their --labels file beside them (labels.csv,
+    labels/ or boxes.json)."""
     from pathlib import Path
 
     import models_zoo
@@ -348,7 +356,13 @@ def zoo_export(name, folder, split, limit, output: Output):
         n = models_zoo.export_dataset(name, Path(folder), split=split, limit=limit)
     except ValueError as exc:
         raise ReportgenError(str(exc)) from None
-    click.echo(f"wrote {n} images of {name} ({split}) to {folder}")
+    labels = {"multilabel": "labels.csv", "regress": "labels.csv", "segment": "labels", "detect": "boxes.json"}
+    if entry.task in labels:
+        click.echo(f"wrote {n} images of {name} ({split}) to {folder}/images and their labels to "
+                   f"{folder}/{labels[entry.task]}: reportgen build {name} --images {folder}/images "
+                   f"--labels {folder}/{labels[entry.task]}")
+    else:
+        click.echo(f"wrote {n} images of {name} ({split}) to {folder}")
 
 
 def _zoo_entry(name: str) -> Any:

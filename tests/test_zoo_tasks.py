@@ -223,3 +223,25 @@ def test_export_label_files_round_trip(name, tmp_path):
             assert np.array_equal(xyxy, data.truth["boxes"][i])
             assert [a["category_id"] - 1 for a in anns] == data.truth["box_labels"][i].tolist()
             assert all(a["iscrowd"] == 0 and a["area"] == a["bbox"][2] * a["bbox"][3] for a in anns)
+
+
+def test_the_command_zoo_export_prints_builds_a_scored_report(tmp_path):
+    # `reportgen zoo export` of a task entry prints the build command for its images and labels: run as printed, it
+    # scores every exported image against the exported label masks
+    import shlex
+
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+
+    runner = CliRunner()
+    folder = tmp_path / "seg"
+    exported = runner.invoke(main, ["zoo", "export", "shapes-segment", str(folder), "--limit", "3"])
+    assert exported.exit_code == 0, exported.output
+    command = shlex.split(exported.output.strip().split(": ", 1)[1])
+    assert command[:2] == ["reportgen", "build"]
+    built = runner.invoke(main, [*command[1:], "--only", "predictions", "-o", str(tmp_path / "site"), "-q"])
+    assert built.exit_code == 0, built.output
+    manifest = json.loads((tmp_path / "site" / "manifest.json").read_text())
+    page = next(a for a in manifest["analyses"] if a["name"] == "predictions")
+    assert page["metrics"]["images"] == 3 and page["metrics"]["scored pixels"] == 3 * 64 * 64
