@@ -69,11 +69,17 @@ def _callable_map(name: str, model: nn.Module, x: torch.Tensor, target) -> torch
 @pytest.mark.parametrize("name", list(SHOWN))
 def test_callable_class_logit_gives_todays_map_for_every_method(name):
     model, x, classes = net_for(name).eval(), images(3), torch.tensor([0, 3, 1])
-    if name == "legrad":
-        pytest.skip("LeGrad (methods/legrad.py, issue 31) is built elsewhere and takes class indices for now")
-    if name == "cam":
-        with pytest.raises(ValueError, match="not applicable to a callable target"):
+    if name == "legrad":  # LeGrad reads class logits through the model's own head: it refuses a callable
+        with pytest.raises(ValueError, match="explains class logits"):
             _callable_map(name, model, x, ClassTarget(classes))
+        return
+    if name == "cam":  # the page turns a ClassTarget into the rows of the head; a plain callable has no row
+        with pytest.raises(ValueError, match="not applicable to a callable target"):
+            _callable_map(name, model, x, lambda out: out[:, 2])
+        with pytest.raises(ValueError, match="negated logit"):
+            _callable_map(name, model, x, ClassTarget(0, activation="sigmoid", negate=True))
+        torch.testing.assert_close(_callable_map(name, model, x, ClassTarget(classes)),
+                                   _callable_map(name, model, x, classes), rtol=0, atol=0)
         return
     today = _callable_map(name, model, x, classes)
     # per-image classes go through every batch's select(index); a plain function of one class is used as is
@@ -85,8 +91,6 @@ def test_callable_class_logit_gives_todays_map_for_every_method(name):
 
 @pytest.mark.parametrize("name", list(SHOWN))
 def test_every_method_leaves_the_model_unchanged_with_a_callable_target(name):
-    if name == "legrad":
-        pytest.skip("LeGrad (methods/legrad.py, issue 31) is built elsewhere and takes class indices for now")
     params = method_params(name)
     if "cam" in name:
         params["layer"] = "features"
@@ -98,10 +102,11 @@ def test_every_method_leaves_the_model_unchanged_with_a_callable_target(name):
     for case, fail_at, target in cases:
         model = hygiene_model(fail_at=fail_at, name=name)
         before = state(model)
-        if case == "ok" and name != "cam":
+        if case == "ok" and name != "legrad":
             assert display_map(name, model, x, target, **params).shape == (2, 8, 8)
         else:
-            with pytest.raises((RuntimeError, ValueError), match="injected|one score per image|not applicable"):
+            with pytest.raises((RuntimeError, ValueError),
+                               match="injected|one score per image|not applicable|explains class logits"):
                 display_map(name, model, x, target, **params)
         assert_untouched(model, before)
 

@@ -777,6 +777,9 @@ class Cam(AttributionAnalysis):
         from ..methods.targets import ClassTarget
 
         if isinstance(target, ClassTarget):  # a label's, an output's or the one logit's row of the linear layer
+            if target.negate:
+                raise ValueError("CAM is not applicable to the negated logit of a one-logit model (its class 0): "
+                                 "its map is a row of the linear head; use Grad-CAM for it")
             target = target.index.expand(len(inputs)) if target.index.numel() == 1 else target.index
         return cam(model, inputs, target, options["layer"], options["fc"], rectified=options.get("rectified", False))
 
