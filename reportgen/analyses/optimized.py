@@ -156,6 +156,16 @@ def _maximize_batch(ctx, objective, n: int, params: RealismParams, generator, tr
                         truncate=truncate)
 
 
+def _objective_plot(res: Any, series: list[str], ylabel: str, caption: str) -> Plot:
+    """The class images' objective before each step, one line per image (named ``series``)."""
+    curve = res.curve.cpu().numpy()
+    return Plot(key="objective", kind="lines", label="Objective during optimization", group="Optimization",
+                caption=caption,
+                data={"x": list(range(1, curve.shape[0] + 1)),
+                      "series": {name: curve[:, i].tolist() for i, name in enumerate(series)},
+                      "xlabel": "step", "ylabel": ylabel, "width": 6.0, "height": 3.6})
+
+
 def _settings_note(params: RealismParams) -> str:
     fourier = getattr(params, "fourier", False)
     start = (f"the spectrum of a Fourier parameterization (1/f^{params.fourier_decay:g} weights, so low "
@@ -358,14 +368,10 @@ class ClassMax(Analysis):
                 key=f"class-{c:04d}", array=pix[i], style="rgb", label=names[c], group="Class images",
                 caption=f"Maximizes the {what} of '{names[c]}' (objective {res.final_scores[i]:.3g} at the end); "
                         f"p('{names[c]}') = {probs[i, c]:.2f}, {verdict}."))
-        curve = res.curve.cpu().numpy()
-        result.items.append(Plot(
-            key="objective", kind="lines", label="Objective during optimization", group="Optimization",
-            caption=f"The objective (the class's {what} minus the weighted penalties) of each class image before "
-                    "each step, measured on the randomly transformed image the model saw; one line per class.",
-            data={"x": list(range(1, curve.shape[0] + 1)),
-                  "series": {names[c]: curve[:, i].tolist() for i, c in enumerate(classes)},
-                  "xlabel": "step", "ylabel": f"class {what} - penalties", "width": 6.0, "height": 3.6}))
+        result.items.append(_objective_plot(
+            res, [names[c] for c in classes], f"class {what} - penalties",
+            f"The objective (the class's {what} minus the weighted penalties) of each class image before each step, "
+            "measured on the randomly transformed image the model saw; one line per class."))
         result.metrics["classified as their class"] = hits / len(classes)
         result.metrics["mean p(class)"] = float(np.mean([probs[i, c] for i, c in enumerate(classes)]))
         result.notes.append(_settings_note(params))
@@ -435,15 +441,11 @@ class ClassMax(Analysis):
                 key=f"class-{c:04d}", array=pix[i], style="rgb", label=names[c], group="Class images",
                 caption=f"Maximizes {what.format(name=names[c])} (objective {res.final_scores[i]:.3g} at the end); "
                         f"{verdict}."))
-        curve = res.curve.cpu().numpy()
-        result.items.append(Plot(
-            key="objective", kind="lines", label="Objective during optimization", group="Optimization",
-            caption=f"The objective ({what.format(name='the class')} minus the weighted penalties) of each image "
-                    "before each step, measured on the randomly transformed image the model saw; one line per "
-                    f"{'output' if task == 'regress' else 'label' if task == 'multilabel' else 'class'}.",
-            data={"x": list(range(1, curve.shape[0] + 1)),
-                  "series": {names[c]: curve[:, i].tolist() for i, c in enumerate(classes)},
-                  "xlabel": "step", "ylabel": "objective - penalties", "width": 6.0, "height": 3.6}))
+        result.items.append(_objective_plot(
+            res, [names[c] for c in classes], "objective - penalties",
+            f"The objective ({what.format(name='the class')} minus the weighted penalties) of each image before each "
+            "step, measured on the randomly transformed image the model saw; one line per "
+            f"{'output' if task == 'regress' else 'label' if task == 'multilabel' else 'class'}."))
         result.metrics[HIT_METRIC[task]] = float(np.mean(hits))
         if ps:
             result.metrics["mean p(class)" if task == "binary" else "mean p(label)" if task == "multilabel"
