@@ -21,7 +21,7 @@ import platform
 import time
 import traceback
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -194,7 +194,7 @@ def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, 
     writer = ArtifactWriter(folder)
     report_order = {a.name: k for k, a in enumerate(chosen.analyses)}
     findings: list = []
-    entries = sorted(write(kept_findings(analyse(ctx, plan.order, plan), findings), writer),
+    entries = sorted(write(kept_findings(analyse(ctx, plan.order, plan), findings), writer, ctx.output),
                      key=lambda e: report_order[e.name])
     timings.update((e.name, e.seconds) for e in entries if e.name not in plan.skipped)
     manifest = make_manifest(cfg, ctx, entries, timings, time.perf_counter() - t0, snapshot)
@@ -569,24 +569,108 @@ def kept_findings(outcomes: Iterator[Outcome], findings: list) -> Iterator[Outco
         yield o
 
 
-def write(outcomes: Iterator[Outcome], writer: ArtifactWriter) -> list[AnalysisEntry]:
-    """Write each outcome's items as files (`reportgen.imaging`) and return one manifest entry per analysis."""
+def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[Output] = None) -> list[AnalysisEntry]:
+    """Write each outcome's items as files (`reportgen.imaging`) and return one manifest entry per analysis.
+
+    The figures are drawn in a render worker (`reportgen.imaging.worker`), a child process, while the next analyses
+    run; their bytes are written here, in the order of the outcomes and items, so the files and entries are those
+    of drawing them here. At most `MAX_IN_FLIGHT <reportgen.imaging.worker.MAX_IN_FLIGHT>` analyses' items wait for
+    their figures (then the build waits for the oldest). Without the worker (``REPORTGEN_RENDER_WORKER=0``, or it
+    could not start, or it stopped: ``output`` says so in one line) the figures are drawn here, as each analysis
+    ends. An item the worker failed to draw is drawn here, so its error is raised here, as without the worker."""
+    from .imaging import worker as render_worker
+
+    entries: list[AnalysisEntry] = []
+    pending: deque = deque()  # (entry, result, prefix, the worker's job number or None: draw it here), in order
+    worker = None
+    if render_worker.enabled():
+        try:
+            worker = render_worker.RenderWorker.start()
+        except render_worker.WorkerGone as exc:
+            _say(output, f"no render worker ({exc}): the figures are drawn in this process")
+    done = False
+    try:
+        for o in outcomes:
+            a = o.analysis
+            entry = AnalysisEntry(**a.describe(), status=o.status, reason=o.reason, seconds=o.seconds,
+                                  params=to_jsonable(dataclasses.asdict(o.params)))
+            entries.append(entry)
+            if o.result is None:
+                continue
+            prefix, job = f"img/{a.name}", None
+            if worker is not None and o.result.items:
+                try:
+                    job = worker.send(o.result.items, prefix)
+                except render_worker.WorkerGone as exc:
+                    worker = _worker_stopped(worker, exc, output)
+                except Exception:  # items that cannot be pickled (a lambda in a plot's data): drawn here
+                    job = None
+            pending.append((entry, o.result, prefix, job))
+            worker = _write_ready(pending, writer, worker, output, render_worker.MAX_IN_FLIGHT)
+        worker = _write_ready(pending, writer, worker, output, 0)
+        done = True
+    finally:
+        if worker is not None:
+            worker.close(kill=not done)  # an error or an interrupt: killed and reaped, nothing left behind
+    return entries
+
+
+def _write_ready(pending: deque, writer: ArtifactWriter, worker: Any, output: Optional[Output], backlog: int) -> Any:
+    """Write the oldest ``pending`` outcomes whose figures are ready, waiting for them while more than ``backlog``
+    are pending; returns the worker, or None once it has stopped."""
+    from .imaging.worker import WorkerGone
+
+    while pending:
+        entry, result, prefix, job = pending[0]
+        rendered = None
+        if job is not None and worker is not None:
+            try:
+                rendered = worker.take(job, block=len(pending) > backlog)
+            except WorkerGone as exc:
+                worker = _worker_stopped(worker, exc, output)
+            else:
+                if rendered is None and len(pending) <= backlog:
+                    break  # not drawn yet: the next analysis runs meanwhile
+        pending.popleft()
+        _write_outcome(entry, result, prefix, writer, rendered)
+    return worker
+
+
+def _write_outcome(entry: AnalysisEntry, result: Result, prefix: str, writer: ArtifactWriter,
+                   rendered: Optional[list]) -> None:
+    """Write one analysis's files and fill its ``entry``: each item's files as the worker ``rendered`` them
+    (`reportgen.imaging.worker.render_job`), or drawn here (no answer, or the worker failed on it)."""
     from . import imaging
     from .interactive import write_data
 
-    entries = []
-    for o in outcomes:
-        a = o.analysis
-        entry = AnalysisEntry(**a.describe(), status=o.status, reason=o.reason, seconds=o.seconds,
-                              params=to_jsonable(dataclasses.asdict(o.params)))
-        if o.result is not None:
-            entry.items = to_jsonable([imaging.render_item(item, writer, f"img/{a.name}") for item in o.result.items])
-            if o.result.shared.get("interactive"):  # what the page's interactive view reads, once per site
-                write_data(writer, a.name, o.result.shared["interactive"], entry.items)
-            entry.metrics = to_jsonable(o.result.metrics)
-            entry.notes = list(o.result.notes)
-        entries.append(entry)
-    return entries
+    if rendered is not None and len(rendered) != len(result.items):
+        rendered = None
+    items = []
+    for k, item in enumerate(result.items):
+        got = rendered[k] if rendered is not None else None
+        if isinstance(got, tuple):
+            files, item_entry = got
+            for rel, data in files:
+                writer.write_bytes(rel, data)
+            items.append(item_entry)
+        else:
+            items.append(imaging.render_item(item, writer, prefix))
+    entry.items = to_jsonable(items)
+    if result.shared.get("interactive"):  # what the page's interactive view reads, once per site
+        write_data(writer, entry.name, result.shared["interactive"], entry.items)
+    entry.metrics = to_jsonable(result.metrics)
+    entry.notes = list(result.notes)
+
+
+def _worker_stopped(worker: Any, why: Exception, output: Optional[Output]) -> None:
+    worker.close(kill=True)
+    _say(output, f"the render worker stopped ({why}): the remaining figures are drawn in this process")
+    return None
+
+
+def _say(output: Optional[Output], message: str) -> None:
+    if output is not None:
+        output.warn(message)
 
 
 def render(manifest: Manifest, folder: Path, writer: ArtifactWriter) -> None:
