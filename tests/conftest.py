@@ -20,6 +20,9 @@ if str(TESTS) not in sys.path:
 # suite's parallelism is its worker processes (pytest -n 2). Set before torch is imported; tests of the thread
 # count (test_tsne) set it themselves.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The figures of the suite's many small builds are drawn in-process: a render worker (`reportgen.imaging.worker`)
+# would cost each build a process start (~1.5 s of CPU: matplotlib); test_render_worker compares both paths.
+os.environ.setdefault("REPORTGEN_RENDER_WORKER", "0")
 
 
 @pytest.fixture(autouse=True)
