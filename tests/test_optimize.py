@@ -702,3 +702,34 @@ def test_maximize_takes_one_transform_or_a_list_and_edits_need_one_tensor():
     with pytest.raises(ValueError, match="one pixel tensor"):  # an every() edit would count two calls per step
         maximize(model, class_logit(0), two, edits=[gaussian_blur(0.5)], steps=1)
     assert maximize(model, class_logit(0), two, steps=2).images.shape == (1, 3, 8, 8)  # no edits: any tensors
+
+
+def test_adam_is_torch_adam_bit_for_bit():
+    """`maximize`'s Adam (written out: torch.optim imports torch._dynamo) makes the same bits as torch.optim.Adam,
+    over steps with gradients of very different sizes, so the report's images do not change."""
+    from reportgen.methods.optimize import _Adam
+
+    g = gen(0)
+    start = [torch.randn(2, 3, 4, 4, generator=g), torch.randn(3, 5, 2, generator=g)]
+    grads = [[torch.randn(p.shape, generator=g) * 10.0 ** (s % 5 - 3) for p in start] for s in range(12)]
+    mine, theirs = [p.clone() for p in start], [p.clone().requires_grad_(True) for p in start]
+    adam, ref = _Adam(mine, lr=0.05), torch.optim.Adam(theirs, lr=0.05)
+    for step in grads:
+        adam.step(step)
+        for p, grad in zip(theirs, step):
+            p.grad = grad
+        ref.step()
+    for a, b in zip(mine, theirs):
+        assert torch.equal(a, b.detach())
+
+
+def test_maximize_uses_no_torch_optimizer(monkeypatch):
+    """torch.optim's first step imports torch._dynamo (2 to 3 s of a build): `maximize` uses none of its
+    optimizers."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a torch.optim optimizer was built")
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", refuse)
+    model = tiny_cnn().eval()
+    assert maximize(model, class_logit(0), **recipe((1, 3, 8, 8)), steps=2).curve.shape == (2, 1)
