@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from typing import Any, Optional
 
@@ -28,6 +29,30 @@ from .staging import _Held, _held_signals, _Signalled
 # config and path checks come first).
 
 GIGA = 1e9
+
+
+_PREFETCH: Optional[threading.Thread] = None
+
+
+def prefetch_counter() -> None:
+    """Start importing what `count_macs` needs (``torch._dynamo`` and torch's FLOP counter: 2 to 3 s) in a daemon
+    thread, so that the import overlaps the loading and the one pass that come before the count (whose torch
+    kernels release the GIL) instead of adding to the build. `_import_counter_whole` waits for it. An import in a
+    thread is not cut short by a signal (they are raised in the main thread), so it cannot leave the half-initialized
+    modules that `_import_counter_whole` guards against."""
+    global _PREFETCH
+    if _PREFETCH is not None or ("torch._dynamo" in sys.modules and "torch.utils.flop_counter" in sys.modules):
+        return
+
+    def run() -> None:
+        try:
+            import torch._dynamo  # noqa: F401
+            import torch.utils.flop_counter  # noqa: F401
+        except Exception:  # noqa: BLE001 - the main thread's own import then raises it where it is needed
+            pass
+
+    _PREFETCH = threading.Thread(target=run, name="reportgen-import-counter", daemon=True)
+    _PREFETCH.start()
 
 
 def _import_counter_whole() -> None:
@@ -42,6 +67,8 @@ def _import_counter_whole() -> None:
     ("module 'triton.language' has no attribute 'core'"). So a distributed rank that the launcher's SIGTERM reached
     there could fail with that error instead of stopping cleanly, and so could the next torch call in a notebook
     after a Ctrl-C."""
+    if _PREFETCH is not None:
+        _PREFETCH.join()
     if "torch._dynamo" in sys.modules and "torch.utils.flop_counter" in sys.modules:
         return
     _Held.pending = None

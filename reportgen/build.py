@@ -164,7 +164,10 @@ def build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output,
 
 def _build_site(cfg: BuildConfig, chosen: Chosen, folder: Path, output: Output, snapshot: Optional[dict],
                 given: Optional[Given], group: Any = None) -> BuildReport:
+    from .budget import prefetch_counter
+
     t0 = time.perf_counter()
+    prefetch_counter()  # the compute budget's counter, imported while the model loads and the pass runs
     ctx = load(cfg, output, given)
     problems = ctx.images.masks.problems if ctx.images.masks is not None else []
     if group is None or group.rank == 0:  # every rank found the same: rank 0 says it once
@@ -588,6 +591,11 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[
             worker = render_worker.RenderWorker.start()
         except render_worker.WorkerGone as exc:
             _say(output, f"no render worker ({exc}): the figures are drawn in this process")
+    import os as _os, sys as _sys  # TEMP experiment
+    _threads = None
+    if worker is not None and _os.environ.get("_RW_THREADS") == "1":
+        _threads = _sys.modules["torch"].get_num_threads()
+        _sys.modules["torch"].set_num_threads(1)
     done = False
     try:
         for o in outcomes:
@@ -612,6 +620,8 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[
     finally:
         if worker is not None:
             worker.close(kill=not done)  # an error or an interrupt: killed and reaped, nothing left behind
+        if _threads:
+            _sys.modules["torch"].set_num_threads(_threads)
     return entries
 
 
