@@ -454,7 +454,7 @@ def test_a_multilabel_build_from_the_cli(tmp_path, image_folder):
     out = tmp_path / "site"
     result = run("build", "test_tasks:three_heads", "--input-size", "32x32", "--channels", "3", "--images",
                  image_folder, "--task", "multilabel", "--labels", write(tmp_path / "l.csv", "image,a,b,c\n" + rows),
-                 "--class-names", "a,b,c", "--only", "distributions,embeddings", "--out", out)
+                 "--class-names", "a,b,c", "--only", "distributions,embeddings,perceptron", "--out", out)
     assert result.exit_code == 0, result.output
     assert f"1 of {len(names)} images have no labels" in result.output
     manifest = js.loads((out / "manifest.json").read_text())
@@ -464,3 +464,6 @@ def test_a_multilabel_build_from_the_cli(tmp_path, image_folder):
     assert status["embeddings"] == ("not applicable", "it colours its points and scores its neighbours by one "
                                     "predicted class per image; this model's task is multilabel: independent label "
                                     "logits (N, K)")
+    # an image model is told first that it is no 2-D network, not what its task is
+    assert status["perceptron"] == ("not applicable", "the model's first layer is not a Linear(2, n) layer on points "
+                                    "of the plane")

@@ -57,12 +57,16 @@ class Perceptron(Analysis):
     order = 10
     needs_images = False
     Params = PerceptronParams
+    # any task reaches `check`, so that an image model hears the first reason (it is no 2-D network), not its task
+    tasks = EVERY_TASK
 
     def check(self, ctx, params):
         from ..methods.perceptron import find_first_linear2
 
         if find_first_linear2(ctx.model) is None:
             raise NotApplicable("the model's first layer is not a Linear(2, n) layer on points of the plane")
+        if ctx.task != "classify":
+            raise NotApplicable(self.not_for_task(ctx.task))
 
     def run(self, ctx, params, reduced, upstream=NOTHING):
         from ..methods.perceptron import find_first_linear2, hidden_lines, response_grid
