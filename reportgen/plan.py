@@ -168,8 +168,10 @@ def learn_model(loaded: Any, layers: list[str], generator: Any, device: Any = No
         if row is not None and row.out_shape is not None and not row.per_image:
             raise LayerError(f"layer '{name}' does not output one row per image (the model folds positions into the "
                              "batch there): choose another layer (`reportgen layers MODEL` marks these)")
-    cam_layer, reason = default_grad_cam_layer(model, map_layers_from_probe(model, acts, rec.calls, views),
-                                               views, x[:1])
+    candidates = map_layers_from_probe(model, acts, rec.calls, views)
+    if loaded.task == "segment":
+        candidates = without_pixel_classifier(candidates, acts, logits)
+    cam_layer, reason = default_grad_cam_layer(model, candidates, views, x[:1])
     return ModelFacts(layers=rows, selected=list(layers) or default_layers(rows), input_shape=input_shape,
                       penultimate=penultimate_layer(rows),
                       cam=cam_layers_from_probe(acts, rec.calls, fc_inputs, logits),
@@ -191,6 +193,23 @@ def activation_bytes(rows: list[LayerRow]) -> int:
 
     return sum(4 * math.prod(r.out_shape) * max(r.calls, 1) * max(r.batch_rows, 1)
                for r in rows if r.leaf and r.out_shape is not None)
+
+
+def without_pixel_classifier(candidates: list[str], acts: dict, out: Any) -> list[str]:
+    """A segmenter's map layers (in the order they finished) without the trailing ones that output its K class
+    logits (the per-pixel classifier and anything after it). Grad-CAM at the logits themselves only hands back a
+    class's own logit map; pytorch-grad-cam's segmentation tutorial takes the features before the head
+    (``model.backbone.layer4`` of a torchvision DeepLabV3). Unchanged when every map layer has K channels."""
+    from .tasks import _seg_maps
+
+    maps = _seg_maps(out)
+    if maps is None:
+        return candidates
+    k = maps.shape[1]
+    kept = list(candidates)
+    while kept and acts[kept[-1]].dim() == 4 and acts[kept[-1]].shape[1] == k:
+        kept.pop()
+    return kept or candidates
 
 
 def default_grad_cam_layer(model: Any, candidates: list[str], views: dict, probe: Any) -> tuple[Optional[str], str]:
