@@ -324,3 +324,29 @@ def test_colour_bars_drawn_in_one_figure_are_those_drawn_alone():
     imaging.colorbar_png("signed", 250.0)
     imaging.colorbar_png.cache_clear()
     assert imaging.colorbar_png("signed", 0.0123) == alone
+
+
+def test_a_reused_layout_is_the_layout_of_a_fresh_figure():
+    """`charts.constrained_layout` places a figure whose layout signature it has seen where that one went: the PNG
+    is the one a layout of its own gives, for the same decorations with other data (reused) and for other tick
+    labels (laid out anew: the x range, hence the ticks, differ)."""
+    from reportgen.imaging import charts
+
+    imaging._load_plot_kinds()
+
+    def chart(ys, x_end=1.0, title="one"):
+        xs = list(np.linspace(0.0, x_end, len(ys)))
+        return imaging.PLOT_KINDS["lines"]({"x": xs, "series": {"a": ys, "b": ys[::-1]}, "ylim": [0, 1.02],
+                                            "xlabel": "fraction", "ylabel": "probability", "title": title})
+
+    charts._LAYOUTS.clear()
+    imaging.figure_png(chart([0.1, 0.5, 0.9]))
+    stored = dict(charts._LAYOUTS)
+    reused = imaging.figure_png(chart([0.8, 0.2, 0.4], title="two"), layout=True)
+    assert all(charts._LAYOUTS[k] is v for k, v in stored.items()) and len(charts._LAYOUTS) == len(stored)  # reused
+    other = imaging.figure_png(chart([0.8, 0.2, 0.4], x_end=250.0), layout=True)
+    assert len(charts._LAYOUTS) == len(stored) + 1
+    charts._LAYOUTS.clear()
+    assert reused == imaging.figure_png(chart([0.8, 0.2, 0.4], title="two"), layout=True)
+    charts._LAYOUTS.clear()
+    assert other == imaging.figure_png(chart([0.8, 0.2, 0.4], x_end=250.0), layout=True)

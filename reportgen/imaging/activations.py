@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import plot_kind
-from .charts import DPI, LEGEND_MAX, WIDTH, legend_below, new_figure, wrap_label
+from .charts import DPI, LEGEND_MAX, WIDTH, constrained_layout, legend_below, new_figure, wrap_label
 
 # the two classes of a point model and the hidden units' lines must stand out from the grey response surface
 POINT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -64,7 +64,7 @@ def perceptron_strip(data: dict):
     n = len(panels)
     cols = min(n, 3)  # rows of at most 3 panels: each about 1.6 inches wide in the chart's width
     rows = -(-n // cols)
-    fig = Figure(figsize=(WIDTH, 1.85 * rows + 0.45), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(WIDTH, 1.85 * rows + 0.45), dpi=DPI, layout=constrained_layout())
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for ax, panel in zip(axes, panels):
         _perceptron_panel(ax, panel, data, small=True)
@@ -83,7 +83,7 @@ def perceptron_frames(data: dict):
 
     frames = []
     for panel in data["panels"]:
-        fig = Figure(figsize=(3.4, 3.4), dpi=90, layout="constrained")
+        fig = Figure(figsize=(3.4, 3.4), dpi=90, layout=constrained_layout())
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         _perceptron_panel(ax, panel, data)
@@ -169,7 +169,7 @@ def embedding(data: dict):
     panels = data["panels"]
     cols = min(len(panels), 2)
     rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(WIDTH, (WIDTH / cols) * rows + 0.3), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(WIDTH, (WIDTH / cols) * rows + 0.3), dpi=DPI, layout=constrained_layout())
     fig.set_figheight(fig.get_figheight() + _legend_rows(fig, names, labels) + (0.25 if data.get("title") else 0))
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for ax, panel in zip(axes, panels):
@@ -195,7 +195,7 @@ def embedding_strip(data: dict):
     panels = data["panels"]
     cols = min(3, len(panels))  # panels of about 1.6 inches in the chart's width; more layers, more rows
     rows = int(np.ceil(len(panels) / cols))
-    fig = Figure(figsize=(WIDTH, (WIDTH / cols + 0.2) * rows), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(WIDTH, (WIDTH / cols + 0.2) * rows), dpi=DPI, layout=constrained_layout())
     fig.set_figheight(fig.get_figheight() + _legend_rows(fig, names, labels))
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for ax, panel in zip(axes, panels):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -18,8 +19,156 @@ LEGEND_MAX = 24  # a legend lists at most this many entries; more (a 1,000-class
 def new_figure(width: float = WIDTH, height: float = 3.2):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(min(width, WIDTH), height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(min(width, WIDTH), height), dpi=DPI, layout=constrained_layout())
     return fig, fig.add_subplot(1, 1, 1)
+
+
+_LAYOUTS: dict = {}  # layout signature before -> (axes' and suptitle's places, signature after): constrained_layout
+_LAYOUTS_MAX = 64
+
+
+def _text_key(t, renderer, dims: str = "wh") -> tuple:
+    """What of a text's box a layout reads: nothing when hidden or empty, else its width and/or height."""
+    if not t.get_visible() or not t.get_in_layout() or not t.get_text():
+        return ()
+    b = t.get_window_extent(renderer)
+    return tuple(b.width if d == "w" else b.height for d in dims)
+
+
+def _clipped_to(artist, ax) -> bool:
+    """Whether ``artist`` is drawn clipped to the box of ``ax`` (to float rounding: matplotlib's own test,
+    ``_fully_clipped_to_axes``, wants the same bits, and the lines of a line chart clip to a box it computes
+    otherwise), so that its box in a layout never reaches beyond the axes'."""
+    from matplotlib.transforms import TransformedPatchPath
+
+    box, path = artist.get_clip_box(), artist.get_clip_path()
+    return bool(artist.get_clip_on() and box is not None
+                and np.allclose(box.get_points(), ax.bbox.get_points(), rtol=0, atol=1e-6)
+                and (path is None or isinstance(path, TransformedPatchPath) and path._patch is ax.patch))
+
+
+def _layout_signature(fig, renderer):
+    """Everything of ``fig`` that constrained layout reads, as a hashable value; None where the figure holds
+    something this does not describe (colour bars, texts or legends in the axes, sub-figures...), which is then
+    laid out as usual.
+
+    Constrained layout places the axes from the boxes of their decorations relative to each axes (tick labels, axis
+    labels, titles, a figure legend, a suptitle) and nothing else: the drawn ticks (location, label text, font,
+    rotation, alignment), the width of a y label and the height of an x label or a title (their other side does not
+    count in a layout), the figure legend's entries, the figure's size and the axes' grid and current place."""
+    from matplotlib.lines import Line2D
+    from matplotlib.spines import Spine
+
+    if fig.subfigs or fig.images or fig.lines or fig.patches or fig._supxlabel is not None \
+            or fig._supylabel is not None:
+        return None
+    eng = fig.get_layout_engine()
+    key: list = [tuple(fig.get_size_inches()), fig.dpi, tuple(sorted(eng.get().items())) if eng else None]
+    for ax in fig.axes:
+        ss = ax.get_subplotspec()
+        if ss is None or ax._colorbars or ax.get_axes_locator() is not None or ax.child_axes \
+                or not ax.get_in_layout():
+            return None
+        for a in ax.get_default_bbox_extra_artists():
+            if not (isinstance(a, Spine) or a is ax.patch or _clipped_to(a, ax)):
+                return None
+        key.append((ss.get_geometry(), ax.get_visible(), ax.axison, ax._frameon,
+                    tuple(ax.get_position(original=True).bounds), tuple(ax.get_position().bounds),
+                    str(ax.get_aspect()), ax.get_adjustable(), ax.get_box_aspect(), str(ax.get_anchor()),
+                    tuple((n, s.get_visible()) for n, s in ax.spines.items())))
+        if not ax.get_visible():
+            continue
+        for axis in (ax.xaxis, ax.yaxis):
+            ticks = axis._update_ticks() if ax.axison and axis.get_visible() else []
+            drawn = []
+            for t in ticks:
+                labels = tuple((lab.get_visible(), lab.get_text(), hash(lab.get_fontproperties()), lab.get_rotation(),
+                                lab.get_horizontalalignment(), lab.get_verticalalignment(),
+                                lab.get_rotation_mode(), lab.get_linespacing())
+                               for lab in (t.label1, t.label2))
+                drawn.append((float(t.get_loc()), labels, t.tick1line.get_visible(), t.tick2line.get_visible(),
+                              t._size, t.get_pad(), t._tickdir))
+            label = _text_key(axis.label, renderer, "w" if axis is ax.yaxis else "h")
+            key.append((axis.get_visible(), axis.get_scale(), tuple(axis.get_view_interval()) if ticks else None,
+                        axis.get_label_position(), axis.labelpad, label, tuple(drawn),
+                        axis.get_offset_text().get_text(), repr(axis._major_tick_kw), repr(axis._minor_tick_kw)))
+        key.append(tuple(_text_key(t, renderer, "h") for t in (ax.title, ax._left_title, ax._right_title)))
+    for leg in fig.legends:
+        if not leg._outside_loc or not leg.get_visible():
+            return None
+        handles = []
+        for h in leg.legend_handles:
+            if not isinstance(h, Line2D):
+                return None
+            handles.append((h.get_marker(), h.get_markersize(), h.get_linewidth(), h.get_linestyle()))
+        key.append((leg._outside_loc, leg._loc, leg._ncols, leg._fontsize, leg.get_frame_on(),
+                    tuple(t.get_text() for t in leg.texts), tuple(handles)))
+    for t in fig.texts:
+        if t is not fig._suptitle:
+            return None
+        key.append((t.get_position(), t.get_verticalalignment(), getattr(t, "_autopos", None),
+                    _text_key(t, renderer, "h")))
+    return tuple(key)
+
+
+def constrained_layout():
+    """A constrained layout engine that lays out a figure once per content: a figure whose layout signature
+    (`_layout_signature`: what the layout reads) is that of one laid out before gets its axes where that one's went,
+    and is checked to describe the same figure there, instead of the layout's two passes over every tick label
+    (half the time of a chart's PNG). The same positions: the layout is a function of that signature (to float
+    rounding where lines clipped to the axes reach 1e-13 px beyond them); anything else, or a figure the signature
+    does not describe, is laid out as before."""
+    return _engine_class()()
+
+
+def _places(fig) -> tuple:
+    sup = fig._suptitle
+    return ([(ax.get_position(original=True).frozen(), ax.get_position().frozen()) for ax in fig.axes],
+            (sup.get_position(), sup.get_verticalalignment()) if sup is not None else None)
+
+
+def _place(fig, places: tuple) -> None:
+    axes, suptitle = places
+    for ax, (original, active) in zip(fig.axes, axes):
+        ax._set_position(original, which="original")
+        ax._set_position(active, which="active")
+    if suptitle is not None:
+        fig._suptitle.set_position(suptitle[0])
+        fig._suptitle.set_verticalalignment(suptitle[1])
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_class():
+    import warnings
+
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    class ReusedConstrainedLayout(ConstrainedLayoutEngine):
+        def execute(self, fig):
+            renderer = fig._get_renderer()
+            before = _layout_signature(fig, renderer)
+            start = _places(fig)
+            known = _LAYOUTS.get(before) if before is not None else None
+            if known is not None:
+                _place(fig, known[0])
+                if _layout_signature(fig, renderer) == known[1]:
+                    return None
+                _place(fig, start)  # not the same figure after all: lay it out from where it was
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = super().execute(fig)
+            for w in caught:  # as they came (an error where warnings are errors); such a layout is not kept
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if before is not None and not caught:
+                done = _places(fig)
+                after = _layout_signature(fig, renderer)
+                if after is not None:
+                    while len(_LAYOUTS) >= _LAYOUTS_MAX:
+                        del _LAYOUTS[next(iter(_LAYOUTS))]
+                    _LAYOUTS[before] = (done, after)
+            return out
+
+    return ReusedConstrainedLayout
 
 
 def wrap_label(text: str, width: int = 24) -> str:
