@@ -317,6 +317,10 @@ def test_one_draw_gives_savefigs_picture_and_the_layout_of_a_draw_of_its_own():
 def test_colour_bars_drawn_in_one_figure_are_those_drawn_alone():
     """The colour bars share one figure per style (`imaging._colorbar_figure`): a bar drawn after others of both
     styles is byte for byte the bar drawn first in a fresh figure."""
+    import io
+
+    from PIL import Image
+
     imaging.colorbar_png.cache_clear()
     imaging._colorbar_figure.cache_clear()
     alone = imaging.colorbar_png("signed", 0.0123)
@@ -324,6 +328,12 @@ def test_colour_bars_drawn_in_one_figure_are_those_drawn_alone():
     imaging.colorbar_png("signed", 250.0)
     imaging.colorbar_png.cache_clear()
     assert imaging.colorbar_png("signed", 0.0123) == alone
+    # its labels drawn over the bar drawn once without them: the pixels of a whole draw of the figure
+    fig, ax, canvas, _ = imaging._colorbar_figure("signed")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-0.0123", "0", "0.0123"]
+    canvas.draw()
+    with Image.open(io.BytesIO(alone)) as im:
+        assert np.array_equal(np.asarray(im.convert("RGBA")), np.asarray(canvas.buffer_rgba()))
 
 
 def test_a_reused_layout_is_the_layout_of_a_fresh_figure():

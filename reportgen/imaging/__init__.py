@@ -114,35 +114,60 @@ def grid_rgb(item: Grid) -> np.ndarray:
 @functools.lru_cache(maxsize=256)
 def colorbar_png(style: str, vmax: float) -> bytes:
     """A small horizontal colour bar with its end labels, for a signed or heat picture. Cached: the maps of a method
-    drawn on one shared scale all get the same bar (the default report draws 328 bars, 169 of them distinct)."""
-    fig, ax = _colorbar_figure(style)
-    lo = -vmax if style == "signed" else 0.0
-    xs = np.linspace(lo, vmax, 256)[None, :]
-    bar = ax.images[0]
-    bar.set_data(signed_colors(xs, vmax) if style == "signed" else heat_colors(xs, vmax))
-    bar.set_extent((lo, vmax, 0, 1))
-    ax.set_xticks([lo, 0, vmax] if style == "signed" else [0, vmax])
-    labels = ax.set_xticklabels([f"{v:.3g}" for v in ([lo, 0, vmax] if style == "signed" else [0, vmax])],
+    drawn on one shared scale all get the same bar (the default report draws 328 bars, 169 of them distinct).
+
+    Bars of a style differ only by their labels: the bar, its frame and ticks are drawn once per style
+    (`_colorbar_figure`), and each bar puts that picture back and draws its labels on it, the pixels of a whole
+    draw (a third of its time)."""
+    fig, ax, canvas, background = _colorbar_figure(style)
+    # the bar is drawn in units of its limit (-1 or 0 to 1): its ticks stay, their labels say the values
+    labels = ax.set_xticklabels([f"{v:.3g}" for v in ([-vmax, 0, vmax] if style == "signed" else [0, vmax])],
                                 fontsize=7)
     labels[0].set_horizontalalignment("left")  # the end values start and stop with the bar: never cut off
     labels[-1].set_horizontalalignment("right")
-    return figure_png(fig, layout=True)
+    canvas.restore_region(background)
+    renderer = canvas.get_renderer()
+    for tick in ax.xaxis._update_ticks():  # what Axis.draw draws of them, on what it would draw them over
+        tick.label1.draw(renderer)
+    return _canvas_png(canvas, fig, figure_layout(fig, renderer))
 
 
 @functools.lru_cache(maxsize=2)
 def _colorbar_figure(style: str) -> tuple:
-    """The figure and axes `colorbar_png` draws each bar of ``style`` in, made once: making them took 60% of a
-    bar's time, and a bar differs from another only by its image, extent and labels, which it sets."""
+    """The figure, axes and canvas `colorbar_png` draws each bar of ``style`` in, made once, and the bar drawn in it
+    without labels: the colours, frame and tick marks of a bar do not depend on its limit (its ticks are at the
+    ends and the middle)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(1.6, 0.42), dpi=100)  # the size a page shows it at (160 px)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_axes([0.05, 0.55, 0.9, 0.32], label="<colorbar>")  # matplotlib's name for a colour bar's axes
-    ax.imshow(np.zeros((1, 256, 3)), aspect="auto", extent=(0, 1, 0, 1))
+    lo = -1.0 if style == "signed" else 0.0
+    xs = np.linspace(lo, 1.0, 256)[None, :]
+    ax.imshow(signed_colors(xs, 1.0) if style == "signed" else heat_colors(xs, 1.0), aspect="auto",
+              extent=(lo, 1.0, 0, 1))
     ax.set_yticks([])
-    return fig, ax
+    ax.set_xticks([lo, 0, 1.0] if style == "signed" else [0, 1.0])
+    ax.set_xticklabels([""] * len(ax.get_xticks()))
+    canvas.draw()
+    return fig, ax, canvas, canvas.copy_from_bbox(fig.bbox)
+
+
+def _canvas_png(canvas: Any, fig: Any, layout: Optional[dict]) -> bytes:
+    """The pixels of ``canvas`` (drawn) as PNG; ``layout`` (`figure_layout`) in its `LAYOUT_KEY` text chunk."""
+    import matplotlib.image
+
+    metadata: dict = {"Software": None}
+    if layout is not None:
+        metadata[LAYOUT_KEY] = json.dumps(layout, separators=(",", ":"))
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, canvas.buffer_rgba(), format="png", origin="upper", dpi=fig.dpi,
+                            metadata=metadata, pil_kwargs={"compress_level": PNG_LEVEL})
+    return buf.getvalue()
 
 
 def figure_png(fig: Any, layout: bool = False) -> bytes:
@@ -152,18 +177,11 @@ def figure_png(fig: Any, layout: bool = False) -> bytes:
     The figure is drawn once: the boxes are read from the renderer of the draw that made the pixels (what
     ``savefig`` does, less its second draw: it lays the figure out in a draw of its own before the one it prints,
     and `figure_layout` would add a third)."""
-    import matplotlib.image
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()  # the layout engine (constrained) runs first in it, as in savefig
-    metadata: dict = {"Software": None}
-    if layout:
-        metadata[LAYOUT_KEY] = json.dumps(figure_layout(fig, canvas.get_renderer()), separators=(",", ":"))
-    buf = io.BytesIO()
-    matplotlib.image.imsave(buf, canvas.buffer_rgba(), format="png", origin="upper", dpi=fig.dpi,
-                            metadata=metadata, pil_kwargs={"compress_level": PNG_LEVEL})
-    return buf.getvalue()
+    return _canvas_png(canvas, fig, figure_layout(fig, canvas.get_renderer()) if layout else None)
 
 
 def figure_layout(fig: Any, renderer: Any = None) -> dict:
