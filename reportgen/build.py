@@ -634,13 +634,12 @@ def _write_ready(pending: deque, writer: ArtifactWriter, worker: Any, output: Op
         entry, result, prefix, job = pending[0]
         rendered = None
         if job is not None and worker is not None:
+            if len(pending) <= backlog and not worker.ready():
+                break  # not drawn yet: the next analysis runs meanwhile
             try:
-                rendered = worker.take(job, block=len(pending) > backlog)
+                rendered = worker.take(job)  # None: the worker could not read the job; it is drawn here
             except WorkerGone as exc:
                 worker = _worker_stopped(worker, exc, output)
-            else:
-                if rendered is None and len(pending) <= backlog:
-                    break  # not drawn yet: the next analysis runs meanwhile
         pending.popleft()
         _write_outcome(entry, result, prefix, writer, rendered)
     return worker

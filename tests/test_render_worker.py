@@ -10,6 +10,8 @@ import re
 import sys
 from dataclasses import dataclass
 
+import types
+
 import numpy as np
 import pytest
 
@@ -32,9 +34,19 @@ class _Analysis:
         return {"name": self.name, "title": self.name, "section": "s", "summary": "", "paper": "", "paper_url": ""}
 
 
+class _Unreadable(Picture):
+    """A picture whose class the worker cannot import (its module exists only in the test's process)."""
+
+
+_Unreadable.__module__ = "reportgen_test_only"
+sys.modules.setdefault("reportgen_test_only", types.ModuleType("reportgen_test_only")).__dict__["_Unreadable"] = \
+    _Unreadable
+
+
 def outcomes() -> list:
-    """Three analyses' outcomes: every item kind (a picture of each style, with colour bars, a torch tensor among
-    them; a labelled grid with its interactive tiles; a chart; a table with row pictures), and a failed one."""
+    """Four analyses' outcomes: every item kind (a picture of each style, with colour bars, a torch tensor among
+    them; a labelled grid with its interactive tiles; a chart; a table with row pictures), a failed one, and one
+    the worker cannot read (drawn in-process) next to one that cannot be sent (a function in a chart's data)."""
     import torch
 
     rng = np.random.default_rng(0)
@@ -55,7 +67,11 @@ def outcomes() -> list:
               images=[[Picture("p", array=signed, style="signed"), Picture("q", array=-signed, style="signed")]])])
     return [build.Outcome(_Analysis("one"), _Params(), result=first, seconds=1.0),
             build.Outcome(_Analysis("two"), _Params(), "failed", "ValueError: no"),
-            build.Outcome(_Analysis("three"), _Params(2), result=third, seconds=2.0)]
+            build.Outcome(_Analysis("three"), _Params(2), result=third, seconds=2.0),
+            build.Outcome(_Analysis("four"), _Params(), result=Result(items=[
+                _Unreadable("odd", array=signed, style="signed")])),
+            build.Outcome(_Analysis("five"), _Params(), result=Result(items=[
+                Plot("chart", kind="lines", data={"x": [0, 1], "series": {"a": [1, 2]}, "unused": lambda: 0})]))]
 
 
 def written(tmp_path, name: str, outs: list, output=None) -> tuple:
@@ -86,7 +102,7 @@ def in_process(tmp_path, monkeypatch):
 
 def test_worker_writes_the_same_bytes_and_entries_and_imports_no_torch(tmp_path, monkeypatch, capfd, in_process):
     """The worker's files (same order, same bytes) and entries are those drawn in-process; its imports (listed by
-    -X importtime on its stderr) hold matplotlib and no torch; at most MAX_IN_FLIGHT analyses are sent ahead."""
+    -X importtime on its stderr) hold matplotlib and no torch."""
     started = []
     start = render_worker.RenderWorker.start.__func__
 
@@ -100,8 +116,8 @@ def test_worker_writes_the_same_bytes_and_entries_and_imports_no_torch(tmp_path,
     capfd.readouterr()
     files, entries = written(tmp_path, "worker", outcomes(), said)
     imported = {m.group(1) for m in re.finditer(r"^import time:.*\|\s*(\S+)\s*$", capfd.readouterr().err, re.M)}
-    assert len(started) == 1 and started[0].next_seq == 2 and started[0].proc.returncode == 0
-    assert files == in_process[0] and len(files) == 10
+    assert len(started) == 1 and started[0].next_seq == 3 and started[0].proc.returncode == 0
+    assert files == in_process[0] and len(files) == 12
     assert entries == in_process[1]
     assert said.lines == []
     assert "matplotlib" in imported and "reportgen.imaging.charts" in imported

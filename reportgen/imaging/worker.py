@@ -226,6 +226,10 @@ class RenderWorker:
         self.next_seq += 1
         return self.next_seq - 1
 
+    def ready(self) -> bool:
+        """Whether the oldest job not taken yet is answered (or the worker has stopped): `take` returns at once."""
+        return not self.answers.empty()
+
     def take(self, seq: int, block: bool = True) -> Any:
         """Job ``seq``'s ``rendered`` (`render_job`), waiting for it with ``block`` (else None when not here yet:
         jobs are answered in order, so ask for the oldest). Raises `WorkerGone` when the worker stopped first."""
