@@ -289,7 +289,7 @@ class DeletionInsertion(Analysis):
     def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         import torch
 
-        from ..methods.faithfulness import curve_auc, deletion_insertion
+        from ..methods.faithfulness import curve_auc, deletion_insertion_many
         from .influence import mask_scores, nan_mean
 
         result = Result()
@@ -308,19 +308,26 @@ class DeletionInsertion(Analysis):
         curves: dict[str, tuple] = {}
         computed: dict[str, int] = {}
         methods = attribution_methods(ctx, upstream, params)
+        every = []
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
             maps, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream,
                                                  None if tset is None else target)
-            dele, ins = deletion_insertion(ctx.model, inputs, target, maps,
-                                           generator=ctx.generator(f"{self.name}:{a.name}"), **options)
+            every.append(maps)
+        # all-equal maps + random tie-breaking = a random pixel order per image: the baseline every map must beat
+        every.append(torch.zeros(n, h, w))
+        # every method's curves and the baseline's in one stream of batches, sharing the copies all of them start or
+        # end with (the image, its blurred copy, the filled image)
+        pairs = deletion_insertion_many(
+            ctx.model, inputs, target, every, **options,
+            generators=[*(ctx.generator(f"{self.name}:{a.name}") for a, _ in methods),
+                        ctx.generator(f"{self.name}:random")])
+        for (a, _), maps, (dele, ins) in zip(methods, every, pairs):
             row = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
             if masks is not None and tuple(maps.shape[-2:]) == (h, w) == tuple(masks.size):
                 mass, hit = mask_scores(np.clip(maps.numpy(), 0, None), [masks.get(i) for i in images])
                 row.update(mass=mass, hit=hit)
             rows[a.name], curves[a.name] = row, (a, dele.numpy(), ins.numpy())
-        # all-equal maps + random tie-breaking = a random pixel order per image: the baseline every map must beat
-        dele, ins = deletion_insertion(ctx.model, inputs, target, torch.zeros(n, h, w),
-                                       generator=ctx.generator(f"{self.name}:random"), **options)
+        dele, ins = pairs[-1]
         random = {"deletion": curve_auc(dele).numpy(), "insertion": curve_auc(ins).numpy()}
         random_curves = (dele.numpy().mean(axis=0), ins.numpy().mean(axis=0))
         has_masks = any("mass" in r for r in rows.values())
@@ -455,7 +462,7 @@ class RandomizationTest(Analysis):
     def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         import torch
 
-        from ..methods.faithfulness import cascade_layers, edge_map, randomization_test
+        from ..methods.faithfulness import cascade_layers, edge_map, randomization_tests
         from ..methods.targets import select_target
 
         result = Result()
@@ -472,7 +479,7 @@ class RandomizationTest(Analysis):
         seed = int(ctx.rng(self.name).integers(2**31))
         methods = attribution_methods(ctx, upstream, params)
         twin = copy.deepcopy(ctx.model)  # the cost probe's counting hook goes on a copy, never on the user's model
-        runs, left_out, computed = {}, [], {}
+        left_out, computed, checked = [], {}, []
         for a, opts in ctx.iterate(methods, length=len(methods), label=self.name):
             first = None if call is None else select_target(call, torch.tensor([0]))
             if a.name not in params.methods and too_costly(a, ctx, twin, inputs[:1], images[:1], targets[:1], opts,
@@ -485,11 +492,14 @@ class RandomizationTest(Analysis):
                 return method_maps(_a, ctx, model, x, images, targets if call is not None else t, _o, call)
 
             original, computed[a.name] = report_maps(ctx, a, opts, images, targets, upstream, call)
-            runs[a.name] = (a, randomization_test(ctx.model, inputs, target, attribute, layers=layers, seed=seed,
-                                                  original=original))
+            checked.append((a, attribute, original))
         del twin
-        control = randomization_test(ctx.model, inputs, targets, lambda m, x, t: edge_map(x), layers=layers,
-                                     seed=seed)
+        # one cascade for every method and the control (each step's layers re-initialized once, every map after it)
+        tests = randomization_tests(ctx.model, inputs, target,
+                                    [*(f for _, f, _ in checked), lambda m, x, t: edge_map(x)], layers=layers,
+                                    seed=seed, originals=[*(o for _, _, o in checked), None])
+        runs = {a.name: (a, r) for (a, _, _), r in zip(checked, tests)}
+        control = tests[-1]
 
         def verdict(rho: float) -> str:
             return "pass" if rho <= params.threshold else "fail"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -136,18 +136,79 @@ def deletion_insertion(model: nn.Module, inputs: torch.Tensor, target: Target, m
                        steps: int = 32, fill: float = 0.0, blur_sigma: float = 0.05, batch_size: int = 64,
                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`deletion_curve` and `insertion_curve` of the same maps with the same tie-breaking order: two
-    (N, steps + 1) probability tensors. The copies of both go through the model in shared batches."""
+    (N, steps + 1) probability tensors. The copies of both go through the model in shared batches
+    (`deletion_insertion_many` of one map set)."""
+    return deletion_insertion_many(model, inputs, target, [maps], steps=steps, fill=fill, blur_sigma=blur_sigma,
+                                   batch_size=batch_size, generators=[generator])[0]
+
+
+def deletion_insertion_many(model: nn.Module, inputs: torch.Tensor, target: Target, maps: Sequence[torch.Tensor],
+                            *, steps: int = 32, fill: float = 0.0, blur_sigma: float = 0.05, batch_size: int = 64,
+                            generators: Sequence[torch.Generator | None] | None = None
+                            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`deletion_insertion` of several map sets of the same images (each (N, h, w), e.g. one per attribution
+    method; ``generators``: the tie-breaking generator of each, default None each): a (deletion, insertion) pair of
+    (N, steps + 1) probabilities per map set, each what `deletion_insertion` returns for it alone.
+
+    The copies of all map sets go through the model together, ``batch_size`` at a time, and the three copies that
+    every map set's curves share go through once per image, not once per map set: the image (deletion's first
+    point, insertion's last), its blurred copy (insertion's first) and the all-``fill`` image (deletion's last).
+    With M map sets that is N (3 + 2 M (steps - 1)) images instead of 2 M N (steps + 1) (at 17 points, 11% fewer).
+    """
     _check_inputs(inputs)
-    if maps.dim() != 3 or maps.shape[0] != inputs.shape[0]:
-        raise ValueError(f"maps {tuple(maps.shape)} for {inputs.shape[0]} images: give one (h, w) map per image")
-    n = inputs.shape[0]
-    ranks = pixel_order(maps, tuple(inputs.shape[-2:]), generator)
+    maps = list(maps)
+    generators = [None] * len(maps) if generators is None else list(generators)
+    if not maps or len(generators) != len(maps):
+        raise ValueError(f"give one generator per map set: {len(maps)} map sets, {len(generators)} generators")
+    for m in maps:
+        if m.dim() != 3 or m.shape[0] != inputs.shape[0]:
+            raise ValueError(f"maps {tuple(m.shape)} for {inputs.shape[0]} images: give one (h, w) map per image")
+    n, _, h, w = inputs.shape
+    counts = torch.tensor(step_counts(h * w, steps), device=inputs.device)  # checks steps >= 1
     targets = resolve_target(target, n, inputs.device)
-    curves = _curves(model, torch.cat([inputs, gaussian_blur(inputs, blur_sigma)]),
-                     torch.cat([torch.full_like(inputs, fill), inputs]),
-                     select_target(targets, torch.arange(n).repeat(2)),
-                     torch.cat([ranks, ranks]), steps, batch_size)
-    return curves[:n], curves[n:]
+    starts = torch.cat([inputs, gaussian_blur(inputs, blur_sigma)])  # row k * n + i: curve k (0 deletion) of image i
+    ends = torch.cat([torch.full_like(inputs, fill), inputs])
+    image = torch.arange(n)
+    # the shared copies first, as (map set 0, curve, image, step) rows: the image, its blurred copy, the filled image
+    shared = torch.cat([torch.stack([torch.zeros_like(image), torch.full_like(image, k), image,
+                                     torch.full_like(image, j)], dim=1) for k, j in ((0, 0), (1, 0), (0, steps))])
+    # then every map set's own steps, map set by map set (so a batch needs the pixel order of one or two sets)
+    own = torch.cartesian_prod(torch.arange(len(maps)), torch.arange(2), image, torch.arange(1, steps)).view(-1, 4)
+    jobs = torch.cat([shared, own])
+    scores = torch.empty(len(jobs))
+    ranks: dict[int, torch.Tensor] = {}  # each map set's pixel order (`pixel_order`) while its copies are made
+    drawn: set[int] = set()
+    size = (h, w)
+    with torch.no_grad():
+        for a in range(0, len(jobs), batch_size):
+            chunk = jobs[a:a + batch_size]
+            sets = chunk[:, 0].unique_consecutive().tolist()
+            for s in list(ranks):
+                if s < sets[0]:
+                    del ranks[s]
+            parts = []
+            for s in sets:
+                if s not in ranks:
+                    ranks[s] = pixel_order(maps[s], size, generators[s]).to(inputs.device).view(n, 1, h, w)
+                    drawn.add(s)
+                rows = chunk[chunk[:, 0] == s].to(inputs.device)
+                k, i, j = rows[:, 1], rows[:, 2], rows[:, 3]
+                moved = ranks[s][i] < counts[j].view(-1, 1, 1, 1)
+                parts.append(torch.where(moved, ends[k * n + i], starts[k * n + i]))
+            copies = parts[0] if len(parts) == 1 else torch.cat(parts)
+            out = model(copies)
+            scores[a:a + len(chunk)] = target_scores(out, select_target(targets, chunk[:, 2].to(inputs.device)),
+                                                     score="prob").float().cpu()
+    for s in range(len(maps)):  # with steps = 1 no copy needs an order: draw it anyway, as each generator expects
+        if s not in drawn:
+            pixel_order(maps[s], size, generators[s])
+    probs = torch.empty(len(maps), 2, n, steps + 1)
+    probs[own[:, 0], own[:, 1], own[:, 2], own[:, 3]] = scores[len(shared):]
+    whole, blurred, filled = scores[:len(shared)].view(3, n)
+    probs[:, 0, :, 0] = probs[:, 1, :, steps] = whole
+    probs[:, 1, :, 0] = blurred
+    probs[:, 0, :, steps] = filled
+    return [(p[0], p[1]) for p in probs]
 
 
 def curve_auc(curves: torch.Tensor) -> torch.Tensor:
@@ -181,13 +242,22 @@ def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks (N, P) float64 of each row, ties given their average rank (as Spearman's coefficient needs)."""
-    out = torch.empty(x.shape, dtype=torch.float64)
-    for i, row in enumerate(x.detach().double().cpu()):
-        _, inverse, counts = torch.unique(row, sorted=True, return_inverse=True, return_counts=True)
-        first = torch.cumsum(counts, 0) - counts  # rank of the first element of each group of ties
-        out[i] = (first + (counts - 1) / 2.0)[inverse]
-    return out
+    """Ranks (N, P) float64 of each row, ties given their average rank (as Spearman's coefficient needs): each
+    row sorted once, a run of equal values spanning sorted positions first..last ranked (first + last) / 2, all rows
+    at once (the rank of the first of ``c`` ties is exact, and so is the half-integer first + (c - 1) / 2)."""
+    v = x.detach().double().cpu()
+    n, p = v.shape
+    if p == 0:
+        return v.clone()
+    ordered, where = v.sort(dim=1)
+    pos = torch.arange(p).expand(n, p)
+    starts = torch.ones(n, p, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]  # a new run of equal values begins here
+    ends = torch.ones(n, p, dtype=torch.bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, pos, 0).cummax(dim=1).values
+    last = torch.where(ends, pos, p).flip(1).cummin(dim=1).values.flip(1)
+    return torch.empty_like(v).scatter_(1, where, first + (last - first).double() / 2.0)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -347,23 +417,47 @@ def randomization_test(model: nn.Module, inputs: torch.Tensor, target: Target, a
     trained model's predicted classes). ``original`` (N, h, w): the trained model's maps when already computed
     (a report passes the maps its method pages show), else computed here. Returns a `Randomization`.
     """
+    return randomization_tests(model, inputs, target, [attribute], layers=layers, seed=seed,
+                               originals=[original])[0]
+
+
+def randomization_tests(model: nn.Module, inputs: torch.Tensor, target: Target, attributes: Sequence[Attribute], *,
+                        layers: list[tuple[str, ...] | str] | None = None, seed: int = 0,
+                        originals: Sequence[torch.Tensor | None] | None = None) -> list[Randomization]:
+    """`randomization_test` of several methods (``attributes``, with their ``originals``, None = computed here)
+    through one cascade: a `Randomization` per method, each what `randomization_test` returns for it alone.
+
+    The cascade runs once: one deep copy, each step's modules re-initialized once (the same seeds), then every
+    method's maps recomputed on it, rather than a copy and a cascade per method. The similarities of all steps are
+    computed together at the end.
+    """
     _check_inputs(inputs)
+    attributes = list(attributes)
+    originals = [None] * len(attributes) if originals is None else list(originals)
+    if len(originals) != len(attributes):
+        raise ValueError(f"{len(attributes)} methods and {len(originals)} original map sets: give one per method")
     targets = resolve_target(target, inputs.shape[0], inputs.device)
-    original = (attribute(model, inputs, targets) if original is None else original).detach().float().cpu()
+    originals = [(attribute(model, inputs, targets) if o is None else o).detach().float().cpu()
+                 for attribute, o in zip(attributes, originals)]
     twin = copy.deepcopy(model)
     cascade = [(s,) if isinstance(s, str) else tuple(s) for s in layers] if layers is not None else \
         cascade_layers(model, inputs)
     if not cascade:
         raise ValueError("the model has no parameters to randomize")
-    maps, rho, sim = [], [], []
+    maps: list[list[torch.Tensor]] = [[] for _ in attributes]
     for k, step in enumerate(cascade):
         for j, name in enumerate(step):
             reinitialize(twin.get_submodule(name), seed * 1_000_003 + k * 101 + j)
-        m = attribute(twin, inputs, targets).detach().float().cpu()
-        maps.append(m)
-        rho.append(spearman(original.abs(), m.abs()))
-        sim.append(ssim(original, m))
-    return Randomization(cascade, original, torch.stack(maps), torch.stack(rho), torch.stack(sim))
+        for m, attribute in enumerate(attributes):
+            maps[m].append(attribute(twin, inputs, targets).detach().float().cpu())
+    out = []
+    for original, steps in zip(originals, maps):
+        stacked = torch.stack(steps)  # (S, N, h, w)
+        flat, before = stacked.flatten(0, 1), original.expand_as(stacked).flatten(0, 1)
+        shape = stacked.shape[:2]
+        out.append(Randomization(cascade, original, stacked, spearman(before.abs(), flat.abs()).view(shape),
+                                 ssim(before, flat).view(shape)))
+    return out
 
 
 class TooManyPasses(RuntimeError):

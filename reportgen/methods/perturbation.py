@@ -98,9 +98,11 @@ def rise_expand(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]
     # resize with reflected edges, which differs only within half a cell of the upsampled grid's border
     up = torch.nn.functional.interpolate(grids[:, None], size=((ch + 1) * cell_h, (cw + 1) * cell_w),
                                          mode="bilinear", align_corners=False)[:, 0]
-    rows = shifts[:, 0:1].to(up.device) + torch.arange(h, device=up.device)  # (n, H)
-    cols = shifts[:, 1:2].to(up.device) + torch.arange(w, device=up.device)  # (n, W)
-    return up[torch.arange(n, device=up.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    # every H x W window of the upsampled grids as a strided view (n, rows, cols, H, W), each mask's picked by its
+    # shift: a copy of the crop, 2-3x cheaper than indexing every pixel with three broadcast index tensors
+    windows = up.unfold(1, h, 1).unfold(2, w, 1)
+    at = shifts.to(up.device)
+    return windows[torch.arange(n, device=up.device), at[:, 0], at[:, 1]]
 
 
 def rise_masks(n: int, size: tuple[int, int], *, cells: int | tuple[int, int] = 7, p: float = 0.5,
