@@ -360,3 +360,27 @@ def test_a_reused_layout_is_the_layout_of_a_fresh_figure():
     assert reused == imaging.figure_png(chart([0.8, 0.2, 0.4], title="two"), layout=True)
     charts._LAYOUTS.clear()
     assert other == imaging.figure_png(chart([0.8, 0.2, 0.4], x_end=250.0), layout=True)
+
+
+def test_figures_that_share_a_renderer_draw_as_with_their_own():
+    """`imaging.agg_canvas` gives figures of one size one renderer (and its text caches): a chart drawn after
+    another of its size has the pixels of one drawn on a renderer of its own."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    imaging._load_plot_kinds()
+
+    def chart(label):
+        return imaging.PLOT_KINDS["histogram"]({"edges": np.linspace(-2, 3, 31), "xlabel": label,
+                                                "counts": np.exp(-np.linspace(-2, 3, 30) ** 2) * 1e4})
+
+    imaging.figure_png(chart("x² (other text, other measures)"))
+    shared = imaging.figure_png(chart("activation"))
+    own = chart("activation")
+    FigureCanvasAgg(own)
+    buf = io.BytesIO()
+    own.savefig(buf, format="png", dpi=own.dpi)
+    with Image.open(io.BytesIO(shared)) as a, Image.open(buf) as b:
+        assert a.size == b.size and np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(b.convert("RGBA")))

@@ -170,6 +170,41 @@ def _canvas_png(canvas: Any, fig: Any, layout: Optional[dict]) -> bytes:
     return buf.getvalue()
 
 
+_RENDERERS: dict = {}  # (width, height, dpi) -> an Agg renderer that the figures of that size share (agg_canvas)
+
+
+def agg_canvas(fig: Any) -> Any:
+    """``fig``'s Agg canvas, made on first use with a renderer shared by every figure of its size and dpi: the
+    text measures matplotlib caches per renderer (tick labels, titles, mathtext's parse of "10^{3}") then serve
+    every chart, not one. A draw clears the renderer first, so a figure's pixels are those of a renderer of its
+    own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if isinstance(fig.canvas, FigureCanvasAgg):
+        return fig.canvas
+    return _shared_canvas_class()(fig)
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_canvas_class() -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+
+    class SharedRendererCanvas(FigureCanvasAgg):
+        def get_renderer(self):
+            w, h = self.get_width_height(physical=True)
+            key = (w, h, self.figure.dpi)
+            if self._lastKey != key:
+                if key not in _RENDERERS:
+                    while len(_RENDERERS) >= 8:
+                        del _RENDERERS[next(iter(_RENDERERS))]
+                    _RENDERERS[key] = RendererAgg(w, h, self.figure.dpi)
+                self.renderer = _RENDERERS[key]
+                self._lastKey = key
+            return self.renderer
+
+    return SharedRendererCanvas
+
+
 def figure_png(fig: Any, layout: bool = False) -> bytes:
     """``fig`` as PNG at its own dpi; with ``layout``, the boxes of what it drew (`figure_layout`) in the PNG's
     `LAYOUT_KEY` text chunk.
@@ -177,9 +212,7 @@ def figure_png(fig: Any, layout: bool = False) -> bytes:
     The figure is drawn once: the boxes are read from the renderer of the draw that made the pixels (what
     ``savefig`` does, less its second draw: it lays the figure out in a draw of its own before the one it prints,
     and `figure_layout` would add a third)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas = agg_canvas(fig)
     canvas.draw()  # the layout engine (constrained) runs first in it, as in savefig
     return _canvas_png(canvas, fig, figure_layout(fig, canvas.get_renderer()) if layout else None)
 
@@ -191,9 +224,7 @@ def figure_layout(fig: Any, renderer: Any = None) -> dict:
     on the data: counts in cells), and "font_px" (the smallest text's size). ``renderer``: that of a draw just
     made (`figure_png`'s); without it the figure is laid out in a draw of its own that renders nothing."""
     if renderer is None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        canvas = agg_canvas(fig)
         fig.draw_without_rendering()
         renderer = canvas.get_renderer()
     height = fig.bbox.height

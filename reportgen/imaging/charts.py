@@ -185,10 +185,9 @@ def wrap_label(text: str, width: int = 24) -> str:
 
 
 def _renderer(fig):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from . import agg_canvas
 
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    return canvas.get_renderer()
+    return agg_canvas(fig).get_renderer()
 
 
 def _lay_out(fig) -> None:
