@@ -10,7 +10,14 @@ zoo is not importable), 64x64 inputs:
 3. `adversarial`: 8 images, 50 l2 steps without stopping early;
 4. `random_sphere`: 2 images x 1000 points, batch 500.
 
-Prints the best of ``--repeat`` wall-clock runs per row, and per step where it applies.
+Prints the best of ``--repeat`` wall-clock runs per row, and per step where it applies; the first row is the
+first `maximize` call of the process (lazy imports included: torch.optim.Adam's construction imports
+torch._dynamo, 2 to 3 s, which `maximize`'s own Adam avoids), with whether torch._dynamo got imported.
+
+``--analyses``: instead, the default build's context (zoo shapes-cnn, 1,000 images: load, plan, the one pass,
+settle) and then class-max, unit-max, deepdream and adversarial with their default settings, each timed in CPU
+seconds (``time.process_time``) and wall seconds; with ``--threads 1`` the CPU seconds are the least disturbed by
+other work on the machine. Note that the build's settle step may import torch._dynamo itself (the FLOP counter).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections import OrderedDict
 
 import torch
@@ -70,16 +78,46 @@ def recipe(shape, generator, **settings) -> dict:
     return dict(param=param, transforms=transforms, edits=standard_edits(fourier=settings.get("fourier", False)))
 
 
+def default_analyses() -> None:
+    """The default build up to its analyses, then the four optimized ones, each timed (CPU and wall seconds)."""
+    from reportgen import build as B
+    from reportgen.config import load_config
+    from reportgen.console import Output
+
+    names = ["class-max", "unit-max", "deepdream", "adversarial"]
+    cfg = load_config(None, out="/tmp/bench-optimize-unused", only=names)
+    chosen = B.choose_analyses(cfg)
+    ctx = B.load(cfg, Output(silent=True))
+    plan = B.make_plan(ctx, chosen)
+    ctx.predictions = B.forward_pass(ctx, plan.reducers, None)
+    ctx.samples = B.pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
+    B.settle(ctx, chosen, plan)
+    print(f"default build's context: {cfg.max_images} images; torch {torch.__version__}; "
+          f"{torch.get_num_threads()} threads")
+    for a in plan.order:
+        cpu, wall = time.process_time(), time.perf_counter()
+        (outcome,) = B.analyse(ctx, [a], plan)
+        print(f"{a.name:12s} {time.process_time() - cpu:7.2f} s CPU {time.perf_counter() - wall:7.2f} s wall "
+              f"({outcome.status})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--analyses", action="store_true", help="time the default build's optimized analyses")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.analyses:
+        return default_analyses()
     model, desc, last_conv = shapes_cnn()
     print(f"model: {desc}; torch {torch.__version__}; {torch.get_num_threads()} threads")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    start = time.perf_counter()
+    maximize(model, class_logit(0), **recipe((1, 3, 64, 64), g()), steps=1)
+    print(f"{'first maximize call (lazy imports)':36s} {time.perf_counter() - start:7.2f} s  "
+          f"(torch._dynamo imported: {'torch._dynamo' in sys.modules})")
     x8 = torch.randn(8, 3, 64, 64, generator=g())
     classes = class_logit(list(range(8)))
     priors = dict(fourier=True, fourier_decay=1.5, grey=True, window=0.8, scale_jitter=0.2, rotate=45)
