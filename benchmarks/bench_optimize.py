@@ -92,7 +92,7 @@ def default_analyses() -> None:
     ctx.predictions = B.forward_pass(ctx, plan.reducers, None)
     ctx.samples = B.pick_samples(ctx.predictions.indices, ctx.predictions.labels, cfg.samples, ctx.rng("samples"))
     B.settle(ctx, chosen, plan)
-    print(f"default build's context: {cfg.max_images} images; torch {torch.__version__}; "
+    print(f"default build's context: {len(ctx.predictions.indices)} images; torch {torch.__version__}; "
           f"{torch.get_num_threads()} threads")
     for a in plan.order:
         cpu, wall = time.process_time(), time.perf_counter()
