@@ -16,6 +16,11 @@ images resized). On the first ``--images`` images, for every attribution method 
 each in seconds per sample image: the extra seconds per sample image per method that the two checks cost. Methods
 named in ``--no-maps`` are only counted (passes, from one map of one image on a copy), not timed. Prints the load
 average before and after (the machine may be shared). CPU threads: torch's default unless ``--threads``.
+
+``--together``: instead, the two checks as the report runs them, every method at once (`deletion_insertion_many`
+of all methods' maps and the random order; `randomization_tests`, one cascade for the methods within
+``max_passes`` and the edge control), each ``--repeats`` times, in CPU seconds (``time.process_time``: on a shared
+machine, run with ``OMP_NUM_THREADS=1 --threads 1``) and wall seconds, with the images sent through the model.
 """
 
 from __future__ import annotations
@@ -87,9 +92,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-maps", default="", help="comma-separated methods to count only, not time")
+    parser.add_argument("--together", action="store_true", help="time the two checks over all methods at once")
+    parser.add_argument("--repeats", type=int, default=2, help="with --together: runs of each check")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.together:
+        together(args)
+        return
     from reportgen.analyses.faithfulness import (
         DeletionParams,
         RandomizationParams,
@@ -147,6 +157,64 @@ def main() -> None:
           f"{total[2] / n:>10.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f} (before {load_before[0]:.1f}); "
           f"total {time.perf_counter() - t0:.0f} s")
+
+
+def together(args: argparse.Namespace) -> None:
+    """The two checks over every method at once, as the report runs them (``--together``)."""
+    from reportgen.analyses.faithfulness import (
+        DeletionParams,
+        RandomizationParams,
+        attribution_methods,
+        method_maps,
+        predicted,
+        too_costly,
+    )
+    from reportgen.methods.faithfulness import (
+        cascade_layers,
+        deletion_insertion_many,
+        edge_map,
+        randomization_tests,
+    )
+
+    ctx, plan = context(args.model, args.images)
+    inputs, targets, bs = ctx.sample_inputs(), predicted(ctx, ctx.samples), ctx.config.batch_size
+    images, n = ctx.samples, len(ctx.samples)
+    dp, rp = DeletionParams(), RandomizationParams()
+    methods = attribution_methods(ctx, plan.upstream("deletion-insertion"), dp)
+    start = time.process_time()
+    maps = [method_maps(a, ctx, ctx.model, inputs, images, targets, o) for a, o in methods]
+    maps.append(torch.zeros(n, *inputs.shape[-2:]))  # the random order
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, {n} images "
+          f"{inputs.shape[-2]}x{inputs.shape[-1]}; the maps of {len(methods)} methods: "
+          f"{time.process_time() - start:.1f} CPU s; load average {os.getloadavg()[0]:.1f}")
+    k = min(rp.images, n)
+    layers = cascade_layers(ctx.model, inputs, rp.steps)
+    twin = copy.deepcopy(ctx.model)
+    cheap = [(a, o, m[:k]) for (a, o), m in zip(methods, maps)
+             if not too_costly(a, ctx, twin, inputs[:1], images[:1], targets[:1], o, rp.max_passes)]
+
+    def curves() -> None:
+        gens = [torch.Generator().manual_seed(j) for j in range(len(maps))]
+        deletion_insertion_many(ctx.model, inputs, targets, maps, steps=dp.steps, fill=dp.fill,
+                                blur_sigma=dp.blur, batch_size=bs, generators=gens)
+
+    def cascade() -> None:
+        attributes = [lambda model, x, t, _a=a, _o=o: method_maps(_a, ctx, model, x, images[:k], t, _o)
+                      for a, o, _ in cheap]
+        randomization_tests(ctx.model, inputs[:k], targets[:k], [*attributes, lambda model, x, t: edge_map(x)],
+                            layers=layers, seed=0, originals=[*(m for _, _, m in cheap), None])
+
+    copies = n * (3 + 2 * len(maps) * (dp.steps - 1))  # the shared copies once per image (deletion_insertion_many)
+    for name, fn, what in (("deletion-insertion", curves, f"{len(maps)} map sets x {n} images, {dp.steps} steps: "
+                                                          f"{copies} images through the model"),
+                           ("randomization-test", cascade, f"{len(cheap)} methods + the control x {k} images, "
+                                                           f"{len(layers)} steps")):
+        for _ in range(args.repeats):
+            cpu, wall = time.process_time(), time.perf_counter()
+            fn()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            print(f"  {name:<20} {cpu:6.2f} CPU s {wall:6.2f} wall s  ({what})")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
