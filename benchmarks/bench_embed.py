@@ -15,6 +15,18 @@ times the embeddings analysis per layer on a zoo model's real features instead (
 kept as the analysis keeps them: a seeded reservoir sample, maps pooled to at most 4096 numbers): PCA, t-SNE and
 k-NN seconds per layer. Shipped weights when present, else seeded random ones (t-SNE time hardly depends on them).
 Wall times depend on what else runs on the machine; CPU seconds (``/usr/bin/time``) are steadier.
+
+    python benchmarks/bench_embed.py --dump /tmp/emb.npz      # one default build (reportgen build), ~70 s idle
+    python benchmarks/bench_embed.py --features /tmp/emb.npz [--baseline OLD_embed.py] [--repeat 2]
+
+``--dump`` runs the default build once and saves the features the embeddings analysis hands to ``embed_layers``
+(1,000 images x 7 layers of shapes-cnn), its labels and its k-NN seed. ``--features`` then times the analysis's
+parts on them: CPU seconds (``time.process_time``) of the PCA eigendecomposition, the t-SNE affinities, the
+t-SNE iterations and the k-NN accuracy, on one thread (BLAS, OpenMP and torch), and the wall seconds of
+``embed_layers(pca=True)`` with its two worker threads. ``--baseline`` (a copy of an older ``embed.py``, e.g.
+``git show REV:reportgen/methods/embed.py > /tmp/old.py``) times that version alternately with this one and
+compares their results: the final KL divergence and the trustworthiness (10 neighbours) of each layer's t-SNE,
+the largest difference of the PCA panels and the k-NN accuracies.
 """
 
 from __future__ import annotations
@@ -95,6 +107,114 @@ def bench_zoo(name: str, points: int, repeat: int) -> None:
     print(f"t-SNE total {total:.2f} s over {len(feats)} layers, {total / len(feats):.2f} s per layer")
 
 
+def dump_default_build(path: str) -> None:
+    """Run ``reportgen build`` (the default build) with `embed_layers` and `knn_accuracy` wrapped to save what the
+    embeddings analysis gives them."""
+    import tempfile
+
+    import reportgen.analyses.activations as analysis
+    from reportgen.cli import main as cli
+
+    saved: dict = {}
+    real_layers, real_knn = analysis.embed_layers, analysis.knn_accuracy
+
+    def layers(feats, *args, **kwargs):
+        saved.setdefault("feats", {key: np.array(value) for key, value in feats.items()})
+        return real_layers(feats, *args, **kwargs)
+
+    def knn(features, labels, **kwargs):
+        saved.setdefault("labels", np.array(labels))
+        saved.setdefault("seed", kwargs["seed"])
+        saved.setdefault("knn", []).append(real_knn(features, labels, **kwargs))
+        return saved["knn"][-1]
+
+    analysis.embed_layers, analysis.knn_accuracy = layers, knn
+    with tempfile.TemporaryDirectory() as out:
+        cli(["build", "-o", os.path.join(out, "site")], standalone_mode=False)
+    np.savez(path, labels=saved["labels"], seed=saved["seed"], knn=np.array(saved["knn"]),
+             **{f"f:{key}": value for key, value in saved["feats"].items()})
+    print(f"saved {len(saved['feats'])} layers to {path}; k-NN {np.round(saved['knn'], 4).tolist()}")
+
+
+def _load_baseline(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reportgen.methods._embed_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kl(p, y) -> float:
+    """KL(P || Q) of a t-SNE map y (N, 2) for the input affinities p (N, N), in float64."""
+    import torch
+
+    p = p.double()
+    y = torch.as_tensor(y).double()
+    w = 1.0 / (1.0 + torch.cdist(y, y) ** 2)
+    w.fill_diagonal_(0.0)
+    q = w / w.sum()
+    mask = p > 0
+    return float((p[mask] * torch.log(p[mask] / q[mask])).sum())
+
+
+def bench_features(path: str, baseline: str | None, repeat: int) -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    data = np.load(path)
+    feats = {key[2:]: data[key] for key in data.files if key.startswith("f:")}
+    labels, seed = data["labels"], int(data["seed"])
+    versions = {"this": embed_mod}
+    if baseline:
+        versions = {"baseline": _load_baseline(baseline), "this": embed_mod}
+    cpu = {name: {} for name in versions}
+    out = {name: {} for name in versions}
+    lr = max(len(labels) / embed_mod.EARLY_EXAGGERATION / 4, 50.0)
+
+    def clock(name: str, part: str, fn):
+        best, result = float("inf"), None
+        for _ in range(repeat):
+            start = time.process_time()
+            result = fn()
+            best = min(best, time.process_time() - start)
+        cpu[name][part] = cpu[name].get(part, 0.0) + best
+        return result
+
+    print(f"features={path} layers={len(feats)} points={len(labels)} load={os.getloadavg()[0]:.1f} repeat={repeat}")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1), torch.no_grad():
+            for key, x in feats.items():
+                for name, mod in versions.items():  # alternately, so that a change of load hits both alike
+                    clock(name, "PCA scores", lambda: mod._pca_scores(x, mod.TSNE_PCA_DIM))
+                    p, init, pca = clock(name, "affinities (incl. PCA)", lambda: mod._tsne_inputs(x, 30.0))
+                    y = clock(name, "t-SNE iterations", lambda: mod._tsne_optimize(p, init, lr, mod.TSNE_ITERS,
+                                                                                  mod.TSNE_EARLY_ITERS))
+                    acc = clock(name, "k-NN accuracy", lambda: mod.knn_accuracy(x, labels, k=5, seed=seed))
+                    out[name][key] = (p, y.numpy(), pca, acc)
+    finally:
+        torch.set_num_threads(torch_threads)
+    for name in versions:
+        print(f"{name:>9} CPU s, 1 thread: " + ", ".join(f"{part} {s:.2f}" for part, s in cpu[name].items()))
+    for name, mod in versions.items():
+        seconds, _ = timed(lambda: mod.embed_layers(feats, 30.0, seed, n_jobs=2, pca=True), repeat)
+        print(f"{name:>9} embed_layers(pca=True), 2 worker threads: {seconds:.2f} s wall")
+    if baseline:
+        from sklearn.manifold import trustworthiness
+
+        print(f"{'layer':>16} {'KL before':>9} {'KL after':>9} {'trust before':>12} {'trust after':>11} "
+              f"{'PCA max|diff|/range':>19} {'k-NN before':>11} {'k-NN after':>10}")
+        for key, x in feats.items():
+            (p0, y0, pca0, a0), (p1, y1, pca1, a1) = out["baseline"][key], out["this"][key]
+            t0, t1 = (trustworthiness(x, y, n_neighbors=10) for y in (y0, y1))
+            diff = float(np.abs(pca1 - pca0).max() / np.ptp(pca0, axis=0).max())
+            print(f"{key:>16} {_kl(p0, y0):9.4f} {_kl(p0, y1):9.4f} {t0:12.4f} {t1:11.4f} {diff:19.2e} "
+                  f"{a0:11.4f} {a1:10.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default=None, help="time the embeddings analysis on this zoo model's features")
@@ -102,7 +222,16 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[784, 4096])
     parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
     parser.add_argument("--small", type=int, nargs="*", default=[100, 300], help="sizes for the break-even check")
+    parser.add_argument("--dump", default=None, help="run the default build and save its embedding features here")
+    parser.add_argument("--features", default=None, help="time the analysis's parts on features saved by --dump")
+    parser.add_argument("--baseline", default=None, help="an older embed.py to compare with (with --features)")
     args = parser.parse_args()
+    if args.dump:
+        dump_default_build(args.dump)
+        return
+    if args.features:
+        bench_features(args.features, args.baseline, args.repeat)
+        return
     if args.zoo:
         bench_zoo(args.zoo, args.points, args.repeat)
         return
