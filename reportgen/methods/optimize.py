@@ -456,9 +456,11 @@ def fourier_image(spectrum: torch.Tensor, size: tuple[int, int], decay: float = 
     Equal steps on every coefficient then move the low frequencies most, so gradient ascent finds smooth images.
     Olah et al. 2017, https://distill.pub/2017/feature-visualization/ (Lucent's ``fft_image``).
     """
-    h, w = size
-    scale = fourier_scale(h, w, decay, spectrum.device, spectrum.dtype)
-    return torch.fft.irfft2(torch.view_as_complex(spectrum.contiguous()) * scale, s=(h, w), norm="ortho")
+    return _fourier_pixels(spectrum, size, fourier_scale(*size, decay, spectrum.device, spectrum.dtype))
+
+
+def _fourier_pixels(spectrum: torch.Tensor, size: tuple[int, int], scale: torch.Tensor) -> torch.Tensor:
+    return torch.fft.irfft2(torch.view_as_complex(spectrum.contiguous()) * scale, s=size, norm="ortho")
 
 
 def _fourier_init(images: torch.Tensor, decay: float) -> torch.Tensor:
@@ -532,12 +534,18 @@ def bounded(clamp: tuple[Bounds, Bounds] | None) -> Transform:
     once copied into every channel."""
     if clamp is None:
         return lambda x: x
+    bounds: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # built once per channels, device and dtype
 
     def clamped(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            lo, hi = (torch.as_tensor(b, device=x.device, dtype=x.dtype).reshape(-1) for b in clamp)
-            return clamp_to(x, (lo.max(), hi.min()))
-        return clamp_to(x, clamp)
+        key = (x.shape[1], x.device, x.dtype)
+        if key not in bounds:
+            lo, hi = clamp
+            if x.shape[1] == 1:
+                lo, hi = (torch.as_tensor(b, device=x.device, dtype=x.dtype).reshape(-1) for b in clamp)
+                lo, hi = lo.max(), hi.min()
+            bounds[key] = _bound(lo, x), _bound(hi, x)
+        lo, hi = bounds[key]
+        return torch.maximum(torch.minimum(x, hi), lo)  # `clamp_to`'s arithmetic
 
     return clamped
 
@@ -594,7 +602,8 @@ def fourier_param(init: torch.Tensor, decay: float = 1.0, clamp: tuple[Bounds, B
     size = tuple(init.shape[-2:])
     spectrum = _fourier_init(init.detach(), decay).requires_grad_(True)
     clip = bounded(clamp)
-    return [spectrum], lambda: clip(fourier_image(spectrum, size, decay))
+    scale = fourier_scale(*size, decay, spectrum.device, spectrum.dtype)  # `fourier_image`'s, built once
+    return [spectrum], lambda: clip(_fourier_pixels(spectrum, size, scale))
 
 
 def grey_param(
