@@ -49,9 +49,12 @@ def test_perplexity_calibration_hits_the_entropy_and_matches_a_plain_bisection()
         np.testing.assert_allclose(p, second, atol=2e-5)
 
 
-def test_one_step_is_the_exact_kl_gradient():
+@pytest.mark.parametrize("block", [256, 7])
+def test_one_step_is_the_exact_kl_gradient(monkeypatch, block):
     """One iteration from y0 moves by -lr * 0.8 * grad (gains start at 1 and drop to 0.8 on a zero update): the
-    gradient must equal autograd's gradient of KL(P || Q) with Student-t Q over all pairs."""
+    gradient must equal autograd's gradient of KL(P || Q) with Student-t Q over all pairs; also when the rows are
+    swept in blocks (of 7: uneven, the last one shorter)."""
+    monkeypatch.setattr(embed, "TSNE_BLOCK_ROWS", block)
     x, _ = clusters(n_per=10, dim=5)
     p = embed._tsne_inputs(x, 5.0)[0]
     y0 = torch.from_numpy(np.random.default_rng(1).normal(size=(30, 2)).astype(np.float32))
