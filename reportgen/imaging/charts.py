@@ -28,11 +28,12 @@ _LAYOUTS_MAX = 64
 
 
 def _text_key(t, renderer, dims: str = "wh") -> tuple:
-    """What of a text's box a layout reads: nothing when hidden or empty, else its width and/or height."""
+    """What of a text's box a layout reads: nothing when hidden or empty, else its width and/or height, in pixels
+    to 1e-4 (a rotated label's width differs in its last bits from one place to another)."""
     if not t.get_visible() or not t.get_in_layout() or not t.get_text():
         return ()
     b = t.get_window_extent(renderer)
-    return tuple(b.width if d == "w" else b.height for d in dims)
+    return tuple(round(float(b.width if d == "w" else b.height), 4) for d in dims)
 
 
 def _clipped_to(artist, ax) -> bool:
@@ -116,8 +117,8 @@ def constrained_layout():
     (`_layout_signature`: what the layout reads) is that of one laid out before gets its axes where that one's went,
     and is checked to describe the same figure there, instead of the layout's two passes over every tick label
     (half the time of a chart's PNG). The same positions: the layout is a function of that signature (to float
-    rounding where lines clipped to the axes reach 1e-13 px beyond them); anything else, or a figure the signature
-    does not describe, is laid out as before."""
+    rounding: lines clipped to the axes may reach 1e-13 px beyond them, text sizes are compared to 1e-4 px);
+    anything else, or a figure the signature does not describe, is laid out as before."""
     return _engine_class()()
 
 
