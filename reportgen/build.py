@@ -580,7 +580,10 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[
     of drawing them here. At most `MAX_IN_FLIGHT <reportgen.imaging.worker.MAX_IN_FLIGHT>` analyses' items wait for
     their figures (then the build waits for the oldest). Without the worker (``REPORTGEN_RENDER_WORKER=0``, or it
     could not start, or it stopped: ``output`` says so in one line) the figures are drawn here, as each analysis
-    ends. An item the worker failed to draw is drawn here, so its error is raised here, as without the worker."""
+    ends. An item the worker failed to draw is drawn here, so its error is raised here, as without the worker.
+
+    torch's intra-op threads are left as they are while the worker draws: a thread count changes the analyses'
+    float rounding, so fewer threads during the overlap would make the report depend on whether the worker ran."""
     from .imaging import worker as render_worker
 
     entries: list[AnalysisEntry] = []
@@ -591,11 +594,6 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[
             worker = render_worker.RenderWorker.start()
         except render_worker.WorkerGone as exc:
             _say(output, f"no render worker ({exc}): the figures are drawn in this process")
-    import os as _os, sys as _sys  # TEMP experiment
-    _threads = None
-    if worker is not None and _os.environ.get("_RW_THREADS") == "1":
-        _threads = _sys.modules["torch"].get_num_threads()
-        _sys.modules["torch"].set_num_threads(1)
     done = False
     try:
         for o in outcomes:
@@ -620,8 +618,6 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[
     finally:
         if worker is not None:
             worker.close(kill=not done)  # an error or an interrupt: killed and reaped, nothing left behind
-        if _threads:
-            _sys.modules["torch"].set_num_threads(_threads)
     return entries
 
 

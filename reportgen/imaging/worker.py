@@ -230,15 +230,13 @@ class RenderWorker:
         """Whether the oldest job not taken yet is answered (or the worker has stopped): `take` returns at once."""
         return not self.answers.empty()
 
-    def take(self, seq: int, block: bool = True) -> Any:
-        """Job ``seq``'s ``rendered`` (`render_job`), waiting for it with ``block`` (else None when not here yet:
-        jobs are answered in order, so ask for the oldest). Raises `WorkerGone` when the worker stopped first."""
+    def take(self, seq: int) -> Any:
+        """Job ``seq``'s ``rendered`` (`render_job`: None where the worker could not read the job), waiting for it;
+        jobs are answered in order, so take the oldest. Raises `WorkerGone` when the worker stopped first."""
         while True:
             try:
-                got = self.answers.get(timeout=0.5) if block else self.answers.get_nowait()
+                got = self.answers.get(timeout=0.5)
             except queue.Empty:
-                if not block:
-                    return None
                 if self.proc.poll() is not None and not self._reader.is_alive() and self.answers.empty():
                     raise WorkerGone(self._why()) from None
                 continue
