@@ -582,14 +582,21 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[
     could not start, or it stopped: ``output`` says so in one line) the figures are drawn here, as each analysis
     ends. An item the worker failed to draw is drawn here, so its error is raised here, as without the worker.
 
-    torch's intra-op threads are left as they are while the worker draws: a thread count changes the analyses'
-    float rounding, so fewer threads during the overlap would make the report depend on whether the worker ran."""
+    While the worker is enabled, the analyses leave it one core: torch's intra-op threads are one fewer (at least
+    one) until the last figure is written. On 2 idle cores the default build took 67 s so, against 74 s with both
+    threads fighting the worker for the cores and 68 s without the worker (one run each, 2026-12-07). The count
+    follows the setting, not whether the worker started, so that the analyses' float rounding (which a thread
+    count can change) does not depend on that."""
+    import torch
+
     from .imaging import worker as render_worker
 
     entries: list[AnalysisEntry] = []
     pending: deque = deque()  # (entry, result, prefix, the worker's job number or None: draw it here), in order
     worker = None
+    threads = torch.get_num_threads()
     if render_worker.enabled():
+        torch.set_num_threads(max(1, threads - 1))
         try:
             worker = render_worker.RenderWorker.start()
         except render_worker.WorkerGone as exc:
@@ -618,6 +625,7 @@ def write(outcomes: Iterator[Outcome], writer: ArtifactWriter, output: Optional[
     finally:
         if worker is not None:
             worker.close(kill=not done)  # an error or an interrupt: killed and reaped, nothing left behind
+        torch.set_num_threads(threads)
     return entries
 
 

@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 
 from reportgen import build
 from reportgen.artifacts import ArtifactWriter, Grid, Picture, Plot, Result, Table
@@ -172,3 +173,29 @@ def test_an_interrupted_build_leaves_no_worker(tmp_path, monkeypatch):
     assert proc.returncode is not None  # waited for: no zombie
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)
+
+
+@pytest.mark.parametrize("enabled, during", [("1", 1), ("0", 2)])
+def test_the_analyses_leave_the_worker_one_core_and_the_threads_are_restored(tmp_path, monkeypatch, enabled, during):
+    """While the worker is enabled the analyses (run as `build.write` draws their outcomes) have one torch thread
+    fewer; the count is restored afterwards, also when an analysis raises."""
+    monkeypatch.setenv(render_worker.ENV, enabled)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+
+    def analyses(fail: bool):
+        seen.append(torch.get_num_threads())
+        if fail:
+            raise RuntimeError("an analysis failed")
+        yield outcomes()[1]  # a failed outcome: nothing to draw
+
+    try:
+        build.write(analyses(False), ArtifactWriter(tmp_path / "a"))
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="an analysis failed"):
+            build.write(analyses(True), ArtifactWriter(tmp_path / "b"))
+        assert torch.get_num_threads() == 2
+        assert seen == [during, during]
+    finally:
+        torch.set_num_threads(before)
