@@ -165,7 +165,8 @@ class _one_thread:
 # trustworthiness (10 neighbours, 1,000 points, perplexity 30) minus scikit-learn's on the raw features: -0.0028 to
 # -0.0023 on the 6 layers of `benchmarks/bench_peers.py --rows tsne`, -0.0019 to +0.031 on 7 layers of the zoo's
 # shapes-cnn (the PCA pre-reduction helps its 2,048- and 4,096-dim conv layers), -0.0014 to +0.0004 on 5 layers
-# of lenet-digits (450 points); the full 1,000 iterations changed the benchmark layers by under 0.0004.
+# of lenet-digits (450 points); the full 1,000 iterations changed the benchmark layers by under 0.0004. (Measured
+# before the float32 PCA and the blocked iteration; those moved shapes-cnn's trustworthiness by -0.005 to +0.004.)
 TSNE_EARLY_ITERS = 100
 TSNE_ITERS = 300
 EARLY_EXAGGERATION = 12.0
@@ -187,7 +188,8 @@ def tsne_dense(x: np.ndarray, perplexity: float = 30.0, iters: int = TSNE_ITERS,
     normalized to sum 1. The map is optimized with the exact gradient: the Student-t affinities of all N x N pairs
     are computed at each iteration (a dense (N, N) float32 matrix: 4 MB at N = 1,000), no tree and no
     approximation. At N = 1,000 an iteration costs about as much CPU as one of scikit-learn's Barnes-Hut (measured:
-    1.6 s for 300 iterations and the affinities vs 5.9 s for its 1,000, both on one core); the time is saved by
+    1.6 s for 300 iterations and the affinities vs 5.9 s for its 1,000, both on one core, before the iteration was
+    swept in cache-sized blocks, which made it about a fifth cheaper: `benchmarks/bench_embed.py`); the time is saved by
     the fewer iterations (`TSNE_ITERS`) and by embedding the layers in parallel threads (`embed_layers`). Every
     operation runs serially in a fixed order, so the result does not depend on the thread count (call it under
     `_one_thread`, as `embed_tsne` and `embed_layers` do).
