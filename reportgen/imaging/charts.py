@@ -49,6 +49,15 @@ def _clipped_to(artist, ax) -> bool:
 
 
 def _layout_signature(fig, renderer):
+    """`_signature`, or None where it cannot be read: it reads matplotlib's private attributes (checked on
+    matplotlib 3.11), and a matplotlib without one of them must only lose the reuse, never a chart."""
+    try:
+        return _signature(fig, renderer)
+    except (AttributeError, TypeError, KeyError):
+        return None
+
+
+def _signature(fig, renderer):
     """Everything of ``fig`` that constrained layout reads, as a hashable value; None where the figure holds
     something this does not describe (colour bars, texts or legends in the axes, sub-figures...), which is then
     laid out as usual.
