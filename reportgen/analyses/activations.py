@@ -491,9 +491,10 @@ class Embeddings(Analysis):
             both = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs, pca=True)
             tsne, pcas = {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
         else:  # one layer per chunk, dealt to the ranks; each layer is embedded as `embed_layers` embeds it alone
-            tsne = dict(zip(feats, ctx.map_chunks(
-                lambda key: embed_layers({key: feats[key]}, params.perplexity, seed, n_jobs=1)[key], list(feats),
-                self.name)))
+            both = dict(zip(feats, ctx.map_chunks(
+                lambda key: embed_layers({key: feats[key]}, params.perplexity, seed, n_jobs=1, pca=True)[key],
+                list(feats), self.name)))
+            tsne, pcas = {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
         t_tsne = time.perf_counter() - t0
         per_layer = []
         knn = {}
