@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..artifacts import ArtifactWriter, Grid, Item, Picture, Plot, Table, slug
-from .colors import color_limit, colorize, heat_colors, signed_colors, to_rgb  # re-exported: imaging.colorize etc.
+from .colors import color_limit, colorize, heat_colors, signed_colors, to_rgb, to_uint8  # re-exported
 
 # PIL, matplotlib and .notebook (show's implementation; it reads the report's colour limits from
 # reportgen.analyses.influence) are imported inside functions: `import reportgen.imaging` loads none of them.
@@ -50,10 +50,6 @@ def show(maps: Any, images: Any = None, **options: Any) -> Any:
     from .notebook import show as draw
 
     return draw(maps, images, **options)
-
-
-def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
 
 
 def enlarge(img: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:

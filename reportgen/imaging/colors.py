@@ -90,3 +90,8 @@ def colorize(arr: np.ndarray, style: str, vmax: Optional[float] = None, base: An
             rgb = 0.55 * rgb + 0.45 * grey
         return rgb
     raise ValueError(f"unknown picture style '{style}'")
+
+
+def to_uint8(rgb: Any) -> np.ndarray:
+    """Values in [0, 1] (any shape) as bytes: x 255, rounded, clipped."""
+    return np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)

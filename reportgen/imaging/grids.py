@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .colors import to_uint8
+
 DISPLAY_WIDTH = 704  # px: the widest a grid is shown (the style sheet's 44rem); wider grids get a thumbnail this wide
 LABEL_PX = 12  # px: the labels' font size as shown
 MIN_TILE = 48  # px: tiles are enlarged (whole factors) towards this side as shown, where the width allows
@@ -148,8 +150,8 @@ def draw_grid(colored: np.ndarray, cols: int, row_labels: Optional[Sequence[str]
     height = top + rows * pitch_y - pad
 
     # bytes before enlarging: the same pixels as rounding the enlarged picture, for a fraction of the work
-    tiles8 = np.clip(np.round(tiles * 255.0), 0, 255).astype(np.uint8)
-    canvas = np.full((height, width, 3), np.clip(np.round(pad_value * 255.0), 0, 255), dtype=np.uint8)
+    tiles8 = to_uint8(tiles)
+    canvas = np.full((height, width, 3), to_uint8(pad_value), dtype=np.uint8)
     tile_boxes = []
     for i in range(n):
         r, c = divmod(i, cols)
