@@ -337,6 +337,10 @@ def get(name: str) -> ZooEntry:
         raise KeyError(f"unknown zoo model '{name}': known models are {', '.join(ZOO)}") from None
 
 
+# where `export_dataset` writes the labels of a task whose images hold several objects (beside out_dir/images)
+LABEL_FILES = {"multilabel": "labels.csv", "regress": "labels.csv", "segment": "labels", "detect": "boxes.json"}
+
+
 def export_dataset(name: str, out_dir: Path, split: str = "test", limit: int | None = None) -> int:
     """Write the first ``limit`` samples of a split of an image entry's data set, with its task's label files.
 
@@ -366,7 +370,7 @@ def export_dataset(name: str, out_dir: Path, split: str = "test", limit: int | N
         raise ValueError(f"refusing to export into '{out_dir}': it exists and is not an empty folder")
     data = entry.load_dataset(split)
     count = len(data) if limit is None else min(max(limit, 0), len(data))
-    if entry.task in ("multilabel", "regress", "segment", "detect"):
+    if entry.task in LABEL_FILES:
         _export_scenes(entry, data, out_dir, count)
         return count
     for cls in sorted(set(data.labels[:count].tolist())):
@@ -386,20 +390,21 @@ def _export_scenes(entry: ZooEntry, data: ZooData, out_dir: Path, count: int) ->
     from PIL import Image
 
     (out_dir / "images").mkdir(parents=True)
+    labels = out_dir / LABEL_FILES[entry.task]
     names = [f"{i:05d}.png" for i in range(count)]
     for i, file in enumerate(names):
         Image.fromarray(data.inputs[i]).save(out_dir / "images" / file)
     if entry.task in ("multilabel", "regress"):
         values = data.truth["labels"] if entry.task == "multilabel" else data.truth["values"]
-        with open(out_dir / "labels.csv", "w", newline="") as f:
+        with open(labels, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["image", *entry.class_names])
             for file, row in zip(names, values[:count]):
                 writer.writerow([file, *(int(v) if entry.task == "multilabel" else float(v) for v in row)])
     elif entry.task == "segment":
-        (out_dir / "labels").mkdir()
+        labels.mkdir()
         for i, file in enumerate(names):
-            Image.fromarray(data.truth["class_masks"][i]).save(out_dir / "labels" / file)
+            Image.fromarray(data.truth["class_masks"][i]).save(labels / file)
     else:  # detect
         height, width = entry.input_size
         images, annotations = [], []
@@ -410,5 +415,4 @@ def _export_scenes(entry: ZooEntry, data: ZooData, out_dir: Path, count: int) ->
                 annotations.append({"id": len(annotations) + 1, "image_id": i, "bbox": [box[0], box[1], w, h],
                                     "category_id": label + 1, "area": w * h, "iscrowd": 0})
         categories = [{"id": k + 1, "name": n} for k, n in enumerate(entry.class_names)]
-        (out_dir / "boxes.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                        "categories": categories}))
+        labels.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))

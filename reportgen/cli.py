@@ -356,11 +356,10 @@ def zoo_export(name, folder, split, limit, output: Output):
         n = models_zoo.export_dataset(name, Path(folder), split=split, limit=limit)
     except ValueError as exc:
         raise ReportgenError(str(exc)) from None
-    labels = {"multilabel": "labels.csv", "regress": "labels.csv", "segment": "labels", "detect": "boxes.json"}
-    if entry.task in labels:
+    if entry.task in models_zoo.LABEL_FILES:
+        labels = models_zoo.LABEL_FILES[entry.task]
         click.echo(f"wrote {n} images of {name} ({split}) to {folder}/images and their labels to "
-                   f"{folder}/{labels[entry.task]}: reportgen build {name} --images {folder}/images "
-                   f"--labels {folder}/{labels[entry.task]}")
+                   f"{folder}/{labels}: reportgen build {name} --images {folder}/images --labels {folder}/{labels}")
     else:
         click.echo(f"wrote {n} images of {name} ({split}) to {folder}")
 
