@@ -19,7 +19,7 @@ from ..config import doc
 from ..errors import ConfigError
 from ..interactive import add_grid, point_thumbs, tile_browser
 from ..methods.degenerate import degenerate_reason
-from ..methods.embed import embed_layers, embed_pca, knn_accuracy, nearest_neighbours
+from ..methods.embed import embed_layers, knn_accuracy, nearest_neighbours
 from . import EVERY_TASK, Analysis, NOTHING, Reducer, register
 
 # torch, and the methods modules that import it at their top (methods.activations, methods.receptive_field), are
@@ -486,20 +486,19 @@ class Embeddings(Analysis):
         if not feats:
             raise NotApplicable("no layer has features that vary over the images: " + " ".join(result.notes))
         t0 = time.perf_counter()
-        pcas = {}
-        if ctx.group is None:  # each layer's PCA comes with its t-SNE, from the eigendecomposition both start from
+        # each layer's PCA comes with its t-SNE, from the eigendecomposition both start from
+        if ctx.group is None:
             both = embed_layers(feats, params.perplexity, seed, n_jobs=params.jobs, pca=True)
-            tsne, pcas = {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
         else:  # one layer per chunk, dealt to the ranks; each layer is embedded as `embed_layers` embeds it alone
             both = dict(zip(feats, ctx.map_chunks(
                 lambda key: embed_layers({key: feats[key]}, params.perplexity, seed, n_jobs=1, pca=True)[key],
                 list(feats), self.name)))
-            tsne, pcas = {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
+        tsne, pcas = {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
         t_tsne = time.perf_counter() - t0
         per_layer = []
         knn = {}
         for key, f in feats.items():
-            pca = pcas[key] = pcas[key] if key in pcas else embed_pca(f, 2)
+            pca = pcas[key]
             if labelled.sum() >= 2 * params.k and len(set(labels[labelled].tolist())) > 1:
                 knn[key] = knn_accuracy(f[labelled], labels[labelled], k=params.k, seed=seed % (2**31))
             dims = f.shape[1]
