@@ -200,9 +200,9 @@ def without_pixel_classifier(candidates: list[str], acts: dict, out: Any) -> lis
     logits (the per-pixel classifier and anything after it). Grad-CAM at the logits themselves only hands back a
     class's own logit map; pytorch-grad-cam's segmentation tutorial takes the features before the head
     (``model.backbone.layer4`` of a torchvision DeepLabV3). Unchanged when every map layer has K channels."""
-    from .tasks import _seg_maps
+    from .tasks import seg_maps
 
-    maps = _seg_maps(out)
+    maps = seg_maps(out)
     if maps is None:
         return candidates
     k = maps.shape[1]

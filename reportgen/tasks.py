@@ -116,7 +116,7 @@ def _is_detections(out: Any) -> bool:
         for d in out)
 
 
-def _seg_maps(out: Any) -> Any:
+def seg_maps(out: Any) -> Any:
     """The (N, K, H, W) logits of a segmentation output (a tensor, or torchvision's dict's 'out'), else None."""
     import torch
 
@@ -150,7 +150,7 @@ def fitting_tasks(out: Any) -> tuple[str, ...]:
 
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] >= 1:
         return ("binary", "regress", "embed") if out.shape[1] == 1 else ("classify", "multilabel", "regress", "embed")
-    if _seg_maps(out) is not None:
+    if seg_maps(out) is not None:
         return ("segment",)
     if _is_detections(out):
         return ("detect",)
@@ -159,7 +159,7 @@ def fitting_tasks(out: Any) -> tuple[str, ...]:
 
 def output_rows(out: Any) -> int:
     """The number of images an output covers (its batch dimension, or the detection list's length)."""
-    maps = _seg_maps(out)
+    maps = seg_maps(out)
     if maps is not None:
         return int(maps.shape[0])
     if _is_detections(out):
@@ -193,7 +193,7 @@ def decide_task(out: Any, spec: str, given: Optional[str] = None, given_how: str
         return ("binary", "one output logit") if out.shape[1] == 1 else ("classify", "(N, K) output logits")
     if _is_detections(out):
         return "detect", "its output is a list of detection dicts"
-    if isinstance(out, dict) and _seg_maps(out) is not None:
+    if isinstance(out, dict) and seg_maps(out) is not None:
         return "segment", "its output is a dict with (N, K, H, W) maps under 'out'"
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else describe_output(out)
     hint = " (a segmentation model: give --task segment)" if isinstance(out, torch.Tensor) and out.ndim == 4 else ""
@@ -252,7 +252,7 @@ def segment_logits(out: Any, size: tuple[int, int]) -> Any:
     outputs a coarser map (SegFormer's is a quarter of the input)."""
     import torch.nn.functional as F
 
-    maps = _seg_maps(out)
+    maps = seg_maps(out)
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
     return maps
@@ -427,7 +427,7 @@ def finite_rows(out: Any) -> Any:
     """bool tensor (N,): whether each image's output is finite everywhere (logits, maps, or boxes and scores)."""
     import torch
 
-    maps = _seg_maps(out)
+    maps = seg_maps(out)
     if maps is not None:
         return torch.isfinite(maps).flatten(1).all(dim=1)
     if _is_detections(out):
