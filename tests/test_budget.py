@@ -88,9 +88,26 @@ def test_knobs_shrink_in_order_to_the_largest_value_that_fits(budget, fixed, exp
         assert "over the build's budget" in fitted.note and "[analysis.product]" in fitted.note
 
 
-def test_over_budget_at_the_floors_runs_there_and_says_so():
+def test_over_budget_at_the_floors_is_not_run_and_names_the_budget_that_runs_it():
+    # a x b GMAC: the floors (a=2, b=1) cost 2 GMAC, twice a budget of 1
     fitted = fit(Product(), ctx_with(1), Knobs())
-    assert (fitted.params.a, fitted.params.b) == (2, 1) and "still over the budget" in fitted.note
+    assert fitted.refused.startswith("not run:") and (fitted.params.a, fitted.params.b) == (10, 10)
+    assert "a = 2 instead of 10, b = 1 instead of 10" in fitted.refused and "still spend 2 GMAC" in fitted.refused
+    assert "a --budget of 2 or more" in fitted.refused
+    at_floor = fit(Product(), ctx_with(2), Knobs())  # the budget it names runs it, at the floors
+    assert not at_floor.refused and (at_floor.params.a, at_floor.params.b) == (2, 1)
+    # just under the floors' cost: still refused; the named budget is rounded up, never down
+    assert fit(Product(), ctx_with(1.99), Knobs()).refused
+
+
+def test_the_budget_a_refusal_names_is_rounded_up_to_two_digits():
+    class Odd(Product):
+        def cost(self, ctx, params):
+            return 51_234e9 * params.a / 10
+
+    fitted = fit(Odd(), ctx_with(30), Knobs())
+    assert "still spend 10,247 GMAC" in fitted.refused and "a --budget of 11000 or more" in fitted.refused
+    assert not fit(Odd(), ctx_with(11000), Knobs()).refused
 
 
 def test_an_analysis_with_nothing_to_shrink_is_not_run():
