@@ -58,7 +58,8 @@ class BuildConfig:
     budget: float = field(default=2000.0, metadata=doc(
         "Billions of multiply-adds (GMAC) each costly analysis may spend (2000 = about 160 forward and backward "
         "passes of one 224-px image through a ResNet-50); over it, the analysis lowers the settings the config "
-        "does not set and its page says what ran (`reportgen.budget`); 0 = no limit.", min=0.0))
+        "does not set, down to their floors, and its page says what ran; one still over at its floors does not run "
+        "and says which budget would run it (`reportgen.budget`); 0 = no limit.", min=0.0))
     samples: int = field(default=8, metadata=doc(
         "Number of sample images for per-image analyses (a seeded pick).", min=1, max=200))
     classes: list[str] = field(default_factory=list, metadata=doc(
