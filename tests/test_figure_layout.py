@@ -384,3 +384,17 @@ def test_figures_that_share_a_renderer_draw_as_with_their_own():
     own.savefig(buf, format="png", dpi=own.dpi)
     with Image.open(io.BytesIO(shared)) as a, Image.open(buf) as b:
         assert a.size == b.size and np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(b.convert("RGBA")))
+
+
+def test_a_count_histogram_has_whole_number_ticks_even_for_one_value():
+    # a random RetinaNet finds no box in any image: 8 counts of 0, which once got ticks at -0.4, -0.2, ... 0.4
+    from reportgen.imaging.tasks import output_histograms
+
+    for values, first in ((np.zeros(8), 0), (np.array([3, 3, 3]), 3), (np.array([0, 1, 5, 40]), 0)):
+        fig = output_histograms({"series": [{"name": "detections", "values": values, "counts": True}]})
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert len(shown) >= 3 and all(float(t).is_integer() for t in shown), shown
+        assert lo < first < hi and values.max() < hi

@@ -166,7 +166,11 @@ def output_histograms(data: dict):
         v = np.asarray(s["values"], dtype=np.float64)
         v = v[np.isfinite(v)]
         if s.get("counts") and len(v):
-            ax.hist(v, bins=np.arange(v.min() - 0.5, v.max() + 1.5), color=PRED_COLOR, rwidth=0.85)
+            # at least three whole numbers on the axis: with one value (8 images of 0 detections) the integer
+            # locator finds too few ticks in one bar's width and falls back to fractions (-0.4, -0.2...)
+            lo, hi = v.min(), max(v.max(), v.min() + 2)
+            ax.hist(v, bins=np.arange(lo - 0.5, hi + 1.5), color=PRED_COLOR, rwidth=0.85)
+            ax.set_xlim(lo - 0.7, hi + 0.7)
             ax.xaxis.get_major_locator().set_params(integer=True)
         else:
             ax.hist(v, bins=min(40, max(5, int(np.sqrt(max(len(v), 1))))), color=PRED_COLOR)
