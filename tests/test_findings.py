@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -319,3 +320,53 @@ def test_the_model_card_leads_with_the_findings_and_the_manifest_lists_them(tmp_
         if f["severity"] in ("alert", "warning"):
             assert f["sentence"] in result.output
             assert re.search(rf'id="finding-{f["id"]}"', index)
+
+
+# --- a segmenter's or detector's collapsed output --------------------------------------------------------------------
+
+def _recorded(task: str, outputs: list, k: int):
+    """What the pass keeps of these outputs (`reportgen.tasks.TaskPass`, as the build records each batch)."""
+    from reportgen.tasks import TaskPass
+
+    rec = TaskPass(task, k, size=(4, 4), offset=1)
+    start = 0
+    for out in outputs:
+        n = len(out) if task == "detect" else out.shape[0]
+        rec.batch_scores(out, np.arange(start, start + n))
+        start += n
+    return SimpleNamespace(**rec.fields(np.arange(start)))
+
+
+def test_a_segmenter_with_one_class_everywhere_is_an_alert():
+    import torch
+
+    names = ["background", "cat", "dog"]
+    flat = torch.zeros(3, 3, 4, 4)
+    flat[:, 2] = 1.0  # 'dog' wins at every pixel of the 3 images
+    (f,) = fd.collapse_findings("segment", _recorded("segment", [flat[:2], flat[2:]], 3), names)
+    assert f.severity == "alert" and "'dog' at every pixel of all 3 images" in f.sentence
+    assert f.numbers["pixel share"] == 1.0
+    mixed = flat.clone()
+    mixed[1, 1, :2, :] = 5.0  # image 1: 'cat' in its top 8 pixels of 16: 'dog' at 40 of 48
+    (f,) = fd.collapse_findings("segment", _recorded("segment", [mixed], 3), names)
+    assert f.severity == "info" and f.numbers["pixel share"] == pytest.approx(40 / 48)
+    assert f.numbers["class"] == "dog"
+
+
+def test_a_detector_that_finds_nothing_or_ranks_nothing():
+    import torch
+
+    def dets(*scores):
+        return {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]] * len(scores)).reshape(-1, 4),
+                "labels": torch.ones(len(scores), dtype=torch.int64), "scores": torch.tensor(scores).reshape(-1)}
+
+    names = ["cat", "dog"]
+    (f,) = fd.collapse_findings("detect", _recorded("detect", [[dets(), dets()], [dets()]], 2), names)
+    assert f.severity == "alert" and "no detection on any of the 3 images" in f.sentence
+    assert f.numbers["images with a detection"] == 0
+    (f,) = fd.collapse_findings("detect", _recorded("detect", [[dets(0.2, 0.2), dets(0.2)]], 2), names)
+    assert f.severity == "warning" and "All 3 detections" in f.sentence and f.numbers["highest score"] == \
+        pytest.approx(0.2)
+    (f,) = fd.collapse_findings("detect", _recorded("detect", [[dets(0.9, 0.3), dets()]], 2), names)
+    assert f.severity == "info" and f.numbers["images with a detection"] == 1 and f.numbers["detections"] == 2
+    assert fd.collapse_findings("classify", SimpleNamespace(), names) == []

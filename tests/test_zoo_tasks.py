@@ -240,8 +240,13 @@ def test_the_command_zoo_export_prints_builds_a_scored_report(tmp_path):
     assert exported.exit_code == 0, exported.output
     command = shlex.split(exported.output.strip().split(": ", 1)[1])
     assert command[:2] == ["reportgen", "build"]
-    built = runner.invoke(main, [*command[1:], "--only", "predictions", "-o", str(tmp_path / "site"), "-q"])
+    built = runner.invoke(main, [*command[1:], "--only", "predictions,findings", "-o", str(tmp_path / "site"),
+                                 "-q"])
     assert built.exit_code == 0, built.output
     manifest = json.loads((tmp_path / "site" / "manifest.json").read_text())
     page = next(a for a in manifest["analyses"] if a["name"] == "predictions")
     assert page["metrics"]["images"] == 3 and page["metrics"]["scored pixels"] == 3 * 64 * 64
+    # the trained segmenter predicts more than one class: its collapse finding is information, not an alert
+    (collapse,) = [f for f in manifest["findings"] if f["id"] == "output-collapse"]
+    assert collapse["severity"] == "info" and collapse["numbers"]["images"] == 3
+    assert collapse["numbers"]["pixel share"] < 1

@@ -257,6 +257,67 @@ def task_score_findings(task: str, headline: Optional[dict], why: str = "") -> l
                     links=[analysis_link("predictions", headline["key"], headline["label"])])]
 
 
+def collapse_findings(task: str, pred: Any, names: list[str]) -> list[Finding]:
+    """Whether a segmenter's or detector's output over the image set is degenerate, from the pass's own record
+    (``pred``: `reportgen.tasks.Predictions`): a segmenter that predicts one class at every pixel of every image,
+    a detector that returns no detection on any image, or one whose detections all have the same score (it does not
+    rank its boxes). Each is what an untrained or collapsed head gives (a random RetinaNet's class prior of 0.01 is
+    under its score threshold; a random SSDlite scores every box 1/K), and each empties pages: IoU and the maps of
+    every other class, the boxes a box-score target explains. [] for the other tasks."""
+    if task == "segment":
+        pixels = np.asarray(getattr(pred, "seg_pixels", np.zeros((0, 0))), dtype=np.int64)
+        if not pixels.size or not pixels.sum():
+            return []
+        per_class = pixels.sum(axis=0)
+        top = int(per_class.argmax())
+        share = float(per_class[top] / per_class.sum())
+        title = "One class everywhere"
+        numbers = {"class": names[top] if top < len(names) else str(top), "pixel share": share,
+                   "images": int(len(pixels))}
+        link = [analysis_link("predictions", None, "predictions")]
+        threshold = "alert when one class is predicted at every pixel of every image"
+        if share >= 1.0:
+            return [finding("output-collapse", title, "alert",
+                            f"The model predicts '{numbers['class']}' at every pixel of all {len(pixels)} images: the "
+                            "IoU of every other class is 0 and the maps of another class's predicted pixels have no "
+                            "region to explain.", threshold=threshold, source=CONVENTION, numbers=numbers,
+                            links=link)]
+        return [finding("output-collapse", title, "info",
+                        f"The most predicted class, '{numbers['class']}', holds {pct(share)} of the predicted pixels "
+                        f"of the {len(pixels)} images.", threshold=threshold, source=CONVENTION, numbers=numbers,
+                        links=link)]
+    if task == "detect":
+        dets = list(getattr(pred, "detections", []) or [])
+        if not dets:
+            return []
+        counts = np.array([len(d["scores"]) for d in dets])
+        link = [analysis_link("predictions", "detections-per-image", "detections per image")]
+        title = "Detections"
+        threshold = ("alert when no image has a detection; warning when every detection has the same score "
+                     "(within 1e-6)")
+        numbers = {"images": int(len(dets)), "images with a detection": int((counts > 0).sum()),
+                   "detections": int(counts.sum())}
+        if not counts.any():
+            return [finding("output-collapse", title, "alert",
+                            f"The model returns no detection on any of the {len(dets)} images: the predictions "
+                            "page has no box, and a box-score target has nothing to explain unless --target "
+                            "box=x0,y0,x1,y1:CLASS gives one.", threshold=threshold, source=CONVENTION,
+                            numbers=numbers, links=link)]
+        scores = np.concatenate([np.asarray(d["scores"], dtype=np.float64) for d in dets])
+        numbers.update({"lowest score": float(scores.min()), "highest score": float(scores.max())})
+        if len(scores) > 1 and scores.max() - scores.min() <= 1e-6:
+            return [finding("output-collapse", title, "warning",
+                            f"All {len(scores)} detections on the {len(dets)} images have the same score "
+                            f"{scores[0]:.4g}: the model does not rank its boxes, so its top detection is a tie "
+                            "broken by order and AP does not measure it.", threshold=threshold, source=CONVENTION,
+                            numbers=numbers, links=link)]
+        return [finding("output-collapse", title, "info",
+                        f"The model returns {len(scores)} detections on {int((counts > 0).sum())} of the "
+                        f"{len(dets)} images, scores {scores.min():.3g} to {scores.max():.3g}.",
+                        threshold=threshold, source=CONVENTION, numbers=numbers, links=link)]
+    return []
+
+
 def imbalance_findings(labels: np.ndarray, names: list[str], evidence: Optional[list] = None) -> list[Finding]:
     """Class imbalance of the labelled images: the largest class's count over the smallest's, among the classes
     that have labelled images (a model may have classes the image set does not hold: those are counted apart)."""
@@ -682,6 +743,7 @@ class Findings(Analysis):
             r = upstream.results.get("predictions")
             findings = task_score_findings(task, r.shared.get("headline") if r is not None else None,
                                            why_not("predictions") or (r.shared.get("no score", "") if r else ""))
+            findings += collapse_findings(task, pred, names)
             # the adversarial page counts the task's own flip (its shared "flips" says which)
             adv = upstream.results.get("adversarial")
             findings += robustness_findings(adv.shared.get("robustness") if adv is not None else None,
