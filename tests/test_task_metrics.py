@@ -345,6 +345,18 @@ def test_detection_page_scores_a_perfect_detector_and_draws_the_samples():
     assert result.metrics["labelled images"] == 1 and result.metrics["mAP@0.5"] == 0.0
     result, items = page("detect", np.eye(2), np.full(2, -1), ["cat", "dog"], detections=dets)
     assert "give --labels" in result.notes[0] and "mAP@0.5" not in result.metrics
+    # a detector that finds nothing (a random RetinaNet): one panel of counts, no empty score panel, and captions
+    # that say so instead of describing boxes that are not there
+    none = [{"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+             "scores": np.zeros(0, np.float32)} for _ in range(2)]
+    result, items = page("detect", np.eye(2), np.full(2, -1), ["cat", "dog"], samples=[0], detections=none,
+                         truth_boxes=truths)
+    counts = items["detections-per-image"]
+    assert [s["name"] for s in counts.data["series"]] == ["detections per image (score ≥ 0.5)"]
+    assert counts.data["series"][0]["values"].tolist() == [0, 0] and "no detection at all on any of the 2" in \
+        counts.caption
+    assert items["detections-00"].caption.startswith("The model returns no detection for this image; dashed")
+    assert result.metrics["mAP@0.5"] == 0.0
 
 
 def test_embedding_page_recall_and_the_retrieval_strip():

@@ -466,13 +466,17 @@ def detect_page(ctx: Any, params: Any, rows: tuple) -> Result:
         np.add.at(per_class, np.asarray(d["labels"])[c], 1)
     result.metrics[f"detections per image (score ≥ {DRAWN_SCORE:g})"] = float(per_image.mean()) if len(dets) else 0.0
     all_scores = np.concatenate([d["scores"] for d in dets]) if dets else np.zeros(0)
+    counted = {"name": f"detections per image (score ≥ {DRAWN_SCORE:g})", "values": per_image, "counts": True}
     summary = [Plot(
         key="detections-per-image", kind="output-histograms", label="Detections per image and their scores",
         caption=f"Left: how many detections of score {DRAWN_SCORE:g} or more each image has; right: the scores of "
                 f"all {len(all_scores)} detections kept (the model's top 100 per image at most).",
-        data={"series": [{"name": f"detections per image (score ≥ {DRAWN_SCORE:g})", "values": per_image,
-                          "counts": True},
-                         {"name": "detection scores", "values": all_scores}], "xlabel": ""})]
+        data={"series": [counted, {"name": "detection scores", "values": all_scores}], "xlabel": ""})
+        if len(all_scores) else Plot(
+        key="detections-per-image", kind="output-histograms", label="Detections per image",
+        caption=f"How many detections of score {DRAWN_SCORE:g} or more each image has: the model returns no "
+                f"detection at all on any of the {len(dets)} images, so there is no score to show.",
+        data={"series": [counted], "xlabel": ""})]
     if per_class.any():
         shown = top_classes(per_class) if k > SHOWN_CLASSES else np.arange(k)
         summary.append(Plot(
@@ -485,16 +489,15 @@ def detect_page(ctx: Any, params: Any, rows: tuple) -> Result:
         row = predictions.row(int(i))
         d = dets[row]
         sel = np.flatnonzero(d["scores"] >= DRAWN_SCORE)[:MAX_DRAWN]
-        how = f"detections of score {DRAWN_SCORE:g} or more ({len(sel)})"
+        how = f"Solid: detections of score {DRAWN_SCORE:g} or more ({len(sel)}), with class and score; "
         if not len(sel):
             sel = np.arange(min(3, len(d["scores"])))
-            how = (f"no detection scores {DRAWN_SCORE:g} or more: the {len(sel)} highest are drawn" if len(sel)
-                   else "no detection")
+            how = (f"Solid: no detection scores {DRAWN_SCORE:g} or more: the {len(sel)} highest are drawn, with "
+                   "class and score; " if len(sel) else "The model returns no detection for this image; ")
         t = truths[row] if truths is not None else None
         figures.append(Plot(
             key=f"detections-{n:02d}", kind="detections", label=ctx.images.names[int(i)], group="Sample detections",
-            caption=f"Solid: {how}, with class and score; " + ("dashed: the true boxes. " if t is not None else "")
-                    + "One colour per class.",
+            caption=how + ("dashed: the true boxes. " if t is not None else "") + "One colour per class.",
             data={"image": _display(ctx, i), "boxes": d["boxes"][sel], "labels": d["labels"][sel],
                   "scores": d["scores"][sel], "truth_boxes": None if t is None else t["boxes"],
                   "truth_labels": None if t is None else t["labels"], "class_names": names,
