@@ -372,7 +372,6 @@ def segment_page(ctx: Any, params: Any, rows: tuple) -> Result:
     result = Result(notes=notes)
     result.metrics["images"] = int(len(predictions.indices))
     pixels = np.asarray(predictions.seg_pixels, dtype=np.int64).sum(axis=0)
-    present = (np.asarray(predictions.seg_pixels) > 0).sum(axis=0)
     shown = top_classes(pixels) if k > SHOWN_CLASSES else np.arange(k)
     areas = Plot(
         key="predicted-areas", kind="bars", label="Predicted class areas",
