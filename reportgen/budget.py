@@ -23,6 +23,7 @@ import time
 from typing import Any, Optional
 
 from .console import duration
+from .manifest import BUDGET_REFUSAL
 from .staging import _Held, _held_signals, _Signalled
 
 # torch is imported inside the functions, so that the build can import this module before it loads torch (its
@@ -216,8 +217,8 @@ def fit(analysis: Any, ctx: Any, params: Any, upstream: Any = None) -> Fitted:
         else:
             why = (f"at the smallest settings the budget lowers it to ({', '.join(changed)}) it would still spend "
                    f"{gmac(spent)}")
-        return Fitted(before, cost, cost, refused=f"not run: {over[0].lower() + over[1:]}, and {why}; a --budget "
-                                                 f"of {_at_least(spent)} or more (0 = no limit) runs it")
+        return Fitted(before, cost, cost, refused=f"{BUDGET_REFUSAL}{over[0].lower() + over[1:]}, and {why}; a "
+                                                 f"--budget of {_at_least(spent)} or more (0 = no limit) runs it")
     note = (f"{over}: it ran with {', '.join(changed)}, {gmac(spent)}. Set these keys under "
             f"[analysis.{analysis.name}] or raise --budget (0 = no limit) to run more.")
     return Fitted(params, spent, cost, note=note)

@@ -56,6 +56,27 @@ class AnalysisEntry:
     notes: list = field(default_factory=list)
     params: dict = field(default_factory=dict)
 
+    @property
+    def over_budget(self) -> bool:
+        """Not run because the compute budget refused it (`reportgen.budget.fit`): applicable, but over ``--budget``
+        even at its smallest settings. Its status stays "not applicable" (what the manifest's readers count); the
+        pages show "over budget" instead."""
+        return self.status == "not applicable" and (self.reason or "").startswith(BUDGET_REFUSAL)
+
+    @property
+    def budget_reason(self) -> str:
+        """A budget refusal's reason after its "not run: " ("" for any other entry)."""
+        return (self.reason or "")[len(BUDGET_REFUSAL):] if self.over_budget else ""
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the navigation shows it: "over budget" for a budget refusal, else ``status``."""
+        return "over budget" if self.over_budget else self.status
+
+
+# how `reportgen.budget.fit` starts the reason of an analysis it refuses
+BUDGET_REFUSAL = "not run: "
+
 
 # A finding's severity, most severe first; "not checked" says that its inputs are missing (``reason``)
 SEVERITIES = ("alert", "warning", "info", "not checked")

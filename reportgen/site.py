@@ -163,7 +163,8 @@ def nav_tree(manifest: Manifest, pages: list[Page]) -> dict:
     by_section: "OrderedDict[str, list]" = OrderedDict((k, []) for k in SECTIONS)
     for entry in manifest.analyses:
         by_section.setdefault(entry.section, []).append(
-            {"name": entry.name, "title": entry.title, "path": analysis_page(entry.name), "status": entry.status})
+            {"name": entry.name, "title": entry.title, "path": analysis_page(entry.name),
+             "status": entry.shown_status})
     return {
         "sections": [{"title": SECTIONS.get(k, k), "anchor": section_anchor(k), "entries": v}
                      for k, v in by_section.items() if v],

@@ -143,6 +143,13 @@ def test_a_build_keeps_class_images_and_smoothgrad_within_the_budget(tmp_path, i
     assert entries["gradient"]["status"] == "ok" and not any("budget" in n for n in entries["gradient"]["notes"])
     page = (out / "analyses" / "class-max.html").read_text()
     assert f"steps = {steps} instead of 200" in page
+    # the refused analysis is "not applicable" in the manifest, "over budget" on the pages, never "not applicable"
+    refused = (out / "analyses" / "smoothgrad.html").read_text()
+    assert "Over the compute budget, so not run: with its settings" in refused
+    assert "Not applicable to this model" not in refused
+    assert '<span class="tag">over budget</span>' in refused and 'class="status-over-budget"' in refused
+    card = (out / "index.html").read_text()
+    assert card.count('class="status-over-budget">over budget<br>') == 1
 
 
 def test_a_method_left_out_by_the_budget_is_left_out_of_the_trust_checks_too(tmp_path, image_folder):
