@@ -91,7 +91,8 @@ class Choice:
     """What one map explains: image ``image`` (index into the image set), keyed by class / label / output index
     ``cls`` (embed: 0), ``role`` on the page, ``words`` for the page ("explains: ..."); detect: ``box`` (4,) and
     ``label`` (a class index; None = no detection to explain); binary ``negate``; embed ``reference`` (the
-    reference image's index, None for an image file)."""
+    reference image's index, None for an image file); ``nothing``: the target is 0 on every input (no detection
+    and no class to score, no other image to be similar to), so every map of it is blank by construction."""
 
     image: int
     cls: int
@@ -101,6 +102,23 @@ class Choice:
     label: Optional[int] = None
     negate: bool = False
     reference: Optional[int] = None
+    nothing: bool = False
+
+
+def nothing_to_explain(task: str, picked: Sequence[Choice]) -> str:
+    """Why no map of these choices can show anything (each one's target is 0 on every input: `Choice.nothing`),
+    or "" when one of them can: one sentence for a page that would otherwise draw only blank maps."""
+    if not picked or not all(c.nothing for c in picked):
+        return ""
+    n = len(picked)
+    if task == "detect":
+        images = "the sample image" if n == 1 else f"any of the {n} sample images"
+        return (f"the model returns no detection on {images}, so the target (the box score of a detection: IoU + "
+                "score, 0 with no detection of a class to match) is 0 on every input and every map would be blank; "
+                "give --target box=x0,y0,x1,y1:CLASS to explain a class's score in a box")
+    subject = "the sample image has nothing" if n == 1 else f"none of the {n} sample images has anything"
+    return (f"{subject} to explain (" + "; ".join(dict.fromkeys(c.words for c in picked))
+            + ") and every map would be blank")
 
 
 @dataclass
@@ -311,7 +329,8 @@ def default_choices(task: str, predictions: Any, images: Sequence[int], names: S
             d = predictions.detections[row]
             if not len(d["scores"]):
                 out.append(Choice(i, 0, "predicted", f"explains: nothing: {name} has no detection, so its score is "
-                                                     "0 and its maps are blank", box=np.zeros(4, np.float32)))
+                                                     "0 and its maps are blank", box=np.zeros(4, np.float32),
+                                  nothing=True))
                 continue
             c = int(d["labels"][0])
             out.append(Choice(i, c, "predicted",
@@ -322,7 +341,7 @@ def default_choices(task: str, predictions: Any, images: Sequence[int], names: S
             ref = int(nearest_other(predictions.logits, [row])[0])
             if ref < 0:
                 out.append(Choice(i, 0, "predicted", f"explains: nothing: {name} is the only image, with no other "
-                                                     "image to be similar to"))
+                                                     "image to be similar to", nothing=True))
                 continue
             e, r = predictions.logits[row].astype(np.float64), predictions.logits[ref].astype(np.float64)
             cos = float(e @ r / max(np.linalg.norm(e) * np.linalg.norm(r), 1e-12))
@@ -366,7 +385,8 @@ def given_choices(spec: TargetSpec, task: str, predictions: Any, images: Sequenc
             label = spec.index if spec.index is not None else (int(d["labels"][best]) if best >= 0 else None)
             if label is None:
                 out.append(Choice(i, 0, GIVEN, f"explains: box {_fmt_box(box)} of {name}: the image has no detection,"
-                                               " so its score is 0 and its maps are blank (--target)", box=box))
+                                               " so its score is 0 and its maps are blank (--target)", box=box,
+                                  nothing=True))
                 continue
             match = (f"best-matching detection: class {names[int(d['labels'][best])]}, IoU {iou[best]:.2f}, score "
                      f"{float(d['scores'][best]):.2f}" if best >= 0 else "no detection")

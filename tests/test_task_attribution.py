@@ -3,6 +3,8 @@ per task"): --target parsed with known answers and every mistake's one line, the
 hand-made predictions, and the pages' maps of a segmenter and a detector against the method functions called
 directly with a target computed here, the model left unchanged."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -46,8 +48,20 @@ class DetNet(nn.Module):
         return [{"boxes": boxes, "labels": torch.tensor([0, 2, 1]), "scores": s} for s in scores]
 
 
+class BlindDetNet(DetNet):
+    """`DetNet` behind a score threshold none of its sigmoid scores reaches: no detection on any image (as a random
+    RetinaNet, whose class prior of 0.01 is under its score threshold of 0.05)."""
+
+    def forward(self, x):
+        return [{k: v[d["scores"] > 1.0] for k, v in d.items()} for d in super().forward(x)]
+
+
 def seg_net():
     return SegNet()
+
+
+def blind_det_net():
+    return BlindDetNet()
 
 
 def det_net():
@@ -299,3 +313,28 @@ def test_a_classifier_given_a_target_explains_that_class_on_its_page_and_in_the_
     assert [item.group for item in result.items if item.key.startswith("shared-")] == ["The given target (--target)"] * 2
     classes, target, tset = explained(ctx, ctx.samples, x)
     assert classes.tolist() == [bird, bird] and tset is None
+
+
+def test_a_detector_that_finds_nothing_draws_no_blank_maps(tmp_path):
+    """With no detection on any sample, the default target (the top detection's box score) is 0 on every input:
+    the attribution pages and the trust checks say so instead of computing blank maps and flat curves, the budget
+    does not count them, and the findings raise the alert. A given box with a class is a target still (a
+    perturbed input may bring a detection of it), so that page runs."""
+    folder = write_image_folder(tmp_path / "im", classes=("a", "b"), per_class=2, size=(12, 12))
+    common = ["test_task_attribution:blind_det_net", "--input-size", "12x12", "--channels", "3", "--images", folder,
+              "--task", "detect", "--class-names", ",".join(NAMES), "--samples", "2", "-q"]
+    only = "gradient,rise,integrated-gradients,grad-cam,deletion-insertion,randomization-test,findings"
+    result = run("build", *common, "--only", only, "-o", tmp_path / "site")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "site" / "manifest.json").read_text())
+    entries = {a["name"]: a for a in manifest["analyses"]}
+    for name in only.split(",")[:-1]:
+        assert entries[name]["status"] == "not applicable", name
+        assert entries[name]["reason"].startswith("the model returns no detection on any of the 2 sample images")
+        assert "--target box=x0,y0,x1,y1:CLASS" in entries[name]["reason"]
+    (collapse,) = [f for f in manifest["findings"] if f["id"] == "output-collapse"]
+    assert collapse["severity"] == "alert" and collapse["numbers"]["images with a detection"] == 0
+    given = run("build", *common, "--only", "gradient", "--target", "box=1,2,9,12:cat", "-o", tmp_path / "given")
+    assert given.exit_code == 0, given.output
+    entry = json.loads((tmp_path / "given" / "manifest.json").read_text())["analyses"]
+    assert [a["status"] for a in entry if a["name"] == "gradient"] == ["ok"]

@@ -180,6 +180,15 @@ def predicted(ctx: Any, images: list[int]) -> Any:
     return torch.tensor([int(preds[ctx.predictions.row(i)]) for i in images], device=ctx.device)
 
 
+def nothing_here(ctx: Any, images: list[int]) -> str:
+    """Why the checks have nothing to test on ``images`` (every target 0 on every input, so every map is blank and
+    every curve flat: `reportgen.task_targets.nothing_to_explain`), or ""."""
+    from ..task_targets import choices, nothing_to_explain
+
+    picked = choices(ctx, images)
+    return nothing_to_explain(ctx.task, picked) if picked else ""
+
+
 def explained(ctx: Any, images: list[int], inputs: Any) -> tuple[Any, Any, Any]:
     """What the checks explain on ``images`` (their ``inputs``): (classes (N,) LongTensor naming each image's map
     as the attribution pages do, the target the methods and the curves take, its `TargetSet` or None). A
@@ -280,6 +289,8 @@ class DeletionInsertion(Analysis):
         # of the methods whose pages this build does not draw (not chosen with --only)
         methods = method_params(upstream, params)
         n = min(params.images, len(ctx.samples))
+        if nothing_here(ctx, ctx.samples[:n]):
+            return 0.0  # it computes nothing: its page says why
         return ((len(methods) + 1) * 2 * (params.steps + 1) + unseen_passes(ctx, upstream, params)) * n \
             * ctx.facts.macs
 
@@ -295,6 +306,8 @@ class DeletionInsertion(Analysis):
         result = Result()
         result.notes.extend(missing_note(upstream, params))
         images = ctx.samples[: params.images]
+        if why := nothing_here(ctx, images):
+            raise NotApplicable(why)
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets, target, tset = explained(ctx, images, inputs)
         whose, measure, bounded = target_words(ctx, tset)
@@ -449,6 +462,8 @@ class RandomizationTest(Analysis):
         # one map per method, image and step of the cascade (and the model's own); the methods left out for cost
         # (one map over max_passes images) are estimated from their declared passes, a backward counting 2
         n = min(params.images, len(ctx.samples))
+        if nothing_here(ctx, ctx.samples[:n]):
+            return 0.0  # it computes nothing: its page says why
         per_map = [a.passes(ctx, p) for a, p in method_params(upstream, params)
                    if a.name in params.methods or a.passes(ctx, p) <= 3 * params.max_passes]
         return (params.steps + 1) * n * sum(per_map) * ctx.facts.macs
@@ -468,6 +483,8 @@ class RandomizationTest(Analysis):
         result = Result()
         result.notes.extend(missing_note(upstream, params))
         images = ctx.samples[: params.images]
+        if why := nothing_here(ctx, images):
+            raise NotApplicable(why)
         inputs = ctx.images.load_inputs(images, ctx.device)
         targets, target, tset = explained(ctx, images, inputs)
         whose = target_words(ctx, tset)[0]

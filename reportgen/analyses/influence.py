@@ -336,8 +336,23 @@ class AttributionAnalysis(Analysis):
         labels = [int(ctx.images.labels[i]) for i in ctx.samples]
         return class_targets(ctx.samples, preds, labels, requested_classes(ctx))
 
+    def explained_targets(self, ctx: Any) -> list[MapTarget]:
+        """`map_targets`, or `NotApplicable` when every one of them is 0 on every input (a detector that finds
+        nothing on the samples: `reportgen.task_targets.nothing_to_explain`), whose maps would all be blank."""
+        from ..task_targets import nothing_to_explain
+
+        targets = self.map_targets(ctx)
+        why = nothing_to_explain(ctx.task, [t.choice for t in targets if t.choice is not None])
+        if why and all(t.choice is not None for t in targets):
+            raise NotApplicable(why)
+        return targets
+
     def cost(self, ctx: Any, params: Any, upstream: Upstream = NOTHING) -> float:
-        return len(self.map_targets(ctx)) * self.passes(ctx, params) * ctx.facts.macs
+        try:
+            targets = self.explained_targets(ctx)
+        except NotApplicable:  # it computes nothing: its page says why (`run`), not the budget
+            return 0.0
+        return len(targets) * self.passes(ctx, params) * ctx.facts.macs
 
     def check(self, ctx: Any, params: Any) -> None:
         from ..task_targets import parse_context
@@ -450,7 +465,7 @@ class AttributionAnalysis(Analysis):
     def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
         result = Result()
         predictions = ctx.predictions
-        targets = self.map_targets(ctx)
+        targets = self.explained_targets(ctx)
         if not targets:
             result.notes.append("There is no sample image to explain.")
             return result

@@ -120,7 +120,7 @@ class CompletenessPage(AttributionAnalysis):
         return torch.cat([m for m, _ in done]), {**options, "gaps": torch.cat([g for _, g in done]).numpy()}
 
     def run(self, ctx: Any, params: Any, reduced: dict, upstream: Upstream = NOTHING) -> Result:
-        targets = self.map_targets(ctx)
+        targets = self.explained_targets(ctx)
         if not targets:
             return super().run(ctx, params, reduced, upstream)
         maps, options = self.compute(ctx, params, targets)
