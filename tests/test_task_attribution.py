@@ -334,6 +334,13 @@ def test_a_detector_that_finds_nothing_draws_no_blank_maps(tmp_path):
         assert "--target box=x0,y0,x1,y1:CLASS" in entries[name]["reason"]
     (collapse,) = [f for f in manifest["findings"] if f["id"] == "output-collapse"]
     assert collapse["severity"] == "alert" and collapse["numbers"]["images with a detection"] == 0
+    # nor has the attack a top detection to lose: every row of its table would be "n/a"
+    attack = run("build", *common, "--only", "adversarial", "-o", tmp_path / "attack")
+    assert attack.exit_code == 0, attack.output
+    (adv,) = [a for a in json.loads((tmp_path / "attack" / "manifest.json").read_text())["analyses"]
+              if a["name"] == "adversarial"]
+    assert adv["status"] == "not applicable"
+    assert adv["reason"].startswith("none of the 2 sample images has a detection, so there is no top detection")
     given = run("build", *common, "--only", "gradient", "--target", "box=1,2,9,12:cat", "-o", tmp_path / "given")
     assert given.exit_code == 0, given.output
     entry = json.loads((tmp_path / "given" / "manifest.json").read_text())["analyses"]

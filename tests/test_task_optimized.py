@@ -329,3 +329,22 @@ def test_multilabel_page_table_and_finding():
     (f,) = robustness_findings(robust)
     assert f.sentence.startswith("A median change of") and "changes the predicted label set (2 of 2" in f.sentence
     assert "flip the label" not in f.sentence
+
+
+def test_the_attack_on_a_detector_needs_a_top_detection_to_lose():
+    from types import SimpleNamespace
+
+    from reportgen.analyses.optimized import SCORE_THRESHOLD, Adversarial
+
+    def ctx(*tops):
+        dets = [{"scores": np.array(t, np.float32)} for t in tops]
+        pred = SimpleNamespace(detections=dets, row=lambda i: i)
+        return SimpleNamespace(task="detect", predictions=pred, samples=list(range(len(dets))))
+
+    low = ctx([0.2, 0.2], [0.2], [])  # a random SSDlite: every score 1/K
+    why = Adversarial.nothing_to_lose(low)
+    assert why.startswith(f"none of the 3 sample images has a detection of score {SCORE_THRESHOLD:g} or more "
+                          "(the highest scores 0.2)")
+    assert Adversarial().cost(low, None) == 0.0
+    assert Adversarial.nothing_to_lose(ctx([], [SCORE_THRESHOLD, 0.1])) == ""
+    assert Adversarial.nothing_to_lose(SimpleNamespace(task="classify")) == ""

@@ -837,7 +837,25 @@ class Adversarial(Analysis):
     splits = True  # a distributed build deals its batches of images and its sphere images to the ranks
     shrink = (("sphere_points", 50), ("steps", 50))
 
+    @staticmethod
+    def nothing_to_lose(ctx) -> str:
+        """Why a detector's attack has nothing to flip on the sample images (none of them has a top detection of
+        score `SCORE_THRESHOLD` or more: every row of its table would be "n/a"), or ""."""
+        if getattr(ctx, "task", "classify") != "detect" or ctx.predictions is None or not ctx.samples:
+            return ""
+        pred = ctx.predictions
+        tops = [pred.detections[pred.row(i)]["scores"] for i in ctx.samples]
+        if any(len(s) and float(s[0]) >= SCORE_THRESHOLD for s in tops):
+            return ""
+        best = [float(s[0]) for s in tops if len(s)]
+        which = (f"a detection of score {SCORE_THRESHOLD:g} or more (the highest scores {max(best):.3g})" if best
+                 else "a detection")
+        return (f"none of the {len(tops)} sample images has {which}, so there is no top detection for the attack to "
+                "lose and every row of its table would be n/a")
+
     def cost(self, ctx, params, upstream=NOTHING):
+        if self.nothing_to_lose(ctx):
+            return 0.0  # it computes nothing: its page says why
         # at most: every step of the untargeted and targeted runs (forward + backward), and every sphere point
         runs = 2 if params.targeted and getattr(ctx, "task", "classify") == "classify" else 1
         return len(ctx.samples) * (runs * params.steps * 3 + params.sphere_points) * ctx.facts.macs
@@ -996,6 +1014,8 @@ class Adversarial(Analysis):
         task = ctx.task
         if task == "embed" and len(ctx.predictions.indices) < 2:
             raise NotApplicable(EMBED_ONE)
+        if why := self.nothing_to_lose(ctx):
+            raise NotApplicable(why)
         idx = list(ctx.samples)
         x = ctx.images.load_inputs(idx, ctx.device)
         flip, measure, loss = self.flip_of(ctx, params, idx)
