@@ -3,7 +3,7 @@ and of a timm classifier used as a multi-label head, through the real CLI, and w
 did: exit code, wall and CPU seconds, each analysis's status (ran / not applicable and why / failed and why) from
 the site's manifest.json, and every warning line the build printed (not a test).
 
-    python benchmarks/sweep_tasks.py --out benchmarks/torchvision_tasks.md             # the eight models
+    python benchmarks/sweep_tasks.py --out benchmarks/torchvision_tasks.md             # every model below
     python benchmarks/sweep_tasks.py --model lraspp_mobilenet_v3_large --work /tmp/sweep-x
     python benchmarks/sweep_tasks.py --src /tmp/sweep-head ...                         # run another checkout
 
@@ -17,6 +17,11 @@ folder of class masks (segmentation: the class of a pixel from its brightness) a
 two fixed boxes per image). Inputs are smaller than the defaults where the model allows it (see `MODELS`) so each
 build stays within minutes on a 2-core CPU; the sweep's fast config (few optimization steps, few noisy copies) and
 ``--samples 2``. Each build runs in its own subprocess; CPU seconds are the child's user + system time.
+
+``retinanet_resnet50_fpn@320`` and ``fcos_resnet50_fpn@320`` are the same architectures and weights built with their
+transform at 320 px instead of 800 (``sweep_factories:ARCH``, a ``module:factory`` spec from
+benchmarks/sweep_factories.py, with ``--channels 3 --mean 0,0,0 --std 1,1,1`` as the torchvision loader sets them): a sixth of
+the compute, so that ``-- --budget 0`` runs every analysis on them on this CPU.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ MODELS = {
     "fcos_resnet50_fpn": ("detect", 320, "resizes to 800 inside whatever the input: 320 only sets the pictures' "
                                          "resolution, not the compute"),
     "ssdlite320_mobilenet_v3_large": ("detect", 320, "resizes to 320 inside: the loader's own size"),
+    # the same two built with their transform at 320 px (benchmarks/sweep_factories.py), to run with --budget 0
+    "retinanet_resnet50_fpn@320": ("detect", 320, "built with min_size = max_size = 320 "
+                                                  "(sweep_factories:retinanet_resnet50_fpn): 20 GMAC a pass"),
+    "fcos_resnet50_fpn@320": ("detect", 320, "built with min_size = max_size = 320 "
+                                             "(sweep_factories:fcos_resnet50_fpn): 20 GMAC a pass"),
     "timm:resnet18": ("multilabel", 128, "a CNN with global pooling: any size; 128 instead of 224"),
 }
 CLASSES = ["cat", "dog", "car", "tree"]  # the detectors' and the multi-label head's names
@@ -121,9 +131,10 @@ def weights(model: str, task: str, path: Path) -> str:
         return model
     import torchvision
 
-    net = torchvision.models.get_model(model, weights=None, weights_backbone=None, num_classes=len(SEG_CLASSES))
+    arch, _, small = model.partition("@")
+    net = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=len(SEG_CLASSES))
     torch.save(net.state_dict(), path)
-    return f"torchvision:{model}"
+    return f"sweep_factories:{arch}" if small else f"torchvision:{arch}"
 
 
 def probe(archs: list[str], images: Path, small: bool) -> None:
@@ -165,7 +176,7 @@ def probe(archs: list[str], images: Path, small: bool) -> None:
 def build(model: str, work: Path, images: Path, names: list[str], config: Path, samples: int, src: str | None,
           extra: list[str]) -> dict:
     task, size, why = MODELS[model]
-    tag = model.replace(":", "-")
+    tag = model.replace(":", "-").replace("@", "-")
     folder = work / tag
     folder.mkdir(parents=True, exist_ok=True)
     state = folder / "weights.pt"
@@ -180,6 +191,10 @@ def build(model: str, work: Path, images: Path, names: list[str], config: Path, 
     if not model.startswith("timm:"):
         cmd += ["--class-names", names_flag]
     env = dict(os.environ)
+    if spec.startswith("sweep_factories:"):
+        # as the torchvision loader says of these models: 3 channels, normalized inside
+        cmd += ["--channels", "3", "--mean", "0,0,0", "--std", "1,1,1"]
+        env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", "")
     if src:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -245,7 +260,7 @@ def markdown(rows: list[dict], argv: list[str], source: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", choices=list(MODELS), help="models (default: all eight)")
+    parser.add_argument("--model", action="append", choices=list(MODELS), help="models (default: all of them)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sweep-tasks"), help="weights, images, sites")
     parser.add_argument("--samples", type=int, default=2, help="sample images of the per-image analyses")
     parser.add_argument("--src", help="a reportgen checkout to run instead of the installed one (PYTHONPATH): its reportgen/ and "
@@ -269,7 +284,8 @@ def main() -> None:
     images = args.work / "images"
     names = photos(images)
     if args.probe:
-        probe([m for m in args.model or list(MODELS) if not m.startswith("timm:")], images, small=True)
+        probe([m for m in args.model or list(MODELS) if not m.startswith("timm:") and "@" not in m], images,
+              small=True)
         return
     config = args.work / "fast.toml"
     config.write_text(FAST)
