@@ -195,6 +195,54 @@ def activation_bytes(rows: list[LayerRow]) -> int:
                for r in rows if r.leaf and r.out_shape is not None)
 
 
+DETECTOR_PROBE_SIDE = 160  # px: the backbone's levels depend on its layers the same way at any size; 160 is cheap
+
+
+def detector_cam_layer(model: Any, candidates: list[str], probe: Any) -> Optional[str]:
+    """The deepest map layer of a torchvision detector's backbone that every one of the backbone's feature levels
+    depends on (FPN levels P3 to P7, SSD's scales), or None when none does (or the backbone cannot be run here).
+
+    A detection comes from one level (RetinaNet, FCOS and SSD score each level's anchors; Faster R-CNN pools a box
+    from the level its size picks), so Grad-CAM at a layer of one level is zero for the detections of every other
+    level: the last map layer of the pass (RetinaNet's P7, SSDlite's head of one scale, Faster R-CNN's finest FPN
+    output) gave blank maps for most boxes. The layer found here feeds them all: the lateral projection of the
+    backbone's last stage (``backbone.fpn.inner_blocks.N`` of torchvision's FeaturePyramidNetwork, whose top-down
+    path adds it, upsampled, to every finer level) or the first scale's stage of an SSD. Found from the autograd
+    graph of one forward pass of the backbone alone (on the probe image resized to `DETECTOR_PROBE_SIDE` px and
+    normalized by the model's own transform): a layer feeds a level when the level's graph reaches the layer's
+    output. No backward pass runs and no gradient is stored."""
+    import torch
+
+    backbone, transform = getattr(model, "backbone", None), getattr(model, "transform", None)
+    pool = [n for n in candidates if n.startswith("backbone.")]
+    if backbone is None or transform is None or not pool:
+        return None
+    x = torch.nn.functional.interpolate(probe.detach()[:1].float(), size=(DETECTOR_PROBE_SIDE,) * 2,
+                                        mode="bilinear", align_corners=False)
+    x = transform.normalize(x[0])[None].requires_grad_(True)  # a graph even when every parameter is frozen
+    try:
+        with preserved(model), capture(model, pool, keep_live=True, clone=False) as rec, torch.enable_grad():
+            levels = backbone(x)
+            levels = list(levels.values()) if isinstance(levels, dict) else [levels]
+            feeds = set.intersection(*(_graph_nodes(level.grad_fn) for level in levels))
+            found = next((n for n in reversed(pool) if n in rec.live and rec.live[n].grad_fn in feeds), None)
+    except Exception:  # a backbone that does not run on its own: the last map layer, as for any model
+        return None
+    return found
+
+
+def _graph_nodes(fn: Any) -> set:
+    """Every autograd node that ``fn`` (a tensor's ``grad_fn``) reaches through ``next_functions``."""
+    seen, stack = set(), [fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(f for f, _ in node.next_functions)
+    return seen
+
+
 def without_pixel_classifier(candidates: list[str], acts: dict, out: Any) -> list[str]:
     """A segmenter's map layers (in the order they finished) without the trailing ones that output its K class
     logits (the per-pixel classifier and anything after it). Grad-CAM at the logits themselves only hands back a
@@ -225,6 +273,12 @@ def default_grad_cam_layer(model: Any, candidates: list[str], views: dict, probe
     """
     if not candidates:
         return None, "no layer outputs a (N, K, h, w) map with h*w > 1: give the CAM layer explicitly"
+    from .tasks import torchvision_detector
+
+    if torchvision_detector(model):
+        shared = detector_cam_layer(model, candidates, probe)
+        if shared is not None:
+            return shared, ""
     last = candidates[-1]
     token_head = views.get(last) is not None and views[last].kind == "tokens" and bool(views[last].prefix)
     import torch  # lazy: the CLI starts without torch

@@ -345,3 +345,52 @@ def test_a_detector_that_finds_nothing_draws_no_blank_maps(tmp_path):
     assert given.exit_code == 0, given.output
     entry = json.loads((tmp_path / "given" / "manifest.json").read_text())["analyses"]
     assert [a["status"] for a in entry if a["name"] == "gradient"] == ["ok"]
+
+
+def test_a_detectors_default_cam_layer_feeds_every_level_of_its_pyramid():
+    """torchvision's RetinaNet (a ResNet-18 FPN at 128 px, random weights): the default Grad-CAM layer is the
+    deepest backbone layer that every FPN level depends on, checked here a second way, by adding noise to a
+    layer's output and seeing which levels change; the last map layer (the old default) feeds only the coarsest."""
+    import torchvision
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    from reportgen.capture import capture, layer_names
+    from reportgen.methods.cams import map_layers_from_probe
+    from reportgen.methods.tokens import probe_views
+    from reportgen.plan import default_grad_cam_layer
+
+    torch.manual_seed(0)
+    backbone = _resnet_fpn_extractor(torchvision.models.resnet18(), 5, returned_layers=[2, 3, 4],
+                                     extra_blocks=LastLevelP6P7(256, 256))
+    model = RetinaNet(backbone, num_classes=3, min_size=128, max_size=128).eval()
+    x = torch.rand(1, 3, 96, 96)
+    with capture(model, layer_names(model)) as rec, torch.no_grad():
+        out = model(x)
+    acts = {n: a for n, a in rec.acts.items() if a.dim() and a.shape[0] == 1}
+    candidates = map_layers_from_probe(model, acts, rec.calls, probe_views(acts, (3, 96, 96)))
+    before = state(model)
+    chosen, why = default_grad_cam_layer(model, candidates, {}, x)
+    unchanged(model, before, x, out)
+    assert why == "" and chosen == "backbone.fpn.inner_blocks.2", chosen  # the lateral 1x1 of layer4 (C5)
+
+    modules = dict(model.named_modules())
+    xn = model.transform.normalize(x[0])[None]
+    with torch.no_grad():
+        clean = list(model.backbone(xn).values())
+
+    def changed(name):
+        handle = modules[name].register_forward_hook(lambda m, i, o: o + torch.randn_like(o))
+        try:
+            with torch.no_grad():
+                noisy = list(model.backbone(xn).values())
+        finally:
+            handle.remove()
+        return [not torch.equal(a, b) for a, b in zip(clean, noisy)]
+
+    assert len(clean) == 5 and all(changed(chosen))
+    deeper = [n for n in candidates[candidates.index(chosen) + 1:] if n.startswith("backbone.")]
+    assert deeper and not any(all(changed(n)) for n in deeper)
+    # the last map layer (P6 here: P7 is 1x1 at 128 px) feeds only the coarse levels
+    assert candidates[-1].startswith("backbone.fpn.extra_blocks.") and changed(candidates[-1])[:3] == [False] * 3
