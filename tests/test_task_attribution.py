@@ -334,6 +334,7 @@ def test_a_detector_that_finds_nothing_draws_no_blank_maps(tmp_path):
         assert "--target box=x0,y0,x1,y1:CLASS" in entries[name]["reason"]
     (collapse,) = [f for f in manifest["findings"] if f["id"] == "output-collapse"]
     assert collapse["severity"] == "alert" and collapse["numbers"]["images with a detection"] == 0
+    assert manifest["findings"][0]["id"] == "output-collapse"  # the alert first, before the task's score (info)
     # nor has the attack a top detection to lose: every row of its table would be "n/a"
     attack = run("build", *common, "--only", "adversarial", "-o", tmp_path / "attack")
     assert attack.exit_code == 0, attack.output

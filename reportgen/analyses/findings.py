@@ -749,6 +749,7 @@ class Findings(Analysis):
             findings += robustness_findings(adv.shared.get("robustness") if adv is not None else None,
                                             why_not("adversarial"), shown("adversarial", "summary", "untargeted attack")
                                             + shown("adversarial", "sphere", "random-sphere control"))
+            findings = by_severity(findings)  # an alert first, as for a classifier
             result.shared["findings"] = findings
             for s in SEVERITIES:
                 result.metrics[f"findings: {s}"] = sum(f.severity == s for f in findings)
