@@ -850,8 +850,10 @@ class Adversarial(Analysis):
         best = [float(s[0]) for s in tops if len(s)]
         which = (f"a detection of score {SCORE_THRESHOLD:g} or more (the highest scores {max(best):.3g})" if best
                  else "a detection")
-        return (f"none of the {len(tops)} sample images has {which}, so there is no top detection for the attack to "
-                "lose and every row of its table would be n/a")
+        who = "the sample image has no" if len(tops) == 1 else f"none of the {len(tops)} sample images has"
+        which = which.replace("a detection", "detection", 1) if len(tops) == 1 else which
+        return (f"{who} {which}, so there is no top detection for the attack to lose and every row of its table "
+                "would be n/a")
 
     def cost(self, ctx, params, upstream=NOTHING):
         if self.nothing_to_lose(ctx):
