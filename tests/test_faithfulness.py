@@ -494,3 +494,15 @@ def test_a_check_whose_every_method_page_did_not_run_does_not_apply_and_says_why
         attribution_methods(None, upstream, DeletionParams())
     with pytest.raises(NotApplicable, match="no attribution method applies"):
         attribution_methods(None, Upstream(), DeletionParams())
+
+
+def test_best_at_names_the_best_methods_and_none_on_a_complete_tie():
+    from reportgen.analyses.faithfulness import best_at
+
+    got = best_at({"a": {"deletion": 0.1, "insertion": 0.9}, "b": {"deletion": 0.1, "insertion": 0.5},
+                   "c": {"deletion": 0.3, "insertion": 0.9}})
+    assert got == {"a": "deletion, insertion", "b": "deletion", "c": "insertion"}
+    # flat curves (a detector with nothing to find under a given box): every AUC 0 tells no method apart
+    flat = best_at({m: {"deletion": 0.0, "insertion": 0.0} for m in ("a", "b", "c")})
+    assert flat == {"a": "–", "b": "–", "c": "–"}
+    assert best_at({"a": {"deletion": 0.2, "insertion": 0.4}}) == {"a": "deletion, insertion"}

@@ -253,11 +253,12 @@ WORDS = {"deletion": "deletion", "insertion": "insertion", "mass": "mass on obje
 
 def best_at(values: dict[str, dict[str, float]]) -> dict[str, str]:
     """For ``values[method][score]`` (scores of `HIGHER`; NaN = none), the scores each method is best at (ties
-    all count), in words: ``{"gradient": "deletion, insertion", "cam": "–"}``."""
+    all count), in words: ``{"gradient": "deletion, insertion", "cam": "–"}``. A score on which every method ties
+    tells none apart (a target that is 0 on every input gives flat curves of AUC 0): nobody is best at it."""
     best: dict[str, set[str]] = {}
     for score, higher in HIGHER.items():
         kept = {m: v[score] for m, v in values.items() if not np.isnan(v.get(score, np.nan))}
-        if kept:
+        if kept and (len(kept) == 1 or len(set(kept.values())) > 1):
             top = max(kept.values()) if higher else min(kept.values())
             best[score] = {m for m, v in kept.items() if v == top}
     return {m: ", ".join(WORDS[k] for k in best if m in best[k]) or "–" for m in values}
