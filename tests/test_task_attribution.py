@@ -342,10 +342,19 @@ def test_a_detector_that_finds_nothing_draws_no_blank_maps(tmp_path):
               if a["name"] == "adversarial"]
     assert adv["status"] == "not applicable"
     assert adv["reason"].startswith("none of the 2 sample images has a detection, so there is no top detection")
-    given = run("build", *common, "--only", "gradient", "--target", "box=1,2,9,12:cat", "-o", tmp_path / "given")
+    given = run("build", *common, "--only", "gradient,deletion-insertion,randomization-test", "--target",
+                "box=1,2,9,12:cat", "-o", tmp_path / "given")
     assert given.exit_code == 0, given.output
-    entry = json.loads((tmp_path / "given" / "manifest.json").read_text())["analyses"]
-    assert [a["status"] for a in entry if a["name"] == "gradient"] == ["ok"]
+    entries = {a["name"]: a for a in json.loads((tmp_path / "given" / "manifest.json").read_text())["analyses"]}
+    assert {entries[n]["status"] for n in ("gradient", "deletion-insertion", "randomization-test")} == {"ok"}
+    # no detection ever matches the box: blank maps and flat curves, which the checks do not rank or judge
+    (trust,) = [i for i in entries["deletion-insertion"]["items"] if i["key"] == "trust"]
+    assert len(trust["rows"]) > 2 and {row[-1] for row in trust["rows"][:-1]} == {"–"}  # the last: random order
+    (cascade,) = [i for i in entries["randomization-test"]["items"] if i["key"] == "trust"]
+    judged = [row for row in cascade["rows"] if row[-1] != "not run (cost)"]
+    assert len(judged) > 2 and {row[-1] for row in judged[:-1]} == {"none (blank maps)"}  # Score-CAM's 0 passed
+    assert judged[-1][0] == "edge detector (control)" and judged[-1][-1] == "fail"
+    assert entries["randomization-test"]["metrics"]["passed"] == 0
 
 
 def test_a_detectors_default_cam_layer_feeds_every_level_of_its_pyramid():

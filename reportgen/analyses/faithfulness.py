@@ -180,6 +180,12 @@ def predicted(ctx: Any, images: list[int]) -> Any:
     return torch.tensor([int(preds[ctx.predictions.row(i)]) for i in images], device=ctx.device)
 
 
+def _constant(maps: Any) -> Any:
+    """Whether each map (N, ...) is the same value at every pixel: a boolean array (N,)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    return (flat.amax(dim=1) == flat.amin(dim=1)).cpu().numpy()
+
+
 def nothing_here(ctx: Any, images: list[int]) -> str:
     """Why the checks have nothing to test on ``images`` (every target 0 on every input, so every map is blank and
     every curve flat: `reportgen.task_targets.nothing_to_explain`), or ""."""
@@ -519,28 +525,35 @@ class RandomizationTest(Analysis):
         runs = {a.name: (a, r) for (a, _, _), r in zip(checked, tests)}
         control = tests[-1]
 
-        def verdict(rho: float) -> str:
+        # a method whose trained maps are constant (blank: the target does not change with the input there) has no
+        # pixel order for the cascade to destroy: its correlation with any map is 0 or 1 by convention, not evidence
+        blank = {n for n, (_, r) in runs.items() if _constant(r.original).all()}
+
+        def verdict(rho: float, flat: bool = False) -> str:
+            if flat or not np.isfinite(rho):
+                return "none (blank maps)"
             return "pass" if rho <= params.threshold else "fail"
 
         rows = []
         for name, (a, r) in [*runs.items(), (EDGE_ROW, (None, control))]:
             rho = float(r.spearman[-1].mean())
-            rows.append([name, float(r.spearman[0].mean()), rho, float(r.ssim[-1].mean()), verdict(rho)])
+            rows.append([name, float(r.spearman[0].mean()), rho, float(r.ssim[-1].mean()), verdict(rho, name in blank)])
         nan = float("nan")
         rows[-1:-1] = [[name, nan, nan, nan, LEFT_OUT] for name in left_out]  # stated in the table, not dropped
         top = labels[0]
         result.items.append(Table(
             key="trust", label="Which maps to trust: the randomization check",
             caption=f"Similarity of each method's maps of the {len(images)} sample images ({whose}) to the "
-                    "trained model's maps, after re-initializing the top layer only "
-                    f"('{top}') and after all {len(layers)} steps of the cascade (every parameter re-initialized): "
+                    "trained model's maps, after re-initializing the top step of the cascade only "
+                    f"('{top}') and after all {len(layers)} steps (every parameter re-initialized): "
                     "Spearman rank correlation of "
                     "|maps| (1 = the same order of pixels) and SSIM of the maps scaled to [0, 1], means over the "
                     f"images. A method passes when the last Spearman correlation is at most {params.threshold:g}. "
                     "The edge detector is a control that ignores the model and so must fail."
                     + (f" '{LEFT_OUT}': one map of the method sends more than {params.max_passes} images through "
                        "the model; see the notes." if left_out else ""),
-            columns=["method", f"Spearman, '{top}' randomized", "Spearman, all layers randomized",
+            columns=["method", f"Spearman, '{top}' randomized" if len(top) <= 30 else  # a detector's is long
+                     "Spearman, top step randomized", "Spearman, all layers randomized",
                      "SSIM, all layers randomized", "check"], rows=rows))
 
         steps = ["trained", *[f"+ {n}" for n in labels]]
@@ -559,7 +572,7 @@ class RandomizationTest(Analysis):
                 key=f"similarity-{name}", kind="lines", label=f"{title}: similarity", group=title,
                 caption=f"{title}: mean similarity to the trained model's maps after each step of the cascade, "
                         f"with the pass threshold {params.threshold:g} of the Spearman correlation. Verdict: "
-                        f"{verdict(float(r.spearman[-1].mean()))}.",
+                        f"{verdict(float(r.spearman[-1].mean()), name in blank)}.",
                 data={"x": list(range(len(steps))), "xticklabels": steps, "marker": True, "ylim": [-0.2, 1.05],
                       "series": {"Spearman of |maps|": [1.0, *r.spearman.mean(dim=1).tolist()],
                                  "SSIM": [1.0, *r.ssim.mean(dim=1).tolist()],
@@ -574,14 +587,20 @@ class RandomizationTest(Analysis):
                         f"re-initialized (the check passes at a Spearman correlation of at most "
                         f"{params.threshold:g}).",
                 columns=["method", "Spearman, all layers randomized", "SSIM, all layers randomized", "check"],
-                rows=[[name, float(r.spearman[-1, p]), float(r.ssim[-1, p]), verdict(float(r.spearman[-1, p]))]
+                rows=[[name, float(r.spearman[-1, p]), float(r.ssim[-1, p]),
+                       verdict(float(r.spearman[-1, p]), bool(_constant(r.original[p:p + 1])[0]))]
                       for name, (_, r) in runs.items()] + [[name, nan, nan, LEFT_OUT] for name in left_out]))
-        passed = [n for n, (_, r) in runs.items() if float(r.spearman[-1].mean()) <= params.threshold]
-        # for the findings: each method's last Spearman correlation and the threshold that judged it
-        result.shared["trust"] = {"methods": {n: float(r.spearman[-1].mean()) for n, (_, r) in runs.items()},
-                                  "threshold": params.threshold, "left out": list(left_out),
+        judged = {n: r for n, (_, r) in runs.items() if n not in blank}
+        passed = [n for n, r in judged.items() if float(r.spearman[-1].mean()) <= params.threshold]
+        # for the findings: each judged method's last Spearman correlation and the threshold that judged it
+        result.shared["trust"] = {"methods": {n: float(r.spearman[-1].mean()) for n, r in judged.items()},
+                                  "threshold": params.threshold, "left out": list(left_out), "blank": sorted(blank),
                                   "control": float(control.spearman[-1].mean()), "images": len(images)}
-        result.metrics.update({"methods": len(runs), "passed": len(passed), "failed": len(runs) - len(passed),
+        if blank:
+            result.notes.append(f"Not judged, as their maps of the trained model are blank (constant over the "
+                                f"pixels), so that there is no pixel order to compare: {', '.join(sorted(blank))}.")
+        result.metrics.update({"methods": len(runs), "passed": len(passed), "failed": len(judged) - len(passed),
+                               **({"blank, not judged": len(blank)} if blank else {}),
                                "threshold": params.threshold, "steps in the cascade": len(layers),
                                "sample images": len(images)})
         result.notes.append(
