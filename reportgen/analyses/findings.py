@@ -259,7 +259,7 @@ def task_score_findings(task: str, headline: Optional[dict], why: str = "") -> l
 
 def collapse_findings(task: str, pred: Any, names: list[str]) -> list[Finding]:
     """Whether a segmenter's or detector's output over the image set is degenerate, from the pass's own record
-    (``pred``: `reportgen.tasks.Predictions`): a segmenter that predicts one class at every pixel of every image,
+    (``pred``: `reportgen.context.Predictions`): a segmenter that predicts one class at every pixel of every image,
     a detector that returns no detection on any image, or one whose detections all have the same score (it does not
     rank its boxes). Each is what an untrained or collapsed head gives (a random RetinaNet's class prior of 0.01 is
     under its score threshold; a random SSDlite scores every box 1/K), and each empties pages: IoU and the maps of
