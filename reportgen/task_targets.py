@@ -105,10 +105,11 @@ class Choice:
     nothing: bool = False
 
 
-def nothing_to_explain(task: str, picked: Sequence[Choice]) -> str:
+def nothing_to_explain(task: str, picked: Optional[Sequence[Optional[Choice]]]) -> str:
     """Why no map of these choices can show anything (each one's target is 0 on every input: `Choice.nothing`),
-    or "" when one of them can: one sentence for a page that would otherwise draw only blank maps."""
-    if not picked or not all(c.nothing for c in picked):
+    or "" when one of them can (a None choice: a classifier's class, which always can): one sentence for a page
+    that would otherwise draw only blank maps."""
+    if not picked or not all(c is not None and c.nothing for c in picked):
         return ""
     n = len(picked)
     if task == "detect":

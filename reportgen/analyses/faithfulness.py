@@ -191,8 +191,7 @@ def nothing_here(ctx: Any, images: list[int]) -> str:
     every curve flat: `reportgen.task_targets.nothing_to_explain`), or ""."""
     from ..task_targets import choices, nothing_to_explain
 
-    picked = choices(ctx, images)
-    return nothing_to_explain(ctx.task, picked) if picked else ""
+    return nothing_to_explain(ctx.task, choices(ctx, images))
 
 
 def explained(ctx: Any, images: list[int], inputs: Any) -> tuple[Any, Any, Any]:
@@ -527,7 +526,8 @@ class RandomizationTest(Analysis):
 
         # a method whose trained maps are constant (blank: the target does not change with the input there) has no
         # pixel order for the cascade to destroy: its correlation with any map is 0 or 1 by convention, not evidence
-        blank = {n for n, (_, r) in runs.items() if _constant(r.original).all()}
+        flat = {n: _constant(r.original) for n, (_, r) in runs.items()}  # (images,) per method
+        blank = {n for n, f in flat.items() if f.all()}
 
         def verdict(rho: float, flat: bool = False) -> str:
             if flat or not np.isfinite(rho):
@@ -588,7 +588,7 @@ class RandomizationTest(Analysis):
                         f"{params.threshold:g}).",
                 columns=["method", "Spearman, all layers randomized", "SSIM, all layers randomized", "check"],
                 rows=[[name, float(r.spearman[-1, p]), float(r.ssim[-1, p]),
-                       verdict(float(r.spearman[-1, p]), bool(_constant(r.original[p:p + 1])[0]))]
+                       verdict(float(r.spearman[-1, p]), bool(flat[name][p]))]
                       for name, (_, r) in runs.items()] + [[name, nan, nan, LEFT_OUT] for name in left_out]))
         judged = {n: r for n, (_, r) in runs.items() if n not in blank}
         passed = [n for n, r in judged.items() if float(r.spearman[-1].mean()) <= params.threshold]

@@ -342,8 +342,8 @@ class AttributionAnalysis(Analysis):
         from ..task_targets import nothing_to_explain
 
         targets = self.map_targets(ctx)
-        why = nothing_to_explain(ctx.task, [t.choice for t in targets if t.choice is not None])
-        if why and all(t.choice is not None for t in targets):
+        why = nothing_to_explain(ctx.task, [t.choice for t in targets])
+        if why:
             raise NotApplicable(why)
         return targets
 

@@ -848,10 +848,9 @@ class Adversarial(Analysis):
         if any(len(s) and float(s[0]) >= SCORE_THRESHOLD for s in tops):
             return ""
         best = [float(s[0]) for s in tops if len(s)]
-        which = (f"a detection of score {SCORE_THRESHOLD:g} or more (the highest scores {max(best):.3g})" if best
-                 else "a detection")
-        who = "the sample image has no" if len(tops) == 1 else f"none of the {len(tops)} sample images has"
-        which = which.replace("a detection", "detection", 1) if len(tops) == 1 else which
+        which = (f"detection of score {SCORE_THRESHOLD:g} or more (the highest scores {max(best):.3g})" if best
+                 else "detection")
+        who = "the sample image has no" if len(tops) == 1 else f"none of the {len(tops)} sample images has a"
         return (f"{who} {which}, so there is no top detection for the attack to lose and every row of its table "
                 "would be n/a")
 

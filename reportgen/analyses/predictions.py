@@ -465,17 +465,18 @@ def detect_page(ctx: Any, params: Any, rows: tuple) -> Result:
         np.add.at(per_class, np.asarray(d["labels"])[c], 1)
     result.metrics[f"detections per image (score ≥ {DRAWN_SCORE:g})"] = float(per_image.mean()) if len(dets) else 0.0
     all_scores = np.concatenate([d["scores"] for d in dets]) if dets else np.zeros(0)
-    counted = {"name": f"detections per image (score ≥ {DRAWN_SCORE:g})", "values": per_image, "counts": True}
-    summary = [Plot(
-        key="detections-per-image", kind="output-histograms", label="Detections per image and their scores",
-        caption=f"Left: how many detections of score {DRAWN_SCORE:g} or more each image has; right: the scores of "
-                f"all {len(all_scores)} detections kept (the model's top 100 per image at most).",
-        data={"series": [counted, {"name": "detection scores", "values": all_scores}], "xlabel": ""})
-        if len(all_scores) else Plot(
-        key="detections-per-image", kind="output-histograms", label="Detections per image",
-        caption=f"How many detections of score {DRAWN_SCORE:g} or more each image has: the model returns no "
-                f"detection at all on any of the {len(dets)} images, so there is no score to show.",
-        data={"series": [counted], "xlabel": ""})]
+    series = [{"name": f"detections per image (score ≥ {DRAWN_SCORE:g})", "values": per_image, "counts": True}]
+    if len(all_scores):
+        series.append({"name": "detection scores", "values": all_scores})
+        label, caption = "Detections per image and their scores", (
+            f"Left: how many detections of score {DRAWN_SCORE:g} or more each image has; right: the scores of all "
+            f"{len(all_scores)} detections kept (the model's top 100 per image at most).")
+    else:
+        label, caption = "Detections per image", (
+            f"How many detections of score {DRAWN_SCORE:g} or more each image has: the model returns no detection "
+            f"at all on any of the {len(dets)} images, so there is no score to show.")
+    summary = [Plot(key="detections-per-image", kind="output-histograms", label=label, caption=caption,
+                    data={"series": series, "xlabel": ""})]
     if per_class.any():
         shown = top_classes(per_class) if k > SHOWN_CLASSES else np.arange(k)
         summary.append(Plot(
